@@ -1,0 +1,40 @@
+# rmtprune — setup, demo, tests. Works from a clean clone on a bare machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Torch is pinned first so that the CPU wheel is used (a bare `torch` would pull CUDA builds).
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup demo test lint typecheck unit bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/rmtprune demo
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: setup
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck unit
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Probability laws of random-matrix theory (NumPy/SciPy only, no torch)."""
