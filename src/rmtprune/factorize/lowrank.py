@@ -1,0 +1,485 @@
+"""Factorized (low-rank) replacements for ``nn.Linear`` and ``nn.Conv2d``.
+
+A layer with ``m × n`` weight matrix ``W`` (SPEC section 1) and rank-``r`` approximation
+``W ≈ W₂ W₁`` becomes two layers applied one after the other with no activation between
+them: ``first`` computes ``W₁ x`` (``r × n``, no bias) and ``second`` computes
+``W₂ (W₁ x) + b`` (``m × r``, carrying the original bias).  This costs ``r (m + n)``
+weights instead of ``m n``.
+
+For a convolution the matrix view is ``(out, in · kh · kw)``.  ``first`` is a convolution
+``in → r`` with the original kernel size, stride, padding (including string padding such as
+``'same'``), dilation and padding mode; ``second`` is a ``1 × 1`` convolution ``r → out``
+without padding that carries the bias.  Since a ``1 × 1`` convolution acts on each output
+position separately, the pair computes exactly the convolution with kernel ``W₂ W₁``
+(reshaped to ``(out, in, kh, kw)``), whatever the padding mode.
+
+Example
+-------
+>>> import torch
+>>> from rmtprune.factorize import LowRankLinear
+>>> layer = LowRankLinear.from_factors(torch.ones(2, 5), torch.ones(3, 2), torch.zeros(3))
+>>> layer
+LowRankLinear(
+  in_features=5, out_features=3, rank=2
+  (first): Linear(in_features=5, out_features=2, bias=False)
+  (second): Linear(in_features=2, out_features=3, bias=True)
+)
+>>> layer(torch.ones(1, 5)).tolist()
+[[10.0, 10.0, 10.0]]
+>>> layer.to_dense().weight.tolist()[0]
+[2.0, 2.0, 2.0, 2.0, 2.0]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, cast
+
+import torch
+from torch import nn
+
+from rmtprune._validation import check_int
+
+__all__ = ["LowRankConv2d", "LowRankLinear", "LowRankModule"]
+
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+
+
+def _tensor(value: object) -> torch.Tensor:
+    """``value`` typed as a tensor (submodule attributes are typed ``Tensor | Module``)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"Expected a tensor. Got {type(value).__name__} instead.")
+    return value
+
+
+def _pair(value: tuple[int, ...]) -> tuple[int, int]:
+    return int(value[0]), int(value[1])
+
+
+def _padding(value: str | tuple[int, ...]) -> str | tuple[int, int]:
+    return value if isinstance(value, str) else _pair(value)
+
+
+class LowRankModule(nn.Module):
+    """Common base of the factorized layers: ``second(first(x))``.
+
+    Subclasses define ``first`` (the ``r × n`` factor, no bias) and ``second`` (the
+    ``m × r`` factor with the bias) and :meth:`to_dense`.
+
+    Attributes
+    ----------
+    first : nn.Module
+        The first factor, ``W₁`` of shape ``r × n`` in matrix form, no bias.
+    second : nn.Module
+        The second factor, ``W₂`` of shape ``m × r`` in matrix form, with the bias.
+    """
+
+    first: nn.Module
+    second: nn.Module
+
+    @property
+    def rank(self) -> int:
+        """Inner dimension ``r`` of the factorization."""
+        raise NotImplementedError
+
+    @property
+    def in_features(self) -> int:
+        """Columns ``n`` of the weight matrix."""
+        raise NotImplementedError
+
+    @property
+    def out_features(self) -> int:
+        """Rows ``m`` of the weight matrix."""
+        raise NotImplementedError
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The bias (a parameter of ``second``), or ``None``."""
+        bias = getattr(self.second, "bias", None)
+        return bias if isinstance(bias, torch.Tensor) else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply ``second(first(x))``."""
+        return self.second(self.first(x))
+
+    def first_matrix(self) -> torch.Tensor:
+        """``W₁`` as an ``r × n`` matrix (a detached view of the parameter)."""
+        weight = _tensor(self.first.weight).detach()
+        return weight.reshape(weight.shape[0], -1)
+
+    def second_matrix(self) -> torch.Tensor:
+        """``W₂`` as an ``m × r`` matrix (a detached view of the parameter)."""
+        weight = _tensor(self.second.weight).detach()
+        return weight.reshape(weight.shape[0], -1)
+
+    def to_dense(self) -> nn.Module:
+        """Return the equivalent single dense layer (a new module)."""
+        raise NotImplementedError
+
+
+def _check_factors(
+    first_weight: torch.Tensor, second_weight: torch.Tensor, bias: torch.Tensor | None, owner: str
+) -> None:
+    if not isinstance(first_weight, torch.Tensor) or first_weight.ndim != 2:
+        raise TypeError(
+            f"The 'first_weight' parameter of {owner} must be a 2-D tensor (rank × in). "
+            f"Got {_describe(first_weight)} instead."
+        )
+    if not isinstance(second_weight, torch.Tensor) or second_weight.ndim != 2:
+        raise TypeError(
+            f"The 'second_weight' parameter of {owner} must be a 2-D tensor (out × rank). "
+            f"Got {_describe(second_weight)} instead."
+        )
+    if second_weight.shape[1] != first_weight.shape[0]:
+        raise ValueError(
+            f"The 'second_weight' parameter of {owner} must have {first_weight.shape[0]} columns "
+            f"(the rows of 'first_weight'). Got shape {tuple(second_weight.shape)} instead."
+        )
+    if first_weight.shape[0] < 1:
+        raise ValueError(
+            f"The 'first_weight' parameter of {owner} must have at least one row (rank >= 1). "
+            f"Got shape {tuple(first_weight.shape)} instead."
+        )
+    if bias is not None and (
+        not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (second_weight.shape[0],)
+    ):
+        raise ValueError(
+            f"The 'bias' parameter of {owner} must be None or a tensor of shape "
+            f"({second_weight.shape[0]},). Got {_describe(bias)} instead."
+        )
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return f"{value!r} of type {type(value).__name__}"
+
+
+class LowRankLinear(LowRankModule):
+    """A linear layer ``x ↦ W₂ W₁ x + b`` stored as two factors.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        ``n`` and ``m``.
+    rank : int
+        Inner dimension ``r >= 1``.
+    bias : bool
+        Whether ``second`` has a bias.
+    device, dtype
+        Passed to the two ``nn.Linear`` factors.
+
+    Examples
+    --------
+    >>> import torch
+    >>> layer = LowRankLinear(6, 4, rank=2)
+    >>> layer.first.weight.shape, layer.second.weight.shape
+    (torch.Size([2, 6]), torch.Size([4, 2]))
+    >>> layer(torch.zeros(3, 6)).shape
+    torch.Size([3, 4])
+    """
+
+    first: nn.Linear
+    second: nn.Linear
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        in_features = check_int(in_features, "in_features", "LowRankLinear", low=1)
+        out_features = check_int(out_features, "out_features", "LowRankLinear", low=1)
+        rank = check_int(rank, "rank", "LowRankLinear", low=1)
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.first = nn.Linear(in_features, rank, bias=False, **kw)
+        self.second = nn.Linear(rank, out_features, bias=bool(bias), **kw)
+
+    @property
+    def rank(self) -> int:
+        """Inner dimension ``r`` of the factorization."""
+        return self.first.out_features
+
+    @property
+    def in_features(self) -> int:
+        """Input features ``n``."""
+        return self.first.in_features
+
+    @property
+    def out_features(self) -> int:
+        """Output features ``m``."""
+        return self.second.out_features
+
+    def extra_repr(self) -> str:
+        """Shown by ``repr``: the matrix shape and the rank."""
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+    @classmethod
+    def from_factors(
+        cls,
+        first_weight: torch.Tensor,
+        second_weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+    ) -> LowRankLinear:
+        """Build a layer from ``W₁`` (``r × n``), ``W₂`` (``m × r``) and a bias (copied).
+
+        The new layer takes the dtype and device of ``first_weight``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> layer = LowRankLinear.from_factors(torch.eye(2, 3), torch.ones(4, 2))
+        >>> layer.rank, layer.in_features, layer.out_features, layer.bias
+        (2, 3, 4, None)
+        """
+        _check_factors(first_weight, second_weight, bias, "LowRankLinear.from_factors")
+        rank, n = first_weight.shape
+        m = second_weight.shape[0]
+        like = first_weight.detach()
+        layer = cls(n, m, rank, bias=bias is not None, device=like.device, dtype=like.dtype)
+        with torch.no_grad():
+            layer.first.weight.copy_(first_weight)
+            layer.second.weight.copy_(second_weight)
+            if bias is not None:
+                _tensor(layer.second.bias).copy_(bias)
+        return layer
+
+    def to_dense(self) -> nn.Linear:
+        """The equivalent ``nn.Linear`` with weight ``W₂ W₁`` and the same bias (a copy).
+
+        Examples
+        --------
+        >>> import torch
+        >>> layer = LowRankLinear.from_factors(torch.ones(1, 2), torch.ones(3, 1))
+        >>> layer.to_dense().weight.tolist()
+        [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]
+        """
+        w1 = self.first.weight.detach()
+        dense = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=w1.device,
+            dtype=w1.dtype,
+        )
+        with torch.no_grad():
+            dense.weight.copy_(self.second.weight @ w1)
+            if self.bias is not None:
+                _tensor(dense.bias).copy_(self.bias)
+        return dense
+
+
+class LowRankConv2d(LowRankModule):
+    """A convolution with kernel ``W₂ W₁`` stored as a convolution and a ``1 × 1`` convolution.
+
+    ``first`` is ``nn.Conv2d(in_channels, rank, kernel_size, stride, padding, dilation,
+    groups=1, bias=False, padding_mode)``; ``second`` is ``nn.Conv2d(rank, out_channels, 1,
+    bias=bias)``.  In matrix form (SPEC section 1) ``n = in_channels · kh · kw`` and
+    ``m = out_channels``; :attr:`in_features` and :attr:`out_features` are these ``n`` and
+    ``m``.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Channels of the original convolution.
+    rank : int
+        Inner dimension ``r >= 1`` (the channels between the two convolutions).
+    kernel_size, stride, padding, dilation, padding_mode
+        Those of the original convolution (``padding`` may be ``'same'`` or ``'valid'``).
+    bias : bool
+        Whether ``second`` has a bias.
+    device, dtype
+        Passed to the two ``nn.Conv2d`` factors.
+
+    Examples
+    --------
+    >>> import torch
+    >>> layer = LowRankConv2d(3, 8, rank=2, kernel_size=3, padding=1)
+    >>> layer(torch.zeros(1, 3, 5, 5)).shape
+    torch.Size([1, 8, 5, 5])
+    >>> layer.in_features, layer.out_features
+    (27, 8)
+    """
+
+    first: nn.Conv2d
+    second: nn.Conv2d
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        rank: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: str | int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        in_channels = check_int(in_channels, "in_channels", "LowRankConv2d", low=1)
+        out_channels = check_int(out_channels, "out_channels", "LowRankConv2d", low=1)
+        rank = check_int(rank, "rank", "LowRankConv2d", low=1)
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(
+                f"The 'padding_mode' parameter of LowRankConv2d must be one of {_PADDING_MODES}. "
+                f"Got {padding_mode!r} instead."
+            )
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.first = nn.Conv2d(
+            in_channels,
+            rank,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=1,
+            bias=False,
+            padding_mode=cast(_PaddingMode, padding_mode),
+            **kw,
+        )
+        self.second = nn.Conv2d(rank, out_channels, 1, bias=bool(bias), **kw)
+
+    @property
+    def rank(self) -> int:
+        """Inner dimension ``r`` (channels between the two convolutions)."""
+        return self.first.out_channels
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels of the convolution."""
+        return self.first.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels of the convolution."""
+        return self.second.out_channels
+
+    @property
+    def in_features(self) -> int:
+        """Columns ``n = in_channels · kh · kw`` of the matrix view."""
+        kh, kw = self.first.kernel_size
+        return self.first.in_channels * kh * kw
+
+    @property
+    def out_features(self) -> int:
+        """Rows ``m = out_channels`` of the matrix view."""
+        return self.second.out_channels
+
+    def extra_repr(self) -> str:
+        """Shown by ``repr``: the channels, kernel, matrix shape and rank."""
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+            f"kernel_size={self.first.kernel_size}, in_features={self.in_features}, "
+            f"out_features={self.out_features}, rank={self.rank}"
+        )
+
+    @classmethod
+    def from_factors(
+        cls,
+        first_weight: torch.Tensor,
+        second_weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        like: nn.Conv2d,
+    ) -> LowRankConv2d:
+        """Build a layer from matrix factors, copying the hyperparameters of ``like``.
+
+        Parameters
+        ----------
+        first_weight : torch.Tensor
+            ``W₁`` of shape ``r × (in · kh · kw)`` (copied).
+        second_weight : torch.Tensor
+            ``W₂`` of shape ``out × r`` (copied).
+        bias : torch.Tensor or None
+            Bias of shape ``(out,)`` (copied), or ``None``.
+        like : nn.Conv2d
+            Convolution (``groups = 1``) whose kernel size, stride, padding, dilation and
+            padding mode are used.  Its tensors are not used.
+
+        Examples
+        --------
+        >>> import torch
+        >>> conv = torch.nn.Conv2d(2, 4, 3, stride=2)
+        >>> layer = LowRankConv2d.from_factors(torch.ones(1, 18), torch.ones(4, 1), None, conv)
+        >>> layer.first.stride, layer.rank
+        ((2, 2), 1)
+        """
+        owner = "LowRankConv2d.from_factors"
+        if not isinstance(like, nn.Conv2d):
+            raise TypeError(
+                f"The 'like' parameter of {owner} must be an nn.Conv2d. "
+                f"Got {type(like).__name__} instead."
+            )
+        if like.groups != 1:
+            raise ValueError(
+                f"The 'like' parameter of {owner} must be a convolution with groups=1. "
+                f"Got groups={like.groups} instead."
+            )
+        _check_factors(first_weight, second_weight, bias, owner)
+        kh, kw = like.kernel_size
+        rank, n = first_weight.shape
+        if n != like.in_channels * kh * kw:
+            raise ValueError(
+                f"The 'first_weight' parameter of {owner} must have in · kh · kw = "
+                f"{like.in_channels * kh * kw} columns for 'like'. Got shape "
+                f"{tuple(first_weight.shape)} instead."
+            )
+        m = second_weight.shape[0]
+        src = first_weight.detach()
+        layer = cls(
+            like.in_channels,
+            m,
+            rank,
+            kernel_size=_pair(like.kernel_size),
+            stride=_pair(like.stride),
+            padding=_padding(like.padding),
+            dilation=_pair(like.dilation),
+            bias=bias is not None,
+            padding_mode=like.padding_mode,
+            device=src.device,
+            dtype=src.dtype,
+        )
+        with torch.no_grad():
+            layer.first.weight.copy_(first_weight.reshape(layer.first.weight.shape))
+            layer.second.weight.copy_(second_weight.reshape(layer.second.weight.shape))
+            if bias is not None:
+                _tensor(layer.second.bias).copy_(bias)
+        return layer
+
+    def to_dense(self) -> nn.Conv2d:
+        """The equivalent ``nn.Conv2d`` with kernel ``W₂ W₁`` and the same bias (a copy).
+
+        Examples
+        --------
+        >>> layer = LowRankConv2d(3, 5, rank=2, kernel_size=3, padding="same")
+        >>> dense = layer.to_dense()
+        >>> dense.weight.shape, dense.padding
+        (torch.Size([5, 3, 3, 3]), 'same')
+        """
+        first = self.first
+        w1 = first.weight.detach()
+        dense = nn.Conv2d(
+            first.in_channels,
+            self.out_channels,
+            _pair(first.kernel_size),
+            stride=_pair(first.stride),
+            padding=_padding(first.padding),
+            dilation=_pair(first.dilation),
+            groups=1,
+            bias=self.bias is not None,
+            padding_mode=first.padding_mode,
+            device=w1.device,
+            dtype=w1.dtype,
+        )
+        with torch.no_grad():
+            product = self.second_matrix() @ w1.reshape(self.rank, -1)
+            dense.weight.copy_(product.reshape(dense.weight.shape))
+            if self.bias is not None:
+                _tensor(dense.bias).copy_(self.bias)
+        return dense
