@@ -80,7 +80,7 @@ def _arcsin_terms(x: FloatArray, ratio: FloatArray) -> tuple[FloatArray, FloatAr
     return root, np.arcsin(u) + np.pi / 2, np.arcsin(v) + np.pi / 2
 
 
-class MarchenkoPasturGen(stats.rv_continuous):  # type: ignore[misc]
+class MarchenkoPasturGen(stats.rv_continuous):
     """Marchenko–Pastur distribution with shape ``ratio`` in (0, 1] and ``scale = sigma2``."""
 
     def _argcheck(self, ratio: FloatArray) -> NDArray[np.bool_]:
@@ -90,7 +90,9 @@ class MarchenkoPasturGen(stats.rv_continuous):  # type: ignore[misc]
         return [stats._distn_infrastructure._ShapeInfo("ratio", False, (0, 1), (False, True))]
 
     def _get_support(self, ratio: FloatArray) -> tuple[FloatArray, FloatArray]:
-        return _edges(np.asarray(ratio, dtype=float))
+        # SciPy asks for the support before it screens the shape: a negative ratio gives nan.
+        with np.errstate(invalid="ignore"):
+            return _edges(np.asarray(ratio, dtype=float))
 
     def _pdf(self, x: FloatArray, ratio: FloatArray) -> FloatArray:
         a, b = _edges(ratio)

@@ -1,0 +1,265 @@
+"""Command line: a thin layer over the public API (no logic beyond parsing and printing)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["build_parser", "main"]
+
+
+def _add_fit_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("spectral fit")
+    g.add_argument(
+        "--alpha",
+        type=float,
+        default=0.25,
+        help="BEMA trimming fraction in (0, 0.5) (default: %(default)s)",
+    )
+    g.add_argument(
+        "--beta",
+        type=float,
+        default=0.1,
+        help="BEMA tail level in (0, 1): false-spike rate per layer (default: %(default)s)",
+    )
+    g.add_argument(
+        "--fit-cutoff",
+        type=float,
+        default=0.05,
+        help="largest fit statistic D for a layer to count as MP-like (default: %(default)s)",
+    )
+    g.add_argument(
+        "--conv-fit-cutoff",
+        type=float,
+        default=None,
+        help="separate cutoff for Conv2d layers (the authors used 0.6)",
+    )
+    g.add_argument(
+        "--layers",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="only these layers (names or fnmatch patterns such as 'encoder.*')",
+    )
+    g.add_argument(
+        "--min-dim",
+        type=int,
+        default=None,
+        help="skip layers with min(m, n) below this (default: 10)",
+    )
+    g.add_argument(
+        "--min-params",
+        type=int,
+        default=None,
+        help="skip layers with fewer than this many weight entries (default: 0)",
+    )
+
+
+def _add_source_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "source",
+        nargs="?",
+        default=None,
+        metavar="FILE",
+        help="weights: an rmtprune .safetensors file, a plain .safetensors state dict, "
+        "or a PyTorch state dict (.pt/.pth, loaded with weights_only=True); "
+        "without --model the layer types are inferred from tensor shapes",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="PACKAGE.MODULE:FACTORY",
+        help="build the exact model by calling this factory (no arguments), then load FILE into it",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        metavar="FILE",
+        help="same as the positional FILE (for use with --model)",
+    )
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="PATH",
+        help="write the report as JSON to PATH (or to stdout with no PATH)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rmtprune`` argument parser (documented in ``rmtprune --help``)."""
+    parser = argparse.ArgumentParser(
+        prog="rmtprune",
+        description="Random-matrix-theory spectral analysis and pruning of PyTorch models.",
+    )
+    from rmtprune import __version__
+
+    parser.add_argument("--version", action="version", version=f"rmtprune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    a = sub.add_parser(
+        "analyze",
+        help="fit the Marchenko–Pastur law to every weight layer",
+        description="Fit BEMA to every weight layer and print one row per layer.",
+    )
+    _add_source_options(a)
+    _add_fit_options(a)
+
+    p = sub.add_parser(
+        "prune",
+        help="remove the noise part of MP-like layers and save the result",
+        description="Prune every MP-like layer (SPEC section 4) and save the model "
+        "in rmtprune's format (safetensors + structure).",
+    )
+    _add_source_options(p)
+    _add_fit_options(p)
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        metavar="OUT",
+        help="where to write the pruned model (.safetensors); required unless --dry-run",
+    )
+    p.add_argument(
+        "--bulk-keep",
+        type=float,
+        default=0.0,
+        help="fraction of the bulk singular values kept, in [0, 1] (default: 0)",
+    )
+    p.add_argument(
+        "--min-rank", type=int, default=None, help="never keep fewer singular values than this"
+    )
+    p.add_argument(
+        "--split",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="split a layer into two factors: when it saves parameters (auto), "
+        "always, or never (default: auto)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="report what would be done and write nothing"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+    d = sub.add_parser(
+        "demo",
+        help="the main job: a short demonstration run",
+        description="Spectral analysis of a synthetic signal-plus-noise matrix "
+        "and of a small network, then pruning.",
+    )
+    d.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    return parser
+
+
+def _fit_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    from torch import nn
+
+    kw: dict[str, object] = {"alpha": args.alpha, "beta": args.beta, "layers": args.layers}
+    kw["fit_cutoff"] = (
+        args.fit_cutoff
+        if args.conv_fit_cutoff is None
+        else {nn.Conv2d: args.conv_fit_cutoff, object: args.fit_cutoff}
+    )
+    if args.min_dim is not None:
+        kw["min_dim"] = args.min_dim
+    if args.min_params is not None:
+        kw["min_params"] = args.min_params
+    return kw
+
+
+def _emit_json(text: str, target: str) -> None:
+    if target == "-":
+        print(text)
+    else:
+        Path(target).write_text(text + "\n", encoding="utf-8")
+
+
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from rmtprune.sources import load_model
+
+    weights = args.weights or args.source
+    if weights is None:
+        raise SystemExit("rmtprune: error: give a weights FILE (positional or --weights)")
+    if args.weights and args.source and args.weights != args.source:
+        raise SystemExit("rmtprune: error: give the weights once (positional FILE or --weights)")
+    return load_model(weights, model=args.model)
+
+
+def _progress(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet and not (args.json == "-"):
+        print(message, file=sys.stderr, flush=True)
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    import rmtprune
+
+    model = _load(args)
+    _progress(args, "fitting the spectrum of each layer ...")
+    report = rmtprune.analyze(model, **_fit_kwargs(args))  # type: ignore[arg-type]
+    if args.json is not None:
+        _emit_json(report.to_json(), args.json)
+    if args.json != "-":
+        print(report.to_markdown())
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    import rmtprune
+
+    if args.output is None and not args.dry_run:
+        raise SystemExit("rmtprune prune: error: -o/--output is required unless --dry-run")
+    if (
+        args.output is not None
+        and Path(args.output).exists()
+        and not args.overwrite
+        and not args.dry_run
+    ):
+        raise SystemExit(
+            f"rmtprune prune: error: {args.output} exists; pass --overwrite to replace it"
+        )
+    model = _load(args)
+    split = {"auto": "auto", "always": True, "never": False}[args.split]
+    _progress(args, "fitting and pruning each layer ...")
+    pruned, report = rmtprune.prune(
+        model,
+        bulk_keep=args.bulk_keep,
+        min_rank=args.min_rank,
+        split=split,  # type: ignore[arg-type]
+        dry_run=args.dry_run,
+        inplace=True,
+        **_fit_kwargs(args),  # type: ignore[arg-type]
+    )
+    if args.json is not None:
+        _emit_json(report.to_json(), args.json)
+    if args.json != "-":
+        print(report.to_markdown())
+    if not args.dry_run:
+        rmtprune.save(pruned, args.output, overwrite=args.overwrite)
+        _progress(args, f"saved {args.output}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from rmtprune.demo import run_synthetic_demo
+
+    run_synthetic_demo(seed=args.seed)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rmtprune`` command."""
+    args = build_parser().parse_args(argv)
+    handlers = {"analyze": _cmd_analyze, "prune": _cmd_prune, "demo": _cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+        print(f"rmtprune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

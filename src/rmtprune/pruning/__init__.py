@@ -1,0 +1,1 @@
+"""Model-level analysis and pruning: the walker, schedules and the training-time pruner."""

@@ -1,0 +1,199 @@
+"""Pruning while training (SPEC section 5).
+
+Example
+-------
+>>> import torch
+>>> import rmtprune
+>>> model = torch.nn.Sequential(torch.nn.Linear(200, 100))
+>>> pruner = rmtprune.SpectralPruner(model, schedule=rmtprune.schedules.Linear(10), every=5)
+>>> pruner.step(3).changed   # not a pruning epoch: no-op
+False
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from rmtprune._validation import check_int, param_error
+from rmtprune.pruning.report import PruneReport
+from rmtprune.pruning.schedules import Schedule, schedule_from_dict, schedule_to_dict
+from rmtprune.pruning.walker import (
+    DEFAULT_MIN_DIM,
+    DEFAULT_MIN_PARAMS,
+    FitCutoff,
+    SplitMode,
+    _check_common,
+    _count,
+    prune,
+)
+
+__all__ = ["SpectralPruner"]
+
+
+class SpectralPruner:
+    """Prune a model on a schedule while it trains.
+
+    Every ``every`` epochs (never at epoch 0) :meth:`step` fits BEMA to each
+    eligible layer, tests the fit and prunes MP-like layers in place with
+    ``bulk_keep = schedule(epoch)``.  After a step whose report says
+    ``changed``, rebuild the optimizer with :func:`rmtprune.rebuild_optimizer`.
+
+    Decisions depend only on the model's weights and the epoch, so a run
+    resumed from :meth:`state_dict` (together with the model and optimizer)
+    makes the same decisions as one never interrupted.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model being trained; it is modified in place at pruning epochs.
+    schedule : callable
+        ``epoch -> bulk fraction kept`` (see :mod:`rmtprune.schedules`).
+    every : int
+        Prune at epochs ``every, 2·every, ...``.
+    alpha, beta, fit_cutoff, min_rank, layers, min_dim, min_params, split
+        As in :func:`rmtprune.prune`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        schedule: Schedule,
+        every: int,
+        alpha: float = 0.25,
+        beta: float = 0.1,
+        fit_cutoff: FitCutoff = 0.05,
+        min_rank: int | None = None,
+        layers: Sequence[str] | str | None = None,
+        min_dim: int = DEFAULT_MIN_DIM,
+        min_params: int = DEFAULT_MIN_PARAMS,
+        split: SplitMode = "auto",
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                "The 'model' parameter of SpectralPruner must be a torch.nn.Module. "
+                f"Got {type(model).__name__} instead."
+            )
+        if not callable(schedule):
+            raise TypeError(
+                "The 'schedule' parameter of SpectralPruner must be callable "
+                f"(epoch -> fraction). Got {type(schedule).__name__} instead."
+            )
+        self.model = model
+        self.schedule = schedule
+        self.every = check_int(every, "every", "SpectralPruner", low=1)
+        self.alpha, self.beta, self.min_dim, self.min_params = _check_common(
+            alpha, beta, fit_cutoff, min_dim, min_params, "SpectralPruner"
+        )
+        self.fit_cutoff = fit_cutoff
+        self.min_rank = (
+            None if min_rank is None else check_int(min_rank, "min_rank", "SpectralPruner", low=1)
+        )
+        self.layers = layers
+        if split not in ("auto", True, False):
+            raise param_error("split", "SpectralPruner", "one of 'auto', True, False", split)
+        self.split = split
+        self.last_epoch: int | None = None
+        self.history: list[dict[str, Any]] = []
+
+    def is_pruning_epoch(self, epoch: int) -> bool:
+        """Whether :meth:`step` acts at ``epoch``."""
+        return epoch > 0 and epoch % self.every == 0
+
+    def _run(self, epoch: int, *, dry_run: bool) -> PruneReport:
+        bulk_keep = float(self.schedule(epoch))
+        if not 0.0 <= bulk_keep <= 1.0 or math.isnan(bulk_keep):
+            raise ValueError(
+                f"The schedule returned {bulk_keep!r} at epoch {epoch}; "
+                "expected a fraction in [0, 1]."
+            )
+        _, report = prune(
+            self.model,
+            bulk_keep=bulk_keep,
+            min_rank=self.min_rank,
+            alpha=self.alpha,
+            beta=self.beta,
+            fit_cutoff=self.fit_cutoff,
+            split=self.split,
+            layers=self.layers,
+            inplace=True,
+            dry_run=dry_run,
+            min_dim=self.min_dim,
+            min_params=self.min_params,
+            ranks=self.ranks,
+        )
+        return PruneReport(
+            report.layers,
+            report.params_before,
+            report.params_after,
+            report.dry_run,
+            report.changed,
+            epoch,
+        )
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        """The rank each layer was left at by the last step that touched it."""
+        known: dict[str, int] = {}
+        for entry in self.history:
+            known.update(entry["ranks"])
+        return known
+
+    def dry_run(self, epoch: int) -> PruneReport:
+        """What :meth:`step` would do at ``epoch`` if it were a pruning epoch; changes nothing."""
+        epoch = check_int(epoch, "epoch", "SpectralPruner.dry_run", low=0)
+        return self._run(epoch, dry_run=True)
+
+    def step(self, epoch: int) -> PruneReport:
+        """Prune at a scheduled epoch; at any other epoch return an empty report."""
+        epoch = check_int(epoch, "epoch", "SpectralPruner.step", low=0)
+        if not self.is_pruning_epoch(epoch) or (
+            self.last_epoch is not None and epoch <= self.last_epoch
+        ):
+            n = _count(self.model)
+            return PruneReport((), n, n, False, False, epoch)
+        report = self._run(epoch, dry_run=False)
+        self.last_epoch = epoch
+        self.history.append(
+            {
+                "epoch": epoch,
+                "bulk_keep": float(self.schedule(epoch)),
+                "params_after": report.params_after,
+                "ranks": {
+                    r.name: r.rank_after
+                    for r in report.layers
+                    if r.action in ("split", "truncated")
+                },
+            }
+        )
+        return report
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: last pruning epoch, history and the settings."""
+        try:
+            schedule: dict[str, Any] | None = schedule_to_dict(self.schedule)
+        except TypeError:
+            schedule = None
+        return {
+            "last_epoch": self.last_epoch,
+            "history": [dict(h) for h in self.history],
+            "every": self.every,
+            "schedule": schedule,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore from :meth:`state_dict` (the model must be restored separately)."""
+        if "last_epoch" not in state or "history" not in state:
+            raise ValueError(
+                "The 'state' parameter of SpectralPruner.load_state_dict must come "
+                f"from state_dict(). Got keys {sorted(state)} instead."
+            )
+        self.last_epoch = state["last_epoch"]
+        self.history = [dict(h) for h in state["history"]]
+        self.every = int(state.get("every", self.every))
+        if state.get("schedule") is not None:
+            self.schedule = schedule_from_dict(state["schedule"])

@@ -1,0 +1,251 @@
+"""Result tables of :func:`rmtprune.analyze` and :func:`rmtprune.prune`.
+
+Rows are frozen dataclasses; a report is an immutable sequence of rows with
+``to_dict()``, ``to_frame()`` (pandas, only if installed), ``to_json(path)`` and
+``to_markdown()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LayerAnalysis", "LayerPruneResult", "ModelReport", "PruneReport"]
+
+
+def _atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_safe(value: Any) -> Any:
+    """Replace NaN/Inf by ``None`` so the JSON is strict (readable by any parser)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.4g}"
+    if isinstance(value, tuple):
+        return "×".join(str(v) for v in value)
+    return str(value)
+
+
+def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+class _Table:
+    """Shared behaviour of the two report types (rows held in ``self.layers``)."""
+
+    layers: tuple[Any, ...]
+    _columns: tuple[str, ...] = ()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, key: int | str) -> Any:
+        if isinstance(key, str):
+            for row in self.layers:
+                if row.name == key:
+                    return row
+            raise KeyError(f"no layer named {key!r}; layers: {[r.name for r in self.layers]}")
+        return self.layers[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready dictionary of the whole report."""
+        out: dict[str, Any] = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if f.name != "layers"
+        }
+        out["layers"] = [row.to_dict() for row in self.layers]
+        return out
+
+    def to_json(self, path: str | os.PathLike[str] | None = None, *, indent: int = 2) -> str:
+        """Return the report as strict JSON (NaN as ``null``); write it atomically to ``path``."""
+        text = json.dumps(_json_safe(self.to_dict()), indent=indent, allow_nan=False)
+        if path is not None:
+            _atomic_write_text(path, text + "\n")
+        return text
+
+    def to_frame(self) -> Any:
+        """One row per layer as a ``pandas.DataFrame`` (requires pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("to_frame() needs pandas: pip install pandas") from exc
+        return pd.DataFrame([row.to_dict() for row in self.layers])
+
+    def to_markdown(self) -> str:
+        """The per-layer table in Markdown (also what the CLI prints)."""
+        rows = [[getattr(r, c) for c in self._columns] for r in self.layers]
+        return _markdown_table(self._columns, rows)
+
+
+def _row_to_dict(row: Any) -> dict[str, Any]:
+    d = dataclasses.asdict(row)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class LayerAnalysis:
+    """One weight layer as seen by :func:`rmtprune.analyze`.
+
+    ``status`` is ``"ok"`` for a fitted layer; otherwise ``"skipped"`` and
+    ``reason`` says why (too small, non-finite weights, unsupported type, ...).
+    """
+
+    name: str
+    layer_type: str
+    shape: tuple[int, int]
+    params: int
+    ratio: float
+    rank: int
+    status: str
+    reason: str = ""
+    sigma2: float = math.nan
+    lambda_plus: float = math.nan
+    threshold: float = math.nan
+    n_spikes: int | None = None
+    fit_error: float = math.nan
+    mp_like: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dictionary of the row."""
+        return _row_to_dict(self)
+
+
+@dataclass(frozen=True)
+class ModelReport(_Table):
+    """Per-layer spectral analysis of a model (see :func:`rmtprune.analyze`)."""
+
+    layers: tuple[LayerAnalysis, ...]
+    alpha: float
+    beta: float
+    fit_cutoff: float
+    _columns = (
+        "name",
+        "layer_type",
+        "shape",
+        "rank",
+        "ratio",
+        "sigma2",
+        "lambda_plus",
+        "n_spikes",
+        "fit_error",
+        "mp_like",
+        "status",
+        "reason",
+    )
+
+    @property
+    def fitted(self) -> tuple[LayerAnalysis, ...]:
+        """The layers that were fitted (status ``"ok"``)."""
+        return tuple(r for r in self.layers if r.status == "ok")
+
+
+@dataclass(frozen=True)
+class LayerPruneResult:
+    """What :func:`rmtprune.prune` did (or, in a dry run, would do) to one layer.
+
+    ``action`` is one of ``"split"`` (replaced by two factors), ``"truncated"``
+    (one layer of lower rank), ``"unchanged"`` (fitted, nothing to remove) or
+    ``"skipped"`` (not fitted or not MP-like; ``reason`` says why).
+    """
+
+    name: str
+    layer_type: str
+    shape: tuple[int, int]
+    action: str
+    rank_before: int
+    rank_after: int
+    n_spikes: int | None
+    bulk_keep: float
+    params_before: int
+    params_after: int
+    split: bool
+    reason: str = ""
+    sigma2: float = math.nan
+    lambda_plus: float = math.nan
+    fit_error: float = math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dictionary of the row."""
+        return _row_to_dict(self)
+
+
+@dataclass(frozen=True)
+class PruneReport(_Table):
+    """Per-layer outcome of a pruning pass plus model totals.
+
+    ``params_before`` / ``params_after`` count every parameter of the model;
+    ``changed`` is true when any layer was modified (so an optimizer must be
+    rebuilt); ``epoch`` is set by :class:`rmtprune.SpectralPruner`.
+    """
+
+    layers: tuple[LayerPruneResult, ...]
+    params_before: int
+    params_after: int
+    dry_run: bool
+    changed: bool
+    epoch: int | None = None
+    _columns = (
+        "name",
+        "layer_type",
+        "shape",
+        "action",
+        "rank_before",
+        "rank_after",
+        "n_spikes",
+        "params_before",
+        "params_after",
+        "reason",
+    )
+
+    @property
+    def reduction(self) -> float:
+        """Fraction of the model's parameters removed (0 when nothing changed)."""
+        if self.params_before == 0:
+            return 0.0
+        return 1.0 - self.params_after / self.params_before
+
+    def to_markdown(self) -> str:
+        """Per-layer table followed by the model totals."""
+        total = (
+            f"\n\nParameters: {self.params_before:,} → {self.params_after:,} "
+            f"({100 * self.reduction:.1f} % removed)" + (" [dry run]" if self.dry_run else "")
+        )
+        return super().to_markdown() + total
