@@ -6,8 +6,11 @@
 ``scale`` of the SciPy distribution: ``MP(ratio, sigma2) = sigma2 · MP(ratio, 1)``.
 
 Everything is in closed form: the density, the CDF (an antiderivative made of
-``arcsin`` terms), the survival function (its complement written out so the
-upper tail keeps its relative precision) and the moments.  The quantile
+``arcsin`` terms), the survival function (the complementary ``arccos``-type terms
+written out, not ``1 - cdf``) and the moments.  Both are accurate to about 1e-14
+absolutely; relative precision degrades near the edges like
+``eps · (λ₊ − λ₋) / distance`` (about 1e-10 at 1e-3 from an edge), which the
+bulk window of BEMA never approaches.  The quantile
 function inverts the closed-form CDF by a vectorised bracketed Newton method,
 so ``ppf`` on thousands of levels costs a handful of array passes.
 
@@ -105,11 +108,7 @@ class MarchenkoPasturGen(stats.rv_continuous):
         a, b = _edges(ratio)
         inside = (x > a) & (x < b)
         with np.errstate(divide="ignore", invalid="ignore"):
-            val = (
-                0.5 * np.log(b - x)
-                + 0.5 * np.log(x - a)
-                - np.log(2.0 * np.pi * ratio * x)
-            )
+            val = 0.5 * np.log(b - x) + 0.5 * np.log(x - a) - np.log(2.0 * np.pi * ratio * x)
         return np.where(inside, val, -np.inf)
 
     def _cdf(self, x: FloatArray, ratio: FloatArray) -> FloatArray:
