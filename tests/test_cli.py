@@ -58,7 +58,9 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
                 pytest.fail(f"{name} {action.option_strings} has no help text")
 
 
-def test_analyze_json_matches_python_api(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_analyze_json_matches_python_api(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = _model()
     path = tmp_path / "m.safetensors"
     rmtprune.save(model, path)
