@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from functools import partial
@@ -50,6 +52,41 @@ def _run(model: nn.Module, x: torch.Tensor, reps: int) -> None:
         model(x)
 
 
+WEIGHTWATCHER_SCRIPT = """
+import json, sys, time, torch
+from torch import nn
+import weightwatcher as ww
+widths = json.loads(sys.argv[1])
+torch.manual_seed(0)
+layers = []
+for a, b in zip(widths, widths[1:]):
+    layer = nn.Linear(a, b)
+    with torch.no_grad():
+        layer.weight.normal_(0.0, a ** -0.5)
+    layers += [layer, nn.ReLU()]
+model = nn.Sequential(*layers[:-1])
+start = time.perf_counter()
+ww.WeightWatcher(model=model).analyze(mp_fit=True)
+print(json.dumps({"seconds": time.perf_counter() - start, "version": ww.__version__}))
+"""
+
+
+def _weightwatcher_seconds(python: str, widths: list[int]) -> tuple[float, str]:
+    """Time WeightWatcher's analyze(mp_fit=True) on the same model, in its own interpreter."""
+    out = (
+        subprocess.run(
+            [python, "-c", WEIGHTWATCHER_SCRIPT, json.dumps(widths)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    result = json.loads(out)
+    return float(result["seconds"]), str(result["version"])
+
+
 def _macs(model: nn.Module) -> int:
     return sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
 
@@ -59,6 +96,12 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="784-1000-1000-1000-10 instead")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rank", type=int, default=300, help="kept rank for the latency test")
+    parser.add_argument(
+        "--weightwatcher",
+        metavar="PYTHON",
+        default=None,
+        help="an interpreter with weightwatcher installed: time its analyze(mp_fit=True) too",
+    )
     args = parser.parse_args()
     width = 1000 if args.small else 3000
     widths = [784, width, width, width, 10]
@@ -72,6 +115,12 @@ def main() -> None:
     t_analyze = _median_time(lambda: rmtprune.analyze(model), args.repeats)
     print(f"| bare eigenvalues, all layers | {t_eig:.3f} | 1.00 |")
     print(f"| analyze(model) | {t_analyze:.3f} | {t_analyze / t_eig:.2f} × eigenvalues |")
+    if args.weightwatcher:
+        t_ww, version = _weightwatcher_seconds(args.weightwatcher, widths)
+        print(
+            f"| WeightWatcher {version} analyze(mp_fit=True) | {t_ww:.3f} | "
+            f"{t_ww / t_eig:.2f} × eigenvalues, {t_ww / t_analyze:.2f} × rmtprune |"
+        )
 
     t_prune = _median_time(
         lambda: rmtprune.prune(model, bulk_keep=0.0, min_rank=args.rank), args.repeats

@@ -1,0 +1,368 @@
+"""Plumbing shared by the analysis experiments (``theory``, ``regression``, ``landscape``).
+
+Argument checks for the common ``run`` signature, JSON/CSV writers that produce strict
+JSON (non-finite floats become ``null``), least-squares slopes on log-log axes, a paired
+comparison over seeds, Markdown tables and verdict lines, matplotlib figures drawn
+without ``pyplot`` (the Agg canvas, no global state), and model helpers: a dense copy of a
+pruned network and the data loader.
+
+Example
+-------
+>>> from rmtprune.experiments._analysis_common import loglog_slope
+>>> round(loglog_slope([100, 200, 400], [1.0, 0.5, 0.25]).slope, 6)
+-1.0
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
+from scipy import stats
+from torch import nn
+
+from rmtprune._validation import check_int, param_error
+from rmtprune.factorize.lowrank import LowRankModule
+from rmtprune.factorize.registry import set_submodule
+
+__all__ = [
+    "PRESETS",
+    "PairedComparison",
+    "Slope",
+    "Verdict",
+    "check_preset",
+    "check_seeds",
+    "dense_copy",
+    "environment",
+    "load_fashion_mnist",
+    "loglog_slope",
+    "markdown_table",
+    "mean_std",
+    "new_figure",
+    "paired_comparison",
+    "prepare_out",
+    "save_figure",
+    "say",
+    "to_jsonable",
+    "write_csv",
+    "write_json",
+]
+
+PRESETS = ("smoke", "small", "paper")
+"""Preset names shared by every experiment."""
+
+
+def check_preset(preset: Any, owner: str) -> str:
+    """Return ``preset`` if it is one of :data:`PRESETS`, else raise ``ValueError``."""
+    if preset not in PRESETS:
+        raise param_error("preset", owner, f"one of {list(PRESETS)}", preset)
+    return str(preset)
+
+
+def check_seeds(seeds: Any, owner: str) -> int | None:
+    """``None`` or an int >= 1 (the number of seeds overriding the preset's)."""
+    return None if seeds is None else check_int(seeds, "seeds", owner, low=1)
+
+
+def prepare_out(out: Any, owner: str) -> Path:
+    """Create the output folder ``out`` (and its parents) and return it as a ``Path``."""
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(
+            f"The 'out' parameter of {owner} must be a path. "
+            f"Got {out!r} of type {type(out).__name__} instead."
+        )
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def say(progress: bool, message: str) -> None:
+    """Write one progress line to stderr when ``progress`` is true."""
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON value: tuples → lists, NumPy scalars/arrays → Python, NaN/inf → ``None``.
+
+    >>> to_jsonable({"a": (1, float("nan")), "b": np.float64(2.5)})
+    {'a': [1, None], 'b': 2.5}
+    """
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [to_jsonable(v) for v in value.tolist()]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        x = float(value)
+        return x if math.isfinite(x) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write ``data`` as strict, indented JSON (see :func:`to_jsonable`)."""
+    path.write_text(json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write dictionaries with the same keys as CSV rows (the first row's keys as header)."""
+    with path.open("w", newline="") as fh:
+        if rows:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+    return path
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    if isinstance(value, (tuple, list)):
+        return " ".join(str(v) for v in value)
+    return value
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine facts written into every ``config.json``."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+@dataclass(frozen=True)
+class Slope:
+    """Least-squares line ``log y = slope · log x + intercept`` (natural logs)."""
+
+    slope: float
+    intercept: float
+    n_points: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain ``dict`` of the fields."""
+        return asdict(self)
+
+    def predict(self, x: ArrayLike) -> np.ndarray:
+        """The fitted ``y`` at ``x``."""
+        return np.exp(self.intercept) * np.asarray(x, dtype=np.float64) ** self.slope
+
+
+def loglog_slope(x: ArrayLike, y: ArrayLike) -> Slope:
+    """Fit a power law ``y ∝ x^slope`` by least squares on log-log axes.
+
+    Parameters
+    ----------
+    x, y : array-like
+        Positive values of the same length (at least two points).
+
+    Examples
+    --------
+    >>> round(loglog_slope([1, 10, 100], [3.0, 0.3, 0.03]).slope, 6)
+    -1.0
+    """
+    xs = np.asarray(x, dtype=np.float64)
+    ys = np.asarray(y, dtype=np.float64)
+    if xs.shape != ys.shape or xs.ndim != 1 or xs.size < 2:
+        raise ValueError(
+            "The 'x' and 'y' parameters of loglog_slope must be 1-D of the same length >= 2. "
+            f"Got shapes {xs.shape} and {ys.shape} instead."
+        )
+    if not (np.all(xs > 0) and np.all(ys > 0)):
+        raise ValueError("The 'x' and 'y' parameters of loglog_slope must be positive.")
+    slope, intercept = np.polyfit(np.log(xs), np.log(ys), 1)
+    return Slope(float(slope), float(intercept), int(xs.size))
+
+
+def mean_std(values: ArrayLike) -> tuple[float, float]:
+    """Mean and sample standard deviation (``ddof = 1``; 0 for a single value)."""
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """``b − a`` over seeds for one metric (``a``: normal arm, ``b``: pruned arm).
+
+    ``pvalue`` is the two-sided paired t-test (NaN for fewer than two seeds or zero
+    spread); ``b_lower`` counts the seeds where ``b < a``.
+    """
+
+    metric: str
+    mean_a: float
+    mean_b: float
+    mean_difference: float
+    std_difference: float
+    pvalue: float
+    b_lower: int
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain ``dict`` of the fields."""
+        return asdict(self)
+
+
+def paired_comparison(metric: str, a: ArrayLike, b: ArrayLike) -> PairedComparison:
+    """Compare paired values ``a[i]``, ``b[i]`` (same seed ``i``).
+
+    Examples
+    --------
+    >>> c = paired_comparison("mse", [1.0, 2.0, 3.0], [0.5, 1.5, 2.0])
+    >>> c.mean_difference, c.b_lower
+    (-0.6666666666666666, 3)
+    """
+    xa = np.asarray(a, dtype=np.float64)
+    xb = np.asarray(b, dtype=np.float64)
+    if xa.shape != xb.shape or xa.ndim != 1 or xa.size == 0:
+        raise ValueError(
+            "The 'a' and 'b' parameters of paired_comparison must be 1-D of the same "
+            f"non-zero length. Got shapes {xa.shape} and {xb.shape} instead."
+        )
+    diff = xb - xa
+    mean_d, std_d = mean_std(diff)
+    pvalue = math.nan
+    if diff.size >= 2 and std_d > 0:
+        pvalue = float(stats.ttest_rel(xb, xa).pvalue)
+    return PairedComparison(
+        metric,
+        float(xa.mean()),
+        float(xb.mean()),
+        mean_d,
+        std_d,
+        pvalue,
+        int(np.count_nonzero(diff < 0)),
+        int(diff.size),
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One claim checked by an experiment: what was claimed, whether it held, the numbers.
+
+    ``holds`` is ``True``, ``False`` or ``None`` (inconclusive).
+    """
+
+    claim: str
+    holds: bool | None
+    evidence: str
+
+    @property
+    def label(self) -> str:
+        """``HOLDS``, ``DOES NOT HOLD`` or ``INCONCLUSIVE``."""
+        return {True: "HOLDS", False: "DOES NOT HOLD", None: "INCONCLUSIVE"}[self.holds]
+
+    def line(self) -> str:
+        """The Markdown verdict line written into ``report_section.md``."""
+        return f"- **Verdict — {self.claim}: {self.label}.** {self.evidence}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain ``dict`` of the fields and the label."""
+        return {**asdict(self), "label": self.label}
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        x = float(value)
+        if not math.isfinite(x):
+            return "n/a"
+        if x.is_integer() and abs(x) < 1e12:
+            return str(int(x))
+        if x != 0 and (abs(x) < 10 ** (-digits + 1) or abs(x) >= 1e5):
+            return f"{x:.{digits - 1}e}"
+        return f"{x:.{digits}g}"
+    return str(value)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 4) -> str:
+    """A GitHub-flavoured Markdown table; floats with ``digits`` significant digits.
+
+    >>> print(markdown_table(["N", "x"], [[10, 0.123456]]))
+    | N | x |
+    |---|---|
+    | 10 | 0.1235 |
+    """
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_fmt(v, digits) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 3.8)) -> Figure:
+    """A figure of ``nrows × ncols`` axes of ``size`` inches each (no ``pyplot`` state)."""
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
+    fig.subplots(nrows, ncols, squeeze=False)
+    return fig
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 120) -> Path:
+    """Save ``fig`` as PNG at ``path`` with the Agg canvas."""
+    fig.savefig(path, dpi=dpi, format="png")
+    return path
+
+
+def dense_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with every factorized layer replaced by its dense equivalent.
+
+    Two pruned networks of different ranks then have the same parameter names and
+    shapes as the unpruned architecture, so they can be interpolated.
+
+    Examples
+    --------
+    >>> from rmtprune.factorize import LowRankLinear
+    >>> net = nn.Sequential(LowRankLinear.from_factors(torch.ones(1, 3), torch.ones(2, 1)))
+    >>> type(dense_copy(net)[0]).__name__
+    'Linear'
+    """
+    out = copy.deepcopy(model)
+    names = [name for name, mod in out.named_modules() if isinstance(mod, LowRankModule)]
+    for name in names:
+        module = out.get_submodule(name)
+        assert isinstance(module, LowRankModule)
+        dense = module.to_dense()
+        if not name:
+            return dense
+        set_submodule(out, name, dense)
+    return out
+
+
+def load_fashion_mnist(
+    n_train: int | None, n_test: int | None, *, data_dir: Any = None, seed: int = 0
+) -> tuple[torch.utils.data.TensorDataset, torch.utils.data.TensorDataset]:
+    """Fashion-MNIST training and test subsets (``None``: the whole split), seeded."""
+    from rmtprune.data import load_dataset
+
+    train = load_dataset("fashion-mnist", "train", data_dir=data_dir, subset=n_train, seed=seed)
+    test = load_dataset("fashion-mnist", "test", data_dir=data_dir, subset=n_test, seed=seed)
+    return train, test

@@ -1,0 +1,373 @@
+"""Figures of an experiment run, written as PNG with Matplotlib's Agg canvas.
+
+No ``pyplot`` and no global backend switch: each figure is a
+:class:`matplotlib.figure.Figure` drawn by a :class:`FigureCanvasAgg`, so the
+user's Matplotlib setup is left alone and nothing needs a display.
+
+The spectral figures need the eigenvalues of each large layer at a few
+moments; :func:`spectrum_snapshots` takes them (with the BEMA fit) from a
+model, and :class:`SpectrumSnapshot` stores them with the run.
+
+Example
+-------
+>>> import numpy as np, tempfile, pathlib
+>>> from rmtprune.experiments.plots import Curve, plot_curves
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "acc.png"
+>>> curve = Curve("normal", np.array([[0.1, 0.8, 0.9], [0.1, 0.7, 0.9]]))
+>>> plot_curves([curve], ylabel="test accuracy", title="demo", path=path).read_bytes()[:4]
+b'\\x89PNG'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from numpy.typing import NDArray
+from torch import nn
+
+from rmtprune.distributions.marchenko_pastur import marchenko_pastur
+from rmtprune.experiments.config import ExperimentConfig
+from rmtprune.factorize import get_adapter
+from rmtprune.pruning.walker import analyze
+from rmtprune.spectrum import eigenvalues
+
+if TYPE_CHECKING:
+    from rmtprune.experiments.report import SummaryRow
+    from rmtprune.experiments.runner import SeedResult
+
+__all__ = [
+    "ACCURACY_COLORS",
+    "Curve",
+    "ParamPoint",
+    "SpectrumSnapshot",
+    "make_figures",
+    "plot_accuracy_vs_params",
+    "plot_curves",
+    "plot_spectra",
+    "spectrum_snapshots",
+]
+
+ACCURACY_COLORS = {"normal": "tab:blue", "pruned": "tab:orange"}
+_DPI = 110
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=_DPI, format="png", metadata={"Software": None})
+    return path
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One labelled series over epochs: ``values`` has shape ``(n_seeds, n_epochs)``."""
+
+    label: str
+    values: NDArray[np.float64]
+    color: str | None = None
+
+
+def plot_curves(
+    curves: Sequence[Curve],
+    *,
+    ylabel: str,
+    title: str,
+    path: Path,
+    first_epoch: int = 0,
+    percent: bool = False,
+) -> Path:
+    """Mean over seeds with a ± one standard deviation band, one line per curve.
+
+    With one seed the band is omitted.  ``percent`` multiplies by 100.
+    """
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.add_subplot()
+    for curve in curves:
+        values = np.asarray(curve.values, dtype=float) * (100.0 if percent else 1.0)
+        epochs = np.arange(first_epoch, first_epoch + values.shape[1])
+        mean = values.mean(axis=0)
+        n = values.shape[0]
+        label = f"{curve.label} (mean ± std, {n} seed{'s' if n != 1 else ''})"
+        (line,) = ax.plot(epochs, mean, marker="o", ms=3, label=label, color=curve.color)
+        if n > 1:
+            std = values.std(axis=0, ddof=1)
+            ax.fill_between(epochs, mean - std, mean + std, alpha=0.25, color=line.get_color())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class ParamPoint:
+    """A method's size and accuracy over seeds (``n_params`` and ``accuracies`` per seed)."""
+
+    label: str
+    n_params: tuple[float, ...]
+    accuracies: tuple[float, ...]
+    marker: str = "o"
+    filled: bool = True
+    color: str | None = None
+
+
+def plot_accuracy_vs_params(points: Sequence[ParamPoint], *, title: str, path: Path) -> Path:
+    """Test accuracy (mean ± std over seeds) against the parameter count, one marker per method."""
+    fig = Figure(figsize=(7.2, 4.6))
+    ax = fig.add_subplot()
+    for p in points:
+        x = float(np.mean(p.n_params))
+        acc = 100.0 * np.asarray(p.accuracies, dtype=float)
+        err = float(acc.std(ddof=1)) if acc.size > 1 else 0.0
+        ax.errorbar(
+            x,
+            float(acc.mean()),
+            yerr=err,
+            fmt=p.marker,
+            ms=8,
+            capsize=3,
+            color=p.color,
+            mfc=p.color if p.filled else "white",
+            label=p.label,
+        )
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class SpectrumSnapshot:
+    """Eigenvalues of one layer at one moment, with the BEMA fit.
+
+    ``eigenvalues`` holds the ``rank`` non-zero eigenvalues (ascending) of the
+    ``m × n`` weight; the layer has ``p = min(m, n)`` in all, the others being the
+    zeros left by pruning.
+    """
+
+    stage: str
+    layer: str
+    shape: tuple[int, int]
+    ratio: float
+    rank: int
+    sigma2: float
+    lambda_plus: float
+    n_spikes: int | None
+    fit_error: float
+    eigenvalues: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (NaN as None)."""
+        out = dataclasses.asdict(self)
+        out["shape"] = list(self.shape)
+        out["eigenvalues"] = list(self.eigenvalues)
+        for key in ("sigma2", "lambda_plus", "fit_error", "ratio"):
+            if isinstance(out[key], float) and not math.isfinite(out[key]):
+                out[key] = None
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SpectrumSnapshot:
+        """Inverse of :meth:`to_dict`."""
+        v = dict(values)
+        for key in ("sigma2", "lambda_plus", "fit_error", "ratio"):
+            v[key] = math.nan if v[key] is None else float(v[key])
+        v["shape"] = tuple(v["shape"])
+        v["eigenvalues"] = tuple(float(x) for x in v["eigenvalues"])
+        return cls(**v)
+
+
+def spectrum_snapshots(
+    model: nn.Module,
+    stage: str,
+    layers: Sequence[str],
+    *,
+    ranks: Mapping[str, int] | None = None,
+    alpha: float = 0.25,
+    beta: float = 0.1,
+) -> tuple[SpectrumSnapshot, ...]:
+    """Eigenvalues and BEMA fit of each named layer of ``model`` (unfitted layers skipped)."""
+    if not layers:
+        return ()
+    report = analyze(model, alpha=alpha, beta=beta, layers=list(layers), min_dim=1, ranks=ranks)
+    modules = dict(model.named_modules())
+    out = []
+    for row in report.layers:
+        if row.status != "ok":
+            continue
+        module = modules[row.name]
+        adapter = get_adapter(module)
+        assert adapter is not None
+        lam = eigenvalues(adapter.weight_matrix(module))
+        kept = lam[lam.size - row.rank :]
+        out.append(
+            SpectrumSnapshot(
+                stage,
+                row.name,
+                (int(row.shape[0]), int(row.shape[1])),
+                float(row.ratio),
+                int(row.rank),
+                float(row.sigma2),
+                float(row.lambda_plus),
+                row.n_spikes,
+                float(row.fit_error),
+                tuple(float(x) for x in kept),
+            )
+        )
+    return tuple(out)
+
+
+_STAGE_TITLES = {
+    "init": "at initialisation",
+    "normal-final": "normal arm, end",
+    "pruned-final": "pruned arm, end",
+}
+
+
+def plot_spectra(snapshots: Sequence[SpectrumSnapshot], *, title: str, path: Path) -> Path:
+    """One panel per snapshot: eigenvalue histogram, fitted MP density and ``lambda_plus``.
+
+    The histogram is normalised by ``p`` (all eigenvalues of the layer), so the bars of
+    a pruned layer hold area ``rank / p`` and compare directly with the MP density.
+    The horizontal axis stops at ``1.6 lambda_plus``; the eigenvalues beyond it (the
+    spikes) are counted in the legend.
+    """
+    n = len(snapshots)
+    fig = Figure(figsize=(4.2 * max(n, 1), 3.6))
+    for i, snap in enumerate(snapshots, start=1):
+        ax = fig.add_subplot(1, max(n, 1), i)
+        lam = np.asarray(snap.eigenvalues, dtype=float)
+        p = min(snap.shape)
+        lam_plus = snap.lambda_plus if math.isfinite(snap.lambda_plus) else float(lam.max())
+        right = 1.6 * lam_plus
+        inside = lam[lam <= right]
+        beyond = int(np.count_nonzero(lam > right))
+        bins = max(10, min(80, int(math.sqrt(max(inside.size, 1))) * 2))
+        width = right / bins
+        ax.hist(
+            inside,
+            bins=np.linspace(0.0, right, bins + 1).tolist(),
+            weights=np.full(inside.size, 1.0 / (p * width)),
+            color="0.7",
+            label=f"eigenvalues (rank {snap.rank} of {p})",
+        )
+        if math.isfinite(snap.sigma2):
+            x = np.linspace(right * 1e-3, right, 400)
+            ax.plot(
+                x,
+                marchenko_pastur.pdf(x, snap.ratio, scale=snap.sigma2),
+                color="tab:red",
+                label=f"MP(γ={snap.ratio:.3g}, σ²={snap.sigma2:.3g})",
+            )
+            ax.axvline(lam_plus, color="k", ls="--", lw=1, label=f"λ₊ = {lam_plus:.3g}")
+        if snap.rank < p:  # few bars after pruning: mark each kept eigenvalue as well
+            ax.plot(inside, np.zeros(inside.size), "|", color="k", ms=12, label="kept eigenvalues")
+        stage = _STAGE_TITLES.get(snap.stage, snap.stage)
+        ax.set_title(f"{stage}\nD = {snap.fit_error:.3g}, spikes = {snap.n_spikes}", fontsize=9)
+        ax.set_xlabel("eigenvalue λ = s²/N")
+        ax.set_ylabel("density")
+        if beyond:
+            ax.plot([], [], " ", label=f"{beyond} eigenvalue(s) > {right:.3g} not shown")
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def make_figures(
+    run_dir: Path,
+    config: ExperimentConfig,
+    seeds: Sequence[SeedResult],
+    summary: Sequence[SummaryRow],
+) -> tuple[Path, ...]:
+    """All figures of a run under ``run_dir/figures``; returns their paths.
+
+    Test accuracy and parameters vs epoch (mean ± std over seeds, normal vs pruned),
+    accuracy vs parameters for every method, and one spectral figure per large layer
+    (first seed: at initialisation, normal arm and pruned arm at the end).
+    """
+    fig_dir = run_dir / "figures"
+    name = f"{config.experiment} ({config.preset})"
+    curves = [
+        Curve(
+            arm,
+            np.array([getattr(s, arm).accuracy_curve()[1:] for s in seeds]),
+            ACCURACY_COLORS[arm],
+        )
+        for arm in ("normal", "pruned")
+    ]
+    out = [
+        plot_curves(
+            curves,
+            ylabel="test accuracy (%)",
+            percent=True,
+            first_epoch=1,
+            title=f"{name}: test accuracy",
+            path=fig_dir / "accuracy_vs_epoch.png",
+        )
+    ]
+    curves = [
+        Curve(
+            arm,
+            np.array([getattr(s, arm).params_curve() for s in seeds], float),
+            ACCURACY_COLORS[arm],
+        )
+        for arm in ("normal", "pruned")
+    ]
+    out.append(
+        plot_curves(
+            curves,
+            ylabel="parameters",
+            title=f"{name}: parameters",
+            path=fig_dir / "params_vs_epoch.png",
+        )
+    )
+    styles = {
+        "normal": ("o", "tab:blue"),
+        "pruned": ("*", "tab:orange"),
+        "mp-oneshot": ("D", "tab:red"),
+        "magnitude": ("s", "tab:green"),
+        "svd-energy": ("^", "tab:purple"),
+    }
+    points = [
+        ParamPoint(
+            r.label,
+            tuple(float(n) for n in r.n_params),
+            r.accuracies,
+            marker=styles[r.method][0],
+            color=styles[r.method][1],
+            filled=r.stage != "before-ft",
+        )
+        for r in summary
+    ]
+    out.append(
+        plot_accuracy_vs_params(
+            points, title=f"{name}: accuracy vs parameters", path=fig_dir / "accuracy_vs_params.png"
+        )
+    )
+    snaps = next((s.spectra for s in seeds if s.spectra), ())
+    for layer in dict.fromkeys(s.layer for s in snaps):
+        chosen = [s for s in snaps if s.layer == layer]
+        safe = layer.replace(".", "_")
+        out.append(
+            plot_spectra(
+                chosen,
+                title=f"{name}: layer {layer} {chosen[0].shape[0]}×{chosen[0].shape[1]}, "
+                f"seed {seeds[0].seed}",
+                path=fig_dir / f"spectrum_{safe}.png",
+            )
+        )
+    return tuple(out)
