@@ -291,11 +291,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from rmtprune.experiments import list_experiments, reproduce
+    from rmtprune.experiments import reproduce
+    from rmtprune.experiments.analysis import all_experiments
 
     if args.list or args.experiment is None:
-        for line in list_experiments():
-            print(line)
+        for key, title in all_experiments().items():
+            print(f"{key:12s} {title}")
         return 0 if args.list else 2
     result = reproduce(
         args.experiment,

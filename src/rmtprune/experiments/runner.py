@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -59,6 +59,9 @@ from rmtprune.pruning.report import LayerAnalysis, _json_safe
 from rmtprune.pruning.walker import analyze
 from rmtprune.training import EpochRecord, History, Trainer, evaluate
 from rmtprune.training.checkpoint import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from rmtprune.experiments.analysis import AnalysisRun
 
 __all__ = ["ArmResult", "RunResult", "SeedResult", "environment", "reproduce", "run_experiment"]
 
@@ -543,13 +546,16 @@ def reproduce(
     download: bool = False,
     progress: bool = True,
     resume: bool = True,
-) -> RunResult:
+) -> RunResult | AnalysisRun:
     """Reproduce one of the paper's classification experiments.
 
     Parameters
     ----------
     experiment_id : str
-        One of :func:`rmtprune.experiments.list_experiments`.
+        One of :func:`rmtprune.experiments.list_experiments`, or one of the analysis
+        experiments ``theory``, ``init``, ``regression``, ``landscape``, which are run by
+        :func:`rmtprune.experiments.analysis.reproduce_analysis` (its ``AnalysisRun``
+        result also has ``run_dir``).
     preset : {"smoke", "small", "paper"}
         Scale (see :mod:`rmtprune.experiments.registry`).
     seeds : int, sequence of int or None
@@ -560,7 +566,7 @@ def reproduce(
 
     Returns
     -------
-    RunResult
+    RunResult or AnalysisRun
 
     Examples
     --------
@@ -568,6 +574,20 @@ def reproduce(
     ...                    out="/tmp/fc-mnist-smoke")  # doctest: +SKIP
     >>> print(result.table())  # doctest: +SKIP
     """
+    from rmtprune.experiments.analysis import ANALYSIS_EXPERIMENTS, reproduce_analysis
+
+    if experiment_id in ANALYSIS_EXPERIMENTS:
+        if seeds is not None and not isinstance(seeds, int):
+            raise param_error("seeds", "reproduce", "an int for analysis experiments", seeds)
+        return reproduce_analysis(
+            experiment_id,
+            preset=preset,
+            seeds=seeds,
+            out=out,
+            data_dir=data_dir,
+            download=download,
+            progress=progress,
+        )
     config = get_config(experiment_id, preset)
     if seeds is not None:
         config = config.replace(seeds=_seed_tuple(seeds))

@@ -1,0 +1,81 @@
+"""The analysis dispatcher of `reproduce` and the initialisation experiment."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from rmtprune.experiments import reproduce
+from rmtprune.experiments.analysis import all_experiments, markdown_to_html, reproduce_analysis
+from rmtprune.experiments.init_compare import SCHEMES
+
+from . import real_data_root, write_synthetic_data
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return real_data_root() or write_synthetic_data(tmp_path_factory.mktemp("data"))
+
+
+def test_every_experiment_is_listed() -> None:
+    ids = set(all_experiments())
+    assert {"fc-mnist", "fc-fashion", "cnn-mnist", "cnn-fashion", "fc-cifar10"} <= ids
+    assert {"theory", "init", "regression", "landscape"} <= ids
+
+
+def test_init_smoke_compares_four_schemes(tmp_path: Path, data_root: Path) -> None:
+    run = reproduce(
+        "init", preset="smoke", seeds=1, out=tmp_path / "init", data_dir=data_root, progress=False
+    )
+    assert run.run_dir == tmp_path / "init"
+    rows = json.loads((run.run_dir / "metrics.json").read_text())["rows"]
+    assert [r["scheme"] for r in rows] == list(SCHEMES)
+    for r in rows:
+        assert 0.0 <= r["normal_mean"] <= 1.0 and 0.0 <= r["pruned_mean"] <= 1.0
+        assert r["difference"] == pytest.approx(r["pruned_mean"] - r["normal_mean"])
+        assert 0.0 < r["reduction"] < 1.0
+        # each scheme is a full classification run in its own directory
+        assert (run.run_dir / r["scheme"] / "report.md").is_file()
+    # spike counts are scale invariant: the Gaussian schemes share the draws of one seed
+    gaussian = [r["spikes_at_start"] for r in rows if r["scheme"] != "normal_n2"]
+    assert len(set(gaussian)) == 1
+    report = (run.run_dir / "report.md").read_text()
+    assert "Which initialisations benefit from pruning" in report
+    assert report.count("pruning ") >= len(SCHEMES)
+    page = (run.run_dir / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<table>" in page
+
+
+def test_regression_report_is_self_contained(tmp_path: Path) -> None:
+    run = reproduce_analysis("regression", preset="smoke", out=tmp_path / "reg", progress=False)
+    page = (run.run_dir / "report.html").read_text()
+    images = re.findall(r'src="([^"]+)"', page)
+    assert images and all(src.startswith("data:image/png;base64,") for src in images)
+    for png in run.run_dir.glob("*.png"):
+        assert png.read_bytes().startswith(PNG)
+    env = json.loads((run.run_dir / "environment.json").read_text())
+    assert "torch" in json.dumps(env)
+
+
+def test_markdown_to_html_blocks(tmp_path: Path) -> None:
+    (tmp_path / "f.png").write_bytes(PNG + b"rest")
+    text = "# Title\n\n| a | b |\n|---|---|\n| 1 | **2** |\n\n- one\n- two\n\n![cap](f.png)"
+    page = markdown_to_html(text, tmp_path, "t")
+    assert "<h1>Title</h1>" in page
+    assert "<td>1</td><td><strong>2</strong></td>" in page
+    assert "<li>one</li><li>two</li>" in page
+    assert 'alt="cap" src="data:image/png;base64,' in page
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="'experiment_id' parameter of reproduce_analysis"):
+        reproduce_analysis("nope", out="/tmp/never-written")
+    with pytest.raises(ValueError, match="'seeds' parameter of reproduce"):
+        reproduce("theory", seeds=[0, 1], out="/tmp/never-written")
+    with pytest.raises(ValueError, match="'preset' parameter of reproduce_analysis"):
+        reproduce_analysis("theory", preset="huge", out="/tmp/never-written")
