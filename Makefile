@@ -4,6 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Torch is pinned first so that the CPU wheel is used (a bare `torch` would pull CUDA builds).
 TORCH_SPEC ?= torch==2.13.0
+# Datasets: $RMTPRUNE_DATA if set, else ../shared/data when this checkout sits beside it.
+ifeq ($(RMTPRUNE_DATA),)
+ifneq ($(wildcard ../shared/data),)
+export RMTPRUNE_DATA := $(abspath ../shared/data)
+endif
+endif
 
 .PHONY: setup demo test lint typecheck unit bench clean
 
@@ -34,7 +40,8 @@ unit: setup
 test: lint typecheck unit
 
 bench: setup
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/bench_bema.py
+	$(BIN)/python bench/bench_prune.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
