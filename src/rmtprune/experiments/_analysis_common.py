@@ -20,9 +20,7 @@ import csv
 import json
 import math
 import os
-import platform
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from scipy import stats
 from torch import nn
 
 from rmtprune._validation import check_int, param_error
+from rmtprune.experiments.runner import environment
 from rmtprune.factorize.lowrank import LowRankModule
 from rmtprune.factorize.registry import set_submodule
 
@@ -143,19 +142,6 @@ def _csv_cell(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return " ".join(str(v) for v in value)
     return value
-
-
-def environment() -> dict[str, Any]:
-    """Versions and machine facts written into every ``config.json``."""
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
 
 
 @dataclass(frozen=True)
