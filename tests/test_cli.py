@@ -143,3 +143,32 @@ def test_bad_input_gives_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "weights_only=True" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="required unless --dry-run"):
         main(["prune", str(path)])
+
+
+def test_demo_without_data_says_how_to_provide_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    out = tmp_path / "run"
+    assert main(["demo", "--data-dir", str(empty), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "RMTPRUNE_DATA" in err and "--download" in err
+    assert "train-images-idx3-ubyte" in err
+    assert not out.exists()  # nothing written before the data is there
+
+
+def test_reproduce_lists_every_experiment(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["reproduce", "--list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == [
+        "fc-mnist",
+        "fc-fashion",
+        "cnn-mnist",
+        "cnn-fashion",
+        "fc-cifar10",
+        "theory",
+        "init",
+        "regression",
+        "landscape",
+    ]
