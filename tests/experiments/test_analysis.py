@@ -64,12 +64,17 @@ def test_regression_report_is_self_contained(tmp_path: Path) -> None:
 
 def test_markdown_to_html_blocks(tmp_path: Path) -> None:
     (tmp_path / "f.png").write_bytes(PNG + b"rest")
-    text = "# Title\n\n| a | b |\n|---|---|\n| 1 | **2** |\n\n- one\n- two\n\n![cap](f.png)"
+    (tmp_path / "g.png").write_bytes(PNG + b"other")
+    text = (
+        "# Title\n\n| a | b |\n|---|---|\n| 1 | **2** |\n\n- one\n- two\n\n![cap](f.png)"
+        "\n\n![first](f.png) ![second](g.png)"
+    )
     page = markdown_to_html(text, tmp_path, "t")
     assert "<h1>Title</h1>" in page
     assert "<td>1</td><td><strong>2</strong></td>" in page
     assert "<li>one</li><li>two</li>" in page
     assert 'alt="cap" src="data:image/png;base64,' in page
+    assert 'alt="first"' in page and 'alt="second"' in page  # several images on one line
 
 
 def test_bad_arguments() -> None:

@@ -87,6 +87,18 @@ def _inline(text: str) -> str:
     return re.sub(r"\[(.+?)\]\((.+?)\)", r'<a href="\2">\1</a>', escaped)
 
 
+def _figure(base: Path, caption: str, name: str) -> str:
+    path = base / name
+    if not path.is_file():
+        return f"<p>(missing figure {html.escape(name)})</p>"
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    cap = html.escape(caption)
+    return (
+        f'<figure><img alt="{cap}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{cap}</figcaption></figure>"
+    )
+
+
 def markdown_to_html(markdown: str, base: Path, title: str) -> str:
     """A self-contained page from the Markdown the reports use.
 
@@ -117,14 +129,9 @@ def markdown_to_html(markdown: str, base: Path, title: str) -> str:
             body.append(f"<ul>{items}</ul>")
         else:
             for ln in lines:
-                image = re.fullmatch(r"!\[(.*?)\]\((.+?)\)", ln.strip())
-                if image and (base / image.group(2)).is_file():
-                    data = base64.b64encode((base / image.group(2)).read_bytes()).decode("ascii")
-                    caption = html.escape(image.group(1))
-                    body.append(
-                        f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{caption}</figcaption></figure>"
-                    )
+                images = re.findall(r"!\[([^\]]*)\]\(([^)\s]+)\)", ln)
+                if images and not re.sub(r"!\[[^\]]*\]\([^)\s]+\)", "", ln).strip():
+                    body += [_figure(base, caption, name) for caption, name in images]
                 else:
                     body.append(f"<p>{_inline(ln)}</p>")
     style = (
