@@ -37,9 +37,9 @@ def check_real(
     hi = ")" if high_open else "]"
     interval = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
     expected = f"a float in {interval}"
-    if isinstance(value, bool) or (not isinstance(value, (int, float)) and not hasattr(
-        value, "__float__"
-    )):
+    if isinstance(value, bool) or (
+        not isinstance(value, (int, float)) and not hasattr(value, "__float__")
+    ):
         raise TypeError(
             f"The {name!r} parameter of {owner} must be {expected}. "
             f"Got {value!r} of type {type(value).__name__} instead."
@@ -57,9 +57,9 @@ def check_real(
 def check_int(value: Any, name: str, owner: str, *, low: int | None = None) -> int:
     """Return ``value`` as an int after checking its type and lower bound."""
     expected = "an int" + ("" if low is None else f" >= {low}")
-    if isinstance(value, bool) or (not isinstance(value, int) and not (
-        hasattr(value, "__index__")
-    )):
+    if isinstance(value, bool) or (
+        not isinstance(value, int) and not (hasattr(value, "__index__"))
+    ):
         raise TypeError(
             f"The {name!r} parameter of {owner} must be {expected}. "
             f"Got {value!r} of type {type(value).__name__} instead."
