@@ -164,6 +164,20 @@ def _select(
     return [c for c in found if c[0] in chosen]
 
 
+def _shape_or_none(module: nn.Module) -> tuple[int, int]:
+    """The ``(m, n)`` of SPEC section 1 for any module with a weight of 2+ dims, else (0, 0)."""
+    adapter = get_adapter(module)
+    if adapter is not None:
+        try:
+            return adapter.matrix_shape(module)
+        except (ValueError, TypeError, AttributeError):
+            pass
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+        return int(weight.shape[0]), int(weight[0].numel())
+    return (0, 0)
+
+
 def _fit_layer(
     name: str,
     module: nn.Module,
@@ -180,12 +194,9 @@ def _fit_layer(
     layer_type = type(module).__name__
     params = sum(p.numel() for p in module.parameters())
     if adapter is None or reason:
-        shape = (
-            adapter.matrix_shape(module)
-            if adapter is not None and not reason.startswith("grouped")
-            else (0, 0)
+        row = LayerAnalysis(
+            name, layer_type, _shape_or_none(module), params, math.nan, 0, "skipped", reason
         )
-        row = LayerAnalysis(name, layer_type, shape, params, math.nan, 0, "skipped", reason)
         return _Fit(row, module, adapter, None, 0)
     m, n = adapter.matrix_shape(module)
     p = min(m, n)
