@@ -320,14 +320,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 0
     from rmtprune.experiments import run_demo
 
-    result = run_demo(
+    run_demo(  # prints the comparison, the verdicts and where the report is
         data_dir=args.data_dir,
         download=args.download,
         out=args.out,
         seeds=args.seeds,
         progress=not args.quiet,
     )
-    print(f"report: {result.run_dir / 'report.md'}")
     return 0
 
 
