@@ -72,6 +72,10 @@ def test_analyze_json_matches_python_api(
         assert g["sigma2"] == pytest.approx(w["sigma2"], rel=1e-12)
         assert g["n_spikes"] == w["n_spikes"]
     assert got["layers"][0]["n_spikes"] == 2
+    target = tmp_path / "report.json"
+    assert main(["analyze", str(path), "--json", str(target), "--quiet"]) == 0
+    assert json.loads(target.read_text()) == got
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_model_factory_with_torch_state_dict(

@@ -6,6 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rmtprune.pruning.report import ModelReport, PruneReport
 
 __all__ = ["build_parser", "main"]
 
@@ -218,11 +222,11 @@ def _fit_kwargs(args: argparse.Namespace) -> dict[str, object]:
     return kw
 
 
-def _emit_json(text: str, target: str) -> None:
+def _emit_json(report: ModelReport | PruneReport, target: str) -> None:
     if target == "-":
-        print(text)
+        print(report.to_json())
     else:
-        Path(target).write_text(text + "\n", encoding="utf-8")
+        report.to_json(target)  # atomic write
 
 
 def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -248,7 +252,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     _progress(args, "fitting the spectrum of each layer ...")
     report = rmtprune.analyze(model, **_fit_kwargs(args))  # type: ignore[arg-type]
     if args.json is not None:
-        _emit_json(report.to_json(), args.json)
+        _emit_json(report, args.json)
     if args.json != "-":
         print(report.to_markdown())
     return 0
@@ -281,7 +285,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         **_fit_kwargs(args),  # type: ignore[arg-type]
     )
     if args.json is not None:
-        _emit_json(report.to_json(), args.json)
+        _emit_json(report, args.json)
     if args.json != "-":
         print(report.to_markdown())
     if not args.dry_run:

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rmtprune._fileio import atomic_write_bytes
 from rmtprune._validation import check_int, param_error
 from rmtprune.experiments import baselines, plots, report
 from rmtprune.experiments.baselines import METHODS, EvalPoint, PostTrainingResult
@@ -58,7 +59,6 @@ from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import LayerAnalysis, _json_safe
 from rmtprune.pruning.walker import analyze
 from rmtprune.training import EpochRecord, History, Trainer, evaluate
-from rmtprune.training.checkpoint import atomic_write_bytes
 
 if TYPE_CHECKING:
     from rmtprune.experiments.analysis import AnalysisRun

@@ -11,26 +11,13 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from rmtprune._fileio import atomic_write_bytes
+
 __all__ = ["LayerAnalysis", "LayerPruneResult", "ModelReport", "PruneReport"]
-
-
-def _atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _json_safe(value: Any) -> Any:
@@ -98,7 +85,7 @@ class _Table:
         """Return the report as strict JSON (NaN as ``null``); write it atomically to ``path``."""
         text = json.dumps(_json_safe(self.to_dict()), indent=indent, allow_nan=False)
         if path is not None:
-            _atomic_write_text(path, text + "\n")
+            atomic_write_bytes(path, lambda fh: fh.write((text + "\n").encode("utf-8")))
         return text
 
     def to_frame(self) -> Any:

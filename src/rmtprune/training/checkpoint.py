@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from rmtprune._fileio import atomic_write_bytes
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -132,25 +133,6 @@ class Checkpoint:
 def checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:
     """Path of the (latest) checkpoint of a run directory."""
     return Path(run_dir) / CHECKPOINT_NAME
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], writer: Any) -> None:
-    """Call ``writer(file)`` on a temporary file next to ``path``, then rename it to ``path``.
-
-    On any failure the temporary file is removed and ``path`` is untouched.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
