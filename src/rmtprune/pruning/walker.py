@@ -113,7 +113,6 @@ def _candidates(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
 
     found: list[tuple[str, nn.Module, str]] = []
     covered: list[str] = []
-    parents: dict[str, nn.Module] = dict(model.named_modules())
     for name, mod in model.named_modules():
         if any(name.startswith(prefix + ".") for prefix in covered):
             continue
@@ -124,22 +123,15 @@ def _candidates(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
                 found.append((name, mod, f"unsupported layer type {type(mod).__name__}"))
             continue
         covered.append(name)
-        parent_name = name.rpartition(".")[0] if "." in name else ""
-        parent = parents.get(parent_name)
         reason = ""
-        if isinstance(parent, nn.MultiheadAttention):
-            reason = "projection used functionally by MultiheadAttention"
-        else:
-            for p in mod.parameters():
-                others = {
-                    o
-                    for o in owners.get(id(p), set())
-                    if o != name and not o.startswith(name + ".")
-                }
-                if others:
-                    reason = f"weight shared with {sorted(others)[0]} (tied parameters)"
-                    break
-        if not reason:
+        for p in mod.parameters():
+            others = {
+                o for o in owners.get(id(p), set()) if o != name and not o.startswith(name + ".")
+            }
+            if others:
+                reason = f"weight shared with {sorted(others)[0]} (tied parameters)"
+                break
+        if not reason:  # includes MultiheadAttention's out_proj (the adapter refuses it)
             reason = adapter.unsupported_reason(mod) or ""
         found.append((name, mod, reason))
     return found
