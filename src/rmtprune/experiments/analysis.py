@@ -9,7 +9,6 @@ around the section.
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import os
@@ -23,6 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from rmtprune._validation import param_error
+from rmtprune.experiments.report import figure_html, html_page
 from rmtprune.experiments.runner import environment
 
 __all__ = [
@@ -91,12 +91,7 @@ def _figure(base: Path, caption: str, name: str) -> str:
     path = base / name
     if not path.is_file():
         return f"<p>(missing figure {html.escape(name)})</p>"
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    cap = html.escape(caption)
-    return (
-        f'<figure><img alt="{cap}" src="data:image/png;base64,{data}">'
-        f"<figcaption>{cap}</figcaption></figure>"
-    )
+    return figure_html(path, caption)
 
 
 def markdown_to_html(markdown: str, base: Path, title: str) -> str:
@@ -134,17 +129,7 @@ def markdown_to_html(markdown: str, base: Path, title: str) -> str:
                     body += [_figure(base, caption, name) for caption, name in images]
                 else:
                     body.append(f"<p>{_inline(ln)}</p>")
-    style = (
-        "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em;"
-        "line-height:1.45}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid "
-        "#bbb;padding:.25em .6em;text-align:left}th{background:#eee}img{max-width:100%}"
-    )
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{style}</style></head><body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
-    )
+    return html_page(title, body)
 
 
 def reproduce_analysis(

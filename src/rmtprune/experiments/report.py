@@ -471,22 +471,35 @@ def render_html(result: RunResult) -> str:
             )
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif kind == "img":
-            data = base64.b64encode(block[1].read_bytes()).decode("ascii")
-            cap = html.escape(block[2])
-            body.append(
-                f'<figure><img alt="{cap}" src="data:image/png;base64,{data}">'
-                f"<figcaption>{cap}</figcaption></figure>"
-            )
-    title = html.escape(f"rmtprune {result.config.experiment} ({result.config.preset})")
-    style = (
-        "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em;"
-        "line-height:1.45}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid "
-        "#bbb;padding:.25em .6em;text-align:left}th{background:#eee}img{max-width:100%}"
-        "figure{margin:1.5em 0}"
-    )
+            body.append(figure_html(block[1], block[2]))
+    return html_page(f"rmtprune {result.config.experiment} ({result.config.preset})", body)
+
+
+HTML_STYLE = (
+    "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em;"
+    "line-height:1.45}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid "
+    "#bbb;padding:.25em .6em;text-align:left}th{background:#eee}img{max-width:100%}"
+    "figure{margin:1.5em 0}"
+)
+
+
+def figure_html(path: Path, caption: str) -> str:
+    """A PNG embedded as a base64 data URI, so the page needs no other file."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    cap = html.escape(caption)
     return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+        f'<figure><img alt="{cap}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{cap}</figcaption></figure>"
+    )
+
+
+def html_page(title: str, body: list[str]) -> str:
+    """A self-contained HTML page around ``body`` (already HTML)."""
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{HTML_STYLE}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
     )
 
 
