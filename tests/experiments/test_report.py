@@ -80,6 +80,14 @@ def test_claims_verdict_shades() -> None:
     cfg = ExperimentConfig()
     # accuracy kept but only 20 % removed: not drastic
     assert _verdicts(cfg, _seeds([0.9, 0.9], [0.9, 0.9], 800))["reduction"] == "partly agrees"
+    # a 0.3-point drop, within the tolerance but on every seed: not plain agreement
+    steady = _seeds([0.900, 0.910, 0.920], [0.897, 0.906, 0.917], 300)
+    assert _verdicts(cfg, steady)["reduction"] == (
+        "agrees within tolerance (small, significant drop)"
+    )
+    # the same mean drop with a spread that makes it indistinguishable from zero
+    spread = _seeds([0.900, 0.910, 0.920], [0.905, 0.900, 0.916], 300)
+    assert _verdicts(cfg, spread)["reduction"] == "agrees"
     # a 1-point drop that three noisy seeds cannot confirm
     noisy = _seeds([0.90, 0.92, 0.88], [0.91, 0.89, 0.87], 300)
     assert _verdicts(cfg, noisy)["reduction"] == "inconclusive"

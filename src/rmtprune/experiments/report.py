@@ -7,7 +7,9 @@ the numbers of the run say, agreeing or not:
    reduction of the pruned arm's final parameter count against the dense network
    (drastic from ``config.drastic_reduction``), and the paired difference of final
    test accuracy, pruned − normal, over seeds (not reduced when the mean
-   difference is at least ``−config.accuracy_tolerance``);
+   difference is at least ``−config.accuracy_tolerance``; a drop within that
+   tolerance whose 95 % interval lies wholly below zero is reported as such, not
+   as plain agreement);
 2. "pruning fully connected DNNs increases the accuracy and decreases the variance
    for random initializations" (fully connected experiments only): sign and
    significance of the mean paired difference, and the ratio of the standard
@@ -268,8 +270,11 @@ def assess_claims(
     tol = config.accuracy_tolerance
     drastic = pruned.reduction >= config.drastic_reduction
     kept = cmp_.mean >= -tol
-    clearly_lower = not kept and cmp_.n >= 2 and cmp_.ci_high < 0
-    if drastic and kept:
+    significantly_lower = cmp_.n >= 2 and cmp_.ci_high < 0
+    clearly_lower = not kept and significantly_lower
+    if drastic and kept and significantly_lower:
+        verdict = "agrees within tolerance (small, significant drop)"
+    elif drastic and kept:
         verdict = "agrees"
     elif drastic and clearly_lower:
         verdict = "disagrees"
@@ -284,6 +289,11 @@ def assess_claims(
         f"{'yes' if drastic else 'no'}). Final test accuracy: normal {_acc(normal)}, "
         f"pruned {_acc(pruned)}; {_paired_text(cmp_)}. Accuracy counts as not reduced when the "
         f"mean difference is above −{100 * tol:.2g} points: {'yes' if kept else 'no'}."
+        + (
+            " The drop is small but consistent: the whole interval lies below zero."
+            if kept and significantly_lower
+            else ""
+        )
         + _caveat(cmp_.n)
     )
     out = [ClaimVerdict("reduction", CLAIMS["reduction"], verdict, explanation)]
