@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
-from scipy import stats
 from torch import nn
 
 from rmtprune._validation import check_int, param_error
+from rmtprune.experiments.report import paired_comparison as report_paired_comparison
 from rmtprune.experiments.runner import environment
 from rmtprune.factorize.lowrank import LowRankModule
 from rmtprune.factorize.registry import set_submodule
@@ -199,8 +199,9 @@ def mean_std(values: ArrayLike) -> tuple[float, float]:
 class PairedComparison:
     """``b − a`` over seeds for one metric (``a``: normal arm, ``b``: pruned arm).
 
-    ``pvalue`` is the two-sided paired t-test (NaN for fewer than two seeds or zero
-    spread); ``b_lower`` counts the seeds where ``b < a``.
+    The statistics are those of :func:`rmtprune.experiments.report.paired_comparison`
+    (two-sided paired t-test; spread and p-value NaN for a single seed, p-value 0 or 1
+    for zero spread); ``b_lower`` counts the seeds where ``b < a``.
     """
 
     metric: str
@@ -233,20 +234,9 @@ def paired_comparison(metric: str, a: ArrayLike, b: ArrayLike) -> PairedComparis
             "The 'a' and 'b' parameters of paired_comparison must be 1-D of the same "
             f"non-zero length. Got shapes {xa.shape} and {xb.shape} instead."
         )
-    diff = xb - xa
-    mean_d, std_d = mean_std(diff)
-    pvalue = math.nan
-    if diff.size >= 2 and std_d > 0:
-        pvalue = float(stats.ttest_rel(xb, xa).pvalue)
+    d = report_paired_comparison(xb.tolist(), xa.tolist())
     return PairedComparison(
-        metric,
-        float(xa.mean()),
-        float(xb.mean()),
-        mean_d,
-        std_d,
-        pvalue,
-        int(np.count_nonzero(diff < 0)),
-        int(diff.size),
+        metric, float(xa.mean()), float(xb.mean()), d.mean, d.std, d.p_value, d.losses, d.n
     )
 
 
