@@ -20,7 +20,7 @@ from rmtprune.experiments import (
     run_demo,
     run_experiment,
 )
-from rmtprune.experiments.report import CLAIMS
+from rmtprune.experiments.claims import CLAIMS
 from rmtprune.training import EpochRecord
 
 from . import load_metrics, real_data_root, write_synthetic_data

@@ -29,6 +29,7 @@ from rmtprune.experiments.baselines import (
     svd_energy_choice,
     svd_energy_prune,
 )
+from rmtprune.experiments.claims import ClaimVerdict, PairedComparison, SummaryRow
 from rmtprune.experiments.config import ExperimentConfig
 from rmtprune.experiments.demo import DEMO_CONFIG, run_demo
 from rmtprune.experiments.registry import (
@@ -38,15 +39,8 @@ from rmtprune.experiments.registry import (
     get_experiment,
     list_experiments,
 )
-from rmtprune.experiments.report import ClaimVerdict, PairedComparison, SummaryRow
-from rmtprune.experiments.runner import (
-    ArmResult,
-    RunResult,
-    SeedResult,
-    environment,
-    reproduce,
-    run_experiment,
-)
+from rmtprune.experiments.results import ArmResult, RunResult, SeedResult
+from rmtprune.experiments.runner import environment, reproduce, run_experiment
 
 __all__ = [
     "DEMO_CONFIG",

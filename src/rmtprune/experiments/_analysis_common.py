@@ -33,7 +33,7 @@ from numpy.typing import ArrayLike
 from torch import nn
 
 from rmtprune._validation import check_int, param_error
-from rmtprune.experiments.report import paired_comparison as report_paired_comparison
+from rmtprune.experiments.claims import paired_comparison as report_paired_comparison
 from rmtprune.experiments.runner import environment
 from rmtprune.factorize.lowrank import LowRankModule
 from rmtprune.factorize.registry import set_submodule
@@ -199,7 +199,7 @@ def mean_std(values: ArrayLike) -> tuple[float, float]:
 class PairedComparison:
     """``b − a`` over seeds for one metric (``a``: normal arm, ``b``: pruned arm).
 
-    The statistics are those of :func:`rmtprune.experiments.report.paired_comparison`
+    The statistics are those of :func:`rmtprune.experiments.claims.paired_comparison`
     (two-sided paired t-test; spread and p-value NaN for a single seed, p-value 0 or 1
     for zero spread); ``b_lower`` counts the seeds where ``b < a``.
     """

@@ -22,7 +22,8 @@ from typing import TextIO
 
 from rmtprune.data import DATA_ENV, DatasetNotFoundError
 from rmtprune.experiments.config import ExperimentConfig
-from rmtprune.experiments.runner import RunResult, _seed_tuple, run_experiment
+from rmtprune.experiments.results import RunResult
+from rmtprune.experiments.runner import _seed_tuple, run_experiment
 
 __all__ = ["DEMO_CONFIG", "run_demo"]
 

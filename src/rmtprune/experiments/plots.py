@@ -40,8 +40,8 @@ from rmtprune.pruning.walker import analyze
 from rmtprune.spectrum import eigenvalues
 
 if TYPE_CHECKING:
-    from rmtprune.experiments.report import SummaryRow
-    from rmtprune.experiments.runner import SeedResult
+    from rmtprune.experiments.claims import SummaryRow
+    from rmtprune.experiments.results import SeedResult
 
 __all__ = [
     "ACCURACY_COLORS",

@@ -1,32 +1,8 @@
-"""Summary tables, the verdict on each claim of SPEC section 6, and the report files.
+"""The report files of a classification run: Markdown, HTML, metrics JSON and CSV.
 
-The report reads results only.  It states, for each claim of the paper, what
-the numbers of the run say, agreeing or not:
-
-1. "a drastic reduction of parameters while not reducing the accuracy":
-   reduction of the pruned arm's final parameter count against the dense network
-   (drastic from ``config.drastic_reduction``), and the paired difference of final
-   test accuracy, pruned − normal, over seeds (not reduced when the mean
-   difference is at least ``−config.accuracy_tolerance``; a drop within that
-   tolerance whose 95 % interval lies wholly below zero is reported as such, not
-   as plain agreement);
-2. "pruning fully connected DNNs increases the accuracy and decreases the variance
-   for random initializations" (fully connected experiments only): sign and
-   significance of the mean paired difference, and the ratio of the standard
-   deviations over seeds;
-3. "due to the simplification of the loss landscape": deferred to the landscape
-   experiment.
-
-The paired comparison is a t-test on the per-seed differences with a 95 %
-confidence interval, plus the count of seeds where the pruned arm is higher.
-With three seeds these are weak: the report says so.
-
-Example
--------
->>> from rmtprune.experiments.report import paired_comparison
->>> c = paired_comparison([0.90, 0.91, 0.92], [0.89, 0.90, 0.90])
->>> round(c.mean, 4), c.wins, c.n
-(0.0133, 3, 3)
+The tables and the verdict on each claim of SPEC section 6 come from
+:mod:`rmtprune.experiments.claims` (re-exported here); this module renders them
+with the figures into ``report.md`` and a self-contained ``report.html``.
 """
 
 from __future__ import annotations
@@ -36,21 +12,28 @@ import html
 import json
 import math
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from scipy import stats
-
-from rmtprune.experiments.config import ExperimentConfig
+from rmtprune.experiments.claims import (
+    CLAIMS,
+    ClaimVerdict,
+    PairedComparison,
+    SummaryRow,
+    accuracy_text,
+    assess_claims,
+    paired_comparison,
+    percent,
+    summarize,
+    summary_table,
+)
 from rmtprune.pruning.report import _json_safe
 
 if TYPE_CHECKING:
-    from rmtprune.experiments.runner import ArmResult, RunResult, SeedResult
+    from rmtprune.experiments.results import ArmResult, RunResult
 
 __all__ = [
+    "CLAIMS",
     "ClaimVerdict",
     "PairedComparison",
     "SummaryRow",
@@ -63,283 +46,6 @@ __all__ = [
     "write_metrics",
     "write_report",
 ]
-
-
-@dataclass(frozen=True)
-class PairedComparison:
-    """Per-seed differences ``a − b``: mean, std, 95 % CI, t-test p-value, wins / losses."""
-
-    n: int
-    mean: float
-    std: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    wins: int
-    losses: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary of the fields."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-def paired_comparison(a: Sequence[float], b: Sequence[float]) -> PairedComparison:
-    """Paired comparison of two equally long samples (a two-sided t-test on ``a − b``).
-
-    With one pair the spread, interval and p-value are NaN; with zero spread the
-    p-value is 0 (all differences equal and non-zero) or 1 (all zero).
-    """
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    n = int(d.size)
-    mean = float(d.mean()) if n else math.nan
-    wins, losses = int((d > 0).sum()), int((d < 0).sum())
-    if n < 2:
-        return PairedComparison(n, mean, math.nan, math.nan, math.nan, math.nan, wins, losses)
-    std = float(d.std(ddof=1))
-    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-    if std == 0.0:
-        p = 1.0 if mean == 0.0 else 0.0
-    else:
-        p = float(2.0 * stats.t.sf(abs(mean) / (std / math.sqrt(n)), n - 1))
-    return PairedComparison(n, mean, std, mean - half, mean + half, p, wins, losses)
-
-
-@dataclass(frozen=True)
-class SummaryRow:
-    """One line of the comparison table: a method at a stage, over seeds."""
-
-    method: str
-    stage: str
-    label: str
-    n_params: tuple[int, ...]
-    accuracies: tuple[float, ...]
-    dense_params: int
-
-    @property
-    def params_mean(self) -> float:
-        """Mean parameter count over seeds."""
-        return float(np.mean(self.n_params))
-
-    @property
-    def reduction(self) -> float:
-        """Fraction of the dense network's parameters removed (mean count)."""
-        return 1.0 - self.params_mean / self.dense_params
-
-    @property
-    def accuracy_mean(self) -> float:
-        """Mean test accuracy over seeds."""
-        return float(np.mean(self.accuracies))
-
-    @property
-    def accuracy_std(self) -> float:
-        """Standard deviation (ddof = 1) of the test accuracy over seeds; NaN for one seed."""
-        return float(np.std(self.accuracies, ddof=1)) if len(self.accuracies) > 1 else math.nan
-
-    def to_dict(self) -> dict[str, Any]:
-        """Fields and derived statistics."""
-        return {
-            "method": self.method,
-            "stage": self.stage,
-            "label": self.label,
-            "n_params": list(self.n_params),
-            "accuracies": list(self.accuracies),
-            "dense_params": self.dense_params,
-            "params_mean": self.params_mean,
-            "reduction": self.reduction,
-            "accuracy_mean": self.accuracy_mean,
-            "accuracy_std": None if math.isnan(self.accuracy_std) else self.accuracy_std,
-        }
-
-
-_LABELS = {
-    "mp-oneshot": "MP one-shot after training (bulk_keep=0)",
-    "magnitude": "global magnitude pruning",
-    "svd-energy": "SVD truncation, ranks by retained energy",
-}
-
-
-def summarize(seeds: Sequence[SeedResult]) -> tuple[SummaryRow, ...]:
-    """Rows: dense, pruned during training, then each after-training method before / after ft."""
-    dense = seeds[0].normal.history[-1].n_params if seeds[0].normal.history else 0
-    rows = [
-        SummaryRow(
-            "normal",
-            "final",
-            "normal (dense)",
-            tuple(s.normal.final_params for s in seeds),
-            tuple(s.normal.final_accuracy for s in seeds),
-            dense,
-        ),
-        SummaryRow(
-            "pruned",
-            "final",
-            "pruned during training (MP)",
-            tuple(s.pruned.final_params for s in seeds),
-            tuple(s.pruned.final_accuracy for s in seeds),
-            dense,
-        ),
-    ]
-    methods = [r.method for r in seeds[0].after_training]
-    for method in methods:
-        found = [next(r for r in s.after_training if r.method == method) for s in seeds]
-        ft = found[0].finetune_epochs
-        for stage, label in (("before-ft", "before fine-tuning"), ("after-ft", f"+ {ft} ep. ft")):
-            points = [r.before if stage == "before-ft" else r.after for r in found]
-            rows.append(
-                SummaryRow(
-                    method,
-                    stage,
-                    f"{_LABELS.get(method, method)}, {label}",
-                    tuple(p.n_params for p in points),
-                    tuple(p.test_accuracy for p in points),
-                    dense,
-                )
-            )
-    return tuple(rows)
-
-
-@dataclass(frozen=True)
-class ClaimVerdict:
-    """What the run says about one claim of the paper."""
-
-    key: str
-    claim: str
-    verdict: str
-    explanation: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary of the fields."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-CLAIMS = {
-    "reduction": 'Pruning gives "a drastic reduction of parameters while not reducing the '
-    'accuracy of DNNs and CNNs".',
-    "fc-accuracy-variance": 'Pruning fully connected DNNs "increases the accuracy and decreases '
-    'the variance for random initializations".',
-    "loss-landscape": 'This is "due to the simplification of the loss landscape".',
-}
-
-
-def summary_table(rows: Sequence[SummaryRow]) -> str:
-    """The comparison table in Markdown: method, parameters, reduction, accuracy mean ± std."""
-    lines = ["| method | parameters | reduction | test accuracy |", "|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r.label} | {r.params_mean:,.0f} | {100 * r.reduction:.1f} % | {_acc(r)} |"
-        )
-    return "\n".join(lines)
-
-
-def _pct(x: float) -> str:
-    return "nan" if math.isnan(x) else f"{100 * x:.2f}"
-
-
-def _acc(row: SummaryRow) -> str:
-    if math.isnan(row.accuracy_std):
-        return f"{_pct(row.accuracy_mean)} %"
-    return f"{_pct(row.accuracy_mean)} ± {_pct(row.accuracy_std)} %"
-
-
-def _paired_text(c: PairedComparison) -> str:
-    if c.n < 2:
-        return f"difference pruned − normal {100 * c.mean:+.2f} points (one seed: no spread)"
-    return (
-        f"paired difference pruned − normal {100 * c.mean:+.2f} points "
-        f"(95 % CI [{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}], paired t-test p = "
-        f"{c.p_value:.3g}; pruned higher in {c.wins} of {c.n} seeds)"
-    )
-
-
-def _caveat(n: int) -> str:
-    if n < 2:
-        return " With a single seed nothing can be said about seed-to-seed variation."
-    return (
-        f" With {n} seeds the interval is wide and a standard deviation is estimated from "
-        f"{n - 1} degree(s) of freedom, so small differences are not distinguishable from noise."
-    )
-
-
-def assess_claims(
-    config: ExperimentConfig, seeds: Sequence[SeedResult]
-) -> tuple[ClaimVerdict, ...]:
-    """Verdict and numbers for each claim of SPEC section 6 (see the module docstring)."""
-    rows = summarize(seeds)
-    normal, pruned = rows[0], rows[1]
-    cmp_ = paired_comparison(pruned.accuracies, normal.accuracies)
-    tol = config.accuracy_tolerance
-    drastic = pruned.reduction >= config.drastic_reduction
-    kept = cmp_.mean >= -tol
-    significantly_lower = cmp_.n >= 2 and cmp_.ci_high < 0
-    clearly_lower = not kept and significantly_lower
-    if drastic and kept and significantly_lower:
-        verdict = "agrees within tolerance (small, significant drop)"
-    elif drastic and kept:
-        verdict = "agrees"
-    elif drastic and clearly_lower:
-        verdict = "disagrees"
-    elif drastic:
-        verdict = "inconclusive"
-    else:
-        verdict = "partly agrees" if kept else "disagrees"
-    explanation = (
-        f"Parameters: dense {normal.params_mean:,.0f} → pruned {pruned.params_mean:,.0f} "
-        f"(mean over {cmp_.n} seed(s)), a reduction of {100 * pruned.reduction:.1f} % "
-        f"(called drastic from {100 * config.drastic_reduction:.0f} %: "
-        f"{'yes' if drastic else 'no'}). Final test accuracy: normal {_acc(normal)}, "
-        f"pruned {_acc(pruned)}; {_paired_text(cmp_)}. Accuracy counts as not reduced when the "
-        f"mean difference is above −{100 * tol:.2g} points: {'yes' if kept else 'no'}."
-        + (
-            " The drop is small but consistent: the whole interval lies below zero."
-            if kept and significantly_lower
-            else ""
-        )
-        + _caveat(cmp_.n)
-    )
-    out = [ClaimVerdict("reduction", CLAIMS["reduction"], verdict, explanation)]
-
-    key = "fc-accuracy-variance"
-    if config.architecture != "fc":
-        out.append(
-            ClaimVerdict(
-                key,
-                CLAIMS[key],
-                "not applicable",
-                "This experiment is a CNN; the claim is about fully connected networks.",
-            )
-        )
-    else:
-        higher = cmp_.mean > 0
-        s_n, s_p = normal.accuracy_std, pruned.accuracy_std
-        if cmp_.n < 2:
-            verdict = "inconclusive"
-        else:
-            lower_var = s_p < s_n
-            if higher and lower_var:
-                verdict = "agrees" if cmp_.ci_low > 0 else "agrees in direction (not significant)"
-            elif higher or lower_var:
-                verdict = "partly agrees"
-            else:
-                verdict = (
-                    "disagrees" if cmp_.ci_high < 0 else "disagrees in direction (not significant)"
-                )
-        ratio = s_p / s_n if s_n and not math.isnan(s_n) else math.nan
-        explanation = (
-            f"Mean accuracy is {'higher' if higher else 'not higher'} with pruning: "
-            f"{_paired_text(cmp_)}. Standard deviation over seeds: normal {_pct(s_n)}, "
-            f"pruned {_pct(s_p)} points (ratio pruned/normal {ratio:.2f})." + _caveat(cmp_.n)
-        )
-        out.append(ClaimVerdict(key, CLAIMS[key], verdict, explanation))
-    out.append(
-        ClaimVerdict(
-            "loss-landscape",
-            CLAIMS["loss-landscape"],
-            "not tested here",
-            "Deferred to the landscape experiment (seed-to-seed variance, loss barrier between "
-            "seeds, loss surface along random directions).",
-        )
-    )
-    return tuple(out)
 
 
 # ------------------------------------------------------------------------ rendering
@@ -379,7 +85,7 @@ def _blocks(result: RunResult) -> list[Block]:
             "table",
             ["method", "parameters (mean)", "reduction", "test accuracy"],
             [
-                [r.label, f"{r.params_mean:,.0f}", f"{100 * r.reduction:.1f} %", _acc(r)]
+                [r.label, f"{r.params_mean:,.0f}", f"{100 * r.reduction:.1f} %", accuracy_text(r)]
                 for r in rows
             ],
         )
@@ -391,8 +97,8 @@ def _blocks(result: RunResult) -> list[Block]:
         per_seed.append(
             [
                 s.seed,
-                f"{_pct(s.normal.final_accuracy)} %",
-                f"{_pct(s.pruned.final_accuracy)} %",
+                f"{percent(s.normal.final_accuracy)} %",
+                f"{percent(s.pruned.final_accuracy)} %",
                 f"{100 * d:+.2f}",
                 f"{s.normal.final_params:,}",
                 f"{s.pruned.final_params:,}",

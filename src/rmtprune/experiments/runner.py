@@ -41,7 +41,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,14 +50,15 @@ from torch import nn
 
 from rmtprune._fileio import atomic_write_bytes
 from rmtprune._validation import check_int, param_error
-from rmtprune.experiments import baselines, plots, report
+from rmtprune.experiments import baselines, claims, plots, report
 from rmtprune.experiments.baselines import METHODS, EvalPoint, PostTrainingResult
 from rmtprune.experiments.config import ExperimentConfig
 from rmtprune.experiments.registry import get_config
+from rmtprune.experiments.results import ArmResult, RunResult, SeedResult, layer_from_dict
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import LayerAnalysis, _json_safe
 from rmtprune.pruning.walker import analyze
-from rmtprune.training import EpochRecord, History, Trainer, evaluate
+from rmtprune.training import EpochRecord, Trainer, evaluate
 
 if TYPE_CHECKING:
     from rmtprune.experiments.analysis import AnalysisRun
@@ -67,127 +67,6 @@ __all__ = ["ArmResult", "RunResult", "SeedResult", "environment", "reproduce", "
 
 EpochHook = Callable[[int, str, EpochRecord], None]
 ARMS = ("normal", "pruned")
-
-
-# ------------------------------------------------------------------------ results
-def _layer_from_dict(values: dict[str, Any]) -> LayerAnalysis:
-    v = dict(values)
-    v["shape"] = tuple(v["shape"])
-    for key in ("ratio", "sigma2", "lambda_plus", "threshold", "fit_error"):
-        v[key] = float("nan") if v[key] is None else float(v[key])
-    return LayerAnalysis(**v)
-
-
-@dataclass(frozen=True)
-class ArmResult:
-    """One arm of one seed: epoch-0 evaluation, per-epoch history and layer analyses.
-
-    ``layers[e]`` is the analysis of the large layers after epoch ``e`` (``e = 0``:
-    at initialisation).
-    """
-
-    seed: int
-    arm: str
-    initial: EvalPoint
-    initial_weights_sha256: str
-    history: History
-    layers: tuple[tuple[LayerAnalysis, ...], ...]
-
-    @property
-    def final_accuracy(self) -> float:
-        """Test accuracy after the last epoch."""
-        return self.history[-1].test_accuracy if self.history else self.initial.test_accuracy
-
-    @property
-    def final_params(self) -> int:
-        """Parameter count after the last epoch."""
-        return self.history[-1].n_params if self.history else self.initial.n_params
-
-    def accuracy_curve(self) -> list[float]:
-        """Test accuracy at epochs 0, 1, …"""
-        return [self.initial.test_accuracy, *self.history.column("test_accuracy")]
-
-    def params_curve(self) -> list[int]:
-        """Parameter count at epochs 0, 1, …"""
-        return [self.initial.n_params, *self.history.column("n_params")]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary."""
-        return {
-            "seed": self.seed,
-            "arm": self.arm,
-            "initial": self.initial.to_dict(),
-            "initial_weights_sha256": self.initial_weights_sha256,
-            "history": self.history.to_dict(),
-            "layers": [[r.to_dict() for r in epoch] for epoch in self.layers],
-        }
-
-
-@dataclass(frozen=True)
-class SeedResult:
-    """Both arms of one seed and the after-training methods."""
-
-    seed: int
-    normal: ArmResult
-    pruned: ArmResult
-    after_training: tuple[PostTrainingResult, ...]
-    spectra: tuple[plots.SpectrumSnapshot, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary (spectra are in ``seed-*/spectra.json``)."""
-        return {
-            "seed": self.seed,
-            "normal": self.normal.to_dict(),
-            "pruned": self.pruned.to_dict(),
-            "after_training": [r.to_dict() for r in self.after_training],
-        }
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """Everything a run produced.
-
-    Attributes
-    ----------
-    run_dir : pathlib.Path
-        The run directory.
-    config : ExperimentConfig
-        Resolved configuration.
-    seeds : tuple of SeedResult
-        Per-seed, per-arm histories and after-training results.
-    summary : tuple of SummaryRow
-        Comparison table (dense, pruned, each method before/after fine-tuning).
-    claims : tuple of ClaimVerdict
-        What the numbers say about each claim of SPEC section 6.
-    figures : tuple of pathlib.Path
-        PNG files written.
-    wall_time : float
-        Seconds spent by this call.
-    """
-
-    run_dir: Path
-    config: ExperimentConfig
-    seeds: tuple[SeedResult, ...]
-    summary: tuple[report.SummaryRow, ...]
-    claims: tuple[report.ClaimVerdict, ...]
-    figures: tuple[Path, ...]
-    wall_time: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary (what ``metrics.json`` holds, plus paths and time)."""
-        return {
-            "run_dir": str(self.run_dir),
-            "config": self.config.to_dict(),
-            "seeds": [s.to_dict() for s in self.seeds],
-            "summary": [r.to_dict() for r in self.summary],
-            "claims": [c.to_dict() for c in self.claims],
-            "figures": [str(p) for p in self.figures],
-            "wall_time": self.wall_time,
-        }
-
-    def table(self) -> str:
-        """The comparison table as Markdown (what the demo prints)."""
-        return report.summary_table(self.summary)
 
 
 # ------------------------------------------------------------------------ building blocks
@@ -295,7 +174,7 @@ def _run_arm(
     saved: dict[int, tuple[LayerAnalysis, ...]] = {}
     if resume and layers_path.is_file():
         for entry in json.loads(layers_path.read_text()):
-            saved[int(entry["epoch"])] = tuple(_layer_from_dict(r) for r in entry["layers"])
+            saved[int(entry["epoch"])] = tuple(layer_from_dict(r) for r in entry["layers"])
     saved[0] = init_layers
 
     def ranks() -> dict[str, int] | None:
@@ -515,12 +394,12 @@ def run_experiment(
                     spectra=i == 0,
                 )
             )
-        summary = report.summarize(seeds)
-        claims = report.assess_claims(config, seeds)
+        summary = claims.summarize(seeds)
+        verdicts = claims.assess_claims(config, seeds)
         _log(progress, config, "figures and report")
         figures = plots.make_figures(run_dir, config, seeds, summary)
     result = RunResult(
-        run_dir, config, tuple(seeds), summary, claims, figures, time.perf_counter() - started
+        run_dir, config, tuple(seeds), summary, verdicts, figures, time.perf_counter() - started
     )
     report.write_metrics(result)
     report.write_report(result)

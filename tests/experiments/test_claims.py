@@ -1,4 +1,4 @@
-"""Paired statistics, claim verdicts and the rendering of the report."""
+"""Paired statistics, summary rows and the verdict on each claim of SPEC section 6."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from rmtprune.experiments import ArmResult, EvalPoint, ExperimentConfig, SeedResult
-from rmtprune.experiments.report import (
+from rmtprune.experiments.claims import (
     CLAIMS,
     assess_claims,
     paired_comparison,
