@@ -21,10 +21,10 @@ import json
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -54,6 +54,7 @@ __all__ = [
     "new_figure",
     "paired_comparison",
     "prepare_out",
+    "resolve_config",
     "save_figure",
     "say",
     "to_jsonable",
@@ -75,6 +76,36 @@ def check_preset(preset: Any, owner: str) -> str:
 def check_seeds(seeds: Any, owner: str) -> int | None:
     """``None`` or an int >= 1 (the number of seeds overriding the preset's)."""
     return None if seeds is None else check_int(seeds, "seeds", owner, low=1)
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def resolve_config(
+    kind: type[ConfigT],
+    from_preset: Callable[[str, int | None], ConfigT],
+    config: Any,
+    preset: str,
+    seeds: Any,
+    owner: str,
+) -> ConfigT:
+    """The configuration a ``run()`` uses.
+
+    ``config=None`` takes ``from_preset(preset, seeds)`` (``preset`` already checked
+    by :func:`check_preset`); a ``kind`` instance is used
+    as given, with its ``seeds`` replaced when ``seeds`` is not None; anything else
+    raises ``TypeError`` naming the ``config`` parameter of ``owner``.
+    """
+    if config is None:
+        return from_preset(preset, seeds)
+    if not isinstance(config, kind):
+        raise TypeError(
+            f"The 'config' parameter of {owner} must be a {kind.__name__} or None. "
+            f"Got {type(config).__name__} instead."
+        )
+    if seeds is not None:
+        config = replace(config, seeds=check_int(seeds, "seeds", owner, low=1))  # type: ignore[type-var]
+    return config
 
 
 def prepare_out(out: Any, owner: str) -> Path:

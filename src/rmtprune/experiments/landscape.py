@@ -393,12 +393,9 @@ def run(
     >>> result.summary["pruned"]["barrier"]  # doctest: +SKIP
     """
     preset = common.check_preset(preset, _OWNER)
-    if config is None:
-        config = LandscapeConfig.from_preset(preset, seeds)
-    elif not isinstance(config, LandscapeConfig):
-        raise TypeError(f"The 'config' parameter of {_OWNER} must be a LandscapeConfig or None.")
-    elif seeds is not None:
-        config = replace(config, seeds=check_int(seeds, "seeds", _OWNER, low=1))
+    config = common.resolve_config(
+        LandscapeConfig, LandscapeConfig.from_preset, config, preset, seeds, _OWNER
+    )
     if config.seeds < 2:
         raise param_error("seeds", _OWNER, "an int >= 2 (pairs of solutions)", config.seeds)
     folder = common.prepare_out(out, _OWNER)

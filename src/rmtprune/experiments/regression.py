@@ -381,12 +381,9 @@ def run(
     """
     del data_dir
     preset = common.check_preset(preset, _OWNER)
-    if config is None:
-        config = RegressionConfig.from_preset(preset, seeds)
-    elif not isinstance(config, RegressionConfig):
-        raise TypeError(f"The 'config' parameter of {_OWNER} must be a RegressionConfig or None.")
-    elif seeds is not None:
-        config = replace(config, seeds=check_int(seeds, "seeds", _OWNER, low=1))
+    config = common.resolve_config(
+        RegressionConfig, RegressionConfig.from_preset, config, preset, seeds, _OWNER
+    )
     folder = common.prepare_out(out, _OWNER)
     started = time.perf_counter()
     common.write_json(

@@ -438,12 +438,9 @@ def run(
     >>> [v.label for v in result.verdicts]  # doctest: +SKIP
     """
     preset = common.check_preset(preset, _OWNER)
-    if config is None:
-        config = TheoryConfig.from_preset(preset, seeds)
-    elif not isinstance(config, TheoryConfig):
-        raise TypeError(f"The 'config' parameter of {_OWNER} must be a TheoryConfig or None.")
-    elif seeds is not None:
-        config = replace(config, seeds=check_int(seeds, "seeds", _OWNER, low=1))
+    config = common.resolve_config(
+        TheoryConfig, TheoryConfig.from_preset, config, preset, seeds, _OWNER
+    )
     folder = common.prepare_out(out, _OWNER)
     started = time.perf_counter()
     common.write_json(
