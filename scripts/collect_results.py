@@ -16,10 +16,16 @@ from pathlib import Path
 CLASSIFICATION = ("fc-mnist", "fc-fashion", "cnn-mnist", "cnn-fashion", "fc-cifar10")
 
 
+def _mean_std(values: list[float], signed: bool = False) -> str:
+    """``mean ± std`` in percent points; the mean alone for a single seed."""
+    mean = f"{100 * statistics.mean(values):{'+' if signed else ''}.2f}"
+    if len(values) < 2:
+        return mean
+    return f"{mean} ± {100 * statistics.stdev(values):.2f}"
+
+
 def _acc(values: list[float]) -> str:
-    mean = 100 * statistics.mean(values)
-    std = 100 * statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{mean:.2f} ± {std:.2f} %"
+    return f"{_mean_std(values)} %"
 
 
 def classification_table(root: Path) -> str:
@@ -28,23 +34,25 @@ def classification_table(root: Path) -> str:
         "| pruned − normal (paired) | seeds | verdicts (claim 1 / claim 2) |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    missing = []
     for name in CLASSIFICATION:
         path = root / name / "metrics.json"
         if not path.is_file():
-            lines.append(f"| {name} | not run | | | | | | |")
+            missing.append(name)
             continue
         data = json.loads(path.read_text())
         rows = {r["method"] + ":" + r["stage"]: r for r in data["summary"]}
         normal, pruned = rows["normal:final"], rows["pruned:final"]
         diffs = [p - n for p, n in zip(pruned["accuracies"], normal["accuracies"], strict=True)]
-        spread = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
         verdicts = " / ".join(c["verdict"] for c in data["claims"][:2])
         lines.append(
             f"| {name} | {normal['params_mean']:,.0f} → {pruned['params_mean']:,.0f} | "
             f"{100 * pruned['reduction']:.1f} % | {_acc(normal['accuracies'])} | "
-            f"{_acc(pruned['accuracies'])} | {100 * statistics.mean(diffs):+.2f} ± "
-            f"{100 * spread:.2f} points | {len(diffs)} | {verdicts} |"
+            f"{_acc(pruned['accuracies'])} | {_mean_std(diffs, signed=True)} points | "
+            f"{len(diffs)} | {verdicts} |"
         )
+    if missing:
+        lines.append(f"\nNot run in {root}: {', '.join(missing)}.")
     return "\n".join(lines)
 
 
