@@ -193,9 +193,13 @@ def test_killed_run_resumes_to_identical_metrics(
     with pytest.raises(Killed):
         run_experiment(cfg, out=out, data_dir=data_root[0], progress=False, on_epoch_end=hook)
     assert not (out / "metrics.json").exists()
+    first = json.loads((out / "environment.json").read_text())
     resumed = run_experiment(cfg, out=out, data_dir=data_root[0], progress=False)
     assert load_metrics(out) == load_metrics(reference.run_dir)
     assert resumed.summary == reference.summary
+    environment = json.loads((out / "environment.json").read_text())
+    assert environment["started"] == first["started"]  # the first process's record is kept
+    assert [set(e) for e in environment["resumed"]] == [set(first)]
 
 
 def test_resume_refuses_other_config(reference: RunResult, data_root: tuple[Path, bool]) -> None:

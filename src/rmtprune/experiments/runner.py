@@ -12,7 +12,8 @@ pruned arm's final parameter count; :mod:`rmtprune.experiments.baselines`).
 Everything lands in one run directory::
 
     <run>/config.json            resolved ExperimentConfig (+ derived values)
-    <run>/environment.json       Python / package versions, git commit, threads
+    <run>/environment.json       Python / package versions, git commit, threads (of the
+                                 first process; each resume is appended under "resumed")
     <run>/seed-<s>/{normal,pruned}/  trainer checkpoint, history.{json,csv}, layers.json
     <run>/seed-<s>/after_training.json, spectra.json
     <run>/metrics.json, metrics.csv, after_training.csv
@@ -138,6 +139,15 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _environment_record(path: Path) -> dict[str, Any]:
+    """This process's environment; when resuming, the first one with this appended."""
+    now = environment()
+    if not path.is_file():
+        return now
+    first = json.loads(path.read_text())
+    return {**first, "resumed": [*first.get("resumed", []), now]}
 
 
 # ------------------------------------------------------------------------ one arm, one seed
@@ -371,7 +381,7 @@ def run_experiment(
     data = config.load_data(data_dir, download)  # fails before anything is written
     run_dir = _prepare_run_dir(config, out, resume)
     _write_json(run_dir / "config.json", {"config": config.to_dict(), "derived": config.derived()})
-    _write_json(run_dir / "environment.json", environment())
+    _write_json(run_dir / "environment.json", _environment_record(run_dir / "environment.json"))
     _log(
         progress,
         config,
