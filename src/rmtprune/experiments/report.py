@@ -1,7 +1,7 @@
 """The report files of a classification run: Markdown, HTML, metrics JSON and CSV.
 
 The tables and the verdict on each claim of SPEC section 6 come from
-:mod:`rmtprune.experiments.claims` (re-exported here); this module renders them
+:mod:`rmtprune.experiments.claims`; this module renders them
 with the figures into ``report.md`` and a self-contained ``report.html``.
 """
 
@@ -15,34 +15,17 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rmtprune.experiments.claims import (
-    CLAIMS,
-    ClaimVerdict,
-    PairedComparison,
-    SummaryRow,
-    accuracy_text,
-    assess_claims,
-    paired_comparison,
-    percent,
-    summarize,
-    summary_table,
-)
+from rmtprune.experiments.claims import accuracy_text, percent
 from rmtprune.pruning.report import _json_safe
 
 if TYPE_CHECKING:
     from rmtprune.experiments.results import ArmResult, RunResult
 
 __all__ = [
-    "CLAIMS",
-    "ClaimVerdict",
-    "PairedComparison",
-    "SummaryRow",
-    "assess_claims",
-    "paired_comparison",
+    "figure_html",
+    "html_page",
     "render_html",
     "render_markdown",
-    "summarize",
-    "summary_table",
     "write_metrics",
     "write_report",
 ]

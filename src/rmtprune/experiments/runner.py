@@ -64,7 +64,7 @@ from rmtprune.training import EpochRecord, Trainer, evaluate
 if TYPE_CHECKING:
     from rmtprune.experiments.analysis import AnalysisRun
 
-__all__ = ["ArmResult", "RunResult", "SeedResult", "environment", "reproduce", "run_experiment"]
+__all__ = ["environment", "reproduce", "run_experiment"]
 
 EpochHook = Callable[[int, str, EpochRecord], None]
 ARMS = ("normal", "pruned")
