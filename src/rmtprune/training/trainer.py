@@ -7,8 +7,11 @@ then, if a pruner is given, ``pruner.step(e)`` (after training epoch ``e``,
 ``e`` are those of the pruned model) and a rebuilt optimizer if the report
 says the model changed; then evaluation on the test set; then the checkpoint.
 
-Runs are reproducible on the CPU: the same seed gives bitwise-identical
-weights and metrics.  ``torch.manual_seed(seed)`` (dropout), a dedicated
+Runs are reproducible on the CPU: the same seed and the same number of
+threads give bitwise-identical weights and metrics (another thread count
+changes the order of floating-point sums, hence the last bits, and over many
+epochs the numbers; pin it with ``num_threads`` or ``OMP_NUM_THREADS``).
+``torch.manual_seed(seed)`` (dropout), a dedicated
 shuffling generator, Python's and NumPy's generators are seeded at the start,
 and deterministic algorithms are switched on for the duration of
 :meth:`Trainer.fit`.  With ``run_dir`` set, a run stopped at any point and
