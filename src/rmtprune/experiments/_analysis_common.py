@@ -60,6 +60,7 @@ __all__ = [
     "to_jsonable",
     "write_csv",
     "write_json",
+    "write_run_config",
 ]
 
 PRESETS = ("smoke", "small", "paper")
@@ -106,6 +107,21 @@ def resolve_config(
     if seeds is not None:
         config = replace(config, seeds=check_int(seeds, "seeds", owner, low=1))  # type: ignore[type-var]
     return config
+
+
+def write_run_config(folder: Path, experiment: str, preset: str, config: Any, **extra: Any) -> Path:
+    """Write ``folder/config.json``: experiment, preset, ``config.to_dict()``, ``extra``
+    fields and the :func:`environment` of this process."""
+    return write_json(
+        folder / "config.json",
+        {
+            "experiment": experiment,
+            "preset": preset,
+            "config": config.to_dict(),
+            **extra,
+            "environment": environment(),
+        },
+    )
 
 
 def prepare_out(out: Any, owner: str) -> Path:

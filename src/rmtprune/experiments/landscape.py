@@ -400,15 +400,7 @@ def run(
         raise param_error("seeds", _OWNER, "an int >= 2 (pairs of solutions)", config.seeds)
     folder = common.prepare_out(out, _OWNER)
     started = time.perf_counter()
-    common.write_json(
-        folder / "config.json",
-        {
-            "experiment": "landscape",
-            "preset": preset,
-            "config": config.to_dict(),
-            "environment": common.environment(),
-        },
-    )
+    common.write_run_config(folder, "landscape", preset, config)
     train, test = common.load_fashion_mnist(
         config.n_train, config.n_test, data_dir=data_dir, seed=config.seed
     )

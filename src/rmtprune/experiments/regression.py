@@ -386,15 +386,8 @@ def run(
     )
     folder = common.prepare_out(out, _OWNER)
     started = time.perf_counter()
-    common.write_json(
-        folder / "config.json",
-        {
-            "experiment": "regression",
-            "preset": preset,
-            "config": config.to_dict(),
-            "target": "sin(2πx) + 0.5 sin(6πx) on [0, 2]",
-            "environment": common.environment(),
-        },
+    common.write_run_config(
+        folder, "regression", preset, config, target="sin(2πx) + 0.5 sin(6πx) on [0, 2]"
     )
     data = make_data(config)
     runs: list[RunRecord] = []

@@ -443,15 +443,7 @@ def run(
     )
     folder = common.prepare_out(out, _OWNER)
     started = time.perf_counter()
-    common.write_json(
-        folder / "config.json",
-        {
-            "experiment": "theory",
-            "preset": preset,
-            "config": config.to_dict(),
-            "environment": common.environment(),
-        },
-    )
+    common.write_run_config(folder, "theory", preset, config)
     records, spectra, spectrum = [], [], np.empty(0)
     for size in config.sizes:
         common.say(progress, f"[theory] synthetic N={size}: {config.seeds} seeds")
