@@ -20,6 +20,7 @@ from rmtprune.distributions.tracy_widom import tracy_widom
 from rmtprune.estimators import BEMA, GavishDonoho, NotFittedError
 from rmtprune.factorize import LowRankConv2d, LowRankLinear, get_adapter, register_adapter
 from rmtprune.io import load, save
+from rmtprune.plotting import plot_spectrum
 from rmtprune.pruning import schedules
 from rmtprune.pruning.criteria import (
     Energy,
@@ -65,6 +66,7 @@ __all__ = [
     "load",
     "marchenko_pastur",
     "mp_edges",
+    "plot_spectrum",
     "prune",
     "rebuild_optimizer",
     "register_adapter",
