@@ -263,14 +263,17 @@ def _mp(
 ) -> MPCriterion:
     from torch import nn
 
-    import rmtprune
+    from rmtprune.pruning.options import resolve_criterion
 
     fit_cutoff = (
         args.fit_cutoff
         if args.conv_fit_cutoff is None
         else {nn.Conv2d: args.conv_fit_cutoff, object: args.fit_cutoff}
     )
-    return rmtprune.MPCriterion(bulk_keep, min_rank, args.alpha, args.beta, fit_cutoff)
+    given = {"bulk_keep": bulk_keep, "min_rank": min_rank, "alpha": args.alpha}
+    given.update(beta=args.beta, fit_cutoff=fit_cutoff)
+    # the older keywords' check names the command: "The 'alpha' parameter of analyze ..."
+    return resolve_criterion(None, given, args.command)  # type: ignore[return-value]
 
 
 def _criterion(args: argparse.Namespace) -> Criterion:

@@ -88,8 +88,8 @@ class Select:
     ValueError: The 'min_dim' parameter of Select must be an int >= 1. Got 0 instead.
     """
 
-    include: tuple[str, ...] | None = None
-    exclude: tuple[str, ...] = ()
+    include: str | Sequence[str] | None = None  # stored as a tuple (or None)
+    exclude: str | Sequence[str] = ()  # stored as a tuple
     min_dim: int = DEFAULT_MIN_DIM
     min_params: int = DEFAULT_MIN_PARAMS
 
@@ -111,10 +111,10 @@ class Select:
         return [n for n in chosen if n not in dropped]
 
     def _matching(
-        self, names: Sequence[str], param: str, patterns: tuple[str, ...] | None = None
+        self, names: Sequence[str], param: str, patterns: str | Sequence[str] | None = None
     ) -> list[str]:
         found: set[str] = set()
-        for pat in self.include if patterns is None else patterns:  # type: ignore[union-attr]
+        for pat in _patterns(self.include if patterns is None else patterns, param) or ():
             matched = [n for n in names if n == pat or fnmatch.fnmatchcase(n, pat)]
             if not matched:
                 raise ValueError(
