@@ -6,8 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from rmtprune.pruning.criteria import Energy
 from rmtprune.pruning.selection import DEFAULT_MIN_DIM, DEFAULT_MIN_PARAMS
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ def _add_criterion_options(p: argparse.ArgumentParser) -> None:
         "--energy",
         type=float,
         default=None,
-        help="energy: fraction of sum s^2 kept, in (0, 1] (default: 0.9)",
+        help=f"energy: fraction of sum s^2 kept, in (0, 1] (default: {Energy().energy:g})",
     )
     g.add_argument("--rank", type=int, default=None, help="rank: singular values kept per layer")
     g.add_argument(
@@ -148,17 +149,8 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress messages")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``rmtprune`` argument parser (documented in ``rmtprune --help``)."""
-    parser = argparse.ArgumentParser(
-        prog="rmtprune",
-        description="Random-matrix-theory spectral analysis and pruning of PyTorch models.",
-    )
-    from rmtprune import __version__
-
-    parser.add_argument("--version", action="version", version=f"rmtprune {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_spectral_commands(sub: Any) -> None:
+    """The ``analyze`` and ``prune`` subcommands."""
     a = sub.add_parser(
         "analyze",
         help="fit the Marchenko–Pastur law to every weight layer",
@@ -170,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "prune",
         help="remove the noise part of MP-like layers and save the result",
-        description="Prune every MP-like layer (SPEC section 4) and save the model "
-        "in rmtprune's format (safetensors + structure).",
+        description="Truncate every selected layer to the rank its criterion keeps (default: "
+        "the paper's rule, SPEC section 4: spikes plus --bulk-keep of the bulk of MP-like "
+        "layers) and save the model in rmtprune's format (safetensors + structure).",
     )
     _add_source_options(p)
     _add_fit_options(p)
@@ -194,6 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="report what would be done and write nothing"
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rmtprune`` argument parser (documented in ``rmtprune --help``)."""
+    parser = argparse.ArgumentParser(
+        prog="rmtprune",
+        description="Random-matrix-theory spectral analysis and pruning of PyTorch models.",
+    )
+    from rmtprune import __version__
+
+    parser.add_argument("--version", action="version", version=f"rmtprune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_spectral_commands(sub)
 
     r = sub.add_parser(
         "reproduce",
@@ -288,7 +295,7 @@ def _criterion(args: argparse.Namespace) -> Criterion:
     if args.criterion == "gavish-donoho":
         return rmtprune.GavishDonohoCriterion(min_rank=args.min_rank)
     if args.criterion == "energy":
-        return rmtprune.Energy(0.9 if args.energy is None else args.energy)
+        return Energy() if args.energy is None else Energy(args.energy)
     value = getattr(args, args.criterion)
     if value is None:
         raise ValueError(f"--criterion {args.criterion} needs --{args.criterion}")
