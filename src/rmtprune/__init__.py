@@ -20,10 +20,21 @@ from rmtprune.distributions.tracy_widom import tracy_widom
 from rmtprune.estimators import BEMA, GavishDonoho, NotFittedError
 from rmtprune.factorize import LowRankConv2d, LowRankLinear, get_adapter, register_adapter
 from rmtprune.io import load, save
+from rmtprune.plotting import plot_spectrum
 from rmtprune.pruning import schedules
+from rmtprune.pruning.criteria import (
+    Energy,
+    FixedRank,
+    FixedRatio,
+    GavishDonohoCriterion,
+    LayerView,
+    MPCriterion,
+    RankDecision,
+)
 from rmtprune.pruning.optim import rebuild_optimizer
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
+from rmtprune.pruning.selection import Select
 from rmtprune.pruning.walker import analyze, prune
 from rmtprune.spectrum import eigenvalues, singular_values
 
@@ -31,14 +42,22 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BEMA",
+    "Energy",
+    "FixedRank",
+    "FixedRatio",
     "GavishDonoho",
+    "GavishDonohoCriterion",
     "LayerAnalysis",
     "LayerPruneResult",
+    "LayerView",
     "LowRankConv2d",
     "LowRankLinear",
+    "MPCriterion",
     "ModelReport",
     "NotFittedError",
     "PruneReport",
+    "RankDecision",
+    "Select",
     "SpectralPruner",
     "__version__",
     "analyze",
@@ -47,6 +66,7 @@ __all__ = [
     "load",
     "marchenko_pastur",
     "mp_edges",
+    "plot_spectrum",
     "prune",
     "rebuild_optimizer",
     "register_adapter",
