@@ -15,9 +15,9 @@ again.  The walker therefore passes the layer's rank to
 :meth:`rmtprune.BEMA.fit_eigenvalues`, which treats the ``r`` non-zero values as
 the top ``r`` order statistics of an MP sample of size ``p`` (quantile levels
 keep their meaning ``k/p``).  The rank of a factorised layer is its factor
-rank; for a dense layer it is the numerical rank: singular values above
-``s_max · max(N · eps(dtype), 1e-6)`` (the second term is the precision of the
-float64 Gram-matrix eigenvalues used for the spectrum).  The kept rank of a
+rank; for a dense layer it is the numerical rank
+(:func:`rmtprune.spectrum.numerical_rank`, a tolerance that follows the float64
+compute precision, not the storage dtype).  The kept rank of a
 later pruning step is ``k + ⌊f · (p − k)⌋`` with ``p = min(m, n)`` of the layer,
 so ``f`` is always the fraction of the original bulk and never compounds, and a
 layer never grows back.
@@ -32,7 +32,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -41,7 +40,7 @@ from rmtprune.estimators.bema import BEMA
 from rmtprune.factorize.registry import LayerAdapter, get_adapter, set_submodule
 from rmtprune.factorize.svd import truncated_svd
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
-from rmtprune.spectrum import eigenvalues
+from rmtprune.spectrum import COMPUTE_DTYPE, eigenvalues, numerical_rank
 
 __all__ = ["DEFAULT_MIN_DIM", "DEFAULT_MIN_PARAMS", "analyze", "kept_rank", "prune"]
 
@@ -84,15 +83,6 @@ def kept_rank(
     if min_rank is not None:
         r = max(r, min_rank)
     return max(1, min(r, current_rank))
-
-
-def _numerical_rank(spectrum: np.ndarray, n_rows: int, dtype: torch.dtype) -> int:
-    """Count the eigenvalues whose singular values exceed the rank tolerance."""
-    if spectrum.size == 0 or spectrum[-1] <= 0:
-        return 0
-    s = np.sqrt(np.maximum(spectrum, 0.0))
-    rel = max(n_rows * float(torch.finfo(dtype).eps), 1e-6)
-    return int(np.count_nonzero(s > rel * s[-1]))
 
 
 def _cutoff_for(module: nn.Module, fit_cutoff: FitCutoff) -> float:
@@ -217,7 +207,7 @@ def _fit_layer(
     if not bool(torch.isfinite(matrix).all()):
         return skipped("non-finite weights (NaN or Inf)")
     spectrum = eigenvalues(matrix)
-    numerical = _numerical_rank(spectrum, max(m, n), matrix.dtype)
+    numerical = numerical_rank(spectrum, max(m, n), COMPUTE_DTYPE)
     factor_rank = adapter.current_rank(module)
     rank = numerical if factor_rank is None else min(factor_rank, numerical)
     if known_rank is not None:
