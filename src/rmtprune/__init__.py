@@ -18,7 +18,15 @@ True
 from rmtprune.distributions.marchenko_pastur import marchenko_pastur, mp_edges
 from rmtprune.distributions.tracy_widom import tracy_widom
 from rmtprune.estimators import BEMA, GavishDonoho, NotFittedError
-from rmtprune.factorize import LowRankConv2d, LowRankLinear, get_adapter, register_adapter
+from rmtprune.factorize import (
+    LowRankConv1D,
+    LowRankConv2d,
+    LowRankEmbedding,
+    LowRankLinear,
+    get_adapter,
+    register_adapter,
+)
+from rmtprune.hf import from_pretrained, save_pretrained
 from rmtprune.io import load, save
 from rmtprune.pruning import schedules
 from rmtprune.pruning.optim import rebuild_optimizer
@@ -34,7 +42,9 @@ __all__ = [
     "GavishDonoho",
     "LayerAnalysis",
     "LayerPruneResult",
+    "LowRankConv1D",
     "LowRankConv2d",
+    "LowRankEmbedding",
     "LowRankLinear",
     "ModelReport",
     "NotFittedError",
@@ -43,6 +53,7 @@ __all__ = [
     "__version__",
     "analyze",
     "eigenvalues",
+    "from_pretrained",
     "get_adapter",
     "load",
     "marchenko_pastur",
@@ -51,6 +62,7 @@ __all__ = [
     "rebuild_optimizer",
     "register_adapter",
     "save",
+    "save_pretrained",
     "schedules",
     "singular_values",
     "tracy_widom",
