@@ -32,15 +32,18 @@ Example
 >>> config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
 ...                     num_attention_heads=2, intermediate_size=64)
 >>> dense = BertModel(config).eval()
->>> pruned, _ = rmtprune.prune(dense, ranks={"pooler.dense": 4}, layers="pooler.dense",
-...                            min_dim=8, fit_cutoff=10.0, min_rank=4, split=True)
+>>> pruned, _ = rmtprune.prune(dense, layers="pooler.dense", bulk_keep=0.0, min_rank=4,
+...                            min_dim=8, fit_cutoff=1e9, split=True)
 >>> directory = tempfile.mkdtemp()
 >>> rmtprune.save_pretrained(pruned, directory)
 >>> sorted(os.listdir(directory))
 ['config.json', 'rmtprune.safetensors']
 >>> again = rmtprune.from_pretrained(BertModel, directory)
->>> type(again.pooler.dense).__name__, again.pooler.dense.rank
-('LowRankLinear', 4)
+>>> type(again.pooler.dense).__name__, again.pooler.dense.rank == pruned.pooler.dense.rank
+('LowRankLinear', True)
+>>> x = torch.tensor([[1, 2, 3]])
+>>> torch.equal(again(x).pooler_output, pruned(x).pooler_output)
+True
 """
 
 from __future__ import annotations

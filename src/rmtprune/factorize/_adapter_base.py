@@ -163,6 +163,7 @@ class LayerAdapter(ABC):
         Examples
         --------
         >>> import torch
+        >>> from rmtprune.factorize import get_adapter
         >>> layer = torch.nn.Linear(3, 2)
         >>> U, s, Vh = torch.eye(2, 1), torch.tensor([4.0]), torch.eye(1, 3)
         >>> new = get_adapter(layer).rebuild(layer, U, s, Vh, split=True)
@@ -189,6 +190,7 @@ class LayerAdapter(ABC):
         Examples
         --------
         >>> import torch
+        >>> from rmtprune.factorize import get_adapter
         >>> layer = torch.nn.Linear(2, 2)
         >>> get_adapter(layer).truncate(layer, torch.eye(2, 1), torch.ones(1), torch.eye(1, 2))
         >>> layer.weight.tolist()
