@@ -93,3 +93,16 @@ def test_bert_in_half_precision_is_analysed_like_float32(dtype: torch.dtype) -> 
     assert sum(r.action == "split" for r in report) >= 12
     with torch.no_grad():
         assert pruned(**inputs()).last_hidden_state.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_a_split_layer_is_re_analysed_like_float32(dtype: torch.dtype) -> None:
+    torch.manual_seed(1)
+    model = _representable(nn.Sequential(nn.Linear(256, 128)))
+    split, _ = rmtprune.prune(model, bulk_keep=0.5)
+    half = copy.deepcopy(split).to(dtype)
+    with torch.no_grad():  # factors exactly representable, as for the dense weights
+        for param in half.parameters():
+            param.copy_(param.float().to(dtype))
+        single = copy.deepcopy(half).to(torch.float32)
+    assert _analysis(rmtprune.analyze(half)) == _analysis(rmtprune.analyze(single))

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from rmtprune.factorize._adapter_base import LayerAdapter, as_kind, as_lowrank, weight_of
-from rmtprune.factorize._lowrank_base import LowRankModule
+from rmtprune.factorize._lowrank_base import LowRankModule, compute_dtype
 from rmtprune.factorize.lowrank import LowRankConv2d, LowRankLinear
 from rmtprune.factorize.lowrank_embedding import LowRankEmbedding
 
@@ -37,9 +37,11 @@ class _LowRankAdapter(LayerAdapter):
         return as_lowrank(module).out_features, as_lowrank(module).in_features
 
     def weight_matrix(self, module: nn.Module) -> torch.Tensor:
-        """The product ``W₂ W₁`` as a new ``m × n`` tensor."""
+        """The product ``W₂ W₁`` as a new ``m × n`` tensor (float32 for 16-bit factors)."""
         layer = as_lowrank(module)
-        return layer.second_matrix() @ layer.first_matrix()
+        first, second = layer.first_matrix(), layer.second_matrix()
+        dtype = compute_dtype(first.dtype)
+        return second.to(dtype) @ first.to(dtype)
 
     def bias(self, module: nn.Module) -> torch.Tensor | None:
         """The bias of the second factor, detached, or ``None``."""
