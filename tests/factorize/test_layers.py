@@ -115,3 +115,13 @@ def test_set_submodule_replaces_a_shared_module_under_every_name() -> None:
     new = nn.Identity()
     assert set_submodule(model, "a", new) is shared
     assert model.a is new and model.inner[0] is new
+
+
+def test_weight_is_on_the_factors_device() -> None:
+    for layer in (
+        LowRankLinear(8, 5, rank=2, device="meta", dtype=torch.float16),
+        LowRankConv2d(3, 4, rank=2, kernel_size=3, device="meta"),
+        LowRankEmbedding(9, 4, rank=2, device="meta", dtype=torch.bfloat16),
+    ):
+        weight = layer.weight
+        assert weight.device.type == "meta" and weight.dtype == layer.first.weight.dtype
