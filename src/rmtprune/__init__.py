@@ -18,7 +18,15 @@ True
 from rmtprune.distributions.marchenko_pastur import marchenko_pastur, mp_edges
 from rmtprune.distributions.tracy_widom import tracy_widom
 from rmtprune.estimators import BEMA, GavishDonoho, NotFittedError
-from rmtprune.factorize import LowRankConv2d, LowRankLinear, get_adapter, register_adapter
+from rmtprune.factorize import (
+    LowRankConv1D,
+    LowRankConv2d,
+    LowRankEmbedding,
+    LowRankLinear,
+    get_adapter,
+    register_adapter,
+)
+from rmtprune.hf import from_pretrained, save_pretrained
 from rmtprune.io import load, save
 from rmtprune.plotting import plot_spectrum
 from rmtprune.pruning import schedules
@@ -50,7 +58,9 @@ __all__ = [
     "LayerAnalysis",
     "LayerPruneResult",
     "LayerView",
+    "LowRankConv1D",
     "LowRankConv2d",
+    "LowRankEmbedding",
     "LowRankLinear",
     "MPCriterion",
     "ModelReport",
@@ -62,6 +72,7 @@ __all__ = [
     "__version__",
     "analyze",
     "eigenvalues",
+    "from_pretrained",
     "get_adapter",
     "load",
     "marchenko_pastur",
@@ -71,6 +82,7 @@ __all__ = [
     "rebuild_optimizer",
     "register_adapter",
     "save",
+    "save_pretrained",
     "schedules",
     "singular_values",
     "tracy_widom",

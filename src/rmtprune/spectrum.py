@@ -53,7 +53,14 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["SpectrumMethod", "as_matrix", "eigenvalues", "is_tensor", "singular_values"]
+__all__ = [
+    "SpectrumMethod",
+    "as_matrix",
+    "eigenvalues",
+    "is_tensor",
+    "numerical_rank",
+    "singular_values",
+]
 
 FloatArray = NDArray[np.float64]
 SpectrumMethod = Literal["gram", "svd"]
@@ -252,3 +259,37 @@ def singular_values(W: Any, *, method: SpectrumMethod = "gram") -> FloatArray:
     A = as_matrix(W)
     lam = eigenvalues(A, method=method)
     return np.sqrt(lam[::-1] * max(A.shape))
+
+
+def numerical_rank(eigenvalues: Any, n_rows: int) -> int:
+    """Number of eigenvalues whose singular values exceed the rank tolerance.
+
+    The tolerance is ``s_max · max(N · eps(float64), 1e-6)``: it follows the precision the
+    spectrum is computed in (always float64 here; ``1e-6`` is the relative precision of
+    singular values obtained from float64 Gram-matrix eigenvalues), never the dtype the weight
+    is stored in.  A float16 or bfloat16 weight therefore gets the rank of the same values
+    in float32 (the low storage precision says nothing about the matrix's rank: an honest
+    256 × 256 random matrix has ``s_min / s_max ≈ 1/512``, above bfloat16's ``eps``).
+
+    Parameters
+    ----------
+    eigenvalues : array-like
+        Ascending eigenvalues ``λ_i = s_i² / N`` (as returned by :func:`eigenvalues`).
+    n_rows : int
+        ``N = max(m, n)`` of the matrix.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> numerical_rank(np.array([0.0, 1e-20, 0.5, 2.0]), 4)
+    2
+    >>> W = np.random.default_rng(0).standard_normal((256, 256))
+    >>> numerical_rank(eigenvalues(W), 256)
+    256
+    """
+    values = np.asarray(eigenvalues, dtype=np.float64)
+    if values.size == 0 or values[-1] <= 0:
+        return 0
+    s = np.sqrt(np.maximum(values, 0.0))
+    rel = max(int(n_rows) * float(np.finfo(np.float64).eps), 1e-6)
+    return int(np.count_nonzero(s > rel * s[-1]))

@@ -29,7 +29,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -37,9 +36,9 @@ from rmtprune._validation import check_int
 from rmtprune.factorize.registry import LayerAdapter, get_adapter
 from rmtprune.pruning.criteria import LayerView
 from rmtprune.pruning.selection import Select, weight_layers
-from rmtprune.spectrum import eigenvalues
+from rmtprune.spectrum import eigenvalues, numerical_rank
 
-__all__ = ["Candidate", "candidate_layers", "collect", "count_parameters", "numerical_rank"]
+__all__ = ["Candidate", "candidate_layers", "collect", "count_parameters"]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -69,15 +68,6 @@ class Candidate:
     def layer_type(self) -> str:
         """The module's class name."""
         return type(self.module).__name__
-
-
-def numerical_rank(spectrum: np.ndarray, n_rows: int, dtype: torch.dtype) -> int:
-    """Count the ascending eigenvalues whose singular values exceed the rank tolerance."""
-    if spectrum.size == 0 or spectrum[-1] <= 0:
-        return 0
-    s = np.sqrt(np.maximum(spectrum, 0.0))
-    rel = max(n_rows * float(torch.finfo(dtype).eps), 1e-6)
-    return int(np.count_nonzero(s > rel * s[-1]))
 
 
 def _shape_or_none(module: nn.Module) -> tuple[int, int]:
@@ -115,7 +105,7 @@ def _candidate(
     if not bool(torch.isfinite(matrix).all()):
         return make(p, "non-finite weights (NaN or Inf)")
     spectrum = eigenvalues(matrix)
-    rank = numerical_rank(spectrum, max(m, n), matrix.dtype)
+    rank = numerical_rank(spectrum, max(m, n))
     factor_rank = adapter.current_rank(module)
     if factor_rank is not None:
         rank = min(factor_rank, rank)
