@@ -21,7 +21,7 @@ from rmtprune.estimators import BEMA, GavishDonoho, NotFittedError
 from rmtprune.factorize import LowRankConv2d, LowRankLinear, get_adapter, register_adapter
 from rmtprune.io import load, save
 from rmtprune.pruning import schedules
-from rmtprune.pruning.optim import rebuild_optimizer
+from rmtprune.pruning.optim import rebuild_optimizer, update_optimizer
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
 from rmtprune.pruning.walker import analyze, prune
@@ -54,4 +54,5 @@ __all__ = [
     "schedules",
     "singular_values",
     "tracy_widom",
+    "update_optimizer",
 ]

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rmtprune._progress import track
 from rmtprune._validation import check_int, check_real, param_error
 from rmtprune.estimators.bema import BEMA
 from rmtprune.factorize.registry import LayerAdapter, get_adapter, set_submodule
@@ -268,6 +269,7 @@ def _fit_model(
     owner: str,
     layers: Sequence[str] | str | None,
     ranks: Mapping[str, int] | None,
+    progress: bool | None = None,
     **kw: Any,
 ) -> list[_Fit]:
     if not isinstance(model, nn.Module):
@@ -282,7 +284,7 @@ def _fit_model(
     with torch.no_grad():
         return [
             _fit_layer(name, mod, reason, known_rank=known.get(name), **kw)
-            for name, mod, reason in chosen
+            for name, mod, reason in track(chosen, desc=f"{owner}: fitting", progress=progress)
         ]
 
 
@@ -296,6 +298,7 @@ def analyze(
     min_dim: int = DEFAULT_MIN_DIM,
     min_params: int = DEFAULT_MIN_PARAMS,
     ranks: Mapping[str, int] | None = None,
+    progress: bool | None = None,
 ) -> ModelReport:
     """Fit the Marchenko–Pastur law to every weight layer of ``model``.
 
@@ -320,6 +323,8 @@ def analyze(
         numerical rank no longer shows the truncation; with its rank given, only
         the top ``rank`` eigenvalues are fitted and pruning never keeps more.
         :class:`rmtprune.SpectralPruner` passes its own record.
+    progress : bool or None
+        Progress bar over the layers (default: when stderr is a terminal and tqdm is installed).
 
     Returns
     -------
@@ -350,6 +355,7 @@ def analyze(
         fit_cutoff=fit_cutoff,
         min_dim=min_dim,
         min_params=min_params,
+        progress=progress,
     )
     cutoff = fit_cutoff if not isinstance(fit_cutoff, Mapping) else math.nan
     return ModelReport(tuple(f.row for f in fits), alpha, beta, float(cutoff))
@@ -449,6 +455,7 @@ def prune(
     min_dim: int = DEFAULT_MIN_DIM,
     min_params: int = DEFAULT_MIN_PARAMS,
     ranks: Mapping[str, int] | None = None,
+    progress: bool | None = None,
 ) -> tuple[nn.Module, PruneReport]:
     """Remove the noise part of every MP-like weight layer (SPEC section 4).
 
@@ -477,6 +484,8 @@ def prune(
     dry_run : bool
         Change nothing (weights bitwise identical) and report exactly what a
         real run would do.
+    progress : bool or None
+        Progress bars over the layers (default: when stderr is a terminal and tqdm is installed).
 
     Returns
     -------
@@ -519,6 +528,7 @@ def prune(
         fit_cutoff=fit_cutoff,
         min_dim=min_dim,
         min_params=min_params,
+        progress=progress,
     )
     with torch.no_grad():
         rows = tuple(
@@ -530,7 +540,7 @@ def prune(
                 dry_run=dry_run,
                 model=target,
             )
-            for f in fits
+            for f in track(fits, desc="prune: surgery", progress=progress)
         )
     changed = any(r.action in ("split", "truncated") for r in rows)
     after = before - sum(r.params_before - r.params_after for r in rows)
