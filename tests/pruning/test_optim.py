@@ -88,9 +88,7 @@ def test_every_optimizer_is_edited_in_place_and_its_state_dict_loads(name: str) 
     assert [id(g) for g in opt.param_groups] == group_objects
     assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == hyper
     expected = _groups(model)  # decay / no-decay by name, in model order
-    assert [_ids(g["params"]) for g in opt.param_groups] == [
-        _ids(g["params"]) for g in expected
-    ]
+    assert [_ids(g["params"]) for g in opt.param_groups] == [_ids(g["params"]) for g in expected]
     assert all(torch.equal(opt.state[kept][k], v) for k, v in kept_state.items())
     new_bias = model[0].second.bias  # an exact copy of the old bias: its state carries over
     assert all(torch.equal(opt.state[new_bias][k], v) for k, v in bias_state.items())
@@ -129,9 +127,7 @@ def test_a_frozen_bias_stays_frozen_while_the_weight_factors_train() -> None:
     _prune(model)
     update_optimizer(opt, model, before)
     held = _ids(opt.param_groups[0]["params"])
-    assert held == _ids(
-        [model[0].first.weight, model[0].second.weight, *model[2].parameters()]
-    )
+    assert held == _ids([model[0].first.weight, model[0].second.weight, *model[2].parameters()])
 
 
 def test_a_weight_truncated_in_place_keeps_its_parameter_and_state() -> None:
@@ -234,5 +230,5 @@ def test_bad_arguments_name_the_parameter() -> None:
         rebuild_optimizer(object(), model)
     with pytest.raises(TypeError, match="'model' parameter of rebuild_optimizer"):
         rebuild_optimizer(opt, object())  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="'optimizer' parameter of SpectralPruner.step"):
+    with pytest.raises(TypeError, match=r"'optimizer' parameter of SpectralPruner\.step"):
         SpectralPruner(model, schedule=schedules.Constant(0.0), every=1).step(1, optimizer=1)

@@ -168,9 +168,7 @@ def _edit(opt: torch.optim.Optimizer, found: Mapping[int, Any], model: nn.Module
         opt.state.clear()
 
 
-def update_optimizer(
-    optimizer: Any, model: nn.Module, before: Mapping[str, torch.Tensor]
-) -> Any:
+def update_optimizer(optimizer: Any, model: nn.Module, before: Mapping[str, torch.Tensor]) -> Any:
     """Edit ``optimizer`` in place so that it optimises ``model``'s parameters after pruning.
 
     Parameters
