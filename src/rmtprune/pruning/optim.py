@@ -111,7 +111,7 @@ def replacements(
     for name, param in now.items():
         if id(param) in before_ids or not gone:
             continue
-        prefix, candidates = name, []
+        prefix, candidates = name, list[str]()
         while not candidates and prefix:
             prefix = prefix.rpartition(".")[0]
             candidates = [n for n in gone if not prefix or n.startswith(prefix + ".")]
