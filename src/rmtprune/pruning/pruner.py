@@ -36,6 +36,11 @@ from rmtprune.pruning.walker import (
 __all__ = ["SpectralPruner"]
 
 
+def _as_list(optimizer: Any) -> list[Any]:
+    """One optimizer, or a list or tuple of them, as a list."""
+    return list(optimizer) if isinstance(optimizer, list | tuple) else [optimizer]
+
+
 class SpectralPruner:
     """Prune a model on a schedule while it trains.
 
@@ -160,7 +165,7 @@ class SpectralPruner:
         ----------
         epoch : int
             The epoch (or step) just completed.
-        optimizer : torch.optim.Optimizer or a wrapper of one, optional
+        optimizer : torch.optim.Optimizer (or a wrapper of one), or a sequence of them
             Edited in place after a change (:func:`rmtprune.update_optimizer`): new factors
             join the group of the parameter they replace, parameters it did not hold stay
             out, and schedulers holding it stay valid.
@@ -169,8 +174,9 @@ class SpectralPruner:
             ``tqdm`` is installed).
         """
         epoch = check_int(epoch, "epoch", "SpectralPruner.step", low=0)
-        if optimizer is not None:
-            unwrap_optimizer(optimizer, "SpectralPruner.step")
+        optimizers = [] if optimizer is None else _as_list(optimizer)
+        for opt in optimizers:
+            unwrap_optimizer(opt, "SpectralPruner.step")
         if not self.is_pruning_epoch(epoch) or (
             self.last_epoch is not None and epoch <= self.last_epoch
         ):
@@ -193,9 +199,9 @@ class SpectralPruner:
             }
         )
         if report.changed:
-            if optimizer is not None:
-                update_optimizer(optimizer, self.model, before)
-            else:
+            for opt in optimizers:
+                update_optimizer(opt, self.model, before)
+            if not optimizers:
                 remember_snapshot(self.model, before)
         return report
 
