@@ -38,11 +38,12 @@ def make_record(model: nn.Module, pruner: SpectralPruner) -> dict[str, Any]:
 
 
 def apply_record(model: nn.Module, record: Mapping[str, Any], source: str) -> None:
-    """Rebuild the pruned layers of ``record`` on ``model`` (zero placeholders; load weights next)."""
-    if not isinstance(record, Mapping) or record.get("format_version") != RECORD_VERSION:
+    """Rebuild the pruned layers of ``record`` on ``model`` (placeholders: load weights next)."""
+    version = record.get("format_version") if isinstance(record, Mapping) else None
+    if version != RECORD_VERSION:
         raise ValueError(
             f"{source} holds no rmtprune record of format {RECORD_VERSION}. "
-            f"Got {type(record).__name__} {getattr(record, 'get', dict().get)('format_version')!r}."
+            f"Got format {version!r} instead."
         )
     try:
         apply_structure(model, record["structure"])
