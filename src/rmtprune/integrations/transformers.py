@@ -1,4 +1,4 @@
-"""Hugging Face ``Trainer``: prune on a schedule, keep its optimizer valid, resume from a checkpoint.
+"""Hugging Face ``Trainer``: prune on a schedule, keep the optimizer valid, resume a checkpoint.
 
 ``pip install rmtprune[hf]``.  Add one callback::
 
@@ -99,7 +99,7 @@ def restore_structure(model: nn.Module, checkpoint_dir: str | os.PathLike[str]) 
     return model
 
 
-class SpectralPruningCallback(TrainerCallback):  # type: ignore[misc]
+class SpectralPruningCallback(TrainerCallback):
     """Prune the Trainer's model on a schedule (see the module docstring).
 
     Parameters
