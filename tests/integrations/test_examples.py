@@ -34,3 +34,37 @@ def test_ddp_ranks_with_different_thread_counts_hold_equal_weights(tmp_path: Pat
     for a, b in zip(*ranks, strict=True):  # after each pruning step and after training on
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(ranks[0][1]["0.first.weight"], ranks[0][2]["0.first.weight"])  # trains
+
+
+def test_plain_loop_example() -> None:
+    result = _load("plain_loop_example").main()
+    params = result["params"]
+    assert len(params) == 3 and params[0] >= params[1] > params[2]  # pruned at epochs 2 and 4
+    model, optimizer = result["model"], result["optimizer"]
+    decay, no_decay = optimizer.param_groups
+    assert [id(p) for p in decay["params"]] == [
+        id(p) for n, p in model.named_parameters() if not n.endswith("bias")
+    ]
+    assert result["scheduler"].optimizer is optimizer
+    assert sum(p.numel() for p in model.parameters()) == params[-1]
+
+
+@pytest.mark.slow
+def test_lightning_example(tmp_path: Path) -> None:
+    pytest.importorskip("lightning")
+    result = _load("lightning_example").main(tmp_path)
+    assert [r.epoch for r in result["reports"]] == [2, 4]  # once before the kill, once after
+    model, optimizer = result["model"], result["trainer"].optimizers[0]
+    assert [id(p) for p in optimizer.param_groups[0]["params"]] == [
+        id(p) for p in model.parameters()
+    ]
+    assert sum(p.numel() for p in model.parameters()) == result["reports"][-1].params_after
+
+
+@pytest.mark.slow
+def test_transformers_example(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    result = _load("transformers_example").main(tmp_path)
+    assert [r.epoch for r in result["reports"]] == [4, 8]
+    model = result["model"]
+    assert sum(p.numel() for p in model.parameters()) == result["reports"][-1].params_after

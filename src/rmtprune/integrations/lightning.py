@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,6 +61,8 @@ class SpectralPruningCallback(pl.Callback):
         Created in ``setup``.
     reports : list of PruneReport
         The reports of the steps that changed the model, in order.
+    seconds : list of float
+        Wall time of each of those steps (fit, surgery and optimizer update).
     """
 
     def __init__(self, *, interval: str = "epoch", progress: bool = False, **pruner_options: Any):
@@ -69,6 +72,7 @@ class SpectralPruningCallback(pl.Callback):
         make_pruner(nn.Linear(1, 1), self.options, "SpectralPruningCallback")  # check early
         self.pruner: SpectralPruner | None = None
         self.reports: list[PruneReport] = []
+        self.seconds: list[float] = []
         self._pending: dict[str, Any] | None = None
         self._hook: Any = None
 
@@ -102,9 +106,11 @@ class SpectralPruningCallback(pl.Callback):
 
     def _prune(self, trainer: pl.Trainer, index: int) -> None:
         assert self.pruner is not None
+        start = time.perf_counter()
         report = self.pruner.step(index, optimizer=list(trainer.optimizers), progress=self.progress)
         if report.changed:
             self.reports.append(report)
+            self.seconds.append(time.perf_counter() - start)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Prune after ``current_epoch`` completed epochs."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import weakref
 from typing import Any
 
@@ -118,6 +119,8 @@ class SpectralPruningCallback(TrainerCallback):
         Created when training begins.
     reports : list of PruneReport
         The reports of the steps that changed the model, in order.
+    seconds : list of float
+        Wall time of each of those steps (fit, surgery and optimizer update).
     """
 
     def __init__(self, *, interval: str = "step", progress: bool = False, **pruner_options: Any):
@@ -127,6 +130,7 @@ class SpectralPruningCallback(TrainerCallback):
         make_pruner(nn.Linear(1, 1), self.options, "SpectralPruningCallback")  # check early
         self.pruner: SpectralPruner | None = None
         self.reports: list[PruneReport] = []
+        self.seconds: list[float] = []
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         """Create the pruner; on a resumed run, continue from the restored record."""
@@ -148,9 +152,11 @@ class SpectralPruningCallback(TrainerCallback):
 
     def _prune(self, index: int, kw: dict[str, Any]) -> None:
         assert self.pruner is not None
+        start = time.perf_counter()
         report = self.pruner.step(index, optimizer=kw["optimizer"], progress=self.progress)
         if report.changed:
             self.reports.append(report)
+            self.seconds.append(time.perf_counter() - start)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         """Prune after ``state.global_step`` optimizer steps."""
