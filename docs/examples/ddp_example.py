@@ -23,17 +23,17 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import rmtprune
 from rmtprune.integrations.ddp import prune_step
 
-EPOCHS, STEPS = 5, 4
+EPOCHS = 5
 
 
-def worker(rank: int, world: int, port: int, out: str) -> None:
+def worker(rank: int, world: int, port: int, out: str, width: int = 48, steps: int = 4) -> None:
     torch.set_num_threads(1 + rank)  # ranks deliberately differ
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
     torch.manual_seed(0)
-    model = DDP(nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 40), nn.ReLU(),
-                              nn.Linear(40, 4)))  # fmt: skip
+    model = DDP(nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                              nn.Linear(width, 4)))  # fmt: skip
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.8)
     pruner = rmtprune.SpectralPruner(
@@ -44,7 +44,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     seconds = {"train": 0.0, "prune": 0.0}
     for epoch in range(1, EPOCHS + 1):
         start = time.perf_counter()
-        for _ in range(STEPS):
+        for _ in range(steps):
             x, y = torch.randn(16, 64, generator=data), torch.randint(0, 4, (16,), generator=data)
             optimizer.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
@@ -67,10 +67,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def main(out: str | Path) -> list[dict[str, Any]]:
+def main(out: str | Path, width: int = 48, steps: int = 4) -> list[dict[str, Any]]:
     """Run 2 ranks, check their weights are equal after every pruning step, return the results."""
     Path(out).mkdir(parents=True, exist_ok=True)
-    mp.spawn(worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(worker, args=(2, _free_port(), str(out), width, steps), nprocs=2, join=True)
     results = [torch.load(Path(out) / f"rank{r}.pt") for r in range(2)]
     first, second = results[0]["snapshots"], results[1]["snapshots"]
     assert len(first) == len(second) == 3  # pruned at epochs 2 and 4, then the end

@@ -120,6 +120,16 @@ def test_parameters_the_optimizer_did_not_hold_stay_out() -> None:
     assert len(opt.param_groups[0]["params"]) == 3
 
 
+def test_rebuild_optimizer_no_longer_adds_parameters_it_never_held() -> None:
+    model = _model()  # the old code went from 2 to 4+ parameters here
+    opt = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    pruner = SpectralPruner(model, schedule=schedules.Constant(0.0), every=1, min_rank=8,
+                            split=True)  # fmt: skip
+    assert pruner.step(1).changed
+    assert rebuild_optimizer(opt, model) is opt
+    assert _ids(opt.param_groups[0]["params"]) == _ids(model[0].parameters())
+
+
 def test_a_frozen_bias_stays_frozen_while_the_weight_factors_train() -> None:
     model = _model()
     opt = torch.optim.Adam([model[0].weight, model[2].weight, model[2].bias], lr=0.01)
