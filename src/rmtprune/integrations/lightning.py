@@ -83,6 +83,12 @@ class SpectralPruningCallback(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Create the pruner and arm the structure restore for a resumed fit."""
+        if trainer.world_size > 1:
+            raise RuntimeError(
+                "SpectralPruningCallback supports single-process training only (each rank would "
+                f"prune its own copy); got world_size={trainer.world_size}. Use "
+                "rmtprune.integrations.ddp.prune_step in a plain loop for DDP."
+            )
         if self.pruner is None or self.pruner.model is not pl_module:
             self.pruner = make_pruner(pl_module, self.options, "SpectralPruningCallback")
         if self._pending is not None:

@@ -134,6 +134,12 @@ class SpectralPruningCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         """Create the pruner; on a resumed run, continue from the restored record."""
+        if args.world_size > 1:
+            raise RuntimeError(
+                "SpectralPruningCallback supports single-process training only (each rank would "
+                f"prune its own copy); got world_size={args.world_size}. Use "
+                "rmtprune.integrations.ddp.prune_step in a plain loop for DDP."
+            )
         model = kw["model"]
         self.pruner = make_pruner(model, self.options, "SpectralPruningCallback")
         record = _RESTORED.pop(model, None)
