@@ -33,8 +33,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from rmtprune.io import apply_structure, describe_structure
-from rmtprune.pruning.optim import update_optimizer
-from rmtprune.pruning.pruner import SpectralPruner, _as_list
+from rmtprune.pruning.optim import optimizer_list, update_optimizer
+from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import PruneReport
 
 __all__ = ["prune_step", "rewrap"]
@@ -134,6 +134,6 @@ def prune_step(
     _broadcast_module(module, src, group)
     if not report.changed:
         return model, report
-    for opt in [] if optimizer is None else _as_list(optimizer):
+    for opt in [] if optimizer is None else optimizer_list(optimizer):
         update_optimizer(opt, module, before)
     return rewrap(model), report

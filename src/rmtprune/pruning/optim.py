@@ -48,7 +48,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["rebuild_optimizer", "replacements", "unwrap_optimizer", "update_optimizer"]
+__all__ = [
+    "optimizer_list",
+    "rebuild_optimizer",
+    "remember_snapshot",
+    "replacements",
+    "unwrap_optimizer",
+    "update_optimizer",
+]
 
 # The snapshot taken by SpectralPruner.step before its last change of each model, so that
 # rebuild_optimizer(optimizer, model) (which gets no snapshot) knows what replaced what.
@@ -79,6 +86,15 @@ def unwrap_optimizer(optimizer: Any, owner: str = "update_optimizer") -> torch.o
             f"of one (with an 'optimizer' attribute). Got {type(optimizer).__name__} instead."
         )
     return current
+
+
+def optimizer_list(optimizer: Any) -> list[Any]:
+    """One optimizer, or a list or tuple of them, as a list.
+
+    >>> optimizer_list(None), len(optimizer_list((1, 2)))
+    ([None], 2)
+    """
+    return list(optimizer) if isinstance(optimizer, list | tuple) else [optimizer]
 
 
 def _leaf(name: str) -> str:

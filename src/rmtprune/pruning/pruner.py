@@ -20,7 +20,12 @@ from torch import nn
 
 from rmtprune._progress import progress_enabled
 from rmtprune._validation import check_int, param_error
-from rmtprune.pruning.optim import remember_snapshot, unwrap_optimizer, update_optimizer
+from rmtprune.pruning.optim import (
+    optimizer_list,
+    remember_snapshot,
+    unwrap_optimizer,
+    update_optimizer,
+)
 from rmtprune.pruning.report import PruneReport
 from rmtprune.pruning.schedules import Schedule, schedule_from_dict, schedule_to_dict
 from rmtprune.pruning.walker import (
@@ -34,11 +39,6 @@ from rmtprune.pruning.walker import (
 )
 
 __all__ = ["SpectralPruner"]
-
-
-def _as_list(optimizer: Any) -> list[Any]:
-    """One optimizer, or a list or tuple of them, as a list."""
-    return list(optimizer) if isinstance(optimizer, list | tuple) else [optimizer]
 
 
 class SpectralPruner:
@@ -174,7 +174,7 @@ class SpectralPruner:
             ``tqdm`` is installed).
         """
         epoch = check_int(epoch, "epoch", "SpectralPruner.step", low=0)
-        optimizers = [] if optimizer is None else _as_list(optimizer)
+        optimizers = [] if optimizer is None else optimizer_list(optimizer)
         for opt in optimizers:
             unwrap_optimizer(opt, "SpectralPruner.step")
         if not self.is_pruning_epoch(epoch) or (
