@@ -39,7 +39,7 @@ from rmtprune.pruning.criteria import (
     MPCriterion,
     RankDecision,
 )
-from rmtprune.pruning.optim import rebuild_optimizer
+from rmtprune.pruning.optim import rebuild_optimizer, update_optimizer
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
 from rmtprune.pruning.selection import Select
@@ -86,4 +86,5 @@ __all__ = [
     "schedules",
     "singular_values",
     "tracy_widom",
+    "update_optimizer",
 ]

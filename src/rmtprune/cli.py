@@ -147,6 +147,12 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
         help="write the report as JSON to PATH (or to stdout with no PATH)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar over the layers (default: when stderr is a terminal; needs tqdm)",
+    )
 
 
 def _add_spectral_commands(sub: Any) -> None:
@@ -325,12 +331,19 @@ def _progress(args: argparse.Namespace, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def _bar(args: argparse.Namespace) -> bool | None:
+    """``--progress``/``--no-progress``; ``--quiet`` or JSON on stdout turn the bar off."""
+    return False if args.quiet or args.json == "-" else args.progress
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
     import rmtprune
 
     model = _load(args)
     _progress(args, "fitting the spectrum of each layer ...")
-    report = rmtprune.analyze(model, criterion=_mp(args), select=_select(args))
+    report = rmtprune.analyze(
+        model, criterion=_mp(args), select=_select(args), progress=_bar(args)
+    )
     if args.json is not None:
         _emit_json(report, args.json)
     if args.json != "-":
@@ -362,6 +375,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         split=split,  # type: ignore[arg-type]
         dry_run=args.dry_run,
         inplace=True,
+        progress=_bar(args),
     )
     if args.json is not None:
         _emit_json(report, args.json)

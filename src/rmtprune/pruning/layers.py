@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rmtprune._progress import track
 from rmtprune._validation import check_int
 from rmtprune.factorize.registry import LayerAdapter, get_adapter
 from rmtprune.pruning.criteria import LayerView
@@ -122,10 +123,12 @@ def collect(
     select: Select,
     ranks: Mapping[str, int] | None = None,
     owner: str = "collect",
+    progress: bool | None = None,
 ) -> list[Candidate]:
     """Every weight layer ``select`` picks, in module order, eligible or with its reason.
 
-    ``ranks`` holds known ranks of layers truncated earlier (see :func:`rmtprune.analyze`).
+    ``ranks`` holds known ranks of layers truncated earlier (see :func:`rmtprune.analyze`);
+    ``progress`` shows a bar over the layers (default: on a terminal with tqdm installed).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(
@@ -138,10 +141,10 @@ def collect(
     for name, value in known.items():
         check_int(value, f"ranks[{name!r}]", owner, low=1)
     with torch.no_grad():
+        picked = [entry for entry in found if entry[0] in chosen]
         return [
             _candidate(name, module, reason, select, known.get(name))
-            for name, module, reason in found
-            if name in chosen
+            for name, module, reason in track(picked, desc=f"{owner}: fitting", progress=progress)
         ]
 
 

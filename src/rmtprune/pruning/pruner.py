@@ -18,10 +18,17 @@ from typing import Any
 
 from torch import nn
 
+from rmtprune._progress import progress_enabled
 from rmtprune._validation import check_int, param_error
 from rmtprune.pruning.criteria import Criterion, FitCutoff
 from rmtprune.pruning.layers import count_parameters
 from rmtprune.pruning.options import resolve_criterion, resolve_select
+from rmtprune.pruning.optim import (
+    optimizer_list,
+    remember_snapshot,
+    unwrap_optimizer,
+    update_optimizer,
+)
 from rmtprune.pruning.report import PruneReport
 from rmtprune.pruning.schedules import Schedule, schedule_from_dict, schedule_to_dict
 from rmtprune.pruning.selection import Select
@@ -36,8 +43,9 @@ class SpectralPruner:
     Every ``every`` epochs (never at epoch 0) :meth:`step` prunes the selected
     layers in place with ``criterion.with_bulk_keep(schedule(epoch))`` (the
     paper's rule: fit BEMA, test the fit, keep the spikes and that fraction of
-    the bulk).  After a step whose report says ``changed``, rebuild the
-    optimizer with :func:`rmtprune.rebuild_optimizer`.
+    the bulk).  After a step whose report says ``changed``, the optimizer passed
+    as ``step(epoch, optimizer=opt)`` has been edited in place (see
+    :func:`rmtprune.update_optimizer`).
 
     Decisions depend only on the model's weights and the epoch, so a run
     resumed from :meth:`state_dict` (together with the model and optimizer)
@@ -157,15 +165,35 @@ class SpectralPruner:
         epoch = check_int(epoch, "epoch", "SpectralPruner.dry_run", low=0)
         return self._run(epoch, dry_run=True)
 
-    def step(self, epoch: int) -> PruneReport:
-        """Prune at a scheduled epoch; at any other epoch return an empty report."""
+    def step(
+        self, epoch: int, *, optimizer: Any = None, progress: bool | None = None
+    ) -> PruneReport:
+        """Prune at a scheduled epoch; at any other epoch return an empty report.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch (or step) just completed.
+        optimizer : torch.optim.Optimizer (or a wrapper of one), or a sequence of them
+            Edited in place after a change (:func:`rmtprune.update_optimizer`): new factors
+            join the group of the parameter they replace, parameters it did not hold stay
+            out, and schedulers holding it stay valid.
+        progress : bool or None
+            Show a progress bar over the layers (default: when stderr is a terminal and
+            ``tqdm`` is installed).
+        """
         epoch = check_int(epoch, "epoch", "SpectralPruner.step", low=0)
+        optimizers = [] if optimizer is None else optimizer_list(optimizer)
+        for opt in optimizers:
+            unwrap_optimizer(opt, "SpectralPruner.step")
         if not self.is_pruning_epoch(epoch) or (
             self.last_epoch is not None and epoch <= self.last_epoch
         ):
             n = count_parameters(self.model)
             return PruneReport((), n, n, False, False, epoch)
-        report = self._run(epoch, dry_run=False)
+        before = dict(self.model.named_parameters())
+        with progress_enabled(progress):
+            report = self._run(epoch, dry_run=False)
         self.last_epoch = epoch
         self.history.append(
             {
@@ -179,6 +207,11 @@ class SpectralPruner:
                 },
             }
         )
+        if report.changed:
+            for opt in optimizers:
+                update_optimizer(opt, self.model, before)
+            if not optimizers:
+                remember_snapshot(self.model, before)
         return report
 
     def state_dict(self) -> dict[str, Any]:

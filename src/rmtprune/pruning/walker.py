@@ -35,6 +35,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from rmtprune._progress import track
 from rmtprune._validation import param_error
 from rmtprune.factorize.registry import set_submodule
 from rmtprune.factorize.svd import truncated_svd
@@ -101,6 +102,7 @@ def analyze(
     layers: Sequence[str] | str | None = None,
     min_dim: int | None = None,
     min_params: int | None = None,
+    progress: bool | None = None,
 ) -> ModelReport:
     """Fit the Marchenko–Pastur law to every weight layer of ``model``.
 
@@ -125,6 +127,8 @@ def analyze(
         The older spelling of ``criterion=MPCriterion(alpha=..., beta=..., fit_cutoff=...)``
         and ``select=Select(include=layers, min_dim=..., min_params=...)``; not to be
         combined with ``criterion`` / ``select``.
+    progress : bool or None
+        Progress bar over the layers (default: when stderr is a terminal and tqdm is installed).
 
     Returns
     -------
@@ -153,7 +157,7 @@ def analyze(
     chosen = resolve_select(
         select, {"layers": layers, "min_dim": min_dim, "min_params": min_params}, "analyze"
     )
-    found = collect(model, chosen, ranks, "analyze")
+    found = collect(model, chosen, ranks, "analyze", progress)
     rows = tuple(_analysis_row(c, crit) for c in found)
     cutoff = crit.fit_cutoff if not isinstance(crit.fit_cutoff, Mapping) else math.nan
     return ModelReport(rows, crit.alpha, crit.beta, float(cutoff))
@@ -274,6 +278,7 @@ def prune(
     layers: Sequence[str] | str | None = None,
     min_dim: int | None = None,
     min_params: int | None = None,
+    progress: bool | None = None,
 ) -> tuple[nn.Module, PruneReport]:
     """Truncate every selected layer to the rank its criterion keeps (SPEC section 4).
 
@@ -310,6 +315,8 @@ def prune(
         The older spelling of ``criterion=MPCriterion(bulk_keep=..., min_rank=..., alpha=...,
         beta=..., fit_cutoff=...)`` and ``select=Select(include=layers, min_dim=...,
         min_params=...)``; not to be combined with ``criterion`` / ``select``.
+    progress : bool or None
+        Progress bars over the layers (default: when stderr is a terminal and tqdm is installed).
 
     Returns
     -------
@@ -341,7 +348,10 @@ def prune(
             f"Got {type(model).__name__} instead."
         )
     target = model if (inplace or dry_run) else copy.deepcopy(model)
-    return target, _prune_model(target, crit, chosen, ranks, split=split, dry_run=dry_run)
+    report = _prune_model(
+        target, crit, chosen, ranks, split=split, dry_run=dry_run, progress=progress
+    )
+    return target, report
 
 
 def _prune_model(
@@ -352,9 +362,10 @@ def _prune_model(
     *,
     split: SplitMode,
     dry_run: bool,
+    progress: bool | None = None,
 ) -> PruneReport:
     before = count_parameters(target)
-    found = collect(target, chosen, ranks, "prune")
+    found = collect(target, chosen, ranks, "prune", progress)
     with torch.no_grad():
         views = [c.view for c in found if c.view is not None]
         decisions = decide_ranks(target, crit, views)
@@ -368,7 +379,7 @@ def _prune_model(
                 dry_run=dry_run,
                 model=target,
             )
-            for c in found
+            for c in track(found, desc="prune: surgery", progress=progress)
         )
     changed = any(r.action in ("split", "truncated") for r in rows)
     after = before - sum(r.params_before - r.params_after for r in rows)
