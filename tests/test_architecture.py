@@ -36,7 +36,6 @@ KNOWN_SIZE_DEBT: set[str] = {
     "rmtprune.experiments.regression:run",
     "rmtprune.experiments.report:_blocks",
     "rmtprune.experiments.runner:_run_arm",
-    "rmtprune.factorize.registry",
     "rmtprune.training.trainer",
 }
 KNOWN_CYCLES: list[list[str]] = [

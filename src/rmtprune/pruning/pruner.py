@@ -22,13 +22,13 @@ from rmtprune._progress import progress_enabled
 from rmtprune._validation import check_int, param_error
 from rmtprune.pruning.criteria import Criterion, FitCutoff
 from rmtprune.pruning.layers import count_parameters
-from rmtprune.pruning.options import resolve_criterion, resolve_select
 from rmtprune.pruning.optim import (
     optimizer_list,
     remember_snapshot,
     unwrap_optimizer,
     update_optimizer,
 )
+from rmtprune.pruning.options import resolve_criterion, resolve_select
 from rmtprune.pruning.report import PruneReport
 from rmtprune.pruning.schedules import Schedule, schedule_from_dict, schedule_to_dict
 from rmtprune.pruning.selection import Select
