@@ -45,9 +45,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACCURACY_COLORS",
+    "FIXED_FIGURES",
     "Curve",
     "ParamPoint",
     "SpectrumSnapshot",
+    "existing_figures",
     "make_figures",
     "plot_accuracy_vs_params",
     "plot_curves",
@@ -358,7 +360,8 @@ def make_figures(
             points, title=f"{name}: accuracy vs parameters", path=fig_dir / "accuracy_vs_params.png"
         )
     )
-    snaps = next((s.spectra for s in seeds if s.spectra), ())
+    source = next((s for s in seeds if s.spectra), None)  # imported seeds may have none
+    snaps = source.spectra if source is not None else ()
     for layer in dict.fromkeys(s.layer for s in snaps):
         chosen = [s for s in snaps if s.layer == layer]
         safe = layer.replace(".", "_")
@@ -366,8 +369,24 @@ def make_figures(
             plot_spectra(
                 chosen,
                 title=f"{name}: layer {layer} {chosen[0].shape[0]}×{chosen[0].shape[1]}, "
-                f"seed {seeds[0].seed}",
+                f"seed {source.seed if source is not None else '?'}",
                 path=fig_dir / f"spectrum_{safe}.png",
             )
         )
     return tuple(out)
+
+
+FIXED_FIGURES = ("accuracy_vs_epoch.png", "params_vs_epoch.png", "accuracy_vs_params.png")
+
+
+def existing_figures(run_dir: Path, layers: Sequence[str] = ()) -> tuple[Path, ...]:
+    """The figures already in ``run_dir/figures``, in the order :func:`make_figures` writes
+    them: the fixed ones, then the spectra in the order of ``layers`` (others last, by name)."""
+    folder = run_dir / "figures"
+    fixed = [folder / n for n in FIXED_FIGURES if (folder / n).is_file()]
+    position = {f"spectrum_{name.replace('.', '_')}": i for i, name in enumerate(layers)}
+
+    def key(path: Path) -> tuple[int, str]:
+        return position.get(path.stem, len(position)), path.stem
+
+    return (*fixed, *sorted(folder.glob("spectrum_*.png"), key=key))

@@ -8,17 +8,21 @@ with the figures into ``report.md`` and a self-contained ``report.html``.
 from __future__ import annotations
 
 import base64
+import csv
 import html
+import io
 import json
 import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rmtprune._fileio import atomic_write_bytes
 from rmtprune.experiments.claims import accuracy_text, percent
 from rmtprune.pruning.report import _json_safe
 
 if TYPE_CHECKING:
+    from rmtprune.experiments.baselines import EvalPoint, PostTrainingResult
     from rmtprune.experiments.results import ArmResult, RunResult
 
 __all__ = [
@@ -229,45 +233,52 @@ def _epoch_rows(arm: ArmResult) -> list[dict[str, Any]]:
     return out
 
 
+def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    """CSV with the ``csv`` module's quoting, ``None`` as an empty cell, ``\\n`` line ends."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([["" if v is None else v for v in row] for row in rows])
+    return buffer.getvalue()
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def _after_values(point: EvalPoint, result: PostTrainingResult) -> list[Any]:
+    return [point.test_loss, point.test_accuracy, result.energy, result.n_zeroed]
+
+
 def write_metrics(result: RunResult) -> None:
     """Write ``metrics.json``, ``metrics.csv`` (per seed, arm, epoch) and ``after_training.csv``."""
     run_dir = result.run_dir
     content = {k: v for k, v in result.to_dict().items() if k not in ("run_dir", "wall_time")}
     content.pop("figures")
     text = json.dumps(_json_safe(content), indent=1, allow_nan=False)
-    (run_dir / "metrics.json").write_text(text + "\n", encoding="utf-8")
+    _write_text(run_dir / "metrics.json", text + "\n")
     rows = [row for s in result.seeds for arm in (s.normal, s.pruned) for row in _epoch_rows(arm)]
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    lines = [",".join(columns)]
-    for row in rows:
-        lines.append(",".join("" if row.get(c) is None else str(row.get(c)) for c in columns))
-    (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    table = [[row.get(c) for c in columns] for row in rows]
+    _write_text(run_dir / "metrics.csv", _csv_text(columns, table))
     head = "seed,method,stage,n_params,target_params,test_loss,test_accuracy,energy,n_zeroed"
-    lines = [head]
-    for s in result.seeds:
-        for r in s.after_training:
-            for stage, point in (("before-ft", r.before), ("after-ft", r.after)):
-                values = [
-                    s.seed,
-                    r.method,
-                    stage,
-                    point.n_params,
-                    r.target_params,
-                    point.test_loss,
-                    point.test_accuracy,
-                    r.energy,
-                    r.n_zeroed,
-                ]
-                lines.append(",".join("" if v is None else str(v) for v in values))
-    (run_dir / "after_training.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    table = [
+        [s.seed, r.method, stage, p.n_params, r.target_params, *_after_values(p, r)]
+        for s in result.seeds
+        for r in s.after_training
+        for stage, p in (("before-ft", r.before), ("after-ft", r.after))
+    ]
+    _write_text(run_dir / "after_training.csv", _csv_text(head.split(","), table))
 
 
-def write_report(result: RunResult) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``report.html`` into the run directory; return their paths."""
+def write_report(result: RunResult, *, html: bool = True) -> tuple[Path, ...]:
+    """Write ``report.md`` (and ``report.html`` unless ``html`` is false); return their paths."""
     md = result.run_dir / "report.md"
+    _write_text(md, render_markdown(result))
+    if not html:
+        return (md,)
     page = result.run_dir / "report.html"
-    md.write_text(render_markdown(result), encoding="utf-8")
-    page.write_text(render_html(result), encoding="utf-8")
+    _write_text(page, render_html(result))
     return md, page

@@ -8,6 +8,8 @@ claim verdicts.  Each has ``to_dict()``; ``metrics.json`` is ``RunResult``'s.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,10 @@ from rmtprune.pruning.report import LayerAnalysis
 from rmtprune.training import History
 
 __all__ = ["ArmResult", "RunResult", "SeedResult", "layer_from_dict"]
+
+
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)
 
 
 def layer_from_dict(values: dict[str, Any]) -> LayerAnalysis:
@@ -75,6 +81,23 @@ class ArmResult:
             "layers": [[r.to_dict() for r in epoch] for epoch in self.layers],
         }
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ArmResult:
+        """Inverse of :meth:`to_dict` (as read back from JSON: ``None`` → NaN where numeric)."""
+        initial = values["initial"]
+        return cls(
+            seed=int(values["seed"]),
+            arm=str(values["arm"]),
+            initial=EvalPoint(
+                int(initial["n_params"]),
+                _float(initial["test_loss"]),
+                _float(initial["test_accuracy"]),
+            ),
+            initial_weights_sha256=str(values["initial_weights_sha256"]),
+            history=History.from_dict(values["history"]),
+            layers=tuple(tuple(layer_from_dict(r) for r in epoch) for epoch in values["layers"]),
+        )
+
 
 @dataclass(frozen=True)
 class SeedResult:
@@ -94,6 +117,19 @@ class SeedResult:
             "pruned": self.pruned.to_dict(),
             "after_training": [r.to_dict() for r in self.after_training],
         }
+
+    @classmethod
+    def from_dict(
+        cls, values: Mapping[str, Any], spectra: tuple[SpectrumSnapshot, ...] = ()
+    ) -> SeedResult:
+        """Inverse of :meth:`to_dict`; ``spectra`` come from ``seed-*/spectra.json``."""
+        return cls(
+            seed=int(values["seed"]),
+            normal=ArmResult.from_dict(values["normal"]),
+            pruned=ArmResult.from_dict(values["pruned"]),
+            after_training=tuple(PostTrainingResult.from_dict(v) for v in values["after_training"]),
+            spectra=spectra,
+        )
 
 
 @dataclass(frozen=True)

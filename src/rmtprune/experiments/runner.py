@@ -33,38 +33,43 @@ True
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from rmtprune._fileio import atomic_write_bytes
 from rmtprune._validation import check_int, param_error
-from rmtprune.experiments import baselines, claims, plots, report
+from rmtprune.experiments import baselines, claims, plots, report, rundir
 from rmtprune.experiments.baselines import METHODS, EvalPoint, PostTrainingResult
 from rmtprune.experiments.config import ExperimentConfig
 from rmtprune.experiments.registry import get_config
 from rmtprune.experiments.results import ArmResult, RunResult, SeedResult, layer_from_dict
+from rmtprune.experiments.rundir import environment, write_json
 from rmtprune.pruning.pruner import SpectralPruner
-from rmtprune.pruning.report import LayerAnalysis, _json_safe
+from rmtprune.pruning.report import LayerAnalysis
 from rmtprune.pruning.walker import analyze
 from rmtprune.training import EpochRecord, Trainer, evaluate
+from rmtprune.training.trainer import check_device, device_unavailable
 
 if TYPE_CHECKING:
     from rmtprune.experiments.analysis import AnalysisRun
 
-__all__ = ["environment", "reproduce", "run_experiment"]
+__all__ = [
+    "SEEDS_GRAMMAR",
+    "environment",
+    "parse_seeds",
+    "render_run",
+    "reproduce",
+    "run_experiment",
+    "seed_tuple",
+]
 
 EpochHook = Callable[[int, str, EpochRecord], None]
 ARMS = ("normal", "pruned")
@@ -94,60 +99,9 @@ def _analyze(
     return tuple(r for r in rep.layers if not r.reason.startswith("too small"))
 
 
-def _write_json(path: Path, content: Any) -> None:
-    text = json.dumps(_json_safe(content), indent=1, allow_nan=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
-
-
 def _log(enabled: bool, config: ExperimentConfig, message: str) -> None:
     if enabled:
         print(f"[{config.experiment}/{config.preset}] {message}", file=sys.stderr, flush=True)
-
-
-def _git(*args: str) -> str | None:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        here = Path(__file__).resolve().parent
-        run = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
-        return run.stdout.strip() if run.returncode == 0 else None
-    return None
-
-
-def environment() -> dict[str, Any]:
-    """Versions, platform (no host name), git commit of the source tree, torch threads.
-
-    Examples
-    --------
-    >>> sorted(environment())[:3]
-    ['cpu_count', 'git_commit', 'git_dirty']
-    """
-    import matplotlib
-    import scipy
-
-    import rmtprune
-
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain") if commit else None
-    return {
-        "python": platform.python_version(),
-        "system": platform.system(),
-        "machine": platform.machine(),
-        **{m.__name__: m.__version__ for m in (rmtprune, torch, np, scipy, matplotlib)},
-        "git_commit": commit,
-        "git_dirty": None if status is None else bool(status),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def _environment_record(path: Path) -> dict[str, Any]:
-    """This process's environment; when resuming, the first one with this appended."""
-    now = environment()
-    if not path.is_file():
-        return now
-    first = json.loads(path.read_text())
-    return {**first, "resumed": [*first.get("resumed", []), now]}
 
 
 # ------------------------------------------------------------------------ one arm, one seed
@@ -193,7 +147,7 @@ def _run_arm(
     def record_layers(epoch: int, model_now: nn.Module) -> None:
         saved[epoch] = _analyze(config, model_now, ranks())
         entries = [{"epoch": e, "layers": [r.to_dict() for r in saved[e]]} for e in sorted(saved)]
-        _write_json(layers_path, entries)
+        write_json(layers_path, entries)
 
     def on_epoch_end(trainer: Trainer, record: EpochRecord) -> None:
         record_layers(record.epoch, trainer.model)
@@ -231,101 +185,106 @@ def _run_arm(
     return ArmResult(seed, arm, initial_point, digest, history, layers), trainer.model
 
 
-def _run_seed(
+def _after_training(
     config: ExperimentConfig,
     seed: int,
     data: tuple[Any, Any],
     seed_dir: Path,
+    trained: nn.Module,
+    target_params: int,
     *,
     resume: bool,
     progress: bool,
-    hook: EpochHook | None,
-    spectra: bool,
-) -> SeedResult:
-    arms: dict[str, tuple[ArmResult, nn.Module]] = {}
-    for arm in ARMS:
-        arms[arm] = _run_arm(
-            config, seed, arm, data, seed_dir / arm, resume=resume, progress=progress, hook=hook
-        )
-    normal, normal_model = arms["normal"]
-    pruned, pruned_model = arms["pruned"]
-
+) -> tuple[PostTrainingResult, ...]:
     cache = seed_dir / "after_training.json"
     after: tuple[PostTrainingResult, ...] = ()
     if resume and cache.is_file():
         after = tuple(PostTrainingResult.from_dict(v) for v in json.loads(cache.read_text()))
-    if tuple(r.method for r in after) != METHODS:
-        results = []
-        for method in METHODS:
-            _log(progress, config, f"seed {seed}: after training, {method}")
-            results.append(
-                baselines.run_method(
-                    method,
-                    normal_model,
-                    config,
-                    seed=seed,
-                    target_params=pruned.final_params,
-                    train=data[0],
-                    test=data[1],
-                    progress=progress,
-                )
+    if tuple(r.method for r in after) == METHODS:
+        return after
+    results = []
+    for method in METHODS:
+        _log(progress, config, f"seed {seed}: after training, {method}")
+        results.append(
+            baselines.run_method(
+                method,
+                trained,
+                config,
+                seed=seed,
+                target_params=target_params,
+                train=data[0],
+                test=data[1],
+                progress=progress,
             )
-            _write_json(cache, [r.to_dict() for r in results])
-        after = tuple(results)
+        )
+        write_json(cache, [r.to_dict() for r in results])
+    return tuple(results)
 
+
+def _spectra(
+    config: ExperimentConfig,
+    seed: int,
+    seed_dir: Path,
+    arms: dict[str, tuple[ArmResult, nn.Module]],
+    *,
+    resume: bool,
+) -> tuple[plots.SpectrumSnapshot, ...]:
+    path = seed_dir / "spectra.json"
+    if resume and path.is_file():
+        return tuple(plots.SpectrumSnapshot.from_dict(v) for v in json.loads(path.read_text()))
+    (normal, normal_model), (pruned, pruned_model) = arms["normal"], arms["pruned"]
+    names = [r.name for r in normal.layers[0] if r.status == "ok"]
+    final_ranks = {r.name: r.rank for r in pruned.layers[-1]}
     snapshots: tuple[plots.SpectrumSnapshot, ...] = ()
-    if spectra:
-        path = seed_dir / "spectra.json"
-        if resume and path.is_file():
-            snapshots = tuple(
-                plots.SpectrumSnapshot.from_dict(v) for v in json.loads(path.read_text())
-            )
-        else:
-            names = [r.name for r in normal.layers[0] if r.status == "ok"]
-            final_ranks = {r.name: r.rank for r in pruned.layers[-1]}
-            for stage, model, known in (
-                ("init", config.build_model(seed), None),
-                ("normal-final", normal_model, None),
-                ("pruned-final", pruned_model, final_ranks),
-            ):
-                snapshots += plots.spectrum_snapshots(
-                    model, stage, names, ranks=known, alpha=config.alpha, beta=config.beta
-                )
-            _write_json(path, [s.to_dict() for s in snapshots])
-    return SeedResult(seed, normal, pruned, after, snapshots)
+    for stage, model, known in (
+        ("init", config.build_model(seed), None),
+        ("normal-final", normal_model, None),
+        ("pruned-final", pruned_model, final_ranks),
+    ):
+        snapshots += plots.spectrum_snapshots(
+            model, stage, names, ranks=known, alpha=config.alpha, beta=config.beta
+        )
+    write_json(path, [s.to_dict() for s in snapshots])
+    return snapshots
 
 
-def _prepare_run_dir(
-    config: ExperimentConfig, out: str | os.PathLike[str] | None, resume: bool
-) -> Path:
-    if out is None:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path("runs") / f"{config.experiment}-{config.preset}-{stamp}"
-    else:
-        run_dir = Path(out)
-    saved = run_dir / "config.json"
-    if saved.is_file():
-        if not resume:
-            raise ValueError(
-                f"The 'out' parameter names {str(run_dir)!r}, which already holds a run. "
-                "Pass resume=True to continue it, or choose a new directory."
-            )
-        previous = json.loads(saved.read_text())["config"]
-        differing = sorted(
-            k for k, v in config.to_dict().items() if k != "num_threads" and previous.get(k) != v
+def _run_seed(
+    config: ExperimentConfig,
+    seed: int,
+    data: tuple[Any, Any],
+    run_dir: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    hook: EpochHook | None,
+) -> SeedResult:
+    """The seed's stored result, else train (or resume) both arms, baselines, spectra."""
+    stored = rundir.load_seed(run_dir, seed)
+    if stored is not None:
+        _log(progress, config, f"seed {seed}: finished earlier (seed-{seed}/result.json)")
+        return stored
+    folder = rundir.seed_dir(run_dir, seed)
+    arms = {
+        arm: _run_arm(
+            config, seed, arm, data, folder / arm, resume=resume, progress=progress, hook=hook
         )
-        if differing:
-            raise ValueError(
-                f"Cannot resume the run in {str(run_dir)!r}: its configuration differs in "
-                f"{differing}. Use a new output directory."
-            )
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise ValueError(
-            f"The 'out' parameter names {str(run_dir)!r}, which is not empty and holds no run. "
-            "Choose a new or empty directory."
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+        for arm in ARMS
+    }
+    normal, pruned = arms["normal"][0], arms["pruned"][0]
+    after = _after_training(
+        config,
+        seed,
+        data,
+        folder,
+        arms["normal"][1],
+        pruned.final_params,
+        resume=resume,
+        progress=progress,
+    )
+    snapshots = _spectra(config, seed, folder, arms, resume=resume)
+    result = SeedResult(seed, normal, pruned, after, snapshots)
+    rundir.save_seed(run_dir, result)
+    return result
 
 
 @contextlib.contextmanager
@@ -339,6 +298,42 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _check_device(config: ExperimentConfig) -> None:
+    why = device_unavailable(config.device)
+    if why is not None:
+        raise ValueError(
+            f"The 'device' parameter (--device) names {config.device!r}, but {why}. "
+            "Use device='cpu' (the default)."
+        )
+
+
+def _finish(
+    run_dir: Path,
+    config: ExperimentConfig,
+    seeds: Sequence[SeedResult],
+    started: float,
+    *,
+    figures: bool = True,
+    html: bool = True,
+) -> RunResult:
+    """Summary, claims, figures, metrics and report of ``seeds``: the reporting step."""
+    summary = claims.summarize(seeds)
+    verdicts = claims.assess_claims(config, seeds)
+    kept = plots.existing_figures(run_dir, [r.name for r in seeds[0].normal.layers[0]])
+    if figures:
+        paths = plots.make_figures(run_dir, config, seeds, summary)
+        if not any(s.spectra for s in seeds):  # an archive: its spectra were not stored
+            paths += tuple(p for p in kept if p.name not in plots.FIXED_FIGURES)
+    else:
+        paths = kept
+    result = RunResult(
+        run_dir, config, tuple(seeds), summary, verdicts, paths, time.perf_counter() - started
+    )
+    report.write_metrics(result)
+    report.write_report(result, html=html)
+    return result
+
+
 def run_experiment(
     config: ExperimentConfig,
     *,
@@ -348,13 +343,18 @@ def run_experiment(
     progress: bool = True,
     resume: bool = True,
     on_epoch_end: EpochHook | None = None,
+    import_seeds: Sequence[str | os.PathLike[str]] = (),
 ) -> RunResult:
     """Run ``config`` end to end and write its directory (see the module docstring).
+
+    The run covers ``config.seeds`` and every seed the directory already holds
+    (a directory grows by seeds; its configuration must otherwise be the same,
+    see :mod:`rmtprune.experiments.rundir`), and the report covers them all.
 
     Parameters
     ----------
     config : ExperimentConfig
-        What to run.
+        What to run (``config.device``: where to train).
     out : path or None
         Run directory; default ``runs/<experiment>-<preset>-<timestamp>``.
     data_dir : path or None
@@ -367,6 +367,9 @@ def run_experiment(
         Continue the run already in ``out`` (same configuration required).
     on_epoch_end : callable or None
         ``on_epoch_end(seed, arm, record)`` after each epoch's checkpoint and log.
+    import_seeds : sequence of paths
+        ``metrics.json`` files (or run directories) of other runs of the same
+        configuration whose seeds join this run (:func:`rundir.import_seeds`).
 
     Returns
     -------
@@ -377,16 +380,22 @@ def run_experiment(
             "The 'config' parameter of run_experiment must be an ExperimentConfig. "
             f"Got {type(config).__name__} instead."
         )
+    if isinstance(import_seeds, (str, os.PathLike)):
+        import_seeds = (import_seeds,)
+    _check_device(config)
     started = time.perf_counter()
     data = config.load_data(data_dir, download)  # fails before anything is written
-    run_dir = _prepare_run_dir(config, out, resume)
-    _write_json(run_dir / "config.json", {"config": config.to_dict(), "derived": config.derived()})
-    _write_json(run_dir / "environment.json", _environment_record(run_dir / "environment.json"))
+    run_dir, config = rundir.prepare_run_dir(config, out, resume)
+    config, imported = rundir.import_seeds(run_dir, config, import_seeds)
+    write_json(run_dir / "config.json", {"config": config.to_dict(), "derived": config.derived()})
+    rundir.update_environment(run_dir, "resumed", rundir.environment(config.device))
+    for record in imported:
+        rundir.update_environment(run_dir, "imported", record)
     _log(
         progress,
         config,
         f"run directory {run_dir}; {len(data[0])} training and "
-        f"{len(data[1])} test samples; seeds {list(config.seeds)}",
+        f"{len(data[1])} test samples; seeds {list(config.seeds)}; device {config.device}",
     )
     seeds = []
     with _threads(config.num_threads):
@@ -394,49 +403,112 @@ def run_experiment(
             _log(progress, config, f"seed {seed} ({i + 1}/{len(config.seeds)})")
             seeds.append(
                 _run_seed(
-                    config,
-                    seed,
-                    data,
-                    run_dir / f"seed-{seed}",
-                    resume=resume,
-                    progress=progress,
-                    hook=on_epoch_end,
-                    spectra=i == 0,
+                    config, seed, data, run_dir, resume=resume, progress=progress, hook=on_epoch_end
                 )
             )
-        summary = claims.summarize(seeds)
-        verdicts = claims.assess_claims(config, seeds)
         _log(progress, config, "figures and report")
-        figures = plots.make_figures(run_dir, config, seeds, summary)
-    result = RunResult(
-        run_dir, config, tuple(seeds), summary, verdicts, figures, time.perf_counter() - started
-    )
-    report.write_metrics(result)
-    report.write_report(result)
+        result = _finish(run_dir, config, seeds, started)
     _log(progress, config, f"done in {result.wall_time:.0f} s: {run_dir / 'report.md'}")
     return result
 
 
-def _seed_tuple(seeds: int | Sequence[int]) -> tuple[int, ...]:
+def render_run(
+    run_dir: str | os.PathLike[str], *, figures: bool = True, html: bool | None = None
+) -> RunResult:
+    """Render the metrics, CSV files and report of a run again from its stored results.
+
+    Reads ``config.json`` and each seed's ``seed-<s>/result.json``; a directory
+    without seed directories (an archived report such as ``docs/results/fc-mnist``)
+    is read from its ``metrics.json``.  Nothing is trained; no data is needed.
+
+    Parameters
+    ----------
+    run_dir : path
+        The run directory.
+    figures : bool
+        Draw the figures again (False: keep the PNG files present, for archives whose
+        spectra were not stored).
+    html : bool or None
+        Write ``report.html``; None: only if the directory has one already, or seed
+        directories.
+    """
+    folder = Path(run_dir)
+    values = rundir.read_config(folder)
+    if values is None:
+        raise FileNotFoundError(
+            f"The 'run_dir' parameter of render_run names {str(folder)!r}, which holds no "
+            "config.json of a classification run."
+        )
+    config = ExperimentConfig.from_dict(values)
+    loaded = [rundir.load_seed(folder, s) for s in config.seeds]
+    if all(s is None for s in loaded) and (folder / "metrics.json").is_file():
+        entries = json.loads((folder / "metrics.json").read_text())["seeds"]
+        loaded = [SeedResult.from_dict(e) for e in entries]
+    missing = [s for s, r in zip(config.seeds, loaded, strict=True) if r is None]
+    if missing:
+        raise ValueError(
+            f"Cannot render {str(folder)!r}: seeds {missing} have not finished "
+            "(no seed-<s>/result.json); run `rmtprune reproduce` on the directory first."
+        )
+    seeds = [r for r in loaded if r is not None]
+    if html is None:
+        html = (folder / "report.html").is_file() or any(folder.glob("seed-*"))
+    return _finish(folder, config, seeds, time.perf_counter(), figures=figures, html=html)
+
+
+SEEDS_GRAMMAR = "a count K (seeds 0..K-1), a list 0,1,2, a range 1-2, or a mix such as 0,3-5"
+
+
+def parse_seeds(text: str) -> int | tuple[int, ...]:
+    """Parse ``--seeds``: a count (``"3"`` → 3) or seed values (``"0,2-4"`` → (0, 2, 3, 4)).
+
+    Examples
+    --------
+    >>> parse_seeds("3"), parse_seeds("0,1,2"), parse_seeds("1-2"), parse_seeds("0,3-4")
+    (3, (0, 1, 2), (1, 2), (0, 3, 4))
+    """
+    body = str(text).replace(" ", "")
+    if body.isdigit():
+        return int(body)
+    seeds: list[int] = []
+    for part in body.split(","):
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()) or (dash and int(high) < int(low)):
+            raise param_error("seeds", "reproduce", SEEDS_GRAMMAR, text)
+        seeds += range(int(low), int(high) + 1) if dash else [int(low)]
+    if len(set(seeds)) != len(seeds):
+        raise param_error("seeds", "reproduce", f"distinct seeds ({SEEDS_GRAMMAR})", text)
+    return tuple(seeds)
+
+
+def seed_tuple(seeds: int | str | Sequence[int], owner: str = "reproduce") -> tuple[int, ...]:
+    """The seed values meant by ``seeds``: a count ``K`` → ``0..K−1``; a string as in
+    :func:`parse_seeds`; a sequence of ints as given."""
+    if isinstance(seeds, str):
+        seeds = parse_seeds(seeds)
     if isinstance(seeds, int) and not isinstance(seeds, bool):
-        return tuple(range(check_int(seeds, "seeds", "reproduce", low=1)))
-    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds:
-        raise param_error("seeds", "reproduce", "a positive int or a sequence of ints", seeds)
-    return tuple(check_int(s, "seeds", "reproduce", low=0) for s in seeds)
+        return tuple(range(check_int(seeds, "seeds", owner, low=1)))
+    if isinstance(seeds, bytes) or not isinstance(seeds, Sequence) or not seeds:
+        raise param_error(
+            "seeds", owner, f"a positive int or a sequence of ints ({SEEDS_GRAMMAR})", seeds
+        )
+    return tuple(check_int(s, "seeds", owner, low=0) for s in seeds)
 
 
 def reproduce(
     experiment_id: str,
     *,
     preset: str = "small",
-    seeds: int | Sequence[int] | None = None,
+    seeds: int | str | Sequence[int] | None = None,
     out: str | os.PathLike[str] | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     download: bool = False,
     progress: bool = True,
     resume: bool = True,
+    device: str = "cpu",
+    import_seeds: Sequence[str | os.PathLike[str]] = (),
 ) -> RunResult | AnalysisRun:
-    """Reproduce one of the paper's classification experiments.
+    """Reproduce one of the paper's experiments.
 
     Parameters
     ----------
@@ -447,10 +519,14 @@ def reproduce(
         result also has ``run_dir``).
     preset : {"smoke", "small", "paper"}
         Scale (see :mod:`rmtprune.experiments.registry`).
-    seeds : int, sequence of int or None
-        ``K`` runs seeds ``0, …, K−1``; a sequence runs those seeds; None keeps the
-        preset's seeds.
-    out, data_dir, download, progress, resume
+    seeds : int, str, sequence of int or None
+        ``K`` runs seeds ``0, …, K−1``; a sequence (or a string such as ``"0,1,2"``
+        or ``"1-2"``, see :func:`parse_seeds`) runs those seeds; None keeps the
+        preset's seeds.  A run directory that already holds seeds keeps them: the run
+        then covers both.
+    device : str
+        Torch device of training (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``).
+    out, data_dir, download, progress, resume, import_seeds
         As in :func:`run_experiment`.
 
     Returns
@@ -459,7 +535,7 @@ def reproduce(
 
     Examples
     --------
-    >>> result = reproduce("fc-mnist", preset="smoke", seeds=1,
+    >>> result = reproduce("fc-mnist", preset="smoke", seeds="0,1",
     ...                    out="/tmp/fc-mnist-smoke")  # doctest: +SKIP
     >>> print(result.table())  # doctest: +SKIP
     """
@@ -477,9 +553,15 @@ def reproduce(
             download=download,
             progress=progress,
         )
-    config = get_config(experiment_id, preset)
+    config = get_config(experiment_id, preset).replace(device=check_device(device))
     if seeds is not None:
-        config = config.replace(seeds=_seed_tuple(seeds))
+        config = config.replace(seeds=seed_tuple(seeds))
     return run_experiment(
-        config, out=out, data_dir=data_dir, download=download, progress=progress, resume=resume
+        config,
+        out=out,
+        data_dir=data_dir,
+        download=download,
+        progress=progress,
+        resume=resume,
+        import_seeds=import_seeds,
     )

@@ -42,6 +42,7 @@ import io
 import json
 import math
 import random
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -64,7 +65,52 @@ from rmtprune.training.loss import (
     evaluate,
 )
 
-__all__ = ["EpochRecord", "History", "TrainConfig", "Trainer"]
+__all__ = [
+    "DEVICES",
+    "EpochRecord",
+    "History",
+    "TrainConfig",
+    "Trainer",
+    "check_device",
+    "device_unavailable",
+]
+
+DEVICES = ("cpu", "cuda", "cuda:N", "mps")
+"""Device strings accepted by :class:`TrainConfig` (``N`` a CUDA device index)."""
+_DEVICE_PATTERN = re.compile(r"cpu|cuda(:[0-9]+)?|mps")
+
+
+def check_device(value: Any, name: str = "device", owner: str = "TrainConfig") -> str:
+    """``value`` if it is one of :data:`DEVICES`, else a ``ValueError`` naming ``name``.
+
+    Examples
+    --------
+    >>> check_device("cuda:1")
+    'cuda:1'
+    >>> check_device("gpu")
+    Traceback (most recent call last):
+    ...
+    ValueError: The 'device' parameter of TrainConfig must be one of cpu, cuda, cuda:N, mps. \
+Got 'gpu' instead.
+    """
+    if not isinstance(value, str) or not _DEVICE_PATTERN.fullmatch(value):
+        raise param_error(name, owner, f"one of {', '.join(DEVICES)}", value)
+    return value
+
+
+def device_unavailable(device: str) -> str | None:
+    """Why ``device`` cannot be used on this machine, or None when it can."""
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return "this torch build sees no CUDA device"
+        if index and int(index) >= count:
+            return f"this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})"
+    if kind == "mps" and not torch.backends.mps.is_available():
+        return "the MPS backend is not available on this machine"
+    return None
+
 
 # Fields that may differ between a run and its resumption.
 _RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_threads", "eval_batch_size"})
@@ -149,7 +195,7 @@ class TrainConfig:
                 check_int(e, "lr_decay_epochs", owner, low=1) for e in self.lr_decay_epochs
             )
             object.__setattr__(self, "lr_decay_epochs", epochs)
-        torch.device(self.device)  # raises on a malformed device string
+        check_device(self.device, "device", owner)
 
     def learning_rate(self, epoch: int) -> float:
         """Learning rate used during ``epoch`` (1-based)."""
