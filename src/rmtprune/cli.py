@@ -169,7 +169,7 @@ def _seeds_arg(text: str) -> int | tuple[int, ...]:
 
 
 def _device_arg(text: str) -> str:
-    from rmtprune.training.trainer import check_device
+    from rmtprune.training.config import check_device
 
     try:
         return check_device(text, "--device", "rmtprune")
@@ -180,7 +180,7 @@ def _device_arg(text: str) -> str:
 def _add_run_options(p: argparse.ArgumentParser, seeds_default: str) -> None:
     """``--seeds``, ``--device``, ``--out``, data and output options shared by reproduce/demo."""
     from rmtprune.experiments.runner import SEEDS_GRAMMAR
-    from rmtprune.training.trainer import DEVICES
+    from rmtprune.training.config import DEVICES
 
     p.add_argument(
         "--seeds",

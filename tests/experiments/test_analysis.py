@@ -12,14 +12,7 @@ from rmtprune.experiments import reproduce
 from rmtprune.experiments.analysis import all_experiments, markdown_to_html, reproduce_analysis
 from rmtprune.experiments.init_compare import SCHEMES
 
-from . import real_data_root, write_synthetic_data
-
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return real_data_root() or write_synthetic_data(tmp_path_factory.mktemp("data"))
 
 
 def test_every_experiment_is_listed() -> None:

@@ -50,7 +50,7 @@ def test_arms_start_identical_and_pruning_removes_parameters(
     smoke: tuple[regression.RegressionResult, Path],
 ) -> None:
     result, _ = smoke
-    every = result.config.prune_every
+    every = result.config.every
     by = {(r.arm, r.seed): r for r in result.runs}
     for seed in range(result.config.seeds):
         normal, pruned = by["normal", seed], by["pruned", seed]
@@ -86,7 +86,7 @@ def test_paired_comparison_and_outputs(smoke: tuple[regression.RegressionResult,
 
 def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'widths'"):
-        RegressionConfig(widths=(2, 8, 1), seeds=1, epochs=1, prune_every=1, schedule_epochs=1.0)
+        RegressionConfig(widths=(2, 8, 1), seeds=1, epochs=1, every=1, schedule_epochs=1.0)
     with pytest.raises(ValueError, match="'seeds'"):
         regression.run("smoke", seeds=0, out=tmp_path)
     with pytest.raises(TypeError, match="'config'"):

@@ -17,18 +17,13 @@ from rmtprune.experiments.results import RunResult, SeedResult
 from rmtprune.experiments.rundir import config_differences, read_config
 from rmtprune.experiments.runner import parse_seeds, render_run, reproduce, seed_tuple
 
-from . import load_metrics, real_data_root, write_synthetic_data
+from . import load_metrics
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "docs" / "results" / "paper" / "fc-fashion"
 
 
 def _config(seeds: tuple[int, ...]) -> ExperimentConfig:
     return get_config("fc-mnist", "smoke").replace(epochs=2, finetune_epochs=1, seeds=seeds)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return real_data_root() or write_synthetic_data(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")

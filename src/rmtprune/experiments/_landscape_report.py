@@ -287,7 +287,7 @@ def _report_section(
             "",
             f"FullyConnected {list(config.widths)} on Fashion-MNIST ({config.n_train or 60000} "
             f"training images, {config.epochs} epochs, {config.seeds} seeds per arm; pruned arm: "
-            f"SpectralPruner every {config.prune_every} epoch(s), Linear(T = "
+            f"SpectralPruner every {config.every} epoch(s), Linear(T = "
             f"{config.schedule_epochs:g}), min_rank {config.min_rank}). Landscape measures in the "
             f"space of dense weight matrices, NLL on {config.n_eval} fixed test images; lines with "
             f"{config.line_points} points; surfaces on a {config.grid}×{config.grid} lattice of "

@@ -45,7 +45,7 @@ from rmtprune.factorize import LowRankConv2d
 from rmtprune.models import SCHEMES, FullyConnected, PaperCNN, initialize
 from rmtprune.pruning.schedules import Linear
 from rmtprune.training import TrainConfig
-from rmtprune.training.trainer import check_device
+from rmtprune.training.config import check_device
 
 __all__ = ["ARCHITECTURES", "PRESETS", "ExperimentConfig"]
 

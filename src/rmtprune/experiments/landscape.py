@@ -3,7 +3,7 @@
 Fully connected networks (``FullyConnected(widths)``, ReLU, ``log_softmax``, weights
 ``N(0, 1/n)``, biases 0) are trained on Fashion-MNIST, a normal and a pruned arm per seed
 from the same initial weights and mini-batches (the pruned arm runs
-:class:`rmtprune.SpectralPruner` with ``Linear(schedule_epochs)`` every ``prune_every``
+:class:`rmtprune.SpectralPruner` with ``Linear(schedule_epochs)`` every ``every``
 epochs, ``min_rank`` 10).  Every landscape measure is taken in the space of **dense weight
 matrices**: factorized layers are multiplied out (:func:`dense_copy`), so all solutions have
 the architecture of the unpruned network.  Losses are the mean NLL (data term only) on a
@@ -95,7 +95,7 @@ class LandscapeConfig:
     grid: int
     line_points: int
     surface_seeds: int
-    prune_every: int
+    every: int
     schedule_epochs: float
     radius: float = 1.0
     min_rank: int = 10
@@ -106,7 +106,7 @@ class LandscapeConfig:
 
     def __post_init__(self) -> None:
         owner = "LandscapeConfig"
-        for name in ("seeds", "epochs", "n_eval", "surface_seeds", "prune_every", "min_rank"):
+        for name in ("seeds", "epochs", "n_eval", "surface_seeds", "every", "min_rank"):
             check_int(getattr(self, name), name, owner, low=1)
         check_int(self.grid, "grid", owner, low=3)
         check_int(self.line_points, "line_points", owner, low=2)
@@ -140,7 +140,7 @@ PRESETS: Mapping[str, LandscapeConfig] = {
         grid=11,
         line_points=11,
         surface_seeds=1,
-        prune_every=1,
+        every=1,
         schedule_epochs=1.5,
     ),
     "small": LandscapeConfig(
@@ -153,7 +153,7 @@ PRESETS: Mapping[str, LandscapeConfig] = {
         grid=21,
         line_points=21,
         surface_seeds=2,
-        prune_every=1,
+        every=1,
         schedule_epochs=7.5,
     ),
     "paper": LandscapeConfig(
@@ -166,7 +166,7 @@ PRESETS: Mapping[str, LandscapeConfig] = {
         grid=31,
         line_points=31,
         surface_seeds=5,
-        prune_every=2,
+        every=2,
         schedule_epochs=30.0,
     ),
 }
@@ -341,7 +341,7 @@ def _train(
         pruner = SpectralPruner(
             model,
             schedule=Linear(config.schedule_epochs),
-            every=config.prune_every,
+            every=config.every,
             min_rank=config.min_rank,
         )
     train_config = TrainConfig(

@@ -8,7 +8,7 @@ for every seed: ``n_train`` points ``x ~ U[0, 2]`` with ``y = f(x) + ε``, ``ε 
 with SGD on the mean squared error (``TrainConfig(objective="mse")``).  For each seed, the
 normal and the pruned arm start from the same initial weights and see the same mini-batches;
 the pruned arm runs :class:`rmtprune.SpectralPruner` with the linear schedule
-``Linear(schedule_epochs)`` every ``prune_every`` epochs (only the hidden-to-hidden layers have
+``Linear(schedule_epochs)`` every ``every`` epochs (only the hidden-to-hidden layers have
 ``min(m, n) >= 32`` and are eligible).  Training error (on the noisy training points, measured
 after each epoch in evaluation mode), test error and parameter counts are recorded per epoch;
 the final test errors are compared paired over seeds.
@@ -75,7 +75,7 @@ class RegressionConfig:
     widths: tuple[int, ...]
     seeds: int
     epochs: int
-    prune_every: int
+    every: int
     schedule_epochs: float
     n_train: int = 300
     n_test: int = 1001
@@ -94,7 +94,7 @@ class RegressionConfig:
         owner = "RegressionConfig"
         if len(self.widths) < 2 or self.widths[0] != 1 or self.widths[-1] != 1:
             raise param_error("widths", owner, "a tuple (1, ..., 1) of layer widths", self.widths)
-        for name in ("seeds", "epochs", "prune_every", "n_train", "batch_size"):
+        for name in ("seeds", "epochs", "every", "n_train", "batch_size"):
             check_int(getattr(self, name), name, owner, low=1)
         check_int(self.n_test, "n_test", owner, low=2)
         check_real(self.schedule_epochs, "schedule_epochs", owner, low=0.0, low_open=True)
@@ -118,16 +118,16 @@ class RegressionConfig:
 
 PRESETS: Mapping[str, RegressionConfig] = {
     "smoke": RegressionConfig(
-        widths=(1, 64, 64, 64, 1), seeds=2, epochs=150, prune_every=25, schedule_epochs=110.0
+        widths=(1, 64, 64, 64, 1), seeds=2, epochs=150, every=25, schedule_epochs=110.0
     ),
     "small": RegressionConfig(
-        widths=(1, 200, 200, 200, 1), seeds=5, epochs=1500, prune_every=50, schedule_epochs=1125.0
+        widths=(1, 200, 200, 200, 1), seeds=5, epochs=1500, every=50, schedule_epochs=1125.0
     ),
     "paper": RegressionConfig(
         widths=(1, 500, 500, 500, 1),
         seeds=10,
         epochs=3000,
-        prune_every=50,
+        every=50,
         schedule_epochs=2250.0,
     ),
 }
@@ -181,7 +181,7 @@ def _train(
         pruner = SpectralPruner(
             model,
             schedule=Linear(config.schedule_epochs),
-            every=config.prune_every,
+            every=config.every,
             min_rank=config.min_rank,
         )
     train_config = TrainConfig(
@@ -461,7 +461,7 @@ def run(
         f"(noise σ = {config.noise:g}); test MSE on a {config.n_test}-point grid against the clean "
         f"f. SGD (lr {config.lr:g}, momentum 0.9, batch {config.batch_size}, ×{config.lr_decay:g} "
         f"at 50 % and 75 % of {config.epochs} epochs), MSE + {config.l1:g}·Σ|θ| + "
-        f"{config.l2:g}·Σθ². Pruned arm: SpectralPruner every {config.prune_every} epochs with "
+        f"{config.l2:g}·Σθ². Pruned arm: SpectralPruner every {config.every} epochs with "
         f"Linear(T = {config.schedule_epochs:g}); same initial weights and batches per seed; "
         f"{config.seeds} seeds.",
         "",

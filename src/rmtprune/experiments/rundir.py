@@ -72,7 +72,7 @@ RUNTIME_FIELDS = frozenset({"num_threads", "device"})
 """Fields that may differ between calls on one run directory (they do not change results
 beyond floating-point reduction order, recorded in ``environment.json``)."""
 
-LEGACY_NAMES: Mapping[str, str] = {"prune_every": "every", "total_epochs": "schedule_epochs"}
+LEGACY_NAMES: Mapping[str, str] = {"prune_every": "every"}
 """Older names of configuration fields, read from config files of existing run directories."""
 
 _GROWING = frozenset({"seeds"})

@@ -56,7 +56,7 @@ from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import LayerAnalysis
 from rmtprune.pruning.walker import analyze
 from rmtprune.training import EpochRecord, Trainer, evaluate
-from rmtprune.training.trainer import check_device, device_unavailable
+from rmtprune.training.config import check_device, device_unavailable
 
 if TYPE_CHECKING:
     from rmtprune.experiments.analysis import AnalysisRun
