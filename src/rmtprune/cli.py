@@ -160,7 +160,7 @@ def _add_prune_parser(sub: Any) -> None:
 
 
 def _seeds_arg(text: str) -> int | tuple[int, ...]:
-    from rmtprune.experiments.runner import parse_seeds
+    from rmtprune.experiments.seeds import parse_seeds
 
     try:
         return parse_seeds(text)
@@ -179,7 +179,7 @@ def _device_arg(text: str) -> str:
 
 def _add_run_options(p: argparse.ArgumentParser, seeds_default: str) -> None:
     """``--seeds``, ``--device``, ``--out``, data and output options shared by reproduce/demo."""
-    from rmtprune.experiments.runner import SEEDS_GRAMMAR
+    from rmtprune.experiments.seeds import SEEDS_GRAMMAR
     from rmtprune.training.config import DEVICES
 
     p.add_argument(

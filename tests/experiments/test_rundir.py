@@ -15,7 +15,8 @@ from rmtprune.experiments import get_config, run_experiment
 from rmtprune.experiments.config import ExperimentConfig
 from rmtprune.experiments.results import RunResult, SeedResult
 from rmtprune.experiments.rundir import config_differences, read_config
-from rmtprune.experiments.runner import parse_seeds, render_run, reproduce, seed_tuple
+from rmtprune.experiments.runner import render_run, reproduce
+from rmtprune.experiments.seeds import parse_seeds, seed_tuple
 
 from . import load_metrics
 

@@ -1,13 +1,9 @@
-"""Run an experiment: config → data → build → train both arms → baselines → write.
+"""Run an experiment: config → run directory → each seed → summary, claims, figures, report.
 
-For each seed the *normal* and the *pruned* arm are built and initialised with
-the same generator seed (identical weights, checked by a digest stored with the
-metrics), trained with the same :class:`~rmtprune.training.TrainConfig` (same
-data order, dropout draws and learning rates) and differ only by the
-:class:`~rmtprune.SpectralPruner` steps.  After every epoch each large layer of
-each arm is analysed (rank, spikes, fit error).  Then the trained normal network
-is pruned after training (MP one-shot, global magnitude and SVD-energy at the
-pruned arm's final parameter count; :mod:`rmtprune.experiments.baselines`).
+Each seed (both arms from identical weights, the after-training baselines, the spectra)
+is run by :mod:`rmtprune.experiments.seedrun`; the run directory's rules (configuration
+check, growing by seeds, imports, environment) are in :mod:`rmtprune.experiments.rundir`;
+this module ties them together and renders the results.
 
 Everything lands in one run directory::
 
@@ -15,7 +11,7 @@ Everything lands in one run directory::
     <run>/environment.json       Python / package versions, git commit, threads (of the
                                  first process; each resume is appended under "resumed")
     <run>/seed-<s>/{normal,pruned}/  trainer checkpoint, history.{json,csv}, layers.json
-    <run>/seed-<s>/after_training.json, spectra.json
+    <run>/seed-<s>/after_training.json, spectra.json, result.json (finished seed)
     <run>/metrics.json, metrics.csv, after_training.csv
     <run>/figures/*.png, report.md, report.html
 
@@ -33,258 +29,29 @@ True
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
-from rmtprune._validation import check_int, param_error
-from rmtprune.experiments import baselines, claims, plots, report, rundir
-from rmtprune.experiments.baselines import METHODS, EvalPoint, PostTrainingResult
+from rmtprune._validation import param_error
+from rmtprune.experiments import claims, plots, report, rundir
 from rmtprune.experiments.config import ExperimentConfig
 from rmtprune.experiments.registry import get_config
-from rmtprune.experiments.results import ArmResult, RunResult, SeedResult, layer_from_dict
+from rmtprune.experiments.results import RunResult, SeedResult
 from rmtprune.experiments.rundir import environment, write_json
-from rmtprune.pruning.pruner import SpectralPruner
-from rmtprune.pruning.report import LayerAnalysis
-from rmtprune.pruning.walker import analyze
-from rmtprune.training import EpochRecord, Trainer, evaluate
+from rmtprune.experiments.seedrun import EpochHook, log, run_seed
+from rmtprune.experiments.seeds import seed_tuple
 from rmtprune.training.config import check_device, device_unavailable
 
 if TYPE_CHECKING:
     from rmtprune.experiments.analysis import AnalysisRun
 
-__all__ = [
-    "SEEDS_GRAMMAR",
-    "environment",
-    "parse_seeds",
-    "render_run",
-    "reproduce",
-    "run_experiment",
-    "seed_tuple",
-]
-
-EpochHook = Callable[[int, str, EpochRecord], None]
-ARMS = ("normal", "pruned")
-
-
-# ------------------------------------------------------------------------ building blocks
-def _digest(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _analyze(
-    config: ExperimentConfig, model: nn.Module, ranks: dict[str, int] | None
-) -> tuple[LayerAnalysis, ...]:
-    rep = analyze(
-        model,
-        alpha=config.alpha,
-        beta=config.beta,
-        fit_cutoff=config.fit_cutoffs(),
-        min_dim=config.min_dim,
-        min_params=config.min_params,
-        ranks=ranks,
-    )
-    return tuple(r for r in rep.layers if not r.reason.startswith("too small"))
-
-
-def _log(enabled: bool, config: ExperimentConfig, message: str) -> None:
-    if enabled:
-        print(f"[{config.experiment}/{config.preset}] {message}", file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------ one arm, one seed
-def _run_arm(
-    config: ExperimentConfig,
-    seed: int,
-    arm: str,
-    data: tuple[Any, Any],
-    arm_dir: Path,
-    *,
-    resume: bool,
-    progress: bool,
-    hook: EpochHook | None,
-) -> tuple[ArmResult, nn.Module]:
-    model = config.build_model(seed)
-    digest = _digest(model)
-    init_layers = _analyze(config, model, None)
-    initial = evaluate(model, data[1])
-    initial_point = EvalPoint(baselines.count_parameters(model), initial.loss, initial.accuracy)
-    pruner = None
-    if arm == "pruned":
-        pruner = SpectralPruner(
-            model,
-            schedule=config.schedule(),
-            every=config.every,
-            alpha=config.alpha,
-            beta=config.beta,
-            fit_cutoff=config.fit_cutoffs(),
-            min_rank=config.min_rank_resolved,
-            min_dim=config.min_dim,
-            min_params=config.min_params,
-        )
-    layers_path = arm_dir / "layers.json"
-    saved: dict[int, tuple[LayerAnalysis, ...]] = {}
-    if resume and layers_path.is_file():
-        for entry in json.loads(layers_path.read_text()):
-            saved[int(entry["epoch"])] = tuple(layer_from_dict(r) for r in entry["layers"])
-    saved[0] = init_layers
-
-    def ranks() -> dict[str, int] | None:
-        return None if pruner is None else pruner.ranks
-
-    def record_layers(epoch: int, model_now: nn.Module) -> None:
-        saved[epoch] = _analyze(config, model_now, ranks())
-        entries = [{"epoch": e, "layers": [r.to_dict() for r in saved[e]]} for e in sorted(saved)]
-        write_json(layers_path, entries)
-
-    def on_epoch_end(trainer: Trainer, record: EpochRecord) -> None:
-        record_layers(record.epoch, trainer.model)
-        _log(
-            progress,
-            config,
-            f"seed {seed} {arm:>6} epoch {record.epoch}/{config.epochs}: test acc "
-            f"{100 * record.test_accuracy:.2f} %, params {record.n_params:,} "
-            f"({record.wall_time:.1f} s)",
-        )
-        if hook is not None:
-            hook(seed, arm, record)
-
-    trainer = Trainer(
-        model,
-        data[0],
-        data[1],
-        config.train_config(seed),
-        pruner=pruner,
-        run_dir=arm_dir,
-        resume=resume,
-        progress=progress,
-        on_epoch_end=on_epoch_end,
-    )
-    done = trainer.epoch
-    saved = {e: v for e, v in saved.items() if e <= done}
-    if done and done not in saved:  # killed between the checkpoint and the layer log
-        record_layers(done, trainer.model)
-    if done < config.epochs:
-        _log(progress, config, f"seed {seed} {arm:>6}: training epochs {done + 1}–{config.epochs}")
-    else:
-        _log(progress, config, f"seed {seed} {arm:>6}: complete (resumed from {arm_dir})")
-    history = trainer.fit()
-    layers = tuple(saved[e] for e in range(0, len(history) + 1))
-    return ArmResult(seed, arm, initial_point, digest, history, layers), trainer.model
-
-
-def _after_training(
-    config: ExperimentConfig,
-    seed: int,
-    data: tuple[Any, Any],
-    seed_dir: Path,
-    trained: nn.Module,
-    target_params: int,
-    *,
-    resume: bool,
-    progress: bool,
-) -> tuple[PostTrainingResult, ...]:
-    cache = seed_dir / "after_training.json"
-    after: tuple[PostTrainingResult, ...] = ()
-    if resume and cache.is_file():
-        after = tuple(PostTrainingResult.from_dict(v) for v in json.loads(cache.read_text()))
-    if tuple(r.method for r in after) == METHODS:
-        return after
-    results = []
-    for method in METHODS:
-        _log(progress, config, f"seed {seed}: after training, {method}")
-        results.append(
-            baselines.run_method(
-                method,
-                trained,
-                config,
-                seed=seed,
-                target_params=target_params,
-                train=data[0],
-                test=data[1],
-                progress=progress,
-            )
-        )
-        write_json(cache, [r.to_dict() for r in results])
-    return tuple(results)
-
-
-def _spectra(
-    config: ExperimentConfig,
-    seed: int,
-    seed_dir: Path,
-    arms: dict[str, tuple[ArmResult, nn.Module]],
-    *,
-    resume: bool,
-) -> tuple[plots.SpectrumSnapshot, ...]:
-    path = seed_dir / "spectra.json"
-    if resume and path.is_file():
-        return tuple(plots.SpectrumSnapshot.from_dict(v) for v in json.loads(path.read_text()))
-    (normal, normal_model), (pruned, pruned_model) = arms["normal"], arms["pruned"]
-    names = [r.name for r in normal.layers[0] if r.status == "ok"]
-    final_ranks = {r.name: r.rank for r in pruned.layers[-1]}
-    snapshots: tuple[plots.SpectrumSnapshot, ...] = ()
-    for stage, model, known in (
-        ("init", config.build_model(seed), None),
-        ("normal-final", normal_model, None),
-        ("pruned-final", pruned_model, final_ranks),
-    ):
-        snapshots += plots.spectrum_snapshots(
-            model, stage, names, ranks=known, alpha=config.alpha, beta=config.beta
-        )
-    write_json(path, [s.to_dict() for s in snapshots])
-    return snapshots
-
-
-def _run_seed(
-    config: ExperimentConfig,
-    seed: int,
-    data: tuple[Any, Any],
-    run_dir: Path,
-    *,
-    resume: bool,
-    progress: bool,
-    hook: EpochHook | None,
-) -> SeedResult:
-    """The seed's stored result, else train (or resume) both arms, baselines, spectra."""
-    stored = rundir.load_seed(run_dir, seed)
-    if stored is not None:
-        _log(progress, config, f"seed {seed}: finished earlier (seed-{seed}/result.json)")
-        return stored
-    folder = rundir.seed_dir(run_dir, seed)
-    arms = {
-        arm: _run_arm(
-            config, seed, arm, data, folder / arm, resume=resume, progress=progress, hook=hook
-        )
-        for arm in ARMS
-    }
-    normal, pruned = arms["normal"][0], arms["pruned"][0]
-    after = _after_training(
-        config,
-        seed,
-        data,
-        folder,
-        arms["normal"][1],
-        pruned.final_params,
-        resume=resume,
-        progress=progress,
-    )
-    snapshots = _spectra(config, seed, folder, arms, resume=resume)
-    result = SeedResult(seed, normal, pruned, after, snapshots)
-    rundir.save_seed(run_dir, result)
-    return result
+__all__ = ["environment", "render_run", "reproduce", "run_experiment"]
 
 
 @contextlib.contextmanager
@@ -391,7 +158,7 @@ def run_experiment(
     rundir.update_environment(run_dir, "resumed", rundir.environment(config.device))
     for record in imported:
         rundir.update_environment(run_dir, "imported", record)
-    _log(
+    log(
         progress,
         config,
         f"run directory {run_dir}; {len(data[0])} training and "
@@ -400,15 +167,15 @@ def run_experiment(
     seeds = []
     with _threads(config.num_threads):
         for i, seed in enumerate(config.seeds):
-            _log(progress, config, f"seed {seed} ({i + 1}/{len(config.seeds)})")
+            log(progress, config, f"seed {seed} ({i + 1}/{len(config.seeds)})")
             seeds.append(
-                _run_seed(
+                run_seed(
                     config, seed, data, run_dir, resume=resume, progress=progress, hook=on_epoch_end
                 )
             )
-        _log(progress, config, "figures and report")
+        log(progress, config, "figures and report")
         result = _finish(run_dir, config, seeds, started)
-    _log(progress, config, f"done in {result.wall_time:.0f} s: {run_dir / 'report.md'}")
+    log(progress, config, f"done in {result.wall_time:.0f} s: {run_dir / 'report.md'}")
     return result
 
 
@@ -454,45 +221,6 @@ def render_run(
     if html is None:
         html = (folder / "report.html").is_file() or any(folder.glob("seed-*"))
     return _finish(folder, config, seeds, time.perf_counter(), figures=figures, html=html)
-
-
-SEEDS_GRAMMAR = "a count K (seeds 0..K-1), a list 0,1,2, a range 1-2, or a mix such as 0,3-5"
-
-
-def parse_seeds(text: str) -> int | tuple[int, ...]:
-    """Parse ``--seeds``: a count (``"3"`` → 3) or seed values (``"0,2-4"`` → (0, 2, 3, 4)).
-
-    Examples
-    --------
-    >>> parse_seeds("3"), parse_seeds("0,1,2"), parse_seeds("1-2"), parse_seeds("0,3-4")
-    (3, (0, 1, 2), (1, 2), (0, 3, 4))
-    """
-    body = str(text).replace(" ", "")
-    if body.isdigit():
-        return int(body)
-    seeds: list[int] = []
-    for part in body.split(","):
-        low, dash, high = part.partition("-")
-        if not low.isdigit() or (dash and not high.isdigit()) or (dash and int(high) < int(low)):
-            raise param_error("seeds", "reproduce", SEEDS_GRAMMAR, text)
-        seeds += range(int(low), int(high) + 1) if dash else [int(low)]
-    if len(set(seeds)) != len(seeds):
-        raise param_error("seeds", "reproduce", f"distinct seeds ({SEEDS_GRAMMAR})", text)
-    return tuple(seeds)
-
-
-def seed_tuple(seeds: int | str | Sequence[int], owner: str = "reproduce") -> tuple[int, ...]:
-    """The seed values meant by ``seeds``: a count ``K`` → ``0..K−1``; a string as in
-    :func:`parse_seeds`; a sequence of ints as given."""
-    if isinstance(seeds, str):
-        seeds = parse_seeds(seeds)
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        return tuple(range(check_int(seeds, "seeds", owner, low=1)))
-    if isinstance(seeds, bytes) or not isinstance(seeds, Sequence) or not seeds:
-        raise param_error(
-            "seeds", owner, f"a positive int or a sequence of ints ({SEEDS_GRAMMAR})", seeds
-        )
-    return tuple(check_int(s, "seeds", owner, low=0) for s in seeds)
 
 
 def reproduce(
