@@ -255,13 +255,9 @@ def _caveat(n: int) -> str:
     )
 
 
-def assess_claims(
-    config: ExperimentConfig, seeds: Sequence[SeedResult]
-) -> tuple[ClaimVerdict, ...]:
-    """Verdict and numbers for each claim of SPEC section 6 (see the module docstring)."""
-    rows = summarize(seeds)
-    normal, pruned = rows[0], rows[1]
-    cmp_ = paired_comparison(pruned.accuracies, normal.accuracies)
+def _reduction_verdict(
+    config: ExperimentConfig, normal: SummaryRow, pruned: SummaryRow, cmp_: PairedComparison
+) -> ClaimVerdict:
     tol = config.accuracy_tolerance
     drastic = pruned.reduction >= config.drastic_reduction
     kept = cmp_.mean >= -tol
@@ -292,47 +288,58 @@ def assess_claims(
         )
         + _caveat(cmp_.n)
     )
-    out = [ClaimVerdict("reduction", CLAIMS["reduction"], verdict, explanation)]
+    return ClaimVerdict("reduction", CLAIMS["reduction"], verdict, explanation)
 
+
+def _fc_verdict(
+    config: ExperimentConfig, normal: SummaryRow, pruned: SummaryRow, cmp_: PairedComparison
+) -> ClaimVerdict:
     key = "fc-accuracy-variance"
     if config.architecture != "fc":
-        out.append(
-            ClaimVerdict(
-                key,
-                CLAIMS[key],
-                "not applicable",
-                "This experiment is a CNN; the claim is about fully connected networks.",
-            )
+        return ClaimVerdict(
+            key,
+            CLAIMS[key],
+            "not applicable",
+            "This experiment is a CNN; the claim is about fully connected networks.",
         )
+    higher = cmp_.mean > 0
+    s_n, s_p = normal.accuracy_std, pruned.accuracy_std
+    if cmp_.n < 2:
+        verdict = "inconclusive"
     else:
-        higher = cmp_.mean > 0
-        s_n, s_p = normal.accuracy_std, pruned.accuracy_std
-        if cmp_.n < 2:
-            verdict = "inconclusive"
+        lower_var = s_p < s_n
+        if higher and lower_var:
+            verdict = "agrees" if cmp_.ci_low > 0 else "agrees in direction (not significant)"
+        elif higher or lower_var:
+            verdict = "partly agrees"
         else:
-            lower_var = s_p < s_n
-            if higher and lower_var:
-                verdict = "agrees" if cmp_.ci_low > 0 else "agrees in direction (not significant)"
-            elif higher or lower_var:
-                verdict = "partly agrees"
-            else:
-                verdict = (
-                    "disagrees" if cmp_.ci_high < 0 else "disagrees in direction (not significant)"
-                )
-        ratio = s_p / s_n if s_n and not math.isnan(s_n) else math.nan
-        explanation = (
-            f"Mean accuracy is {'higher' if higher else 'not higher'} with pruning: "
-            f"{_paired_text(cmp_)}. Standard deviation over seeds: normal {percent(s_n)}, "
-            f"pruned {percent(s_p)} points (ratio pruned/normal {ratio:.2f})." + _caveat(cmp_.n)
-        )
-        out.append(ClaimVerdict(key, CLAIMS[key], verdict, explanation))
-    out.append(
+            verdict = (
+                "disagrees" if cmp_.ci_high < 0 else "disagrees in direction (not significant)"
+            )
+    ratio = s_p / s_n if s_n and not math.isnan(s_n) else math.nan
+    explanation = (
+        f"Mean accuracy is {'higher' if higher else 'not higher'} with pruning: "
+        f"{_paired_text(cmp_)}. Standard deviation over seeds: normal {percent(s_n)}, "
+        f"pruned {percent(s_p)} points (ratio pruned/normal {ratio:.2f})." + _caveat(cmp_.n)
+    )
+    return ClaimVerdict(key, CLAIMS[key], verdict, explanation)
+
+
+def assess_claims(
+    config: ExperimentConfig, seeds: Sequence[SeedResult]
+) -> tuple[ClaimVerdict, ...]:
+    """Verdict and numbers for each claim of SPEC section 6 (see the module docstring)."""
+    rows = summarize(seeds)
+    normal, pruned = rows[0], rows[1]
+    cmp_ = paired_comparison(pruned.accuracies, normal.accuracies)
+    return (
+        _reduction_verdict(config, normal, pruned, cmp_),
+        _fc_verdict(config, normal, pruned, cmp_),
         ClaimVerdict(
             "loss-landscape",
             CLAIMS["loss-landscape"],
             "not tested here",
             "Deferred to the landscape experiment (seed-to-seed variance, loss barrier between "
             "seeds, loss surface along random directions).",
-        )
+        ),
     )
-    return tuple(out)

@@ -289,6 +289,69 @@ def plot_spectra(snapshots: Sequence[SpectrumSnapshot], *, title: str, path: Pat
     return _save(fig, path)
 
 
+_STYLES = {
+    "normal": ("o", "tab:blue"),
+    "pruned": ("*", "tab:orange"),
+    "mp-oneshot": ("D", "tab:red"),
+    "magnitude": ("s", "tab:green"),
+    "svd-energy": ("^", "tab:purple"),
+}
+
+
+def _curve_figures(fig_dir: Path, name: str, seeds: Sequence[SeedResult]) -> list[Path]:
+    accuracy = [
+        Curve(
+            arm,
+            np.array([getattr(s, arm).accuracy_curve()[1:] for s in seeds]),
+            ACCURACY_COLORS[arm],
+        )
+        for arm in ("normal", "pruned")
+    ]
+    params = [
+        Curve(
+            arm,
+            np.array([getattr(s, arm).params_curve() for s in seeds], float),
+            ACCURACY_COLORS[arm],
+        )
+        for arm in ("normal", "pruned")
+    ]
+    return [
+        plot_curves(
+            accuracy,
+            ylabel="test accuracy (%)",
+            percent=True,
+            first_epoch=1,
+            title=f"{name}: test accuracy",
+            path=fig_dir / "accuracy_vs_epoch.png",
+        ),
+        plot_curves(
+            params,
+            ylabel="parameters",
+            title=f"{name}: parameters",
+            path=fig_dir / "params_vs_epoch.png",
+        ),
+    ]
+
+
+def _spectrum_figures(fig_dir: Path, name: str, seeds: Sequence[SeedResult]) -> list[Path]:
+    source = next((s for s in seeds if s.spectra), None)  # imported seeds may have none
+    if source is None:
+        return []
+    out = []
+    for layer in dict.fromkeys(s.layer for s in source.spectra):
+        chosen = [s for s in source.spectra if s.layer == layer]
+        safe = layer.replace(".", "_")
+        out.append(
+            plot_spectra(
+                chosen,
+                title=f"{name}: layer {layer} {chosen[0].shape[0]}×{chosen[0].shape[1]}, "
+                f"seed {source.seed}",
+                path=fig_dir / f"spectrum_{safe}.png",
+            )
+        )
+    return out
+
+
 def make_figures(
     run_dir: Path,
     config: ExperimentConfig,
@@ -299,81 +362,27 @@ def make_figures(
 
     Test accuracy and parameters vs epoch (mean ± std over seeds, normal vs pruned),
     accuracy vs parameters for every method, and one spectral figure per large layer
-    (first seed: at initialisation, normal arm and pruned arm at the end).
+    (first seed with stored spectra: at initialisation, normal arm and pruned arm at
+    the end).
     """
     fig_dir = run_dir / "figures"
     name = f"{config.experiment} ({config.preset})"
-    curves = [
-        Curve(
-            arm,
-            np.array([getattr(s, arm).accuracy_curve()[1:] for s in seeds]),
-            ACCURACY_COLORS[arm],
-        )
-        for arm in ("normal", "pruned")
-    ]
-    out = [
-        plot_curves(
-            curves,
-            ylabel="test accuracy (%)",
-            percent=True,
-            first_epoch=1,
-            title=f"{name}: test accuracy",
-            path=fig_dir / "accuracy_vs_epoch.png",
-        )
-    ]
-    curves = [
-        Curve(
-            arm,
-            np.array([getattr(s, arm).params_curve() for s in seeds], float),
-            ACCURACY_COLORS[arm],
-        )
-        for arm in ("normal", "pruned")
-    ]
-    out.append(
-        plot_curves(
-            curves,
-            ylabel="parameters",
-            title=f"{name}: parameters",
-            path=fig_dir / "params_vs_epoch.png",
-        )
-    )
-    styles = {
-        "normal": ("o", "tab:blue"),
-        "pruned": ("*", "tab:orange"),
-        "mp-oneshot": ("D", "tab:red"),
-        "magnitude": ("s", "tab:green"),
-        "svd-energy": ("^", "tab:purple"),
-    }
     points = [
         ParamPoint(
             r.label,
             tuple(float(n) for n in r.n_params),
             r.accuracies,
-            marker=styles[r.method][0],
-            color=styles[r.method][1],
+            marker=_STYLES[r.method][0],
+            color=_STYLES[r.method][1],
             filled=r.stage != "before-ft",
         )
         for r in summary
     ]
-    out.append(
-        plot_accuracy_vs_params(
-            points, title=f"{name}: accuracy vs parameters", path=fig_dir / "accuracy_vs_params.png"
-        )
+    scatter = plot_accuracy_vs_params(
+        points, title=f"{name}: accuracy vs parameters", path=fig_dir / "accuracy_vs_params.png"
     )
-    source = next((s for s in seeds if s.spectra), None)  # imported seeds may have none
-    snaps = source.spectra if source is not None else ()
-    for layer in dict.fromkeys(s.layer for s in snaps):
-        chosen = [s for s in snaps if s.layer == layer]
-        safe = layer.replace(".", "_")
-        out.append(
-            plot_spectra(
-                chosen,
-                title=f"{name}: layer {layer} {chosen[0].shape[0]}×{chosen[0].shape[1]}, "
-                f"seed {source.seed if source is not None else '?'}",
-                path=fig_dir / f"spectrum_{safe}.png",
-            )
-        )
-    return tuple(out)
+    curves = _curve_figures(fig_dir, name, seeds)
+    return (*curves, scatter, *_spectrum_figures(fig_dir, name, seeds))
 
 
 FIXED_FIGURES = ("accuracy_vs_epoch.png", "params_vs_epoch.png", "accuracy_vs_params.png")

@@ -23,6 +23,7 @@ from rmtprune.pruning.report import _json_safe
 
 if TYPE_CHECKING:
     from rmtprune.experiments.baselines import EvalPoint, PostTrainingResult
+    from rmtprune.experiments.config import ExperimentConfig
     from rmtprune.experiments.results import ArmResult, RunResult
 
 __all__ = [
@@ -39,49 +40,31 @@ __all__ = [
 Block = tuple[Any, ...]
 
 
-def _blocks(result: RunResult) -> list[Block]:
-    cfg = result.config
-    rows = result.summary
-    b: list[Block] = [("h", 1, f"rmtprune reproduction: {cfg.experiment} ({cfg.preset} preset)")]
+def _setup_text(cfg: ExperimentConfig) -> str:
     arch = (
         f"fully connected {list(cfg.widths)}"
         if cfg.architecture == "fc"
         else f"CNN channels {list(cfg.channels)}, FC {cfg.fc_width}, dropout {cfg.dropout}"
     )
-    b.append(
-        (
-            "p",
-            f"Data {cfg.dataset} (train subset {cfg.train_subset or 'all'}, test subset "
-            f"{cfg.test_subset or 'all'}); network {arch}; init {cfg.init}; {cfg.epochs} epochs, "
-            f"SGD lr {cfg.lr} (×{cfg.lr_decay} after each pruning epoch, both arms), momentum "
-            f"{cfg.momentum}, batch {cfg.batch_size}; pruning every {cfg.every} epoch(s) with "
-            f"Linear(T={cfg.schedule_epochs_resolved:g}), min_rank {cfg.min_rank_resolved}, fit "
-            f"cutoff {cfg.fit_cutoff} (conv {cfg.conv_fit_cutoff}); seeds {list(cfg.seeds)}. "
-            f"Both arms start from the same weights and see the same data order; they differ "
-            f"only by the pruning steps. Baselines start from the trained normal network, at the "
-            f"pruned arm's final parameter count of the same seed, and get "
-            f"{cfg.finetune_epochs} epoch(s) of fine-tuning.",
-        )
+    return (
+        f"Data {cfg.dataset} (train subset {cfg.train_subset or 'all'}, test subset "
+        f"{cfg.test_subset or 'all'}); network {arch}; init {cfg.init}; {cfg.epochs} epochs, "
+        f"SGD lr {cfg.lr} (×{cfg.lr_decay} after each pruning epoch, both arms), momentum "
+        f"{cfg.momentum}, batch {cfg.batch_size}; pruning every {cfg.every} epoch(s) with "
+        f"Linear(T={cfg.schedule_epochs_resolved:g}), min_rank {cfg.min_rank_resolved}, fit "
+        f"cutoff {cfg.fit_cutoff} (conv {cfg.conv_fit_cutoff}); seeds {list(cfg.seeds)}. "
+        f"Both arms start from the same weights and see the same data order; they differ "
+        f"only by the pruning steps. Baselines start from the trained normal network, at the "
+        f"pruned arm's final parameter count of the same seed, and get "
+        f"{cfg.finetune_epochs} epoch(s) of fine-tuning."
     )
-    b.append(("h", 2, "Claims of the paper"))
-    for c in result.claims:
-        b.append(("p", f"**{c.claim}** Verdict: **{c.verdict}**. {c.explanation}"))
-    b.append(("h", 2, "Comparison (final test accuracy, mean ± std over seeds)"))
-    b.append(
-        (
-            "table",
-            ["method", "parameters (mean)", "reduction", "test accuracy"],
-            [
-                [r.label, f"{r.params_mean:,.0f}", f"{100 * r.reduction:.1f} %", accuracy_text(r)]
-                for r in rows
-            ],
-        )
-    )
-    b.append(("h", 2, "Per seed"))
-    per_seed = []
+
+
+def _per_seed_table(result: RunResult) -> Block:
+    rows = []
     for s in result.seeds:
         d = s.pruned.final_accuracy - s.normal.final_accuracy
-        per_seed.append(
+        rows.append(
             [
                 s.seed,
                 f"{percent(s.normal.final_accuracy)} %",
@@ -91,46 +74,57 @@ def _blocks(result: RunResult) -> list[Block]:
                 f"{s.pruned.final_params:,}",
             ]
         )
-    b.append(
-        (
-            "table",
-            ["seed", "normal", "pruned", "diff (points)", "normal params", "pruned params"],
-            per_seed,
-        )
-    )
-    last = result.seeds[0].pruned.layers[-1] if result.seeds[0].pruned.layers else ()
-    if last:
-        b.append(("h", 2, f"Pruned arm, seed {result.seeds[0].seed}: layers at the end"))
-        b.append(
-            (
-                "table",
-                ["layer", "shape", "rank", "spikes", "fit error D", "sigma2", "status"],
-                [
-                    [
-                        r.name,
-                        "×".join(map(str, r.shape)),
-                        r.rank,
-                        "–" if r.n_spikes is None else r.n_spikes,
-                        "–" if math.isnan(r.fit_error) else f"{r.fit_error:.3g}",
-                        "–" if math.isnan(r.sigma2) else f"{r.sigma2:.3g}",
-                        r.status if not r.reason else f"{r.status}: {r.reason}",
-                    ]
-                    for r in last
-                ],
-            )
-        )
+    headers = ["seed", "normal", "pruned", "diff (points)", "normal params", "pruned params"]
+    return ("table", headers, rows)
+
+
+def _layer_blocks(result: RunResult) -> list[Block]:
+    first = result.seeds[0]
+    last = first.pruned.layers[-1] if first.pruned.layers else ()
+    if not last:
+        return []
+    rows = [
+        [
+            r.name,
+            "×".join(map(str, r.shape)),
+            r.rank,
+            "–" if r.n_spikes is None else r.n_spikes,
+            "–" if math.isnan(r.fit_error) else f"{r.fit_error:.3g}",
+            "–" if math.isnan(r.sigma2) else f"{r.sigma2:.3g}",
+            r.status if not r.reason else f"{r.status}: {r.reason}",
+        ]
+        for r in last
+    ]
+    headers = ["layer", "shape", "rank", "spikes", "fit error D", "sigma2", "status"]
+    return [("h", 2, f"Pruned arm, seed {first.seed}: layers at the end"), ("table", headers, rows)]
+
+
+_FILES_TEXT = (
+    "config.json (resolved configuration), environment.json (versions, git commit), "
+    "metrics.json and metrics.csv (per seed, arm and epoch), after_training.csv "
+    "(baselines before/after fine-tuning), figures/*.png, seed-*/ (checkpoints)."
+)
+
+
+def _blocks(result: RunResult) -> list[Block]:
+    cfg = result.config
+    b: list[Block] = [("h", 1, f"rmtprune reproduction: {cfg.experiment} ({cfg.preset} preset)")]
+    b.append(("p", _setup_text(cfg)))
+    b.append(("h", 2, "Claims of the paper"))
+    b += [("p", f"**{c.claim}** Verdict: **{c.verdict}**. {c.explanation}") for c in result.claims]
+    b.append(("h", 2, "Comparison (final test accuracy, mean ± std over seeds)"))
+    rows = [
+        [r.label, f"{r.params_mean:,.0f}", f"{100 * r.reduction:.1f} %", accuracy_text(r)]
+        for r in result.summary
+    ]
+    b.append(("table", ["method", "parameters (mean)", "reduction", "test accuracy"], rows))
+    b.append(("h", 2, "Per seed"))
+    b.append(_per_seed_table(result))
+    b += _layer_blocks(result)
     b.append(("h", 2, "Figures"))
-    for path in result.figures:
-        b.append(("img", path, path.stem.replace("_", " ")))
+    b += [("img", path, path.stem.replace("_", " ")) for path in result.figures]
     b.append(("h", 2, "Files"))
-    b.append(
-        (
-            "p",
-            "config.json (resolved configuration), environment.json (versions, git commit), "
-            "metrics.json and metrics.csv (per seed, arm and epoch), after_training.csv "
-            "(baselines before/after fine-tuning), figures/*.png, seed-*/ (checkpoints).",
-        )
-    )
+    b.append(("p", _FILES_TEXT))
     return b
 
 
