@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -342,6 +342,80 @@ def _figures(folder: Path, config: RegressionConfig, runs: list[RunRecord], data
     return files
 
 
+def _final(runs: Sequence[RunRecord], arm: str, key: str) -> list[float]:
+    return [float(getattr(r, key)[-1]) for r in runs if r.arm == arm]
+
+
+def _write_tables(folder: Path, runs: Sequence[RunRecord]) -> None:
+    rows = [
+        {
+            "arm": r.arm,
+            "seed": r.seed,
+            "epoch": e + 1,
+            "train_mse": r.train_mse[e],
+            "test_mse": r.test_mse[e],
+            "n_params": r.n_params[e],
+        }
+        for r in runs
+        for e in range(len(r.test_mse))
+    ]
+    common.write_csv(folder / "curves.csv", rows)
+    common.write_csv(
+        folder / "final.csv",
+        [
+            {
+                "arm": r.arm,
+                "seed": r.seed,
+                "train_mse": r.train_mse[-1],
+                "test_mse": r.test_mse[-1],
+                "n_params": r.n_params[-1],
+            }
+            for r in runs
+        ],
+    )
+
+
+def _section(
+    config: RegressionConfig,
+    runs: Sequence[RunRecord],
+    params: dict[str, float],
+    figures: Sequence[str],
+    verdicts: Sequence[common.Verdict],
+) -> str:
+    table = common.markdown_table(
+        ["arm", "train MSE (mean ± std)", "test MSE (mean ± std)", "parameters"],
+        [
+            [
+                arm,
+                "{:.4g} ± {:.2g}".format(*common.mean_std(_final(runs, arm, "train_mse"))),
+                "{:.4g} ± {:.2g}".format(*common.mean_std(_final(runs, arm, "test_mse"))),
+                params[arm],
+            ]
+            for arm in ("normal", "pruned")
+        ],
+    )
+    text = [
+        "## regression",
+        "",
+        f"MLP {list(config.widths)} ({config.activation}, N(0, 1/n) weights, zero biases) fitting "
+        f"f(x) = sin(2πx) + 0.5 sin(6πx) on [0, 2] from {config.n_train} fixed noisy points "
+        f"(noise σ = {config.noise:g}); test MSE on a {config.n_test}-point grid against the clean "
+        f"f. SGD (lr {config.lr:g}, momentum 0.9, batch {config.batch_size}, ×{config.lr_decay:g} "
+        f"at 50 % and 75 % of {config.epochs} epochs), MSE + {config.l1:g}·Σ|θ| + "
+        f"{config.l2:g}·Σθ². Pruned arm: SpectralPruner every {config.every} epochs with "
+        f"Linear(T = {config.schedule_epochs:g}); same initial weights and batches per seed; "
+        f"{config.seeds} seeds.",
+        "",
+        table,
+        "",
+        *(f"![{f}]({f})" for f in figures),
+        "",
+        *(v.line() for v in verdicts),
+        "",
+    ]
+    return "\n".join(text)
+
+
 def run(
     preset: str = "small",
     *,
@@ -395,84 +469,19 @@ def run(
         for arm in ("normal", "pruned"):
             common.say(progress, f"[regression] seed {seed} {arm}")
             runs.append(_train(config, seed, arm, data, progress))
-
-    def final(arm: str, key: str) -> list[float]:
-        return [float(getattr(r, key)[-1]) for r in runs if r.arm == arm]
-
     test = common.paired_comparison(
-        "test_mse", final("normal", "test_mse"), final("pruned", "test_mse")
+        "test_mse", _final(runs, "normal", "test_mse"), _final(runs, "pruned", "test_mse")
     )
     train = common.paired_comparison(
-        "train_mse", final("normal", "train_mse"), final("pruned", "train_mse")
+        "train_mse", _final(runs, "normal", "train_mse"), _final(runs, "pruned", "train_mse")
     )
     variance = float(data[1][1].double().var(unbiased=False))
-    params = {arm: float(np.mean(final(arm, "n_params"))) for arm in ("normal", "pruned")}
+    params = {arm: float(np.mean(_final(runs, arm, "n_params"))) for arm in ("normal", "pruned")}
     verdicts = _verdicts({"test": test, "params": params, "target_variance": variance})
-
-    rows = [
-        {
-            "arm": r.arm,
-            "seed": r.seed,
-            "epoch": e + 1,
-            "train_mse": r.train_mse[e],
-            "test_mse": r.test_mse[e],
-            "n_params": r.n_params[e],
-        }
-        for r in runs
-        for e in range(len(r.test_mse))
-    ]
-    common.write_csv(folder / "curves.csv", rows)
-    common.write_csv(
-        folder / "final.csv",
-        [
-            {
-                "arm": r.arm,
-                "seed": r.seed,
-                "train_mse": r.train_mse[-1],
-                "test_mse": r.test_mse[-1],
-                "n_params": r.n_params[-1],
-            }
-            for r in runs
-        ],
-    )
-    figures = _figures(
-        folder,
-        config,
-        runs,
-        ((data[0][0].numpy(), data[0][1].numpy()), (data[1][0].numpy(), data[1][1].numpy())),
-    )
-    table = common.markdown_table(
-        ["arm", "train MSE (mean ± std)", "test MSE (mean ± std)", "parameters"],
-        [
-            [
-                arm,
-                "{:.4g} ± {:.2g}".format(*common.mean_std(final(arm, "train_mse"))),
-                "{:.4g} ± {:.2g}".format(*common.mean_std(final(arm, "test_mse"))),
-                params[arm],
-            ]
-            for arm in ("normal", "pruned")
-        ],
-    )
-    text = [
-        "## regression",
-        "",
-        f"MLP {list(config.widths)} ({config.activation}, N(0, 1/n) weights, zero biases) fitting "
-        f"f(x) = sin(2πx) + 0.5 sin(6πx) on [0, 2] from {config.n_train} fixed noisy points "
-        f"(noise σ = {config.noise:g}); test MSE on a {config.n_test}-point grid against the clean "
-        f"f. SGD (lr {config.lr:g}, momentum 0.9, batch {config.batch_size}, ×{config.lr_decay:g} "
-        f"at 50 % and 75 % of {config.epochs} epochs), MSE + {config.l1:g}·Σ|θ| + "
-        f"{config.l2:g}·Σθ². Pruned arm: SpectralPruner every {config.every} epochs with "
-        f"Linear(T = {config.schedule_epochs:g}); same initial weights and batches per seed; "
-        f"{config.seeds} seeds.",
-        "",
-        table,
-        "",
-        *(f"![{f}]({f})" for f in figures),
-        "",
-        *(v.line() for v in verdicts),
-        "",
-    ]
-    (folder / "report_section.md").write_text("\n".join(text))
+    _write_tables(folder, runs)
+    arrays = tuple((x.numpy(), y.numpy()) for x, y in data)
+    figures = _figures(folder, config, runs, arrays)
+    (folder / "report_section.md").write_text(_section(config, runs, params, figures, verdicts))
     files = ("curves.csv", "final.csv", *figures, "report_section.md")
     result = RegressionResult(
         preset,
