@@ -363,7 +363,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from rmtprune.experiments import reproduce
-    from rmtprune.experiments.analysis import all_experiments
+    from rmtprune.experiments.runner import all_experiments
 
     if args.list or args.experiment is None:
         for key, title in all_experiments().items():

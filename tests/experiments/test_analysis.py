@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from rmtprune.experiments import reproduce
-from rmtprune.experiments.analysis import all_experiments, markdown_to_html, reproduce_analysis
+from rmtprune.experiments.analysis import markdown_to_html, reproduce_analysis
 from rmtprune.experiments.init_compare import SCHEMES
+from rmtprune.experiments.runner import all_experiments
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import math
 import os
@@ -32,9 +33,12 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from torch import nn
 
+from rmtprune._fileio import atomic_write_bytes
 from rmtprune._validation import check_int, param_error
+from rmtprune.data import load_dataset
 from rmtprune.experiments.claims import paired_comparison as report_paired_comparison
-from rmtprune.experiments.runner import environment
+from rmtprune.experiments.config import PRESETS
+from rmtprune.experiments.rundir import environment
 from rmtprune.factorize.lowrank import LowRankModule
 from rmtprune.factorize.registry import set_submodule
 
@@ -62,9 +66,6 @@ __all__ = [
     "write_json",
     "write_run_config",
 ]
-
-PRESETS = ("smoke", "small", "paper")
-"""Preset names shared by every experiment."""
 
 
 def check_preset(preset: Any, owner: str) -> str:
@@ -167,19 +168,23 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_json(path: Path, data: Any) -> Path:
-    """Write ``data`` as strict, indented JSON (see :func:`to_jsonable`)."""
-    path.write_text(json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")
+    """Write ``data`` as strict, indented JSON (see :func:`to_jsonable`), atomically."""
+    text = json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n"
+    atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))
     return path
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    """Write dictionaries with the same keys as CSV rows (the first row's keys as header)."""
-    with path.open("w", newline="") as fh:
-        if rows:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+    """Write dictionaries with the same keys as CSV rows (the first row's keys as header),
+    atomically."""
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+    text = buffer.getvalue()
+    atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))
     return path
 
 
@@ -384,8 +389,6 @@ def load_fashion_mnist(
     n_train: int | None, n_test: int | None, *, data_dir: Any = None, seed: int = 0
 ) -> tuple[torch.utils.data.TensorDataset, torch.utils.data.TensorDataset]:
     """Fashion-MNIST training and test subsets (``None``: the whole split), seeded."""
-    from rmtprune.data import load_dataset
-
     train = load_dataset("fashion-mnist", "train", data_dir=data_dir, subset=n_train, seed=seed)
     test = load_dataset("fashion-mnist", "test", data_dir=data_dir, subset=n_test, seed=seed)
     return train, test

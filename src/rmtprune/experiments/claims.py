@@ -34,15 +34,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
 from rmtprune.experiments.config import ExperimentConfig
-
-if TYPE_CHECKING:
-    from rmtprune.experiments.results import SeedResult
+from rmtprune.experiments.results import (
+    ClaimVerdict,
+    SeedResult,
+    SummaryRow,
+    accuracy_text,
+    percent,
+    summary_table,
+)
 
 __all__ = [
     "CLAIMS",
@@ -97,53 +102,6 @@ def paired_comparison(a: Sequence[float], b: Sequence[float]) -> PairedCompariso
     return PairedComparison(n, mean, std, mean - half, mean + half, p, wins, losses)
 
 
-@dataclass(frozen=True)
-class SummaryRow:
-    """One line of the comparison table: a method at a stage, over seeds."""
-
-    method: str
-    stage: str
-    label: str
-    n_params: tuple[int, ...]
-    accuracies: tuple[float, ...]
-    dense_params: int
-
-    @property
-    def params_mean(self) -> float:
-        """Mean parameter count over seeds."""
-        return float(np.mean(self.n_params))
-
-    @property
-    def reduction(self) -> float:
-        """Fraction of the dense network's parameters removed (mean count)."""
-        return 1.0 - self.params_mean / self.dense_params
-
-    @property
-    def accuracy_mean(self) -> float:
-        """Mean test accuracy over seeds."""
-        return float(np.mean(self.accuracies))
-
-    @property
-    def accuracy_std(self) -> float:
-        """Standard deviation (ddof = 1) of the test accuracy over seeds; NaN for one seed."""
-        return float(np.std(self.accuracies, ddof=1)) if len(self.accuracies) > 1 else math.nan
-
-    def to_dict(self) -> dict[str, Any]:
-        """Fields and derived statistics."""
-        return {
-            "method": self.method,
-            "stage": self.stage,
-            "label": self.label,
-            "n_params": list(self.n_params),
-            "accuracies": list(self.accuracies),
-            "dense_params": self.dense_params,
-            "params_mean": self.params_mean,
-            "reduction": self.reduction,
-            "accuracy_mean": self.accuracy_mean,
-            "accuracy_std": None if math.isnan(self.accuracy_std) else self.accuracy_std,
-        }
-
-
 _LABELS = {
     "mp-oneshot": "MP one-shot after training (bulk_keep=0)",
     "magnitude": "global magnitude pruning",
@@ -191,20 +149,6 @@ def summarize(seeds: Sequence[SeedResult]) -> tuple[SummaryRow, ...]:
     return tuple(rows)
 
 
-@dataclass(frozen=True)
-class ClaimVerdict:
-    """What the run says about one claim of the paper."""
-
-    key: str
-    claim: str
-    verdict: str
-    explanation: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary of the fields."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
 CLAIMS = {
     "reduction": 'Pruning gives "a drastic reduction of parameters while not reducing the '
     'accuracy of DNNs and CNNs".',
@@ -212,28 +156,6 @@ CLAIMS = {
     'the variance for random initializations".',
     "loss-landscape": 'This is "due to the simplification of the loss landscape".',
 }
-
-
-def summary_table(rows: Sequence[SummaryRow]) -> str:
-    """The comparison table in Markdown: method, parameters, reduction, accuracy mean ± std."""
-    lines = ["| method | parameters | reduction | test accuracy |", "|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r.label} | {r.params_mean:,.0f} | {100 * r.reduction:.1f} % | {accuracy_text(r)} |"
-        )
-    return "\n".join(lines)
-
-
-def percent(x: float) -> str:
-    """A fraction in percent with two decimals (``"nan"`` for NaN)."""
-    return "nan" if math.isnan(x) else f"{100 * x:.2f}"
-
-
-def accuracy_text(row: SummaryRow) -> str:
-    """Mean ± std of a row's test accuracy in percent."""
-    if math.isnan(row.accuracy_std):
-        return f"{percent(row.accuracy_mean)} %"
-    return f"{percent(row.accuracy_mean)} ± {percent(row.accuracy_std)} %"
 
 
 def _paired_text(c: PairedComparison) -> str:

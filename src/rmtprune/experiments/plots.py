@@ -20,12 +20,10 @@ b'\\x89PNG'
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -35,13 +33,10 @@ from torch import nn
 
 from rmtprune.distributions.marchenko_pastur import marchenko_pastur
 from rmtprune.experiments.config import ExperimentConfig
+from rmtprune.experiments.results import SeedResult, SpectrumSnapshot, SummaryRow
 from rmtprune.factorize import get_adapter
 from rmtprune.pruning.walker import analyze
 from rmtprune.spectrum import eigenvalues
-
-if TYPE_CHECKING:
-    from rmtprune.experiments.claims import SummaryRow
-    from rmtprune.experiments.results import SeedResult
 
 __all__ = [
     "ACCURACY_COLORS",
@@ -149,47 +144,6 @@ def plot_accuracy_vs_params(points: Sequence[ParamPoint], *, title: str, path: P
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return _save(fig, path)
-
-
-@dataclass(frozen=True)
-class SpectrumSnapshot:
-    """Eigenvalues of one layer at one moment, with the BEMA fit.
-
-    ``eigenvalues`` holds the ``rank`` non-zero eigenvalues (ascending) of the
-    ``m × n`` weight; the layer has ``p = min(m, n)`` in all, the others being the
-    zeros left by pruning.
-    """
-
-    stage: str
-    layer: str
-    shape: tuple[int, int]
-    ratio: float
-    rank: int
-    sigma2: float
-    lambda_plus: float
-    n_spikes: int | None
-    fit_error: float
-    eigenvalues: tuple[float, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary (NaN as None)."""
-        out = dataclasses.asdict(self)
-        out["shape"] = list(self.shape)
-        out["eigenvalues"] = list(self.eigenvalues)
-        for key in ("sigma2", "lambda_plus", "fit_error", "ratio"):
-            if isinstance(out[key], float) and not math.isfinite(out[key]):
-                out[key] = None
-        return out
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> SpectrumSnapshot:
-        """Inverse of :meth:`to_dict`."""
-        v = dict(values)
-        for key in ("sigma2", "lambda_plus", "fit_error", "ratio"):
-            v[key] = math.nan if v[key] is None else float(v[key])
-        v["shape"] = tuple(v["shape"])
-        v["eigenvalues"] = tuple(float(x) for x in v["eigenvalues"])
-        return cls(**v)
 
 
 def spectrum_snapshots(

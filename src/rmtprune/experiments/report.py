@@ -15,16 +15,13 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rmtprune._fileio import atomic_write_bytes
-from rmtprune.experiments.claims import accuracy_text, percent
+from rmtprune.experiments.baselines import EvalPoint, PostTrainingResult
+from rmtprune.experiments.config import ExperimentConfig
+from rmtprune.experiments.results import ArmResult, RunResult, accuracy_text, percent
 from rmtprune.pruning.report import _json_safe
-
-if TYPE_CHECKING:
-    from rmtprune.experiments.baselines import EvalPoint, PostTrainingResult
-    from rmtprune.experiments.config import ExperimentConfig
-    from rmtprune.experiments.results import ArmResult, RunResult
 
 __all__ = [
     "figure_html",

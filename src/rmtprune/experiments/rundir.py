@@ -43,13 +43,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
+import scipy
 import torch
 
+import rmtprune
 from rmtprune._fileio import atomic_write_bytes
 from rmtprune.experiments.config import ExperimentConfig
-from rmtprune.experiments.plots import SpectrumSnapshot
-from rmtprune.experiments.results import SeedResult
+from rmtprune.experiments.results import SeedResult, SpectrumSnapshot
 from rmtprune.pruning.report import _json_safe
 
 __all__ = [
@@ -110,11 +112,6 @@ def environment(device: str | None = None) -> dict[str, Any]:
     >>> sorted(environment())[:3]
     ['cpu_count', 'git_commit', 'git_dirty']
     """
-    import matplotlib
-    import scipy
-
-    import rmtprune
-
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain") if commit else None
     out = {
