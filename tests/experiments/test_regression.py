@@ -66,8 +66,8 @@ def test_arms_start_identical_and_pruning_removes_parameters(
 def test_paired_comparison_and_outputs(smoke: tuple[regression.RegressionResult, Path]) -> None:
     result, out = smoke
     diff = result.final("pruned") - result.final("normal")
-    assert result.test.mean_difference == pytest.approx(diff.mean())
-    assert result.test.b_lower == int((diff < 0).sum())
+    assert result.test.mean == pytest.approx(diff.mean())
+    assert result.test.losses == int((diff < 0).sum())
     for name in ("config.json", "metrics.json", "report_section.md", *result.files):
         assert (out / name).is_file(), name
     assert all((out / f).read_bytes()[:8] == PNG for f in result.files if f.endswith(".png"))

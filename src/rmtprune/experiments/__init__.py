@@ -29,7 +29,6 @@ from rmtprune.experiments.baselines import (
     svd_energy_choice,
     svd_energy_prune,
 )
-from rmtprune.experiments.claims import ClaimVerdict, PairedComparison, SummaryRow
 from rmtprune.experiments.classification import environment, render_run, run_experiment
 from rmtprune.experiments.config import ExperimentConfig
 from rmtprune.experiments.demo import DEMO_CONFIG, run_demo
@@ -40,8 +39,9 @@ from rmtprune.experiments.registry import (
     get_experiment,
     list_experiments,
 )
-from rmtprune.experiments.results import ArmResult, RunResult, SeedResult
+from rmtprune.experiments.results import ArmResult, ClaimVerdict, RunResult, SeedResult, SummaryRow
 from rmtprune.experiments.runner import all_experiments, reproduce
+from rmtprune.experiments.stats import PairedComparison
 
 __all__ = [
     "DEMO_CONFIG",

@@ -36,9 +36,9 @@ from torch import nn
 from rmtprune._fileio import atomic_write_bytes
 from rmtprune._validation import check_int, param_error
 from rmtprune.data import load_dataset
-from rmtprune.experiments.claims import paired_comparison as report_paired_comparison
 from rmtprune.experiments.config import PRESETS
 from rmtprune.experiments.rundir import environment
+from rmtprune.experiments.stats import PairedComparison, paired_comparison
 from rmtprune.factorize.lowrank import LowRankModule
 from rmtprune.factorize.registry import set_submodule
 
@@ -245,51 +245,6 @@ def mean_std(values: ArrayLike) -> tuple[float, float]:
     if arr.size == 0:
         return math.nan, math.nan
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-
-
-@dataclass(frozen=True)
-class PairedComparison:
-    """``b − a`` over seeds for one metric (``a``: normal arm, ``b``: pruned arm).
-
-    The statistics are those of :func:`rmtprune.experiments.claims.paired_comparison`
-    (two-sided paired t-test; spread and p-value NaN for a single seed, p-value 0 or 1
-    for zero spread); ``b_lower`` counts the seeds where ``b < a``.
-    """
-
-    metric: str
-    mean_a: float
-    mean_b: float
-    mean_difference: float
-    std_difference: float
-    pvalue: float
-    b_lower: int
-    n: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain ``dict`` of the fields."""
-        return asdict(self)
-
-
-def paired_comparison(metric: str, a: ArrayLike, b: ArrayLike) -> PairedComparison:
-    """Compare paired values ``a[i]``, ``b[i]`` (same seed ``i``).
-
-    Examples
-    --------
-    >>> c = paired_comparison("mse", [1.0, 2.0, 3.0], [0.5, 1.5, 2.0])
-    >>> c.mean_difference, c.b_lower
-    (-0.6666666666666666, 3)
-    """
-    xa = np.asarray(a, dtype=np.float64)
-    xb = np.asarray(b, dtype=np.float64)
-    if xa.shape != xb.shape or xa.ndim != 1 or xa.size == 0:
-        raise ValueError(
-            "The 'a' and 'b' parameters of paired_comparison must be 1-D of the same "
-            f"non-zero length. Got shapes {xa.shape} and {xb.shape} instead."
-        )
-    d = report_paired_comparison(xb.tolist(), xa.tolist())
-    return PairedComparison(
-        metric, float(xa.mean()), float(xb.mean()), d.mean, d.std, d.p_value, d.losses, d.n
-    )
 
 
 @dataclass(frozen=True)

@@ -301,9 +301,9 @@ def _report_section(
                 ["arm", *keys], [[arm, *(summary[arm][k] for k in keys)] for arm in ARMS]
             ),
             "",
-            f"Paired test accuracy (pruned − normal): {accuracy.mean_difference:+.4f} ± "
-            f"{accuracy.std_difference:.4f}, pruned higher on {config.seeds - accuracy.b_lower}"
-            f"/{config.seeds} seeds (ties count as higher), p = {accuracy.pvalue:.3g}.",
+            f"Paired test accuracy (pruned − normal): {accuracy.mean:+.4f} ± "
+            f"{accuracy.std:.4f}, pruned higher on {config.seeds - accuracy.losses}"
+            f"/{config.seeds} seeds (ties count as higher), p = {accuracy.p_value:.3g}.",
             "",
             " ".join(f"![{f}]({f})" for f in figures),
             "",

@@ -33,11 +33,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
-from scipy import stats
 
 from rmtprune.experiments.config import ExperimentConfig
 from rmtprune.experiments.results import (
@@ -48,6 +43,7 @@ from rmtprune.experiments.results import (
     percent,
     summary_table,
 )
+from rmtprune.experiments.stats import PairedComparison, paired_comparison
 
 __all__ = [
     "CLAIMS",
@@ -61,45 +57,6 @@ __all__ = [
     "summarize",
     "summary_table",
 ]
-
-
-@dataclass(frozen=True)
-class PairedComparison:
-    """Per-seed differences ``a − b``: mean, std, 95 % CI, t-test p-value, wins / losses."""
-
-    n: int
-    mean: float
-    std: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    wins: int
-    losses: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary of the fields."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-def paired_comparison(a: Sequence[float], b: Sequence[float]) -> PairedComparison:
-    """Paired comparison of two equally long samples (a two-sided t-test on ``a − b``).
-
-    With one pair the spread, interval and p-value are NaN; with zero spread the
-    p-value is 0 (all differences equal and non-zero) or 1 (all zero).
-    """
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    n = int(d.size)
-    mean = float(d.mean()) if n else math.nan
-    wins, losses = int((d > 0).sum()), int((d < 0).sum())
-    if n < 2:
-        return PairedComparison(n, mean, math.nan, math.nan, math.nan, math.nan, wins, losses)
-    std = float(d.std(ddof=1))
-    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-    if std == 0.0:
-        p = 1.0 if mean == 0.0 else 0.0
-    else:
-        p = float(2.0 * stats.t.sf(abs(mean) / (std / math.sqrt(n)), n - 1))
-    return PairedComparison(n, mean, std, mean - half, mean + half, p, wins, losses)
 
 
 _LABELS = {

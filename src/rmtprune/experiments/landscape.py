@@ -337,9 +337,9 @@ def run(
     surfaces = _surfaces(config, dense, evaluation, progress)
     summary = summarize(solutions, lines, surfaces)
     accuracy = common.paired_comparison(
-        "test_accuracy",
-        [s.test_accuracy for s in solutions if s.arm == "normal"],
         [s.test_accuracy for s in solutions if s.arm == "pruned"],
+        [s.test_accuracy for s in solutions if s.arm == "normal"],
+        metric="test_accuracy",
     )
     verdicts = make_verdicts(summary, config.seeds)
     files = write_outputs(folder, config, solutions, lines, surfaces, summary, accuracy, verdicts)

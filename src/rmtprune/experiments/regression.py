@@ -221,9 +221,9 @@ def _train(
 class RegressionResult:
     """Everything the regression experiment measured (see :func:`run`).
 
-    ``test`` and ``train`` compare the final errors paired over seeds (``a`` = normal,
-    ``b`` = pruned); ``target_variance`` is the variance of ``f`` on the test grid (the test
-    error of the best constant predictor).
+    ``test`` and ``train`` compare the final errors paired over seeds (``a`` = pruned,
+    ``b`` = normal, so ``mean`` is pruned − normal); ``target_variance`` is the variance
+    of ``f`` on the test grid (the test error of the best constant predictor).
     """
 
     preset: str
@@ -265,19 +265,19 @@ def _verdicts(result_parts: dict[str, Any]) -> list[common.Verdict]:
     test: common.PairedComparison = result_parts["test"]
     params: dict[str, float] = result_parts["params"]
     variance = result_parts["target_variance"]
-    p = test.pvalue
+    p = test.p_value
     if math.isnan(p) or p >= 0.05:
         helps: bool | None = None
     else:
-        helps = test.mean_difference < 0
+        helps = test.mean < 0
     reduction = 1 - params["pruned"] / params["normal"]
     return [
         common.Verdict(
             "pruning helps the regression (final test MSE against the clean function)",
             helps,
-            f"Test MSE normal {test.mean_a:.4g}, pruned {test.mean_b:.4g}; paired difference "
-            f"(pruned − normal) {test.mean_difference:+.4g} ± {test.std_difference:.2g} over "
-            f"{test.n} seeds, pruned lower on {test.b_lower}/{test.n}, paired t-test p = "
+            f"Test MSE normal {test.mean_b:.4g}, pruned {test.mean_a:.4g}; paired difference "
+            f"(pruned − normal) {test.mean:+.4g} ± {test.std:.2g} over "
+            f"{test.n} seeds, pruned lower on {test.losses}/{test.n}, paired t-test p = "
             f"{p:.3g} (inconclusive unless p < 0.05). A constant predictor scores {variance:.4g}.",
         ),
         common.Verdict(
@@ -451,7 +451,7 @@ def run(
     Examples
     --------
     >>> result = run("smoke", out="/tmp/regression-smoke", progress=False)  # doctest: +SKIP
-    >>> result.test.mean_difference  # doctest: +SKIP
+    >>> result.test.mean  # doctest: +SKIP
     """
     del data_dir
     preset = common.check_preset(preset, _OWNER)
@@ -470,10 +470,12 @@ def run(
             common.say(progress, f"[regression] seed {seed} {arm}")
             runs.append(_train(config, seed, arm, data, progress))
     test = common.paired_comparison(
-        "test_mse", _final(runs, "normal", "test_mse"), _final(runs, "pruned", "test_mse")
+        _final(runs, "pruned", "test_mse"), _final(runs, "normal", "test_mse"), metric="test_mse"
     )
     train = common.paired_comparison(
-        "train_mse", _final(runs, "normal", "train_mse"), _final(runs, "pruned", "train_mse")
+        _final(runs, "pruned", "train_mse"),
+        _final(runs, "normal", "train_mse"),
+        metric="train_mse",
     )
     variance = float(data[1][1].double().var(unbiased=False))
     params = {arm: float(np.mean(_final(runs, arm, "n_params"))) for arm in ("normal", "pruned")}
