@@ -18,7 +18,7 @@ from rmtprune.experiments.rundir import config_differences, read_config
 from rmtprune.experiments.runner import render_run, reproduce
 from rmtprune.experiments.seeds import parse_seeds, seed_tuple
 
-from . import load_metrics
+from . import load_metrics, strip_times
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "docs" / "results" / "paper" / "fc-fashion"
 
@@ -125,7 +125,11 @@ def test_old_layout_seed_without_result_file_is_resumed(
     resumed = run_experiment(_config((0,)), out=out, data_dir=data_root, progress=False)
     assert load_metrics(out) == load_metrics(separate["zero"].run_dir)
     assert (out / "seed-0" / "result.json").is_file()
-    assert resumed.seeds[0] == separate["zero"].seeds[0]
+    stored = [
+        strip_times(json.loads((run / "seed-0" / "result.json").read_text()))
+        for run in (out, separate["zero"].run_dir)
+    ]
+    assert stored[0] == stored[1] and resumed.seeds[0].seed == 0
 
 
 def test_import_refuses_other_configuration_and_conflicting_seed(
