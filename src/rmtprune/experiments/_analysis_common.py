@@ -16,9 +16,6 @@ Example
 from __future__ import annotations
 
 import copy
-import csv
-import io
-import json
 import math
 import os
 import sys
@@ -33,10 +30,11 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from torch import nn
 
-from rmtprune._fileio import atomic_write_bytes
 from rmtprune._validation import check_int, param_error
 from rmtprune.data import load_dataset
+from rmtprune.experiments import formats
 from rmtprune.experiments.config import PRESETS
+from rmtprune.experiments.formats import markdown_table, to_jsonable
 from rmtprune.experiments.rundir import environment
 from rmtprune.experiments.stats import PairedComparison, paired_comparison
 from rmtprune.factorize.lowrank import LowRankModule
@@ -143,49 +141,17 @@ def say(progress: bool, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def to_jsonable(value: Any) -> Any:
-    """Plain JSON value: tuples → lists, NumPy scalars/arrays → Python, NaN/inf → ``None``.
-
-    >>> to_jsonable({"a": (1, float("nan")), "b": np.float64(2.5)})
-    {'a': [1, None], 'b': 2.5}
-    """
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [to_jsonable(v) for v in value.tolist()]
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        x = float(value)
-        return x if math.isfinite(x) else None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def write_json(path: Path, data: Any) -> Path:
-    """Write ``data`` as strict, indented JSON (see :func:`to_jsonable`), atomically."""
-    text = json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n"
-    atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))
-    return path
+    """Write ``data`` as strict JSON indented by 2, atomically."""
+    return formats.write_json(path, data, indent=2, newline=True)
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write dictionaries with the same keys as CSV rows (the first row's keys as header),
     atomically."""
-    buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
-    text = buffer.getvalue()
-    atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))
-    return path
+    header = list(rows[0]) if rows else []
+    table = [[_csv_cell(row[k]) for k in header] for row in rows]
+    return formats.write_text(path, formats.csv_text(header, table) if rows else "")
 
 
 def _csv_cell(value: Any) -> Any:
@@ -270,36 +236,6 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         """Plain ``dict`` of the fields and the label."""
         return {**asdict(self), "label": self.label}
-
-
-def _fmt(value: Any, digits: int) -> str:
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        x = float(value)
-        if not math.isfinite(x):
-            return "n/a"
-        if x.is_integer() and abs(x) < 1e12:
-            return str(int(x))
-        if x != 0 and (abs(x) < 10 ** (-digits + 1) or abs(x) >= 1e5):
-            return f"{x:.{digits - 1}e}"
-        return f"{x:.{digits}g}"
-    return str(value)
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 4) -> str:
-    """A GitHub-flavoured Markdown table; floats with ``digits`` significant digits.
-
-    >>> print(markdown_table(["N", "x"], [[10, 0.123456]]))
-    | N | x |
-    |---|---|
-    | 10 | 0.1235 |
-    """
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_fmt(v, digits) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 3.8)) -> Figure:

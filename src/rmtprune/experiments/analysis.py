@@ -9,9 +9,7 @@ around the section.
 
 from __future__ import annotations
 
-import html
 import os
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,12 +18,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from rmtprune._fileio import atomic_write_bytes
 from rmtprune._validation import param_error
 from rmtprune.data.download import download_dataset
 from rmtprune.experiments import init_compare, landscape, regression, theory
 from rmtprune.experiments.config import PRESETS
-from rmtprune.experiments.report import figure_html, html_page
+from rmtprune.experiments.formats import markdown_to_html, write_text
 from rmtprune.experiments.rundir import environment, update_environment
 
 __all__ = [
@@ -103,62 +100,6 @@ class AnalysisRun:
         }
 
 
-def _inline(text: str) -> str:
-    escaped = html.escape(text)
-    escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
-    escaped = re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
-    return re.sub(r"\[(.+?)\]\((.+?)\)", r'<a href="\2">\1</a>', escaped)
-
-
-def _figure(base: Path, caption: str, name: str) -> str:
-    path = base / name
-    if not path.is_file():
-        return f"<p>(missing figure {html.escape(name)})</p>"
-    return figure_html(path, caption)
-
-
-def markdown_to_html(markdown: str, base: Path, title: str) -> str:
-    """A self-contained page from the Markdown the reports use.
-
-    Handles headings, paragraphs, bullet lists, pipe tables and images (embedded
-    as base64 PNG data URIs, read relative to ``base``).
-    """
-    body: list[str] = []
-    blocks = re.split(r"\n\s*\n", markdown.strip())
-    for block in blocks:
-        lines = block.strip().splitlines()
-        first = lines[0]
-        if first.startswith("#"):
-            level = len(first) - len(first.lstrip("#"))
-            body.append(f"<h{level}>{_inline(first[level:].strip())}</h{level}>")
-            rest = "\n".join(lines[1:]).strip()
-            if rest:
-                body.append(f"<p>{_inline(rest)}</p>")
-        elif first.startswith("|") and len(lines) > 1:
-            cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
-            head = "".join(f"<th>{_inline(c)}</th>" for c in cells[0])
-            rows = "".join(
-                "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>"
-                for row in cells[2:]
-            )
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif all(ln.lstrip().startswith(("- ", "* ")) for ln in lines):
-            items = "".join(f"<li>{_inline(ln.lstrip()[2:])}</li>" for ln in lines)
-            body.append(f"<ul>{items}</ul>")
-        else:
-            for ln in lines:
-                images = re.findall(r"!\[([^\]]*)\]\(([^)\s]+)\)", ln)
-                if images and not re.sub(r"!\[[^\]]*\]\([^)\s]+\)", "", ln).strip():
-                    body += [_figure(base, caption, name) for caption, name in images]
-                else:
-                    body.append(f"<p>{_inline(ln)}</p>")
-    return html_page(title, body)
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
 def _prepare(experiment_id: str, preset: str, out: str | os.PathLike[str] | None) -> Path:
     """The run directory: new, or empty (a non-empty one is refused, as for classification)."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -217,6 +158,6 @@ def reproduce_analysis(
         f"Command: `rmtprune reproduce {experiment_id} --preset {preset}"
         f"{'' if seeds is None else f' --seeds {seeds}'}`.\n\n{section}"
     )
-    _write_text(run_dir / "report.md", markdown)
-    _write_text(run_dir / "report.html", markdown_to_html(markdown, run_dir, title))
+    write_text(run_dir / "report.md", markdown)
+    write_text(run_dir / "report.html", markdown_to_html(markdown, run_dir, title))
     return AnalysisRun(experiment_id, preset, run_dir, result, wall)

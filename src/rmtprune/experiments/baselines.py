@@ -47,6 +47,7 @@ from torch import nn
 from rmtprune._validation import check_int, param_error
 from rmtprune.experiments.config import ExperimentConfig
 from rmtprune.factorize import get_adapter, set_submodule, truncated_svd
+from rmtprune.models import count_parameters
 from rmtprune.pruning.walker import prune
 from rmtprune.spectrum import eigenvalues
 from rmtprune.training import History, TrainConfig, Trainer, evaluate
@@ -67,11 +68,6 @@ __all__ = [
 ]
 
 METHODS = ("mp-oneshot", "magnitude", "svd-energy")
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameter entries of ``model`` (shared tensors counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 @dataclass(frozen=True)

@@ -1,31 +1,29 @@
 """The report files of a classification run: Markdown, HTML, metrics JSON and CSV.
 
 The tables and the verdict on each claim of SPEC section 6 come from
-:mod:`rmtprune.experiments.claims`; this module renders them
-with the figures into ``report.md`` and a self-contained ``report.html``.
+:mod:`rmtprune.experiments.claims`; this module renders them with the figures into
+``report.md`` and, through the one HTML renderer of
+:func:`rmtprune.experiments.formats.markdown_to_html`, a self-contained ``report.html``.
 """
 
 from __future__ import annotations
 
-import base64
-import csv
-import html
-import io
-import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
-from rmtprune._fileio import atomic_write_bytes
 from rmtprune.experiments.baselines import EvalPoint, PostTrainingResult
 from rmtprune.experiments.config import ExperimentConfig
+from rmtprune.experiments.formats import (
+    csv_text,
+    markdown_table,
+    markdown_to_html,
+    write_json,
+    write_text,
+)
 from rmtprune.experiments.results import ArmResult, RunResult, accuracy_text, percent
-from rmtprune.pruning.report import _json_safe
 
 __all__ = [
-    "figure_html",
-    "html_page",
     "render_html",
     "render_markdown",
     "write_metrics",
@@ -135,66 +133,17 @@ def render_markdown(result: RunResult) -> str:
         elif kind == "p":
             out.append(block[1])
         elif kind == "table":
-            headers, rows = block[1], block[2]
-            out.append("| " + " | ".join(headers) + " |\n|" + "---|" * len(headers))
-            out[-1] += "".join("\n| " + " | ".join(str(c) for c in r) + " |" for r in rows)
+            out.append(markdown_table(block[1], block[2]))
         elif kind == "img":
             rel = block[1].relative_to(result.run_dir).as_posix()
             out.append(f"![{block[2]}]({rel})")
     return "\n\n".join(out) + "\n"
 
 
-def _inline(text: str) -> str:
-    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
-
-
 def render_html(result: RunResult) -> str:
     """The report as one self-contained HTML page (figures embedded as data URIs)."""
-    body: list[str] = []
-    for block in _blocks(result):
-        kind = block[0]
-        if kind == "h":
-            body.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
-        elif kind == "p":
-            body.append(f"<p>{_inline(block[1])}</p>")
-        elif kind == "table":
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
-            rows = "".join(
-                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
-                for r in block[2]
-            )
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif kind == "img":
-            body.append(figure_html(block[1], block[2]))
-    return html_page(f"rmtprune {result.config.experiment} ({result.config.preset})", body)
-
-
-HTML_STYLE = (
-    "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em;"
-    "line-height:1.45}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid "
-    "#bbb;padding:.25em .6em;text-align:left}th{background:#eee}img{max-width:100%}"
-    "figure{margin:1.5em 0}"
-)
-
-
-def figure_html(path: Path, caption: str) -> str:
-    """A PNG embedded as a base64 data URI, so the page needs no other file."""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    cap = html.escape(caption)
-    return (
-        f'<figure><img alt="{cap}" src="data:image/png;base64,{data}">'
-        f"<figcaption>{cap}</figcaption></figure>"
-    )
-
-
-def html_page(title: str, body: list[str]) -> str:
-    """A self-contained HTML page around ``body`` (already HTML)."""
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{HTML_STYLE}</style></head><body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
-    )
+    title = f"rmtprune {result.config.experiment} ({result.config.preset})"
+    return markdown_to_html(render_markdown(result), result.run_dir, title)
 
 
 def _epoch_rows(arm: ArmResult) -> list[dict[str, Any]]:
@@ -224,19 +173,6 @@ def _epoch_rows(arm: ArmResult) -> list[dict[str, Any]]:
     return out
 
 
-def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
-    """CSV with the ``csv`` module's quoting, ``None`` as an empty cell, ``\\n`` line ends."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows([["" if v is None else v for v in row] for row in rows])
-    return buffer.getvalue()
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
 def _after_values(point: EvalPoint, result: PostTrainingResult) -> list[Any]:
     return [point.test_loss, point.test_accuracy, result.energy, result.n_zeroed]
 
@@ -246,14 +182,13 @@ def write_metrics(result: RunResult) -> None:
     run_dir = result.run_dir
     content = {k: v for k, v in result.to_dict().items() if k not in ("run_dir", "wall_time")}
     content.pop("figures")
-    text = json.dumps(_json_safe(content), indent=1, allow_nan=False)
-    _write_text(run_dir / "metrics.json", text + "\n")
+    write_json(run_dir / "metrics.json", content, newline=True)
     rows = [row for s in result.seeds for arm in (s.normal, s.pruned) for row in _epoch_rows(arm)]
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
     table = [[row.get(c) for c in columns] for row in rows]
-    _write_text(run_dir / "metrics.csv", _csv_text(columns, table))
+    write_text(run_dir / "metrics.csv", csv_text(columns, table))
     head = "seed,method,stage,n_params,target_params,test_loss,test_accuracy,energy,n_zeroed"
     table = [
         [s.seed, r.method, stage, p.n_params, r.target_params, *_after_values(p, r)]
@@ -261,15 +196,15 @@ def write_metrics(result: RunResult) -> None:
         for r in s.after_training
         for stage, p in (("before-ft", r.before), ("after-ft", r.after))
     ]
-    _write_text(run_dir / "after_training.csv", _csv_text(head.split(","), table))
+    write_text(run_dir / "after_training.csv", csv_text(head.split(","), table))
 
 
 def write_report(result: RunResult, *, html: bool = True) -> tuple[Path, ...]:
     """Write ``report.md`` (and ``report.html`` unless ``html`` is false); return their paths."""
     md = result.run_dir / "report.md"
-    _write_text(md, render_markdown(result))
+    write_text(md, render_markdown(result))
     if not html:
         return (md,)
     page = result.run_dir / "report.html"
-    _write_text(page, render_html(result))
+    write_text(page, render_html(result))
     return md, page

@@ -24,7 +24,7 @@ Config files written under older names of a field are read through
 
 Example
 -------
->>> from rmtprune.experiments.config import ExperimentConfig
+>>> from rmtprune.experiments.rundir import config_differences
 >>> config_differences({"epochs": 3, "seeds": [0]}, {"epochs": 3, "seeds": [1]})
 []
 >>> config_differences({"epochs": 3}, {"epochs": 4, "num_threads": 2})
@@ -49,10 +49,10 @@ import scipy
 import torch
 
 import rmtprune
-from rmtprune._fileio import atomic_write_bytes
+from rmtprune.experiments import formats
 from rmtprune.experiments.config import ExperimentConfig
+from rmtprune.experiments.formats import to_jsonable
 from rmtprune.experiments.results import SeedResult, SpectrumSnapshot
-from rmtprune.pruning.report import _json_safe
 
 __all__ = [
     "LEGACY_NAMES",
@@ -82,9 +82,7 @@ _GROWING = frozenset({"seeds"})
 
 def write_json(path: Path, content: Any) -> None:
     """Write ``content`` as strict JSON (NaN → null) atomically to ``path``."""
-    text = json.dumps(_json_safe(content), indent=1, allow_nan=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+    formats.write_json(path, content)
 
 
 def _git(*args: str) -> str | None:
@@ -258,7 +256,7 @@ def _import_one(run_dir: Path, folder: Path, entry: Mapping[str, Any]) -> bool:
     target = seed_dir(run_dir, seed)
     if target.exists():
         present = load_seed(run_dir, seed)
-        if present is not None and _json_safe(present.to_dict()) == _json_safe(entry):
+        if present is not None and to_jsonable(present.to_dict()) == to_jsonable(entry):
             return False
         raise ValueError(
             f"Cannot import seed {seed} into {str(run_dir)!r}: {str(target)!r} already "

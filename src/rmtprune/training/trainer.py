@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rmtprune.models.params import count_parameters
 from rmtprune.training import checkpoint as ckpt
 from rmtprune.training.config import RESUMABLE_CHANGES, TrainConfig
 from rmtprune.training.history import EpochRecord, History
@@ -103,10 +104,6 @@ def _runtime(config: TrainConfig) -> Iterator[None]:
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-
-
-def _count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 class Trainer:
@@ -347,7 +344,7 @@ class Trainer:
                     train_accuracy=train_accuracy,
                     test_loss=test.loss,
                     test_accuracy=test.accuracy,
-                    n_params=_count_parameters(self.model),
+                    n_params=count_parameters(self.model),
                     wall_time=time.perf_counter() - started,
                     pruning=pruning,
                 )
