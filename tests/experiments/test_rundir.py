@@ -233,3 +233,21 @@ def test_cuda_run_trains_and_records_the_device(data_root: Path, tmp_path: Path)
     env = json.loads((tmp_path / "gpu" / "environment.json").read_text())
     assert env["device"] == "cuda" and env["device_name"]
     assert result.summary[1].reduction > 0 and result.seeds[0].pruned.final_accuracy > 0.2
+
+
+def test_cli_parses_seeds_device_and_imports() -> None:
+    argv = "reproduce fc-fashion --seeds 1-2 --device cuda:1 --import-seeds a/metrics.json"
+    args = cli.build_parser().parse_args([*argv.split(), "--import-seeds", "b"])
+    assert args.seeds == (1, 2) and args.device == "cuda:1"
+    assert args.import_seeds == ["a/metrics.json", "b"]
+    assert cli.build_parser().parse_args(["demo", "--seeds", "2"]).seeds == 2
+    assert cli.build_parser().parse_args(["demo"]).device == "cpu"
+
+
+def test_every_experiment_refuses_a_foreign_directory(tmp_path: Path, data_root: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a run")
+    for experiment in ("fc-mnist", "regression"):
+        with pytest.raises(ValueError, match="not empty"):
+            reproduce(experiment, preset="smoke", out=tmp_path, data_dir=data_root, progress=False)
+    with pytest.raises(ValueError, match="'experiment_id' parameter of reproduce"):
+        reproduce("nope", out=tmp_path)
