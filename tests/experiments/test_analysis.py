@@ -22,6 +22,7 @@ def test_every_experiment_is_listed() -> None:
     assert {"theory", "init", "regression", "landscape"} <= ids
 
 
+@pytest.mark.slow  # four classification runs
 def test_init_smoke_compares_four_schemes(tmp_path: Path, data_root: Path) -> None:
     run = reproduce(
         "init", preset="smoke", seeds=1, out=tmp_path / "init", data_dir=data_root, progress=False

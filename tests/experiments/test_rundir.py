@@ -24,16 +24,20 @@ ARCHIVE = Path(__file__).resolve().parents[2] / "docs" / "results" / "paper" / "
 
 
 def _config(seeds: tuple[int, ...]) -> ExperimentConfig:
-    return get_config("fc-mnist", "smoke").replace(epochs=2, finetune_epochs=1, seeds=seeds)
+    return get_config("fc-mnist", "smoke").replace(seeds=seeds)
 
 
 @pytest.fixture(scope="module")
-def separate(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
-    """Seeds 0 and 1 in one run, and each alone in its own directory."""
+def separate(
+    data_root: Path, smoke_runs: dict[str, RunResult], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, RunResult]:
+    """Seeds 0 and 1 in one run (the shared smoke run), and each alone in its own directory."""
     root = tmp_path_factory.mktemp("separate")
     kw: dict[str, Any] = {"data_dir": data_root, "progress": False}
+    both = smoke_runs["fc-mnist"]
+    assert both.config.seeds == (0, 1)
     return {
-        "both": run_experiment(_config((0, 1)), out=root / "both", **kw),
+        "both": both,
         "zero": run_experiment(_config((0,)), out=root / "zero", **kw),
         "one": run_experiment(_config((1,)), out=root / "one", **kw),
     }

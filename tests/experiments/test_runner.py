@@ -165,7 +165,14 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("where", [("normal", 2), ("pruned", 1), ("pruned", 3)])
+@pytest.mark.parametrize(
+    "where",
+    [
+        ("normal", 2),
+        pytest.param(("pruned", 1), marks=pytest.mark.slow),
+        pytest.param(("pruned", 3), marks=pytest.mark.slow),
+    ],
+)
 def test_killed_run_resumes_to_identical_metrics(
     reference: RunResult, data_root: Path, tmp_path: Path, where: tuple[str, int]
 ) -> None:
