@@ -225,7 +225,7 @@ def _add_reproduce_parser(sub: Any) -> None:
         default="small",
         help="scale: smoke (seconds), small (minutes here), paper (hours) (default: %(default)s)",
     )
-    _add_run_options(r, f"the preset's first seeds: {preset_seeds}")
+    _add_run_options(r, f"the preset's seeds, for {first}: {preset_seeds}")
     r.add_argument(
         "--import-seeds",
         action="append",
