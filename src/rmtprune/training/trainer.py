@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from rmtprune.models.params import count_parameters
+from rmtprune.pruning.optim import rebuild_optimizer
 from rmtprune.training import checkpoint as ckpt
 from rmtprune.training.config import RESUMABLE_CHANGES, TrainConfig
 from rmtprune.training.history import EpochRecord, History
@@ -280,8 +281,6 @@ class Trainer:
         report = self.pruner.step(epoch)
         if report.changed:
             if self._rebuild is None:
-                from rmtprune.pruning.optim import rebuild_optimizer
-
                 self._rebuild = rebuild_optimizer
             self.optimizer = self._rebuild(self.optimizer, self.model)
             self._structure_changed = True
