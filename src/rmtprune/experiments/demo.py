@@ -22,9 +22,10 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from rmtprune.data import DATA_ENV, DatasetNotFoundError
+from rmtprune.experiments.classification import run_experiment
 from rmtprune.experiments.config import ExperimentConfig
 from rmtprune.experiments.results import RunResult
-from rmtprune.experiments.runner import run_experiment, seed_tuple
+from rmtprune.experiments.seeds import seed_tuple
 
 __all__ = ["DEMO_CONFIG", "run_demo"]
 
