@@ -160,7 +160,7 @@ def test_growing_still_refuses_other_configuration(
 ) -> None:
     with pytest.raises(ValueError, match=r"differs in \['epochs'\]"):
         run_experiment(
-            _config((5,)).replace(epochs=3), out=separate["zero"].run_dir, data_dir=data_root
+            _config((5,)).replace(epochs=4), out=separate["zero"].run_dir, data_dir=data_root
         )
 
 
@@ -172,7 +172,7 @@ def test_archived_paper_seed_imports_and_renders_byte_for_byte(
     result = reproduce(
         "fc-fashion",
         preset="paper",
-        seeds="0",
+        seeds=[0],
         out=out,
         data_dir=data_root,
         progress=False,
