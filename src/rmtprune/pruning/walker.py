@@ -26,9 +26,10 @@ layer never grows back.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,6 +41,8 @@ from rmtprune._validation import check_int, check_real, param_error
 from rmtprune.estimators.bema import BEMA
 from rmtprune.factorize.registry import LayerAdapter, get_adapter, set_submodule
 from rmtprune.factorize.svd import truncated_svd
+from rmtprune.pruning.calibration import calibrated_prune
+from rmtprune.pruning.outputs import OutputProbe, as_batches
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
 from rmtprune.spectrum import eigenvalues
 
@@ -449,6 +452,8 @@ def prune(
     min_dim: int = DEFAULT_MIN_DIM,
     min_params: int = DEFAULT_MIN_PARAMS,
     ranks: Mapping[str, int] | None = None,
+    calibration: Iterable[Any] | None = None,
+    max_output_change: float | None = None,
 ) -> tuple[nn.Module, PruneReport]:
     """Remove the noise part of every MP-like weight layer (SPEC section 4).
 
@@ -477,6 +482,15 @@ def prune(
     dry_run : bool
         Change nothing (weights bitwise identical) and report exactly what a
         real run would do.
+    calibration : iterable of model inputs, optional
+        Batches (tensors, tuples, or dicts passed as ``model(**batch)``).  Alone: the
+        relative change of the model's first output on them is measured and reported
+        (``report.output_change``; ``None`` without calibration data).
+    max_output_change : float, optional
+        With ``calibration``: choose the ranks from the data instead of the spectral rule
+        so that the output change on held-out batches stays at most this
+        (:func:`rmtprune.pruning.calibration.calibrated_prune`; only ``min_rank``,
+        ``layers``, ``min_dim``, ``min_params``, ``inplace`` and ``dry_run`` apply).
 
     Returns
     -------
@@ -507,6 +521,21 @@ def prune(
             f"The 'model' parameter of prune must be a torch.nn.Module. "
             f"Got {type(model).__name__} instead."
         )
+    if max_output_change is not None:  # calibrated rank choice: pruning/calibration.py
+        return calibrated_prune(
+            model,
+            calibration,
+            max_output_change,
+            min_rank=min_rank,
+            layers=layers,
+            min_dim=min_dim,
+            min_params=min_params,
+            inplace=inplace,
+            dry_run=dry_run,
+        )
+    probe = None
+    if calibration is not None and not dry_run:  # measure only (report.output_change)
+        probe = OutputProbe(model, as_batches(calibration, "prune"))
     target = model if (inplace or dry_run) else copy.deepcopy(model)
     before = _count(target)
     fits = _fit_model(
@@ -539,4 +568,6 @@ def prune(
         if measured != after:  # pragma: no cover - internal consistency guard
             raise RuntimeError(f"parameter count {measured} differs from the prediction {after}")
     report = PruneReport(rows, before, after, dry_run, changed and not dry_run)
+    if probe is not None:
+        report = dataclasses.replace(report, output_change=probe.change(target))
     return target, report
