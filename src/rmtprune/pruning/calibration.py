@@ -28,6 +28,8 @@ Example
 >>> from torch import nn
 >>> _ = torch.manual_seed(0)
 >>> model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 8))
+>>> low_rank = torch.randn(64, 4) @ torch.randn(4, 64) / 8  # a layer with 4 strong directions
+>>> _ = model[0].weight.data.copy_(low_rank + 0.01 * torch.randn(64, 64))
 >>> batches = [torch.randn(32, 64) for _ in range(4)]
 >>> pruned, report = calibrated_prune(model, batches, 0.2)
 >>> report.output_change <= 0.2, report.params_after < report.params_before
@@ -38,7 +40,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import fnmatch
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,12 +50,13 @@ from torch import nn
 
 from rmtprune._validation import check_int, check_real, param_error
 from rmtprune.factorize.registry import LayerAdapter, get_adapter, set_submodule
+from rmtprune.pruning.candidates import candidate_layers
 from rmtprune.pruning.outputs import OutputProbe, as_batches, split_batches
 from rmtprune.pruning.rank_search import first_passing, hull_moves, lower_hull
 from rmtprune.pruning.report import LayerPruneResult, PruneReport
 from rmtprune.pruning.whitening import LayerFactors, input_grams
 
-__all__ = ["Calibrated", "RankDecision", "calibrated_prune", "calibration_layers"]
+__all__ = ["Calibrated", "RankDecision", "calibrated_prune"]
 
 _PROBE_LEVEL = 0.1  # own relative error at which each layer's sensitivity is measured
 
@@ -89,63 +91,6 @@ class _Layer:
 
 def _own_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def calibration_layers(
-    model: nn.Module,
-    layers: Sequence[str] | str | None = None,
-    *,
-    min_dim: int = 32,
-    min_params: int = 0,
-) -> tuple[dict[str, nn.Module], dict[str, tuple[nn.Module, str]]]:
-    """Candidate layers ``{name: module}`` and skipped ones ``{name: (module, reason)}``.
-
-    Every module with a registered adapter (not inside another such module) is a candidate
-    unless it is unsupported, shares a parameter with another module, is smaller than
-    ``min_dim`` / ``min_params``, or does not match ``layers`` (names or ``fnmatch``
-    patterns).
-    """
-    owners: dict[int, set[str]] = {}
-    for name, mod in model.named_modules():
-        for p in mod.parameters(recurse=False):
-            owners.setdefault(id(p), set()).add(name)
-    patterns = [layers] if isinstance(layers, str) else None if layers is None else list(layers)
-    chosen: dict[str, nn.Module] = {}
-    skipped: dict[str, tuple[nn.Module, str]] = {}
-    covered: list[str] = []
-    for name, mod in model.named_modules():
-        adapter = get_adapter(mod)
-        if adapter is None or any(name.startswith(c + ".") for c in covered):
-            continue
-        covered.append(name)
-        if patterns is not None and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
-            continue
-        reason = adapter.unsupported_reason(mod) or ""
-        tied = [o for p in mod.parameters() for o in owners[id(p)] if not _inside(o, name)]
-        if tied:
-            reason = f"weight shared with {sorted(tied)[0]} (tied parameters)"
-        elif not reason:
-            m, n = adapter.matrix_shape(mod)
-            if min(m, n) < min_dim:
-                reason = f"too small: min(m, n) = {min(m, n)} < min_dim = {min_dim}"
-            elif m * n < min_params:
-                reason = f"too small: m·n = {m * n} < min_params = {min_params}"
-        if reason:
-            skipped[name] = (mod, reason)
-        else:
-            chosen[name] = mod
-    if patterns is not None:
-        for pat in patterns:
-            if not any(fnmatch.fnmatchcase(n, pat) for n in [*chosen, *skipped]):
-                raise ValueError(
-                    f"The 'layers' parameter names {pat!r}, which matches no weight layer. "
-                    f"Valid names: {covered}"
-                )
-    return chosen, skipped
-
-
-def _inside(other: str, name: str) -> bool:
-    return other == name or other.startswith(name + ".")
 
 
 class Calibrated:
@@ -413,7 +358,7 @@ def _apply(
 
 def calibrated_prune(
     model: nn.Module,
-    calibration: Iterable[Any],
+    calibration: Iterable[Any] | None,
     max_output_change: float,
     *,
     whiten: bool = False,
@@ -461,7 +406,7 @@ def calibrated_prune(
             "Got calibration=None instead."
         )
     criterion = Calibrated(
-        calibration,
+        as_batches(calibration, owner, minimum=2),
         max_output_change,
         base=base,
         whiten=whiten,
@@ -472,7 +417,7 @@ def calibrated_prune(
     min_params = check_int(min_params, "min_params", owner, low=0)
     target = model if (inplace or dry_run) else copy.deepcopy(model)
     before = sum(p.numel() for p in {id(p): p for p in target.parameters()}.values())
-    chosen, skipped = calibration_layers(target, layers, min_dim=min_dim, min_params=min_params)
+    chosen, skipped = candidate_layers(target, layers, min_dim=min_dim, min_params=min_params)
     decisions = criterion.decide_model(target, chosen)
     rows = [_row(name, mod, why) for name, (mod, why) in skipped.items()]
     rows += [
