@@ -10,7 +10,7 @@ and a limit ``δ`` (``max_output_change``) on the relative change of the model's
    activation-whitened SVD (:mod:`rmtprune.pruning.whitening`), which gives the layer's own
    output error at every rank in closed form;
 3. measures each layer's end-to-end sensitivity once (truncate that layer alone, run the
-   model on the fit part) to turn its own error into an estimated output change;
+   model on the first two fit batches) to turn its own error into an estimated output change;
 4. orders all rank reductions into one Lagrangian path from "every layer at its lowest rank"
    to "nothing changed" (:mod:`rmtprune.pruning.rank_search`) and bisects it on the
    *measured* output change of the whole combination on the fit part (≤ ``δ``);
@@ -59,6 +59,7 @@ from rmtprune.pruning.whitening import LayerFactors, input_grams
 __all__ = ["Calibrated", "RankDecision", "calibrated_prune"]
 
 _PROBE_LEVEL = 0.1  # own relative error at which each layer's sensitivity is measured
+_PROBE_BATCHES = 2  # fit batches used to measure it (one model run per layer)
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,8 @@ class Calibrated:
         fit = OutputProbe(model, self.fit_batches)
         held = OutputProbe(model, self.held_batches)
         self._factor(model, cands)
-        self._measure_sensitivity(model, cands, fit, decisions)
+        probe = OutputProbe(model, self.fit_batches[:_PROBE_BATCHES])
+        self._measure_sensitivity(model, cands, probe, decisions)
         cands = [c for c in cands if c.name not in decisions]
         path = _path(cands)
         cache: dict[tuple[int, int], float] = {}

@@ -29,6 +29,7 @@ Example
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,9 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rmtprune.factorize.registry import get_adapter, set_submodule
 from rmtprune.pruning.outputs import call_model
 
-__all__ = ["LayerFactors", "input_grams"]
+__all__ = ["LayerFactors", "factorize_at", "input_grams"]
 
 
 def _layer_inputs(module: nn.Module, x: torch.Tensor, n: int) -> torch.Tensor | None:
@@ -156,3 +158,51 @@ class LayerFactors:
     def truncate(self, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The top-``rank`` triplets ``(U_r, s_r, Vh_r)``."""
         return self.U[:, :rank], self.s[:rank], self.Vh[:rank]
+
+
+def factorize_at(
+    model: nn.Module,
+    ranks: Mapping[str, int],
+    batches: Sequence[Any] | None = None,
+    *,
+    whiten: bool = False,
+    ridge: float = 1e-2,
+) -> nn.Module:
+    """A copy of ``model`` with each named layer split at the given rank, plainly or whitened.
+
+    This compares factorizations at *equal parameter counts*: the same ranks, so the same
+    sizes, with plain SVD or with activation-whitened SVD (input Gram matrices from
+    ``batches``; needed when ``whiten``).  ``model`` is not modified.
+
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 6))
+    >>> factorize_at(model, {"0": 2})[0].rank
+    2
+    """
+    if whiten and batches is None:
+        raise ValueError(
+            "The 'batches' parameter of factorize_at must hold calibration inputs when "
+            "whiten=True. Got None instead."
+        )
+    out = copy.deepcopy(model)
+    layers: dict[str, tuple[nn.Module, int]] = {}
+    for name in ranks:
+        module = out.get_submodule(name)
+        adapter = get_adapter(module)
+        if adapter is None:
+            raise ValueError(
+                f"The 'ranks' parameter of factorize_at names {name!r}, a "
+                f"{type(module).__name__}, which has no adapter."
+            )
+        layers[name] = (module, adapter.matrix_shape(module)[1])
+    grams = input_grams(out, layers, batches) if batches is not None else {}
+    with torch.no_grad():
+        for name, (module, _) in layers.items():
+            adapter = get_adapter(module)
+            assert adapter is not None
+            factors = LayerFactors.fit(
+                adapter.weight_matrix(module), grams.get(name), whiten=whiten, ridge=ridge
+            )
+            new = adapter.rebuild(module, *factors.truncate(int(ranks[name])), split=True)
+            set_submodule(out, name, new)
+    return out
