@@ -21,6 +21,7 @@ from rmtprune.estimators import BEMA, GavishDonoho, NotFittedError
 from rmtprune.factorize import LowRankConv2d, LowRankLinear, get_adapter, register_adapter
 from rmtprune.io import load, save
 from rmtprune.pruning import schedules
+from rmtprune.pruning.calibration import Calibrated
 from rmtprune.pruning.optim import rebuild_optimizer
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BEMA",
+    "Calibrated",
     "GavishDonoho",
     "LayerAnalysis",
     "LayerPruneResult",

@@ -321,3 +321,25 @@ def test_bad_calibration_data_is_refused() -> None:
         rmtprune.prune(model, calibration=[torch.randn(4, 48)], max_output_change=0.1)
     with pytest.raises(TypeError, match="'calibration' parameter of prune"):
         rmtprune.prune(model, calibration=torch.randn(4, 48), max_output_change=0.1)
+
+
+@pytest.mark.slow
+def test_minilm_guard_holds_on_held_out_sentences(tmp_path) -> None:
+    """The real pretrained model (optional package): the guarantee on held-out sentences."""
+    minilm = pytest.importorskip("all_minilm_l6_v2")
+    transformers = pytest.importorskip("transformers")
+    from rmtprune.distill import docstring_sentences
+
+    path = minilm.extract_model(str(tmp_path))
+    model = transformers.AutoModel.from_pretrained(str(path)).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+    sentences = docstring_sentences()[:48]
+    batches = [
+        dict(tokenizer(sentences[i : i + 8], padding=True, return_tensors="pt"))
+        for i in range(0, 48, 8)
+    ]
+    pruned, report = calibrated_prune(model, batches, 0.1, whiten=True, layers="encoder.layer.5.*")
+    held = _change(model, pruned, batches[1::2], key="last_hidden_state")
+    assert report.output_change == pytest.approx(held, rel=1e-6)
+    assert report.output_change <= 0.1
+    assert report.params_after < report.params_before
