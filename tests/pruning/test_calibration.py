@@ -14,7 +14,7 @@ import rmtprune
 from rmtprune.cli import main
 from rmtprune.pruning.calibration import Calibrated, calibrated_prune
 from rmtprune.pruning.rank_search import first_passing, hull_moves, lower_hull
-from rmtprune.pruning.whitening import LayerFactors, input_grams
+from rmtprune.pruning.whitening import LayerFactors, factorize_at, input_grams
 
 
 @pytest.fixture(autouse=True)
@@ -136,6 +136,21 @@ def test_conv_input_gram_gives_the_true_output_error() -> None:
     with torch.no_grad():
         direct = float((conv(x) - truncated(x)).square().sum())
     assert float(f.tail_error2[5]) == pytest.approx(direct, rel=1e-9)
+
+
+def test_factorize_at_equal_ranks_whitened_beats_plain_on_its_data() -> None:
+    model = _mlp(9)
+    g = torch.Generator().manual_seed(9)
+    scale = torch.linspace(0.05, 2.0, 48)  # anisotropic inputs: where whitening pays
+    batches = [torch.randn(64, 48, generator=g) * scale for _ in range(2)]
+    ranks = {"0": 6, "2": 10}
+    plain = factorize_at(model, ranks)
+    white = factorize_at(model, ranks, batches, whiten=True)
+    count = [sum(p.numel() for p in m.parameters()) for m in (plain, white)]
+    assert count[0] == count[1] == 17896 - (96 * 48 - 6 * 144) - (96 * 96 - 10 * 192)
+    assert _change(model, white, batches) < _change(model, plain, batches)
+    with pytest.raises(ValueError, match="'batches' parameter of factorize_at"):
+        factorize_at(model, ranks, whiten=True)
 
 
 def test_rank_search_hull_and_bisection() -> None:
