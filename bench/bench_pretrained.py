@@ -197,6 +197,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fit-cutoff", type=float, default=0.2)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a busy machine)")
+    p.add_argument("--distill-only", action="store_true", help="skip the calibrated rows")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     return p.parse_args(argv)
 
@@ -216,8 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     t = time.time()
     pruned, _ = rmtprune.prune(model)
     judge.score("defaults: rmtprune.prune(model)", pruned, time.time() - t, "spectral rule")
-    ranks = run_calibrated(judge, model, calib, args)
-    run_equal_ranks(judge, model, calib, ranks, f"calibrated δ={args.plain_delta:g} (whitened)")
+    if not args.distill_only:
+        ranks = run_calibrated(judge, model, calib, args)
+        label = f"calibrated δ={args.plain_delta:g} (whitened)"
+        run_equal_ranks(judge, model, calib, ranks, label)
     distilled = run_distill(judge, model, train, args)
     run_equal_ranks(judge, model, calib, distilled, "prune-while-distilling")
     wall = time.time() - start
