@@ -305,6 +305,19 @@ def test_calibration_alone_measures_the_spectral_pruning() -> None:
     assert "on the calibration data" in report.to_markdown()
 
 
+def test_decide_model_accepts_layer_views_and_leaves_the_model_alone() -> None:
+    model, batches = _mlp(10), _batches(4, 32, 48, 10)
+    before = [type(m) for m in model.modules()]
+
+    class View:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    decisions = Calibrated(batches, 0.3).decide_model(model, [View("0"), View("2")])
+    assert set(decisions) == {"0", "2"} and decisions["2"].rank < 96
+    assert [type(m) for m in model.modules()] == before
+
+
 def test_base_ranks_are_a_floor() -> None:
     model, batches = _mlp(8), _batches(4, 32, 48, 8)
     _, report = calibrated_prune(model, batches, 1.0, base={"2": 20})

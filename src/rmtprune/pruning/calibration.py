@@ -185,9 +185,15 @@ class Calibrated:
         return found, out
 
     def decide_model(
-        self, model: nn.Module, layers: Mapping[str, nn.Module]
+        self, model: nn.Module, layers: Mapping[str, nn.Module] | Sequence[Any]
     ) -> dict[str, RankDecision]:
-        """Ranks for ``layers`` (``{name: module}`` of ``model``); the model is left as it was."""
+        """Ranks for ``layers`` of ``model``; the model is left as it was.
+
+        ``layers`` is ``{name: module}`` or a sequence of objects with a ``name`` attribute
+        (the walker's layer views), looked up in ``model``.
+        """
+        if not isinstance(layers, Mapping):
+            layers = {view.name: model.get_submodule(view.name) for view in layers}
         cands, decisions = self._prepare(model, layers)
         self.factors_: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.n_evaluations_ = 0
