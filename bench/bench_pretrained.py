@@ -33,7 +33,7 @@ from torch import nn
 
 import rmtprune
 from rmtprune.distill import distill, docstring_sentences, mean_pooled
-from rmtprune.pruning.calibration import calibrated_prune
+from rmtprune.pruning.calibrated_prune import calibrated_prune
 from rmtprune.pruning.outputs import OutputProbe
 from rmtprune.pruning.whitening import factorize_at
 

@@ -12,7 +12,10 @@ from torch import nn
 
 import rmtprune
 from rmtprune.cli import main
-from rmtprune.pruning.calibration import Calibrated, calibrated_prune
+from rmtprune.pruning.calibrated_prune import calibrated_prune
+from rmtprune.pruning.calibration import Calibrated
+from rmtprune.pruning.criteria import ModelCriterion, RankDecision
+from rmtprune.pruning.layers import candidate_layers
 from rmtprune.pruning.rank_search import first_passing, hull_moves, lower_hull
 from rmtprune.pruning.whitening import LayerFactors, factorize_at, input_grams
 
@@ -309,12 +312,14 @@ def test_decide_model_accepts_layer_views_and_leaves_the_model_alone() -> None:
     model, batches = _mlp(10), _batches(4, 32, 48, 10)
     before = [type(m) for m in model.modules()]
 
-    class View:
-        def __init__(self, name: str) -> None:
-            self.name = name
-
-    decisions = Calibrated(batches, 0.3).decide_model(model, [View("0"), View("2")])
+    views = [v for v in candidate_layers(model) if v.name in ("0", "2")]
+    assert isinstance(Calibrated(batches, 0.3), ModelCriterion)
+    decisions = Calibrated(batches, 0.3).decide_model(model, views)
     assert set(decisions) == {"0", "2"} and decisions["2"].rank < 96
+    assert all(isinstance(d, RankDecision) for d in decisions.values())
+    assert decisions["2"].factors is not None and decisions["2"].factors[1].numel() == (
+        decisions["2"].rank
+    )
     assert [type(m) for m in model.modules()] == before
 
 
@@ -323,6 +328,72 @@ def test_base_ranks_are_a_floor() -> None:
     _, report = calibrated_prune(model, batches, 1.0, base={"2": 20})
     assert report["2"].rank_after >= 20
     assert report["0"].action == "unchanged" and report["0"].reason.startswith("base")
+
+
+def test_whitened_factors_reach_the_pruned_model_through_the_walker() -> None:
+    model = _mlp(9)
+    g = torch.Generator().manual_seed(9)
+    scale = torch.linspace(0.05, 2.0, 48)  # anisotropic inputs: whitening differs from plain
+    batches = [torch.randn(32, 48, generator=g) * scale for _ in range(6)]
+    criterion = Calibrated(batches, 0.1, whiten=True)
+    pruned, report = rmtprune.prune(model, criterion=criterion)
+    ranks = {r.name: r.rank_after for r in report if r.action == "split"}
+    assert ranks and all("whitened" in report[name].reason for name in ranks)
+    white = factorize_at(model, ranks, criterion.fit_batches, whiten=True, ridge=criterion.ridge)
+    plain = factorize_at(model, ranks)
+    x = torch.cat(batches)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), white(x), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(pruned(x), plain(x), rtol=1e-3, atol=1e-4)
+    assert report.output_change == pytest.approx(_change(model, pruned, batches[1::2]), rel=1e-9)
+    assert report.output_change <= 0.1
+    # calibrated_prune runs the same walker path
+    again, same = calibrated_prune(model, batches, 0.1, whiten=True)
+    assert [r.rank_after for r in same] == [r.rank_after for r in report]
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), pruned(x))
+
+
+def test_prune_with_a_base_criterion_a_selection_and_a_dry_run() -> None:
+    model, batches = _mlp(11), _batches(4, 32, 48, 11)
+    spectral = rmtprune.MPCriterion(min_rank=30)
+    _, guard = rmtprune.prune(model, criterion=spectral, calibration=batches, max_output_change=1.0)
+    _, plain = rmtprune.prune(model, criterion=spectral)
+    for row in guard:
+        if row.action == "split":
+            assert row.rank_after >= plain[row.name].rank_after
+    select = rmtprune.Select(include="2")
+    _, only = rmtprune.prune(model, select=select, calibration=batches, max_output_change=0.2)
+    assert [r.name for r in only] == ["2"] and only.output_change <= 0.2
+    _, legacy = rmtprune.prune(
+        model, layers="2", calibration=batches, max_output_change=0.2, min_rank=40
+    )
+    assert [r.name for r in legacy] == ["2"] and legacy["2"].rank_after >= 40
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    same, dry = rmtprune.prune(
+        model, calibration=batches, max_output_change=0.2, dry_run=True, inplace=True
+    )
+    assert same is model and not dry.changed and dry.output_change is not None
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key])
+    with pytest.raises(ValueError, match="needs calibration data"):
+        rmtprune.prune(model, max_output_change=0.2)
+    with pytest.raises(TypeError, match="Calibrated criterion already"):
+        rmtprune.prune(
+            model, criterion=Calibrated(batches, 0.1), calibration=batches, max_output_change=0.1
+        )
+
+
+def test_factors_of_the_wrong_shape_are_refused() -> None:
+    model = nn.Sequential(nn.Linear(48, 40))
+    bad = torch.zeros(40, 3), torch.ones(3), torch.zeros(3, 48)
+
+    class Wrong:
+        def decide_model(self, model, layers):
+            return {"0": RankDecision(2, "wrong factors", factors=bad)}
+
+    with pytest.raises(ValueError, match="factors of shapes"):
+        rmtprune.prune(model, criterion=Wrong())
 
 
 @pytest.mark.parametrize(

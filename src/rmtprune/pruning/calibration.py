@@ -31,43 +31,38 @@ Example
 >>> low_rank = torch.randn(64, 4) @ torch.randn(4, 64) / 8  # a layer with 4 strong directions
 >>> _ = model[0].weight.data.copy_(low_rank + 0.01 * torch.randn(64, 64))
 >>> batches = [torch.randn(32, 64) for _ in range(4)]
->>> pruned, report = calibrated_prune(model, batches, 0.2)
+>>> from rmtprune import prune
+>>> pruned, report = prune(model, calibration=batches, max_output_change=0.2)
 >>> report.output_change <= 0.2, report.params_after < report.params_before
 (True, True)
+
+The walker (:func:`rmtprune.prune`) applies each decision's ``factors`` (the plain or
+whitened triplets evaluated here), so the pruned model is the one that was measured.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from rmtprune._validation import check_int, check_real, param_error
 from rmtprune.factorize.registry import LayerAdapter, get_adapter, set_submodule
-from rmtprune.pruning.candidates import candidate_layers
+from rmtprune.pruning.criteria import LayerView, RankDecision
 from rmtprune.pruning.outputs import OutputProbe, as_batches, split_batches
 from rmtprune.pruning.rank_search import first_passing, hull_moves, lower_hull
-from rmtprune.pruning.report import LayerPruneResult, PruneReport
 from rmtprune.pruning.whitening import LayerFactors, input_grams
 
-__all__ = ["Calibrated", "RankDecision", "calibrated_prune"]
+__all__ = ["Calibrated"]
 
 _PROBE_LEVEL = 0.1  # own relative error at which each layer's sensitivity is measured
 _PROBE_BATCHES = 2  # fit batches used to measure it (one model run per layer)
-
-
-@dataclass(frozen=True)
-class RankDecision:
-    """How many singular values a layer keeps, and why (``rank`` = current rank: unchanged)."""
-
-    rank: int
-    reason: str
 
 
 @dataclass
@@ -90,10 +85,6 @@ class _Layer:
         return self.adapter.split_param_count(self.module, rank)
 
 
-def _own_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 class Calibrated:
     """Model-level rank criterion: the smallest model whose held-out output change is ≤ δ.
 
@@ -105,10 +96,12 @@ class Calibrated:
     max_output_change : float
         ``δ`` in [0, 1]: the largest relative change of the model's first output tensor,
         ``‖f'(X) − f(X)‖_F / ‖f(X)‖_F``, allowed on the held-out batches.
-    base : mapping of layer name to int, model-level criterion, or None
+    base : mapping of layer name to int, criterion, or None
         The most any layer may be cut: its rank never goes below ``base``'s rank (e.g. the
-        spectral rule's ranks, making this a guard on them); layers ``base`` does not name
-        stay unchanged.  ``None`` (default): any rank down to ``min_rank``.
+        spectral rule's ranks, ``MPCriterion()``, making this a guard on them); layers
+        ``base`` does not name or skips stay unchanged.  A criterion may be layer-level
+        (``decide``) or model-level (``decide_model``).  ``None`` (default): any rank down
+        to ``min_rank``.
     whiten : bool
         Factor each layer by activation-whitened SVD (SVD-LLM) instead of plain SVD.
     holdout : float
@@ -119,7 +112,8 @@ class Calibrated:
         Floor on every kept rank.
 
     After :meth:`decide_model`: ``output_change_`` (held out), ``output_change_fit_``,
-    ``factors_`` (per layer: the kept triplets ``(U_r, s_r, Vh_r)``) and ``n_evaluations_``.
+    ``factors_`` (per layer: the kept triplets ``(U_r, s_r, Vh_r)``, also on each changed
+    layer's decision as ``factors``, which the walker applies) and ``n_evaluations_``.
     """
 
     def __init__(
@@ -145,38 +139,51 @@ class Calibrated:
         self.whiten = whiten
         self.ridge = check_real(ridge, "ridge", owner, low=0.0)
         self.min_rank = check_int(min_rank, "min_rank", owner, low=1)
-        if not (base is None or isinstance(base, Mapping) or hasattr(base, "decide_model")):
+        if not (
+            base is None
+            or isinstance(base, Mapping)
+            or hasattr(base, "decide_model")
+            or hasattr(base, "decide")
+        ):
             raise TypeError(
                 f"The 'base' parameter of {owner} must be None, a mapping of layer name to "
-                f"rank, or a model-level criterion. Got {type(base).__name__} instead."
+                f"rank, or a criterion. Got {type(base).__name__} instead."
             )
         self.base = base
 
-    def _floors(self, model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[str, int]:
+    def _floors(self, model: nn.Module, views: Sequence[LayerView]) -> dict[str, int]:
+        names = {v.name for v in views}
         if self.base is None:
-            return {name: self.min_rank for name in layers}
+            return {name: self.min_rank for name in names}
         if isinstance(self.base, Mapping):
             chosen = dict(self.base)
         else:
-            chosen = {k: d.rank for k, d in self.base.decide_model(model, layers).items()}
-        return {k: max(int(v), self.min_rank) for k, v in chosen.items() if k in layers}
+            if hasattr(self.base, "decide_model"):
+                given = dict(self.base.decide_model(model, list(views)))
+            else:
+                given = {v.name: self.base.decide(v) for v in views}
+            chosen = {k: d.rank for k, d in given.items() if d is not None and not d.skip}
+        return {k: max(int(v), self.min_rank) for k, v in chosen.items() if k in names}
 
     def _prepare(
-        self, model: nn.Module, layers: Mapping[str, nn.Module]
+        self, model: nn.Module, views: Sequence[LayerView]
     ) -> tuple[list[_Layer], dict[str, RankDecision]]:
-        floors = self._floors(model, layers)
+        floors = self._floors(model, views)
         out: dict[str, RankDecision] = {}
         found: list[_Layer] = []
-        for name, module in layers.items():
+        for view in views:
+            name = view.name
+            module = view.module if view.module is not None else model.get_submodule(name)
             adapter = get_adapter(module)
             if adapter is None:
-                out[name] = RankDecision(0, f"unsupported layer type {type(module).__name__}")
+                why = f"unsupported layer type {type(module).__name__}"
+                out[name] = RankDecision(0, why, skip=True)
                 continue
             m, n = adapter.matrix_shape(module)
-            current = adapter.current_rank(module) or min(m, n)
+            current = min(view.rank, adapter.current_rank(module) or min(m, n))
             highest = min(current - 1, (m * n - 1) // (m + n))
             lowest = floors.get(name)
-            if lowest is None:
+            if lowest is None or lowest >= current:
                 out[name] = RankDecision(current, "base criterion keeps this layer")
             elif lowest > highest:
                 out[name] = RankDecision(current, f"rank {lowest} would save no parameters")
@@ -185,16 +192,17 @@ class Calibrated:
         return found, out
 
     def decide_model(
-        self, model: nn.Module, layers: Mapping[str, nn.Module] | Sequence[Any]
+        self, model: nn.Module, layers: Sequence[LayerView] | Mapping[str, nn.Module]
     ) -> dict[str, RankDecision]:
         """Ranks for ``layers`` of ``model``; the model is left as it was.
 
-        ``layers`` is ``{name: module}`` or a sequence of objects with a ``name`` attribute
-        (the walker's layer views), looked up in ``model``.
+        ``layers`` are the walker's :class:`LayerView` objects (the
+        :class:`~rmtprune.pruning.criteria.ModelCriterion` protocol) or ``{name: module}``.
+        Each changed layer's decision carries the ``factors`` measured here (plain or
+        whitened SVD), for the walker to apply.
         """
-        if not isinstance(layers, Mapping):
-            layers = {view.name: model.get_submodule(view.name) for view in layers}
-        cands, decisions = self._prepare(model, layers)
+        views = _views(model, layers)
+        cands, decisions = self._prepare(model, views)
         self.factors_: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.n_evaluations_ = 0
         fit = OutputProbe(model, self.fit_batches)
@@ -217,16 +225,23 @@ class Calibrated:
             j = first_passing(j + 1, last, lambda k: change(k, held, 1) <= delta)
         self.output_change_ = change(j, held, 1) if j < last else 0.0
         self.output_change_fit_ = change(j, fit, 0) if j < last else 0.0
-        for c, rank in zip(cands, path[j], strict=True):
+        decisions.update(self._decisions(cands, path[j]))
+        return {v.name: decisions[v.name] for v in views}
+
+    def _decisions(self, cands: list[_Layer], config: Sequence[int]) -> dict[str, RankDecision]:
+        """The chosen configuration as decisions (with the factors to apply)."""
+        out: dict[str, RankDecision] = {}
+        for c, rank in zip(cands, config, strict=True):
             kept = f"rank {rank} of {c.current}" if rank < c.current else "all values"
-            decisions[c.name] = RankDecision(
-                rank,
+            reason = (
                 f"calibrated ({'whitened' if self.whiten else 'plain'} SVD): keeps {kept}; "
-                f"output change {self.output_change_:.3g} held out ≤ {delta:g}",
+                f"output change {self.output_change_:.3g} held out ≤ {self.max_output_change:g}"
             )
+            factors = None
             if rank < c.current and c.factors is not None:
-                self.factors_[c.name] = c.factors.truncate(rank)
-        return decisions
+                factors = self.factors_[c.name] = c.factors.truncate(rank)
+            out[c.name] = RankDecision(rank, reason, factors=factors)
+        return out
 
     def _factor(self, model: nn.Module, cands: list[_Layer]) -> None:
         shapes = {c.name: (c.module, c.adapter.matrix_shape(c.module)[1]) for c in cands}
@@ -316,134 +331,21 @@ def _path(cands: list[_Layer]) -> list[tuple[int, ...]]:
     return path
 
 
-def _row(name: str, module: nn.Module, reason: str, action: str = "skipped") -> LayerPruneResult:
-    adapter = get_adapter(module)
-    shape = adapter.matrix_shape(module) if adapter is not None else (0, 0)
-    rank = (adapter.current_rank(module) if adapter is not None else None) or min(shape)
-    params = _own_params(module)
-    split = adapter is not None and adapter.current_rank(module) is not None
-    return LayerPruneResult(
-        name,
-        type(module).__name__,
-        shape,
-        action,
-        rank,
-        rank,
-        None,
-        math.nan,
-        params,
-        params,
-        split,
-        reason,
-    )
-
-
-def _apply(
-    model: nn.Module,
-    name: str,
-    module: nn.Module,
-    decision: RankDecision,
-    criterion: Calibrated,
-    dry_run: bool,
-) -> LayerPruneResult:
-    """Split one layer at its decided rank (or report it unchanged)."""
-    adapter = get_adapter(module)
-    triplets = criterion.factors_.get(name)
-    row = _row(name, module, decision.reason, "unchanged")
-    if adapter is None or triplets is None:
-        return row
-    if not dry_run:
+def _views(
+    model: nn.Module, layers: Sequence[LayerView] | Mapping[str, nn.Module]
+) -> list[LayerView]:
+    """Layer views of ``{name: module}`` (spectrum of the adapted weight), or ``layers``."""
+    if not isinstance(layers, Mapping):
+        return list(layers)
+    views = []
+    for name, module in layers.items():
+        adapter = get_adapter(module)
+        if adapter is None:
+            views.append(LayerView(name, module, (0, 0), np.zeros(0), 1))
+            continue
         with torch.no_grad():
-            set_submodule(model, name, adapter.rebuild(module, *triplets, split=True))
-    return dataclasses.replace(
-        row,
-        action="split",
-        rank_after=decision.rank,
-        params_after=adapter.split_param_count(module, decision.rank),
-        split=True,
-    )
-
-
-def calibrated_prune(
-    model: nn.Module,
-    calibration: Iterable[Any] | None,
-    max_output_change: float,
-    *,
-    whiten: bool = False,
-    holdout: float = 0.5,
-    base: Any = None,
-    min_rank: int | None = None,
-    layers: Sequence[str] | str | None = None,
-    min_dim: int = 32,
-    min_params: int = 0,
-    inplace: bool = False,
-    dry_run: bool = False,
-) -> tuple[nn.Module, PruneReport]:
-    """Prune ``model`` as far as its held-out output change stays ≤ ``max_output_change``.
-
-    What ``rmtprune.prune(model, calibration=..., max_output_change=...)`` runs: the ranks
-    come from :class:`Calibrated` (see the module docstring); every changed layer is replaced
-    by its square-root split.  ``report.output_change`` is the relative change of the first
-    output measured on the held-out batches (``≤ max_output_change``), ``report.
-    output_change_fit`` the same on the batches used for fitting.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Left untouched unless ``inplace`` (a dry run never changes it).
-    calibration, max_output_change, whiten, holdout, base
-        As in :class:`Calibrated`.
-    min_rank : int, optional
-        Floor on every kept rank (default 1).
-    layers, min_dim, min_params
-        Which layers are candidates (as in :func:`rmtprune.prune`).
-    inplace, dry_run : bool
-        As in :func:`rmtprune.prune`.
-
-    Returns
-    -------
-    (model, PruneReport)
-    """
-    owner = "prune"
-    if not isinstance(model, nn.Module):
-        raise param_error("model", owner, "a torch.nn.Module", type(model).__name__)
-    if calibration is None:
-        raise ValueError(
-            f"The 'max_output_change' parameter of {owner} needs calibration data to be "
-            "measured on: pass calibration=batches (an iterable of model inputs). "
-            "Got calibration=None instead."
-        )
-    criterion = Calibrated(
-        as_batches(calibration, owner, minimum=2),
-        max_output_change,
-        base=base,
-        whiten=whiten,
-        holdout=holdout,
-        min_rank=1 if min_rank is None else min_rank,
-    )
-    min_dim = check_int(min_dim, "min_dim", owner, low=1)
-    min_params = check_int(min_params, "min_params", owner, low=0)
-    target = model if (inplace or dry_run) else copy.deepcopy(model)
-    before = sum(p.numel() for p in {id(p): p for p in target.parameters()}.values())
-    chosen, skipped = candidate_layers(target, layers, min_dim=min_dim, min_params=min_params)
-    decisions = criterion.decide_model(target, chosen)
-    rows = [_row(name, mod, why) for name, (mod, why) in skipped.items()]
-    rows += [
-        _apply(target, name, mod, decisions[name], criterion, dry_run)
-        for name, mod in chosen.items()
-    ]
-    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    rows.sort(key=lambda r: order.get(r.name, len(order)))
-    after = before - sum(r.params_before - r.params_after for r in rows)
-    changed = any(r.action == "split" for r in rows) and not dry_run
-    report = PruneReport(
-        tuple(rows),
-        before,
-        after,
-        dry_run,
-        changed,
-        output_change=criterion.output_change_,
-        output_change_fit=criterion.output_change_fit_,
-        max_output_change=criterion.max_output_change,
-    )
-    return target, report
+            matrix = adapter.weight_matrix(module)
+        rank = adapter.current_rank(module)
+        view = LayerView.from_matrix(name, matrix, rank)
+        views.append(dataclasses.replace(view, module=module))
+    return views
