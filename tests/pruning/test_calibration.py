@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -382,6 +383,19 @@ def test_prune_with_a_base_criterion_a_selection_and_a_dry_run() -> None:
         rmtprune.prune(
             model, criterion=Calibrated(batches, 0.1), calibration=batches, max_output_change=0.1
         )
+
+
+def test_the_walker_measures_the_model_it_produced_also_without_splitting() -> None:
+    model, batches = _mlp(12), _batches(4, 32, 48, 12)
+    criterion = Calibrated(batches, 0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "above max_output_change" warning
+        pruned, report = rmtprune.prune(model, criterion=criterion, split=False)
+    assert {r.action for r in report} <= {"truncated", "unchanged", "skipped"}
+    assert "truncated" in {r.action for r in report}
+    assert report.output_change == pytest.approx(_change(model, pruned, batches[1::2]), rel=1e-9)
+    assert report.output_change == pytest.approx(criterion.output_change_, rel=1e-4, abs=1e-7)
+    assert report.output_change_fit == criterion.output_change_fit_
 
 
 def test_factors_of_the_wrong_shape_are_refused() -> None:
