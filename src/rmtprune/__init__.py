@@ -30,6 +30,7 @@ from rmtprune.hf import from_pretrained, save_pretrained
 from rmtprune.io import load, save
 from rmtprune.plotting import plot_spectrum
 from rmtprune.pruning import schedules
+from rmtprune.pruning.calibration import Calibrated
 from rmtprune.pruning.criteria import (
     Energy,
     FixedRank,
@@ -50,6 +51,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BEMA",
+    "Calibrated",
     "Energy",
     "FixedRank",
     "FixedRatio",
