@@ -66,10 +66,10 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
         "source",
         nargs="?",
         default=None,
-        metavar="FILE",
-        help="weights: an rmtprune .safetensors file, a plain .safetensors state dict, "
-        "or a PyTorch state dict (.pt/.pth, loaded with weights_only=True); "
-        "without --model the layer types are inferred from tensor shapes",
+        metavar="PATH",
+        help="weights: a Hugging Face model directory (config.json + safetensors, sharded "
+        "or not), an rmtprune .safetensors file, a plain .safetensors state dict, a "
+        "*.safetensors.index.json, or a PyTorch state dict (.pt/.pth, weights_only=True)",
     )
     p.add_argument(
         "--model",
@@ -92,6 +92,46 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
         help="write the report as JSON to PATH (or to stdout with no PATH)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress messages")
+    _add_checkpoint_options(p)
+
+
+def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("checkpoints without a model (see docs/pretrained.md)")
+    g.add_argument(
+        "--no-model",
+        action="store_true",
+        help="do not build the Hugging Face architecture even if transformers is installed: "
+        "weights of unknown type are analysed but not pruned",
+    )
+    g.add_argument(
+        "--assume-linear",
+        nargs="+",
+        default=(),
+        metavar="PATTERN",
+        help="without a model, treat the 2-D weights of these layers (names or fnmatch "
+        "patterns) as nn.Linear so they can be pruned; never embeddings, norms, positions",
+    )
+    g.add_argument(
+        "--assume-conv2d",
+        nargs="+",
+        default=(),
+        metavar="PATTERN",
+        help="without a model, treat the 4-D weights of these layers as nn.Conv2d (groups=1)",
+    )
+    g.add_argument(
+        "--progress",
+        action="store_true",
+        help="show the progress bar of a streamed analysis even when stderr is not a terminal",
+    )
+
+
+def _source_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "model": args.model,
+        "no_model": args.no_model,
+        "assume_linear": tuple(args.assume_linear),
+        "assume_conv2d": tuple(args.assume_conv2d),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,15 +269,19 @@ def _emit_json(report: ModelReport | PruneReport, target: str) -> None:
         report.to_json(target)  # atomic write
 
 
-def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from rmtprune.sources import load_model
-
+def _weights(args: argparse.Namespace) -> str:
     weights = args.weights or args.source
     if weights is None:
-        raise SystemExit("rmtprune: error: give a weights FILE (positional or --weights)")
+        raise SystemExit("rmtprune: error: give the weights PATH (positional or --weights)")
     if args.weights and args.source and args.weights != args.source:
-        raise SystemExit("rmtprune: error: give the weights once (positional FILE or --weights)")
-    return load_model(weights, model=args.model)
+        raise SystemExit("rmtprune: error: give the weights once (positional PATH or --weights)")
+    return str(weights)
+
+
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from rmtprune.cli_inputs import open_for_pruning
+
+    return open_for_pruning(_weights(args), **_source_kwargs(args))  # type: ignore[arg-type]
 
 
 def _progress(args: argparse.Namespace, message: str) -> None:
@@ -246,11 +290,17 @@ def _progress(args: argparse.Namespace, message: str) -> None:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    import rmtprune
 
-    model = _load(args)
+    from rmtprune.cli_inputs import analyze_source
+
+    weights = _weights(args)
     _progress(args, "fitting the spectrum of each layer ...")
-    report = rmtprune.analyze(model, **_fit_kwargs(args))  # type: ignore[arg-type]
+    quiet = args.quiet or args.json == "-"
+    report = analyze_source(
+        weights,
+        progress=False if quiet else (True if args.progress else None),
+        **{**_source_kwargs(args), **_fit_kwargs(args)},  # type: ignore[arg-type]
+    )
     if args.json is not None:
         _emit_json(report, args.json)
     if args.json != "-":
@@ -272,24 +322,26 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"rmtprune prune: error: {args.output} exists; pass --overwrite to replace it"
         )
-    model = _load(args)
+    source = _load(args)
     split = {"auto": "auto", "always": True, "never": False}[args.split]
     _progress(args, "fitting and pruning each layer ...")
+    fit_kwargs = _fit_kwargs(args)
     pruned, report = rmtprune.prune(
-        model,
+        source.model,
         bulk_keep=args.bulk_keep,
         min_rank=args.min_rank,
         split=split,  # type: ignore[arg-type]
         dry_run=args.dry_run,
         inplace=True,
-        **_fit_kwargs(args),  # type: ignore[arg-type]
+        **{**fit_kwargs, "layers": source.walker_layers(args.layers)},
     )
+    report = source.complete(report, bulk_keep=args.bulk_keep, **fit_kwargs)
     if args.json is not None:
         _emit_json(report, args.json)
     if args.json != "-":
         print(report.to_markdown())
     if not args.dry_run:
-        rmtprune.save(pruned, args.output, overwrite=args.overwrite)
+        source.save(pruned, args.output, overwrite=args.overwrite)
         _progress(args, f"saved {args.output}")
     return 0
 
