@@ -53,6 +53,7 @@ from torch import nn
 
 from rmtprune.checkpoint import Checkpoint
 from rmtprune.checkpoint_progress import CheckpointProgress, layer_cost
+from rmtprune.factorize.registry import get_adapter
 from rmtprune.pruning.report import LayerAnalysis, ModelReport
 from rmtprune.pruning.walker import analyze
 
@@ -243,6 +244,11 @@ def select_kinds(kinds: list[LayerKind], layers: Sequence[str] | str | None) -> 
     return [k for k in kinds if _matches(k.name, patterns)]
 
 
+def _needs_data(kind: LayerKind) -> bool:
+    """False for a layer of a known type that no adapter supports (nothing to fit)."""
+    return not kind.typed or get_adapter(kind.module) is not None
+
+
 def analyze_checkpoint(
     checkpoint: Checkpoint,
     *,
@@ -281,10 +287,14 @@ def analyze_checkpoint(
         assume_conv2d=assume_conv2d,
     )
     kinds = select_kinds(kinds, layers)
-    costs = [layer_cost(k.shape) for k in kinds]
+    costs = [layer_cost(k.shape) if _needs_data(k) else 0.0 for k in kinds]
     rows: list[LayerAnalysis] = []
     with CheckpointProgress(costs, enabled=progress) as bar:
         for kind, cost in zip(kinds, costs, strict=True):
+            if not _needs_data(kind):  # the walker reports it as unsupported without reading it
+                rows.append(fit_layer(kind, torch.empty(kind.shape, device="meta"), **fit_kwargs))
+                bar.advance(kind.name, cost)
+                continue
             weight = checkpoint.read(kind.weight)
             bias = checkpoint.read(kind.bias) if kind.bias is not None else None
             rows.append(fit_layer(kind, weight, bias, **fit_kwargs))

@@ -160,6 +160,9 @@ def save_pruned_directory(
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; a directory is not
         _write_directory(model, staging)
         old = None
         if os.path.exists(target):
