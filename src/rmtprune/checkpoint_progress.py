@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -62,6 +62,8 @@ class CheckpointProgress:
         Where to write (default ``sys.stderr``).
     use_tqdm : bool, optional
         ``None`` (default): the tqdm bar when tqdm is installed.
+    clock : callable
+        Seconds from an arbitrary origin (default ``time.perf_counter``).
     """
 
     def __init__(
@@ -71,7 +73,9 @@ class CheckpointProgress:
         enabled: bool | None = None,
         stream: TextIO | None = None,
         use_tqdm: bool | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        self._clock = clock
         self._stream = sys.stderr if stream is None else stream
         if enabled is None:
             enabled = bool(getattr(self._stream, "isatty", lambda: False)())
@@ -80,7 +84,7 @@ class CheckpointProgress:
         self._count = len(costs)
         self._done = 0.0
         self._layers = 0
-        self._start = time.perf_counter()
+        self._start = clock()
         self._bar: Any = None
         if enabled and use_tqdm is not False:
             try:
@@ -101,7 +105,7 @@ class CheckpointProgress:
         self._done += cost
         if not self.enabled:
             return
-        elapsed = time.perf_counter() - self._start
+        elapsed = self._clock() - self._start
         left = elapsed * (self._total - self._done) / self._done if self._done > 0 else 0.0
         if self._bar is not None:
             self._bar.set_postfix_str(f"~{_clock(left)} left, {name}", refresh=False)
