@@ -57,7 +57,15 @@ from rmtprune.factorize.registry import get_adapter
 from rmtprune.pruning.report import LayerAnalysis, ModelReport
 from rmtprune.pruning.walker import analyze
 
-__all__ = ["NEVER_LINEAR", "LayerKind", "analyze_checkpoint", "classify_tensors", "fit_layer"]
+__all__ = [
+    "NEVER_LINEAR",
+    "LayerKind",
+    "analyze_checkpoint",
+    "classify_tensors",
+    "fit_layer",
+    "natural_key",
+    "select_kinds",
+]
 
 NEVER_LINEAR = re.compile(r"embed|norm|position|(^|[._])(wte|wpe)([._]|$)", re.IGNORECASE)
 """Layer names that are never taken for a Linear layer when the type is unknown."""
@@ -165,11 +173,11 @@ def classify_tensors(
     Returns
     -------
     list of LayerKind
-        In layer-name order.
+        In the architecture's module order, else by name (``layers.2`` before ``layers.10``).
     """
     skipped = tuple(f"{s}." for s in skip)
     kinds: list[LayerKind] = []
-    for weight, (shape, dtype) in sorted(shapes.items()):
+    for weight, (shape, dtype) in sorted(shapes.items(), key=lambda kv: natural_key(kv[0])):
         if dtype not in _FLOATING or len(shape) not in (2, 4) or weight.startswith(skipped):
             continue
         if len(shape) == 4 and not weight.endswith(".weight"):
@@ -184,7 +192,15 @@ def classify_tensors(
             continue
         assumed = assume_linear if len(shape) == 2 else assume_conv2d
         kinds.append(_unknown_kind(layer, weight, bias, shape, assumed))
+    if architecture is not None:  # the model's order, as in rmtprune.analyze of the model
+        order = {name: i for i, (name, _) in enumerate(architecture.named_modules())}
+        kinds.sort(key=lambda k: order.get(k.name, len(order)))
     return kinds
+
+
+def natural_key(name: str) -> list[tuple[int, int | str]]:
+    """Sort key that puts ``layers.2`` before ``layers.10``."""
+    return [(0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", name) if t]
 
 
 def _place(root: nn.Module, dotted: str, module: nn.Module) -> None:
@@ -275,7 +291,7 @@ def analyze_checkpoint(
     Returns
     -------
     ModelReport
-        One row per weight matrix, in layer-name order.
+        One row per weight matrix, in the order of :func:`classify_tensors`.
     """
     layers = fit_kwargs.pop("layers", None)
     empty = analyze(_Holder(), **fit_kwargs)  # checks the parameters before any reading

@@ -48,6 +48,7 @@ from rmtprune.checkpoint_analysis import (
     analyze_checkpoint,
     classify_tensors,
     fit_layer,
+    natural_key,
 )
 from rmtprune.hfdir import (
     build_architecture,
@@ -133,7 +134,7 @@ class PruneInput:
         extra = self._untyped_rows(dict(fit_kwargs))
         if not extra:
             return report
-        rows = sorted([*report.layers, *extra], key=lambda r: r.name)
+        rows = sorted([*report.layers, *extra], key=lambda r: natural_key(r.name))
         return dataclasses.replace(report, layers=tuple(rows))
 
     def complete(self, report: PruneReport, *, bulk_keep: float, **fit_kwargs: Any) -> PruneReport:
@@ -143,7 +144,7 @@ class PruneInput:
         rows = (
             report.layers
             if not extra
-            else tuple(sorted([*report.layers, *extra], key=lambda r: r.name))
+            else tuple(sorted([*report.layers, *extra], key=lambda r: natural_key(r.name)))
         )
         return dataclasses.replace(
             report,
