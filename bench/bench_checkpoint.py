@@ -12,7 +12,9 @@ bfloat16), then, each in its own child process:
 2. the *exact eigenvalue floor*: for every layer the analysis fitted, the time
    of :func:`rmtprune.spectrum.eigenvalues` (Gram matrix in float64 and its
    eigenvalues, the routine the analysis uses) on the float64 matrix already
-   in memory; reading and upcasting are not timed.
+   in memory; reading and upcasting are not timed.  The time depends only on
+   the shape, so each distinct shape is timed on one of its layers (median of
+   3) and counted once per layer.
 
 It prints the ratios against the targets: peak memory ≤ 1 GiB + 3 × the
 largest weight in float64, wall time ≤ 1.3 × the floor.  Run once (the machine
@@ -43,21 +45,29 @@ import torch
 from safetensors.torch import save_file
 
 FLOOR_SCRIPT = """
-import json, sys, time
+import json, statistics, sys, time
 import torch
 from rmtprune.checkpoint import open_checkpoint
 from rmtprune.spectrum import eigenvalues
-directory, names = sys.argv[1], json.loads(sys.argv[2])
+directory, names, repeats = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 checkpoint = open_checkpoint(directory)
-total = 0.0
+by_shape = {}
 for name in names:
-    matrix = checkpoint.read(name).to(torch.float64).reshape(checkpoint.info(name).shape[0], -1)
+    by_shape.setdefault(checkpoint.info(name).shape, []).append(name)
+total, rows = 0.0, []
+for shape, group in by_shape.items():
+    matrix = checkpoint.read(group[0]).to(torch.float64).reshape(shape[0], -1)
     array = matrix.numpy()
-    start = time.perf_counter()
-    eigenvalues(array)
-    total += time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        eigenvalues(array)
+        times.append(time.perf_counter() - start)
+    each = statistics.median(times)
+    total += each * len(group)
+    rows.append({"shape": list(shape), "layers": len(group), "seconds_each": each})
     del matrix, array
-print(json.dumps({"floor_s": total}))
+print(json.dumps({"floor_s": total, "shapes": rows}))
 """
 
 
@@ -174,15 +184,20 @@ def run_analyze(directory: str, report: str, *, progress: bool) -> tuple[float, 
     return wall, peak_kib * 1024
 
 
-def run_floor(directory: str, weights: list[str]) -> float:
-    """Seconds of the eigenvalue routine alone over ``weights``, in a child process."""
+def run_floor(directory: str, weights: list[str], repeats: int = 3) -> dict[str, object]:
+    """The eigenvalue floor of ``weights``, in a child process.
+
+    Its cost depends only on the shape, so each distinct shape is timed on one
+    of its layers (median of ``repeats``) and counted once per layer of that
+    shape.  Returns ``{"floor_s": seconds, "shapes": [...]}``.
+    """
     out = subprocess.run(
-        [sys.executable, "-c", FLOOR_SCRIPT, directory, json.dumps(weights)],
+        [sys.executable, "-c", FLOOR_SCRIPT, directory, json.dumps(weights), str(repeats)],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    return float(json.loads(out.strip().splitlines()[-1])["floor_s"])
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def _fitted_weights(report_path: str) -> list[str]:
@@ -198,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", type=int, default=5, help="number of shards (default: 5)")
     parser.add_argument("--dir", default=None, help="parent of the temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the generated checkpoint")
+    parser.add_argument(
+        "--checkpoint", default=None, help="reuse a checkpoint this script wrote (kept)"
+    )
     args = parser.parse_args(argv)
     shape = (
         LlamaShape(hidden=256, intermediate=704, layers=2, heads=8, kv_heads=2, vocab=1000)
@@ -211,25 +229,32 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{parent}: {free / 2**30:.1f} GiB free, need {2 * need / 2**30:.1f}")
     work = tempfile.mkdtemp(prefix="rmtprune-bench-ckpt-", dir=parent)
     try:
-        _measure(work, shape, args.shards)
+        _measure(work, shape, args.shards, args.checkpoint)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _measure(work: str, shape: LlamaShape, shards: int) -> None:
-    directory = os.path.join(work, "llama")
+def _measure(work: str, shape: LlamaShape, shards: int, existing: str | None) -> None:
+    directory = existing or os.path.join(work, "llama")
     start = time.perf_counter()
-    written = write_llama_checkpoint(directory, shape, shards=shards)
+    if existing is None:
+        written = write_llama_checkpoint(directory, shape, shards=shards)
+    else:
+        sizes = [math.prod(s) * 2 for _, s in shape.tensors()]
+        largest = max(math.prod(s) for _, s in shape.tensors() if len(s) == 2)
+        written = {"total_bytes": sum(sizes), "largest_weight_entries": largest, "files": shards}
     print(
-        f"wrote {written['total_bytes'] / 1e9:.2f} GB in {written['files']} shards "
-        f"({time.perf_counter() - start:.0f} s): {asdict(shape)}",
+        f"{'wrote' if existing is None else 'reusing'} {written['total_bytes'] / 1e9:.2f} GB "
+        f"in {written['files']} shards ({time.perf_counter() - start:.0f} s): {asdict(shape)}",
         flush=True,
     )
     report = os.path.join(work, "report.json")
     wall, peak = run_analyze(directory, report, progress=True)
     weights = _fitted_weights(report)
-    floor = run_floor(directory, weights)
+    measured = run_floor(directory, weights)
+    floor = float(measured["floor_s"])  # type: ignore[arg-type]
+    print(json.dumps(measured), flush=True)
     largest64 = written["largest_weight_entries"] * 8
     mem_target = 2**30 + 3 * largest64
     print()
