@@ -11,8 +11,10 @@ import torch
 from safetensors.torch import save_file
 
 from rmtprune.checkpoint import open_checkpoint
+from rmtprune.checkpoint_analysis import classify_tensors
 from rmtprune.checkpoint_progress import CheckpointProgress, layer_cost
 from rmtprune.cli import main
+from rmtprune.hfdir import transformers_available
 
 
 def _sharded(directory: Path, n_shards: int = 3) -> dict[str, torch.Tensor]:
@@ -168,3 +170,55 @@ def test_does_not_modify_the_input(tmp_path: Path) -> None:
     assert main(["analyze", str(tmp_path), "--quiet", "--assume-linear", "*"]) == 0
     after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
     assert after == before
+
+
+def test_layer_types_are_never_guessed() -> None:
+    shapes = {
+        "encoder.dense.weight": ((40, 50), "BF16"),
+        "encoder.dense.bias": ((40,), "BF16"),
+        "transformer.wte.weight": ((100, 50), "F32"),
+        "blocks.0.norm1.weight": ((50, 50), "F32"),  # a 2-D norm weight is still not a Linear
+        "cls_token": ((1, 50), "F32"),
+        "conv.weight": ((8, 3, 3, 3), "F32"),
+        "position_ids": ((1, 64), "I64"),  # not floating: not a weight
+        "ln.weight": ((50,), "F32"),  # 1-D: not a matrix
+    }
+    blind = {k.name: k for k in classify_tensors(shapes)}
+    assert sorted(blind) == [
+        "blocks.0.norm1",
+        "cls_token",
+        "conv",
+        "encoder.dense",
+        "transformer.wte",
+    ]
+    assert not any(k.typed for k in blind.values())
+    assert "--assume-linear" in blind["encoder.dense"].reason
+    assert "--assume-conv2d" in blind["conv"].reason
+    assert "never treated as a Linear" in blind["transformer.wte"].reason
+    assert "never treated as a Linear" in blind["blocks.0.norm1"].reason
+    assert "no '.weight' suffix" in blind["cls_token"].reason
+    assumed = {
+        k.name: k for k in classify_tensors(shapes, assume_linear=["*"], assume_conv2d=["conv"])
+    }
+    typed = sorted(name for name, k in assumed.items() if k.typed)
+    assert typed == ["conv", "encoder.dense"]
+    assert assumed["encoder.dense"].bias == "encoder.dense.bias"
+    assert assumed["conv"].layer_type == "Conv2d"
+    with pytest.raises(ValueError, match=r"'transformer\.wte'.*never treated as a Linear"):
+        classify_tensors(shapes, assume_linear=["transformer.wte"])
+
+
+def test_without_transformers_a_model_directory_is_read_without_guessing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _sharded(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["NoSuchModel"]}))
+    if transformers_available():  # transformers cannot build it, and says what to do
+        assert main(["analyze", str(tmp_path), "--quiet"]) == 2
+        assert "--no-model" in capsys.readouterr().err
+    monkeypatch.setattr("rmtprune.cli_inputs.transformers_available", lambda: False)
+    assert main(["analyze", str(tmp_path), "--quiet", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["layers"]
+    assert [r["name"] for r in rows] == [f"layer{i}" for i in range(6)]
+    assert all(r["layer_type"] == "unknown 2-D" and r["status"] == "ok" for r in rows)
+    assert rows[0]["params"] == 40 * 50 + 40  # the bias belongs to the layer

@@ -140,10 +140,12 @@ def _unknown_kind(
             )
         why = "name says embedding/norm/position: never treated as a Linear layer"
         return LayerKind(layer, weight, bias, shape, stand_in, f"unknown {dims}-D", False, why)
-    if _matches(layer, assumed):
+    if weight.endswith(".weight") and _matches(layer, assumed):
         return LayerKind(layer, weight, bias, shape, stand_in, type(stand_in).__name__, True)
     option = "--assume-linear" if dims == 2 else "--assume-conv2d"
     why = f"layer type unknown without the model: analysed, not pruned (pass {option} to prune it)"
+    if not weight.endswith(".weight"):
+        why = "not the weight of a layer (no '.weight' suffix): analysed, not pruned"
     return LayerKind(layer, weight, bias, shape, stand_in, f"unknown {dims}-D", False, why)
 
 

@@ -65,7 +65,10 @@ def _config_and_class(directory: str) -> tuple[Any, Any]:
     try:
         config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"{directory}/config.json cannot be read by transformers: {exc}") from None
+        raise ValueError(
+            f"{directory}/config.json cannot be read by transformers (pass --no-model to "
+            f"analyse the tensors without it): {exc}"
+        ) from None
     names = list(getattr(config, "architectures", None) or [])
     if not names:
         return config, transformers.AutoModel
