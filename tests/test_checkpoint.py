@@ -222,3 +222,20 @@ def test_without_transformers_a_model_directory_is_read_without_guessing(
     assert [r["name"] for r in rows] == [f"layer{i}" for i in range(6)]
     assert all(r["layer_type"] == "unknown 2-D" and r["status"] == "ok" for r in rows)
     assert rows[0]["params"] == 40 * 50 + 40  # the bias belongs to the layer
+
+
+def test_layer_selection_covers_pruned_and_untyped_layers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _sharded(tmp_path)
+    argv = ["prune", str(tmp_path), "--no-model", "--dry-run", "--json", "--quiet"]
+    assert main([*argv, "--assume-linear", "layer1", "--layers", "layer1", "layer[23]"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = {r["name"]: r for r in report["layers"]}
+    assert sorted(rows) == ["layer1", "layer2", "layer3"]
+    assert rows["layer1"]["layer_type"] == "Linear" and rows["layer1"]["reason"] == ""
+    assert rows["layer2"]["action"] == "skipped" and "--assume-linear" in rows["layer2"]["reason"]
+    total = sum(t.numel() for t in _sharded(tmp_path).values())
+    assert report["params_before"] == total  # every tensor of the checkpoint is counted
+    assert main([*argv, "--layers", "nothing*"]) == 2
+    assert "'nothing*'" in capsys.readouterr().err

@@ -50,6 +50,7 @@ from rmtprune.checkpoint_analysis import (
     fit_layer,
     natural_key,
 )
+from rmtprune.factorize.registry import get_adapter
 from rmtprune.hfdir import (
     build_architecture,
     is_model_directory,
@@ -79,6 +80,10 @@ def _model_route(path: str, model: str | None, no_model: bool) -> bool:
     return model is None and not no_model and is_model_directory(path) and transformers_available()
 
 
+def _patterns(requested: Sequence[str] | str) -> list[str]:
+    return [requested] if isinstance(requested, str) else list(requested)
+
+
 def _matching(names: Sequence[str], pattern: str) -> bool:
     return any(n == pattern or fnmatch.fnmatchcase(n, pattern) for n in names)
 
@@ -103,10 +108,10 @@ class PruneInput:
     def walker_layers(self, requested: Sequence[str] | str | None) -> list[str] | None:
         """The ``layers`` argument for the walker: ``requested`` less what only names untyped
         weights (an error for a pattern that matches nothing at all)."""
-        if requested is None:
-            return None
-        patterns = [requested] if isinstance(requested, str) else list(requested)
-        modules = [name for name, _ in self.model.named_modules() if name]
+        if requested is None or not self.untyped:
+            return None if requested is None else list(_patterns(requested))
+        patterns = _patterns(requested)
+        modules = [n for n, m in self.model.named_modules() if n and get_adapter(m) is not None]
         untyped = [k.name for k in self.untyped]
         for pattern in patterns:
             if not _matching(modules, pattern) and not _matching(untyped, pattern):
@@ -120,7 +125,7 @@ class PruneInput:
         kinds = list(self.untyped)
         requested = fit_kwargs.pop("layers", None)
         if requested is not None:
-            patterns = [requested] if isinstance(requested, str) else list(requested)
+            patterns = _patterns(requested)
             kinds = [k for k in kinds if any(_matching([k.name], p) for p in patterns)]
         return [
             fit_layer(k, self.tensors[k.weight], self.tensors.get(k.bias or ""), **fit_kwargs)
@@ -158,6 +163,11 @@ class PruneInput:
         if os.path.realpath(os.fspath(output)) == os.path.realpath(self.path):
             raise ValueError(f"the output {os.fspath(output)} is the input; choose another path")
         if self.directory:
+            if os.fspath(output).endswith(".safetensors"):
+                raise ValueError(
+                    f"the input {self.path} is a model directory, so the output is one too; "
+                    f"got the file name {os.fspath(output)} (or pass --no-model for one file)"
+                )
             save_pruned_directory(model, output, overwrite=overwrite)
         else:
             save(model, output, overwrite=overwrite)
