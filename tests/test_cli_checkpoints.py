@@ -143,6 +143,9 @@ def test_prune_directory_writes_a_directory_that_loads_back(
         want = expected.eval()(ids).last_hidden_state
         for model in outs:  # sharded equals unsharded, and both equal the Python API
             torch.testing.assert_close(model(ids).last_hidden_state, want, rtol=0, atol=0)
+    # a plain from_pretrained fails instead of re-initialising the factorized layers
+    with pytest.raises(OSError):
+        transformers.BertModel.from_pretrained(tmp_path / "single")
     # an existing output is not replaced without --overwrite
     with pytest.raises(SystemExit, match="exists"):
         main(["prune", str(sharded), "-o", str(tmp_path / "sharded"), "--quiet"])

@@ -44,6 +44,7 @@ from safetensors import SafetensorError, safe_open
 
 __all__ = [
     "INDEX_NAME",
+    "PRUNED_NAME",
     "SINGLE_NAME",
     "Checkpoint",
     "TensorInfo",
@@ -55,6 +56,11 @@ SINGLE_NAME = "model.safetensors"
 """File name of an unsharded Hugging Face checkpoint."""
 INDEX_NAME = "model.safetensors.index.json"
 """File name of the index of a sharded Hugging Face checkpoint."""
+PRUNED_NAME = "model.rmtprune.safetensors"
+"""File name of the weights in a model directory written by rmtprune (factorized layers).
+
+It is not ``model.safetensors`` on purpose: ``from_pretrained`` of such a directory then fails
+instead of silently re-initialising the factorized layers."""
 
 PathLike = str | os.PathLike[str]
 
@@ -329,8 +335,8 @@ def open_checkpoint(path: PathLike) -> Checkpoint:
     ----------
     path : path
         A ``.safetensors`` file, a ``*.safetensors.index.json`` index, or a
-        directory holding ``model.safetensors.index.json`` (sharded) or
-        ``model.safetensors``.
+        directory holding ``model.safetensors.index.json`` (sharded),
+        ``model.safetensors`` or ``model.rmtprune.safetensors`` (written by rmtprune).
 
     Returns
     -------
@@ -346,11 +352,11 @@ def open_checkpoint(path: PathLike) -> Checkpoint:
     """
     path = os.fspath(path)
     if os.path.isdir(path):
-        for name in (INDEX_NAME, SINGLE_NAME):
+        for name in (INDEX_NAME, SINGLE_NAME, PRUNED_NAME):
             if os.path.isfile(os.path.join(path, name)):
                 return open_checkpoint(os.path.join(path, name))
         raise FileNotFoundError(
-            f"{path} holds neither {SINGLE_NAME} nor {INDEX_NAME} "
+            f"{path} holds none of {SINGLE_NAME}, {INDEX_NAME}, {PRUNED_NAME} "
             "(only safetensors checkpoints are read from a directory)"
         )
     if not os.path.exists(path):

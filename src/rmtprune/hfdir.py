@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rmtprune.checkpoint import SINGLE_NAME, open_checkpoint
+from rmtprune.checkpoint import PRUNED_NAME, open_checkpoint
 
 __all__ = [
     "build_architecture",
@@ -143,13 +143,18 @@ def _write_directory(model: nn.Module, target: str) -> None:
     generation = getattr(model, "generation_config", None)
     if generation is not None and hasattr(generation, "save_pretrained"):
         generation.save_pretrained(target)
-    save(model, os.path.join(target, SINGLE_NAME))
+    save(model, os.path.join(target, PRUNED_NAME))
 
 
 def save_pruned_directory(
     model: nn.Module, directory: PathLike, *, overwrite: bool = False
 ) -> None:
-    """Write ``model`` as a model directory: ``config.json`` + one rmtprune safetensors file.
+    """Write ``model`` as a model directory: ``config.json`` + ``model.rmtprune.safetensors``.
+
+    The weights file is rmtprune's format (the factorized structure in its
+    metadata) under a name that ``from_pretrained`` does not read, so a plain
+    ``from_pretrained`` of the directory fails loudly rather than returning
+    re-initialised layers.
 
     The directory is written under a temporary name next to ``directory`` and
     moved into place when complete; an existing ``directory`` is replaced only
