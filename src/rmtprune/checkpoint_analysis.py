@@ -247,12 +247,25 @@ def fit_layer(
     return dataclasses.replace(row, layer_type=kind.layer_type, reason=reason)
 
 
-def select_kinds(kinds: list[LayerKind], layers: Sequence[str] | str | None) -> list[LayerKind]:
-    """The kinds whose layer names match ``layers`` (names or fnmatch patterns); all when None."""
+def select_kinds(
+    kinds: list[LayerKind],
+    layers: Sequence[str] | str | None,
+    exclude: Sequence[str] | str | None = None,
+) -> list[LayerKind]:
+    """The kinds whose layer names match ``layers`` (names or fnmatch patterns; all when None)
+    and none of ``exclude``; a pattern that matches no weight is an error."""
+    names = [k.name for k in kinds]
+    dropped = [exclude] if isinstance(exclude, str) else list(exclude or ())
+    for pattern in dropped:
+        if not any(_matches(n, [pattern]) for n in names):
+            raise ValueError(
+                f"The 'exclude' parameter names {pattern!r}, which matches no weight in the "
+                f"checkpoint. Valid names: {names}"
+            )
+    kinds = [k for k in kinds if not _matches(k.name, dropped)]
     if layers is None:
         return kinds
     patterns = [layers] if isinstance(layers, str) else list(layers)
-    names = [k.name for k in kinds]
     for pattern in patterns:
         if not any(_matches(n, [pattern]) for n in names):
             raise ValueError(
@@ -296,6 +309,7 @@ def analyze_checkpoint(
         One row per weight matrix, in the order of :func:`classify_tensors`.
     """
     layers = fit_kwargs.pop("layers", None)
+    exclude = fit_kwargs.pop("exclude", None)
     empty = analyze(_Holder(), **fit_kwargs)  # checks the parameters before any reading
     shapes = {n: (checkpoint.info(n).shape, checkpoint.info(n).dtype) for n in checkpoint.names()}
     kinds = classify_tensors(
@@ -304,7 +318,7 @@ def analyze_checkpoint(
         assume_linear=assume_linear,
         assume_conv2d=assume_conv2d,
     )
-    kinds = select_kinds(kinds, layers)
+    kinds = select_kinds(kinds, layers, exclude)
     costs = [layer_cost(k.shape) if _needs_data(k) else 0.0 for k in kinds]
     rows: list[LayerAnalysis] = []
     with CheckpointProgress(costs, enabled=progress) as bar:

@@ -60,6 +60,7 @@ from rmtprune.hfdir import (
 )
 from rmtprune.io import save
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
+from rmtprune.pruning.selection import Select
 from rmtprune.pruning.walker import analyze
 from rmtprune.sources import load_model, load_shell, read_tensors
 
@@ -121,12 +122,24 @@ class PruneInput:
                 )
         return [p for p in patterns if _matching(modules, p)]
 
+    def walker_select(self, select: Select) -> Select:
+        """``select`` for the walker: its patterns less those that only name untyped weights."""
+        include = self.walker_layers(select.include)
+        if not self.untyped or not select.exclude:
+            return dataclasses.replace(select, include=include)
+        modules = [n for n, m in self.model.named_modules() if n and get_adapter(m) is not None]
+        self.walker_layers(select.exclude)  # a pattern that matches nothing at all is an error
+        exclude = [p for p in select.exclude if _matching(modules, p)]
+        return dataclasses.replace(select, include=include, exclude=exclude)
+
     def _untyped_rows(self, fit_kwargs: dict[str, Any]) -> list[LayerAnalysis]:
         kinds = list(self.untyped)
         requested = fit_kwargs.pop("layers", None)
         if requested is not None:
             patterns = _patterns(requested)
             kinds = [k for k in kinds if any(_matching([k.name], p) for p in patterns)]
+        excluded = _patterns(fit_kwargs.pop("exclude", None) or ())
+        kinds = [k for k in kinds if not any(_matching([k.name], p) for p in excluded)]
         return [
             fit_layer(k, self.tensors[k.weight], self.tensors.get(k.bias or ""), **fit_kwargs)
             for k in kinds
@@ -134,8 +147,13 @@ class PruneInput:
 
     def analyze(self, **fit_kwargs: Any) -> ModelReport:
         """:func:`rmtprune.analyze` of the model plus the rows of the untyped weights."""
-        layers = self.walker_layers(fit_kwargs.get("layers"))
-        report = analyze(self.model, **{**fit_kwargs, "layers": layers})
+        given = dict(fit_kwargs)
+        select = Select(
+            given.pop("layers", None),
+            given.pop("exclude", None) or (),
+            **{k: given.pop(k) for k in ("min_dim", "min_params") if given.get(k) is not None},
+        )
+        report = analyze(self.model, select=self.walker_select(select), **given)
         extra = self._untyped_rows(dict(fit_kwargs))
         if not extra:
             return report

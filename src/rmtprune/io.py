@@ -48,7 +48,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from rmtprune.factorize.lowrank import LowRankConv2d, LowRankLinear, LowRankModule
+from rmtprune.factorize.lowrank import (
+    LowRankConv1D,
+    LowRankConv2d,
+    LowRankEmbedding,
+    LowRankLinear,
+    LowRankModule,
+)
 from rmtprune.factorize.registry import get_adapter, set_submodule
 
 __all__ = ["FORMAT_VERSION", "apply_structure", "describe_structure", "load", "save"]
@@ -67,6 +73,8 @@ def _describe_layer(module: LowRankModule) -> dict[str, Any]:
         "out_features": int(module.out_features),
         "bias": module.bias is not None,
     }
+    if isinstance(module, LowRankEmbedding):
+        entry.update(padding_idx=module.padding_idx)
     if isinstance(module, LowRankConv2d):
         first = module.first
         padding = first.padding
@@ -86,8 +94,9 @@ def describe_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
     """The factorized layers of ``model``: ``{layer name: {"type", "rank", ...}}`` (JSON-able).
 
     Dense layers are not listed.  Each entry holds the class name, the rank, the matrix shape
-    (``in_features``, ``out_features``), whether there is a bias and, for convolutions, the
-    channels, kernel size, stride, padding, dilation and padding mode.
+    (``in_features``, ``out_features``), whether there is a bias, for embeddings the padding
+    index and, for convolutions, the channels, kernel size, stride, padding, dilation and
+    padding mode.
 
     Examples
     --------
@@ -189,7 +198,9 @@ def apply_structure(model: nn.Module, structure: Mapping[str, Mapping[str, Any]]
 
 def _replace_layers(model: nn.Module, structure: Mapping[str, Any]) -> dict[str, nn.Module]:
     """Check every record, then swap the layers in; return the replaced modules by name."""
-    known = {"LowRankLinear": LowRankLinear, "LowRankConv2d": LowRankConv2d}
+    known = {
+        cls.__name__: cls for cls in (LowRankLinear, LowRankConv1D, LowRankConv2d, LowRankEmbedding)
+    }
     replacements: dict[str, nn.Module] = {}
     for name, entry in structure.items():
         if not isinstance(name, str) or not name or not isinstance(entry, Mapping):
@@ -409,7 +420,9 @@ def _read(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 def _check_ranks(path: str, structure: Mapping[str, Any], tensors: Mapping[str, Any]) -> None:
     for name, entry in structure.items():
         rank = entry.get("rank") if isinstance(entry, Mapping) else None
-        for key, axis in ((f"{name}.first.weight", 0), (f"{name}.second.weight", 1)):
+        embedding = isinstance(entry, Mapping) and entry.get("type") == "LowRankEmbedding"
+        first_axis = 1 if embedding else 0  # an embedding's first factor is the vocab × r table
+        for key, axis in ((f"{name}.first.weight", first_axis), (f"{name}.second.weight", 1)):
             tensor = tensors.get(key)
             if tensor is None:
                 raise ValueError(f"{path}: layer {name!r} is factorized but {key!r} is missing")
