@@ -46,7 +46,7 @@ def test_streamed_bf16_checkpoint_equals_the_in_memory_analysis(
     assert main(["analyze", str(directory), "--json", str(report_path), "--quiet"]) == 0
     streamed = json.loads(report_path.read_text())
     fitted = bench._fitted_weights(str(report_path))
-    assert len(fitted) == 7 * 3 + 1  # seven matrices per block and lm_head (embeddings skipped)
+    assert len(fitted) == 7 * 3 + 2  # seven matrices per block, lm_head and the embedding
 
     model = transformers.LlamaForCausalLM.from_pretrained(directory).to(torch.float64)
     assert model.model.layers[0].self_attn.k_proj.weight.shape == (64, 128)

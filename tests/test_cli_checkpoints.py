@@ -17,7 +17,6 @@ import torch
 import rmtprune
 from rmtprune.checkpoint import Checkpoint
 from rmtprune.cli import main
-from rmtprune.hfdir import load_model_directory
 
 transformers = pytest.importorskip("transformers")
 
@@ -74,10 +73,18 @@ def test_analyze_directory_equals_analyze_of_the_built_model(
     blind = _json_report(capsys, ["analyze", str(sharded), "--no-model"])
     by_name = {row["name"]: row for row in blind["layers"]}  # type: ignore[index]
     fitted = [r for r in want["layers"] if r["status"] == "ok"]
-    assert len(fitted) == 13
+    # 13 Linear layers plus, with the real architecture, the word and position embeddings
+    # (nn.Embedding is a supported layer type; token_type_embeddings is too small)
+    embeddings = {r["name"] for r in fitted if r["layer_type"] == "Embedding"}
+    assert len(fitted) == 15
+    assert embeddings == {"embeddings.word_embeddings", "embeddings.position_embeddings"}
     for row in fitted:
         other = by_name[row["name"]]
-        assert other["layer_type"] == "unknown 2-D" and "analysed, not pruned" in other["reason"]
+        if row["name"] in embeddings:  # without the model an embedding is never a Linear
+            assert "never treated as a Linear" in other["reason"]
+        else:
+            assert other["layer_type"] == "unknown 2-D"
+            assert "analysed, not pruned" in other["reason"]
         for key in ("sigma2", "lambda_plus", "n_spikes", "fit_error", "rank", "mp_like"):
             assert other[key] == row[key]
     position = by_name["embeddings.position_embeddings"]
@@ -134,7 +141,7 @@ def test_prune_directory_writes_a_directory_that_loads_back(
         report = _json_report(capsys, ["prune", str(source), "-o", str(out), "--min-rank", "6"])
         assert report["params_after"] < report["params_before"]  # type: ignore[operator]
         assert (out / "config.json").exists()
-        outs.append(load_model_directory(out).eval())
+        outs.append(rmtprune.from_pretrained(transformers.AutoModel, out).eval())
     assert _digest(sharded) == before
     expected, _ = rmtprune.prune(transformers.BertModel.from_pretrained(single), min_rank=6)
     assert isinstance(outs[0].encoder.layer[0].attention.self.query, rmtprune.LowRankLinear)
@@ -144,8 +151,9 @@ def test_prune_directory_writes_a_directory_that_loads_back(
         for model in outs:  # sharded equals unsharded, and both equal the Python API
             torch.testing.assert_close(model(ids).last_hidden_state, want, rtol=0, atol=0)
     # a plain from_pretrained fails instead of re-initialising the factorized layers
+    assert not (tmp_path / "single" / "model.safetensors").exists()
     with pytest.raises(OSError):
-        transformers.BertModel.from_pretrained(tmp_path / "single")
+        transformers.AutoModel.from_pretrained(tmp_path / "single")
     # an existing output is not replaced without --overwrite
     with pytest.raises(SystemExit, match="exists"):
         main(["prune", str(sharded), "-o", str(tmp_path / "sharded"), "--quiet"])
@@ -181,7 +189,8 @@ def test_streaming_reader_holds_one_layer_at_a_time(
     monkeypatch.setattr(Checkpoint, "read", counting_read)
     report = _json_report(capsys, ["analyze", str(tmp_path / "llama")])
     fitted = [r["name"] for r in report["layers"] if r["status"] == "ok"]  # type: ignore[index]
-    assert len(fitted) == 2 * 7 + 1  # q k v o gate up down per block, and lm_head
+    # q k v o gate up down per block, lm_head, and the (untied) token embedding
+    assert len(fitted) == 2 * 7 + 2 and "model.embed_tokens" in fitted
     assert sorted(reads) == sorted(f"{n}.weight" for n in fitted)  # each read once, nothing else
     rows = {r["name"]: r for r in report["layers"]}  # type: ignore[index]
     expected = rmtprune.analyze(model)

@@ -56,7 +56,7 @@ SINGLE_NAME = "model.safetensors"
 """File name of an unsharded Hugging Face checkpoint."""
 INDEX_NAME = "model.safetensors.index.json"
 """File name of the index of a sharded Hugging Face checkpoint."""
-PRUNED_NAME = "model.rmtprune.safetensors"
+PRUNED_NAME = "rmtprune.safetensors"  # rmtprune.hf.WEIGHTS_NAME (save_pretrained)
 """File name of the weights in a model directory written by rmtprune (factorized layers).
 
 It is not ``model.safetensors`` on purpose: ``from_pretrained`` of such a directory then fails
@@ -336,7 +336,7 @@ def open_checkpoint(path: PathLike) -> Checkpoint:
     path : path
         A ``.safetensors`` file, a ``*.safetensors.index.json`` index, or a
         directory holding ``model.safetensors.index.json`` (sharded),
-        ``model.safetensors`` or ``model.rmtprune.safetensors`` (written by rmtprune).
+        ``model.safetensors`` or ``rmtprune.safetensors`` (written by ``rmtprune.save_pretrained``).
 
     Returns
     -------

@@ -147,6 +147,13 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
         help="write the report as JSON to PATH (or to stdout with no PATH)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar over the layers (the walker's tqdm bar, or the bar of a streamed "
+        "checkpoint analysis); default: when stderr is a terminal",
+    )
     _add_checkpoint_options(p)
 
 
@@ -172,13 +179,6 @@ def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
         default=(),
         metavar="PATTERN",
         help="without a model, treat the 4-D weights of these layers as nn.Conv2d (groups=1)",
-    )
-    g.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar over the layers (the walker's tqdm bar, or the bar of a streamed "
-        "checkpoint analysis); default: when stderr is a terminal",
     )
 
 
@@ -216,7 +216,8 @@ def _add_spectral_commands(sub: Any) -> None:
         "--output",
         default=None,
         metavar="OUT",
-        help="where to write the pruned model (.safetensors); required unless --dry-run",
+        help="the pruned model: .safetensors, or a directory for a model directory input "
+        "(rmtprune.save_pretrained); required unless --dry-run",
     )
     p.add_argument(
         "--split",
@@ -310,33 +311,27 @@ def _select(args: argparse.Namespace) -> Select:
 def _mp(
     args: argparse.Namespace, bulk_keep: float = 0.0, min_rank: int | None = None
 ) -> MPCriterion:
-    from torch import nn
-
     from rmtprune.pruning.options import resolve_criterion
 
-    fit_cutoff = (
-        args.fit_cutoff
-        if args.conv_fit_cutoff is None
-        else {nn.Conv2d: args.conv_fit_cutoff, object: args.fit_cutoff}
-    )
     given = {"bulk_keep": bulk_keep, "min_rank": min_rank, "alpha": args.alpha}
-    given.update(beta=args.beta, fit_cutoff=fit_cutoff)
+    given.update(beta=args.beta, fit_cutoff=_fit_cutoff(args))
     # the older keywords' check names the command: "The 'alpha' parameter of analyze ..."
     return resolve_criterion(None, given, args.command)  # type: ignore[return-value]
 
 
 def _fit_kwargs(args: argparse.Namespace) -> dict[str, object]:
     """The fit and selection keywords of a streamed analysis and of the untyped weights."""
+    kw: dict[str, object] = {"alpha": args.alpha, "beta": args.beta, "layers": args.layers}
+    kw.update(fit_cutoff=_fit_cutoff(args), exclude=args.exclude, min_dim=args.min_dim)
+    return {**kw, "min_params": args.min_params}
+
+
+def _fit_cutoff(args: argparse.Namespace) -> object:
     from torch import nn
 
-    kw: dict[str, object] = {"alpha": args.alpha, "beta": args.beta, "layers": args.layers}
-    kw["fit_cutoff"] = (
-        args.fit_cutoff
-        if args.conv_fit_cutoff is None
-        else {nn.Conv2d: args.conv_fit_cutoff, object: args.fit_cutoff}
-    )
-    kw.update(exclude=args.exclude, min_dim=args.min_dim, min_params=args.min_params)
-    return kw
+    if args.conv_fit_cutoff is None:
+        return args.fit_cutoff
+    return {nn.Conv2d: args.conv_fit_cutoff, object: args.fit_cutoff}
 
 
 def _criterion(args: argparse.Namespace) -> Criterion:

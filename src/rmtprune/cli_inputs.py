@@ -51,11 +51,11 @@ from rmtprune.checkpoint_analysis import (
     natural_key,
 )
 from rmtprune.factorize.registry import get_adapter
+from rmtprune.hf import save_pretrained
 from rmtprune.hfdir import (
     build_architecture,
     is_model_directory,
     load_model_directory,
-    save_pruned_directory,
     transformers_available,
 )
 from rmtprune.io import save
@@ -106,7 +106,9 @@ class PruneInput:
     tensors: Mapping[str, torch.Tensor] = field(default_factory=dict)
     carried_params: int = 0
 
-    def walker_layers(self, requested: Sequence[str] | str | None) -> list[str] | None:
+    def walker_layers(
+        self, requested: Sequence[str] | str | None, param: str = "layers"
+    ) -> list[str] | None:
         """The ``layers`` argument for the walker: ``requested`` less what only names untyped
         weights (an error for a pattern that matches nothing at all)."""
         if requested is None or not self.untyped:
@@ -117,7 +119,7 @@ class PruneInput:
         for pattern in patterns:
             if not _matching(modules, pattern) and not _matching(untyped, pattern):
                 raise ValueError(
-                    f"The 'layers' parameter names {pattern!r}, which matches no weight layer. "
+                    f"The {param!r} parameter names {pattern!r}, which matches no weight layer. "
                     f"Valid names: {sorted(set(modules) | set(untyped))}"
                 )
         return [p for p in patterns if _matching(modules, p)]
@@ -128,7 +130,7 @@ class PruneInput:
         if not self.untyped or not select.exclude:
             return dataclasses.replace(select, include=include)
         modules = [n for n, m in self.model.named_modules() if n and get_adapter(m) is not None]
-        self.walker_layers(select.exclude)  # a pattern that matches nothing at all is an error
+        self.walker_layers(select.exclude, "exclude")  # a pattern matching nothing is an error
         exclude = [p for p in select.exclude if _matching(modules, p)]
         return dataclasses.replace(select, include=include, exclude=exclude)
 
@@ -186,7 +188,7 @@ class PruneInput:
                     f"the input {self.path} is a model directory, so the output is one too; "
                     f"got the file name {os.fspath(output)} (or pass --no-model for one file)"
                 )
-            save_pruned_directory(model, output, overwrite=overwrite)
+            save_pretrained(model, output, overwrite=overwrite)
         else:
             save(model, output, overwrite=overwrite)
 

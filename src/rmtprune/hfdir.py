@@ -10,34 +10,26 @@ The model class is the first entry of ``config.json``'s ``architectures``
   layer types and shapes, without memory or weights (used to name the type of
   each tensor of a checkpoint that is analysed one tensor at a time).
 * :func:`load_model_directory` builds the real model with its weights, also
-  for a directory written by :func:`save_pruned_directory` (factorized layers).
-* :func:`save_pruned_directory` writes a (pruned) model to a new directory.
+  for a directory written by :func:`rmtprune.hf.save_pretrained` (factorized
+  layers, read back with :func:`rmtprune.hf.from_pretrained`).
 
-.. note::
-   :func:`save_pruned_directory` / :func:`load_model_directory` are a minimal
-   implementation kept here for the command line; ``rmtprune.hf.save_pretrained``
-   / ``rmtprune.hf.from_pretrained`` (issue 12, item 4) are meant to replace them
-   at merge time, and the command line calls only these two functions.
+A pruned model is written with :func:`rmtprune.hf.save_pretrained`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import torch
 from torch import nn
 
-from rmtprune.checkpoint import PRUNED_NAME, open_checkpoint
+from rmtprune.checkpoint import open_checkpoint
 
 __all__ = [
     "build_architecture",
     "is_model_directory",
     "load_model_directory",
-    "save_pruned_directory",
     "transformers_available",
 ]
 
@@ -110,79 +102,21 @@ def build_architecture(directory: PathLike) -> nn.Module:
 def load_model_directory(directory: PathLike) -> nn.Module:
     """The model of ``directory`` with its weights (``local_files_only=True``).
 
-    A directory written by :func:`save_pruned_directory` is rebuilt from its
-    config with its factorized layers (:func:`rmtprune.load`); any other goes
-    through the class's ``from_pretrained``.
+    A directory written by :func:`rmtprune.hf.save_pretrained` is rebuilt from
+    its config with its factorized layers (:func:`rmtprune.hf.from_pretrained`);
+    any other goes through the class's ``from_pretrained``.
     """
     directory = os.fspath(directory)
     checkpoint = open_checkpoint(directory)
+    _, cls = _config_and_class(directory)
     if "rmtprune" in checkpoint.metadata:
-        from rmtprune.io import load
+        from rmtprune.hf import from_pretrained
 
-        return load(_from_config(directory, None), checkpoint.path)
+        return from_pretrained(cls, directory)
     import transformers
 
-    _, cls = _config_and_class(directory)
     kwargs: dict[str, Any] = {"local_files_only": True}
     major = int(transformers.__version__.split(".")[0])
     kwargs["dtype" if major >= 5 else "torch_dtype"] = "auto"
     model: nn.Module = cls.from_pretrained(directory, **kwargs)
     return model
-
-
-def _write_directory(model: nn.Module, target: str) -> None:
-    from rmtprune.io import save
-
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "save_pretrained"):
-        raise TypeError(
-            "The 'model' parameter of save_pruned_directory must be a transformers model "
-            f"(with a .config). Got {type(model).__name__} instead."
-        )
-    config.save_pretrained(target)
-    generation = getattr(model, "generation_config", None)
-    if generation is not None and hasattr(generation, "save_pretrained"):
-        generation.save_pretrained(target)
-    save(model, os.path.join(target, PRUNED_NAME))
-
-
-def save_pruned_directory(
-    model: nn.Module, directory: PathLike, *, overwrite: bool = False
-) -> None:
-    """Write ``model`` as a model directory: ``config.json`` + ``model.rmtprune.safetensors``.
-
-    The weights file is rmtprune's format (the factorized structure in its
-    metadata) under a name that ``from_pretrained`` does not read, so a plain
-    ``from_pretrained`` of the directory fails loudly rather than returning
-    re-initialised layers.
-
-    The directory is written under a temporary name next to ``directory`` and
-    moved into place when complete; an existing ``directory`` is replaced only
-    with ``overwrite=True``.  Read it back with :func:`load_model_directory`.
-    (Minimal implementation; see the module note.)
-    """
-    target = os.path.abspath(os.fspath(directory))
-    if os.path.exists(target) and not overwrite:
-        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
-    parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; a directory is not
-        _write_directory(model, staging)
-        old = None
-        if os.path.exists(target):
-            old = tempfile.mkdtemp(
-                prefix=f".{os.path.basename(target)}.", suffix=".old", dir=parent
-            )
-            os.rmdir(old)
-            os.rename(target, old)
-        os.rename(staging, target)
-        if old is not None:
-            shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(staging)
-        raise
