@@ -239,3 +239,20 @@ def test_layer_selection_covers_pruned_and_untyped_layers(
     assert report["params_before"] == total  # every tensor of the checkpoint is counted
     assert main([*argv, "--layers", "nothing*"]) == 2
     assert "'nothing*'" in capsys.readouterr().err
+
+
+def test_exclude_and_one_progress_option_for_checkpoints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _sharded(tmp_path)
+    common = [str(tmp_path), "--no-model", "--exclude", "layer[45]", "--json", "--no-progress"]
+    assert main(["analyze", *common, "--layers", "layer[1-5]"]) == 0
+    streamed = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in streamed["layers"]] == ["layer1", "layer2", "layer3"]
+    argv = ["prune", *common, "--dry-run", "--assume-linear", "layer1"]
+    assert main(argv) == 0  # the typed layer and the untyped weights honour --exclude alike
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["layers"]}
+    assert sorted(rows) == ["layer0", "layer1", "layer2", "layer3"]
+    assert rows["layer1"]["action"] != "skipped" and rows["layer2"]["action"] == "skipped"
+    assert main(["prune", str(tmp_path), "--no-model", "--dry-run", "--exclude", "nope"]) == 2
+    assert "'exclude' parameter names 'nope'" in capsys.readouterr().err
