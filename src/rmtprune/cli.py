@@ -121,10 +121,10 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
         "source",
         nargs="?",
         default=None,
-        metavar="FILE",
-        help="weights: an rmtprune .safetensors file, a plain .safetensors state dict, "
-        "or a PyTorch state dict (.pt/.pth, loaded with weights_only=True); "
-        "without --model the layer types are inferred from tensor shapes",
+        metavar="PATH",
+        help="weights: a Hugging Face model directory (config.json + safetensors, sharded "
+        "or not), an rmtprune .safetensors file, a plain .safetensors state dict, a "
+        "*.safetensors.index.json, or a PyTorch state dict (.pt/.pth, weights_only=True)",
     )
     p.add_argument(
         "--model",
@@ -151,8 +151,44 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bar over the layers (default: when stderr is a terminal; needs tqdm)",
+        help="progress bar over the layers (the walker's tqdm bar, or the bar of a streamed "
+        "checkpoint analysis); default: when stderr is a terminal",
     )
+    _add_checkpoint_options(p)
+
+
+def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("checkpoints without a model (see docs/pretrained.md)")
+    g.add_argument(
+        "--no-model",
+        action="store_true",
+        help="do not build the Hugging Face architecture even if transformers is installed: "
+        "weights of unknown type are analysed but not pruned",
+    )
+    g.add_argument(
+        "--assume-linear",
+        nargs="+",
+        default=(),
+        metavar="PATTERN",
+        help="without a model, treat the 2-D weights of these layers (names or fnmatch "
+        "patterns) as nn.Linear so they can be pruned; never embeddings, norms, positions",
+    )
+    g.add_argument(
+        "--assume-conv2d",
+        nargs="+",
+        default=(),
+        metavar="PATTERN",
+        help="without a model, treat the 4-D weights of these layers as nn.Conv2d (groups=1)",
+    )
+
+
+def _source_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "model": args.model,
+        "no_model": args.no_model,
+        "assume_linear": tuple(args.assume_linear),
+        "assume_conv2d": tuple(args.assume_conv2d),
+    }
 
 
 def _add_spectral_commands(sub: Any) -> None:
@@ -180,7 +216,8 @@ def _add_spectral_commands(sub: Any) -> None:
         "--output",
         default=None,
         metavar="OUT",
-        help="where to write the pruned model (.safetensors); required unless --dry-run",
+        help="the pruned model: .safetensors, or a directory for a model directory input "
+        "(rmtprune.save_pretrained); required unless --dry-run",
     )
     p.add_argument(
         "--split",
@@ -334,19 +371,27 @@ def _select(args: argparse.Namespace) -> Select:
 def _mp(
     args: argparse.Namespace, bulk_keep: float = 0.0, min_rank: int | None = None
 ) -> MPCriterion:
-    from torch import nn
-
     from rmtprune.pruning.options import resolve_criterion
 
-    fit_cutoff = (
-        args.fit_cutoff
-        if args.conv_fit_cutoff is None
-        else {nn.Conv2d: args.conv_fit_cutoff, object: args.fit_cutoff}
-    )
     given = {"bulk_keep": bulk_keep, "min_rank": min_rank, "alpha": args.alpha}
-    given.update(beta=args.beta, fit_cutoff=fit_cutoff)
+    given.update(beta=args.beta, fit_cutoff=_fit_cutoff(args))
     # the older keywords' check names the command: "The 'alpha' parameter of analyze ..."
     return resolve_criterion(None, given, args.command)  # type: ignore[return-value]
+
+
+def _fit_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    """The fit and selection keywords of a streamed analysis and of the untyped weights."""
+    kw: dict[str, object] = {"alpha": args.alpha, "beta": args.beta, "layers": args.layers}
+    kw.update(fit_cutoff=_fit_cutoff(args), exclude=args.exclude, min_dim=args.min_dim)
+    return {**kw, "min_params": args.min_params}
+
+
+def _fit_cutoff(args: argparse.Namespace) -> object:
+    from torch import nn
+
+    if args.conv_fit_cutoff is None:
+        return args.fit_cutoff
+    return {nn.Conv2d: args.conv_fit_cutoff, object: args.fit_cutoff}
 
 
 def _criterion(args: argparse.Namespace) -> Criterion:
@@ -375,15 +420,19 @@ def _emit_json(report: ModelReport | PruneReport, target: str) -> None:
         report.to_json(target)  # atomic write
 
 
-def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from rmtprune.sources import load_model
-
+def _weights(args: argparse.Namespace) -> str:
     weights = args.weights or args.source
     if weights is None:
-        raise SystemExit("rmtprune: error: give a weights FILE (positional or --weights)")
+        raise SystemExit("rmtprune: error: give the weights PATH (positional or --weights)")
     if args.weights and args.source and args.weights != args.source:
-        raise SystemExit("rmtprune: error: give the weights once (positional FILE or --weights)")
-    return load_model(weights, model=args.model)
+        raise SystemExit("rmtprune: error: give the weights once (positional PATH or --weights)")
+    return str(weights)
+
+
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from rmtprune.cli_inputs import open_for_pruning
+
+    return open_for_pruning(_weights(args), **_source_kwargs(args))  # type: ignore[arg-type]
 
 
 def _progress(args: argparse.Namespace, message: str) -> None:
@@ -397,11 +446,15 @@ def _bar(args: argparse.Namespace) -> bool | None:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    import rmtprune
+    from rmtprune.cli_inputs import analyze_source
 
-    model = _load(args)
+    weights = _weights(args)
     _progress(args, "fitting the spectrum of each layer ...")
-    report = rmtprune.analyze(model, criterion=_mp(args), select=_select(args), progress=_bar(args))
+    report = analyze_source(
+        weights,
+        progress=_bar(args),
+        **{**_source_kwargs(args), **_fit_kwargs(args)},  # type: ignore[arg-type]
+    )
     if args.json is not None:
         _emit_json(report, args.json)
     if args.json != "-":
@@ -423,24 +476,25 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"rmtprune prune: error: {args.output} exists; pass --overwrite to replace it"
         )
-    model = _load(args)
+    source = _load(args)
     split = {"auto": "auto", "always": True, "never": False}[args.split]
     _progress(args, "fitting and pruning each layer ...")
     pruned, report = rmtprune.prune(
-        model,
+        source.model,
         criterion=_criterion(args),
-        select=_select(args),
+        select=source.walker_select(_select(args)),
         split=split,  # type: ignore[arg-type]
         dry_run=args.dry_run,
         inplace=True,
         progress=_bar(args),
     )
+    report = source.complete(report, bulk_keep=args.bulk_keep, **_fit_kwargs(args))
     if args.json is not None:
         _emit_json(report, args.json)
     if args.json != "-":
         print(report.to_markdown())
     if not args.dry_run:
-        rmtprune.save(pruned, args.output, overwrite=args.overwrite)
+        source.save(pruned, args.output, overwrite=args.overwrite)
         _progress(args, f"saved {args.output}")
     return 0
 
