@@ -69,6 +69,7 @@ __all__ = [
     "svd_energy_prune",
 ]
 
+Ranks = tuple[tuple[str, int], ...]  # (layer name, kept rank) pairs
 METHODS = ("mp-oneshot", "magnitude", "svd-energy")
 
 
@@ -118,7 +119,7 @@ class PostTrainingResult:
     after: EvalPoint
     finetune_epochs: int
     energy: float | None = None
-    ranks: tuple[tuple[str, int], ...] = ()
+    ranks: Ranks = ()
     n_zeroed: int | None = None
     finetune_history: History = field(default_factory=History)
 
@@ -408,6 +409,20 @@ def _evaluate(model: nn.Module, test: Any, n_params: int) -> EvalPoint:
     return EvalPoint(n_params, result.loss, result.accuracy)
 
 
+def _mp_oneshot(model: nn.Module, config: ExperimentConfig) -> tuple[nn.Module, Ranks]:
+    """The paper's rule once after training (``bulk_keep = 0``): the pruned copy and its ranks."""
+    criterion = MPCriterion(
+        bulk_keep=0.0,
+        min_rank=config.min_rank_resolved,
+        alpha=config.alpha,
+        beta=config.beta,
+        fit_cutoff=config.fit_cutoffs(),
+    )
+    select = Select(min_dim=config.min_dim, min_params=config.min_params)
+    pruned, report = prune(model, criterion=criterion, select=select)
+    return pruned, tuple((r.name, r.rank_after) for r in report.layers if r.action != "skipped")
+
+
 def run_method(
     method: str,
     model: nn.Module,
@@ -443,22 +458,12 @@ def run_method(
     finetune_config = config.train_config(seed, epochs=config.finetune_epochs, lr=config.final_lr())
     masks: tuple[tuple[str, torch.Tensor], ...] = ()
     energy: float | None = None
-    ranks: tuple[tuple[str, int], ...] = ()
+    ranks: Ranks = ()
     n_zeroed: int | None = None
     target: int | None = target_params
     if method == "mp-oneshot":
-        criterion = MPCriterion(
-            bulk_keep=0.0,
-            min_rank=config.min_rank_resolved,
-            alpha=config.alpha,
-            beta=config.beta,
-            fit_cutoff=config.fit_cutoffs(),
-        )
-        select = Select(min_dim=config.min_dim, min_params=config.min_params)
-        pruned, report = prune(model, criterion=criterion, select=select)
-        ranks = tuple((r.name, r.rank_after) for r in report.layers if r.action != "skipped")
-        target = None
-        n_params = count_parameters(pruned)
+        pruned, ranks = _mp_oneshot(model, config)
+        target, n_params = None, count_parameters(pruned)
     elif method == "svd-energy":
         pruned, choice = svd_energy_prune(
             model,

@@ -31,6 +31,7 @@ __all__ = [
     "OBJECTIVES",
     "Evaluation",
     "add_regularization_grad",
+    "as_tensors",
     "data_loss",
     "evaluate",
     "paper_loss",
@@ -151,7 +152,7 @@ class Evaluation:
         return {"loss": self.loss, "accuracy": self.accuracy, "n_samples": self.n_samples}
 
 
-def _as_tensors(data: Any, name: str, owner: str) -> tuple[torch.Tensor, torch.Tensor]:
+def as_tensors(data: Any, name: str, owner: str) -> tuple[torch.Tensor, torch.Tensor]:
     tensors = getattr(data, "tensors", data)
     if (
         not isinstance(tensors, (tuple, list))
@@ -201,7 +202,7 @@ def evaluate(
     if objective not in OBJECTIVES:
         raise param_error("objective", "evaluate", f"one of {list(OBJECTIVES)}", objective)
     batch_size = check_int(batch_size, "batch_size", "evaluate", low=1)
-    x, y = _as_tensors(data, "data", "evaluate")
+    x, y = as_tensors(data, "data", "evaluate")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()

@@ -55,8 +55,8 @@ from rmtprune.training.config import RESUMABLE_CHANGES, TrainConfig
 from rmtprune.training.history import EpochRecord, History
 from rmtprune.training.loss import (
     Evaluation,
-    _as_tensors,
     add_regularization_grad,
+    as_tensors,
     data_loss,
     evaluate,
 )
@@ -180,9 +180,9 @@ class Trainer:
         self.config = config
         self.device = torch.device(config.device)
         self.model = model.to(self.device)
-        x, y = _as_tensors(train_data, "train_data", "Trainer")
+        x, y = as_tensors(train_data, "train_data", "Trainer")
         self._train = (x.to(self.device), y.to(self.device))
-        x, y = _as_tensors(test_data, "test_data", "Trainer")
+        x, y = as_tensors(test_data, "test_data", "Trainer")
         self._test = (x.to(self.device), y.to(self.device))
         self.pruner = pruner
         self.run_dir = None if run_dir is None else Path(run_dir)
