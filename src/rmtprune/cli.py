@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -103,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     from rmtprune import __version__
 
     parser.add_argument("--version", action="version", version=f"rmtprune {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="on an error, also print the traceback"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     a = sub.add_parser(
@@ -245,9 +251,29 @@ def _progress(args: argparse.Namespace, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Check every output path before any work starts (see ``rmtprune._fileio``)."""
+    from rmtprune._fileio import check_output_file
+
+    output = getattr(args, "output", None)
+    if output is not None and not getattr(args, "dry_run", False):
+        check_output_file(
+            output, what="-o/--output", overwrite=args.overwrite, overwrite_hint="pass --overwrite"
+        )
+    if args.json not in (None, "-"):
+        check_output_file(args.json, what="--json", overwrite=True, overwrite_hint="")
+    json_path = None if args.json in (None, "-") else Path(args.json).resolve()
+    inputs = {Path(p).resolve() for p in (args.source, args.weights) if p is not None}
+    if json_path is not None and output is not None and json_path == Path(output).resolve():
+        raise ValueError(f"--json and -o/--output both name {output}; give two different files")
+    if json_path is not None and json_path in inputs:
+        raise ValueError(f"--json {args.json} is the input weights file; give another path")
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
     import rmtprune
 
+    _check_outputs(args)
     model = _load(args)
     _progress(args, "fitting the spectrum of each layer ...")
     report = rmtprune.analyze(model, **_fit_kwargs(args))  # type: ignore[arg-type]
@@ -263,15 +289,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     if args.output is None and not args.dry_run:
         raise SystemExit("rmtprune prune: error: -o/--output is required unless --dry-run")
-    if (
-        args.output is not None
-        and Path(args.output).exists()
-        and not args.overwrite
-        and not args.dry_run
-    ):
-        raise SystemExit(
-            f"rmtprune prune: error: {args.output} exists; pass --overwrite to replace it"
-        )
+    _check_outputs(args)
     model = _load(args)
     split = {"auto": "auto", "always": True, "never": False}[args.split]
     _progress(args, "fitting and pruning each layer ...")
@@ -284,13 +302,13 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         inplace=True,
         **_fit_kwargs(args),  # type: ignore[arg-type]
     )
+    if not args.dry_run:  # the model first: no report is left behind if saving fails
+        rmtprune.save(pruned, args.output, overwrite=args.overwrite)
+        _progress(args, f"saved {args.output}")
     if args.json is not None:
         _emit_json(report, args.json)
     if args.json != "-":
         print(report.to_markdown())
-    if not args.dry_run:
-        rmtprune.save(pruned, args.output, overwrite=args.overwrite)
-        _progress(args, f"saved {args.output}")
     return 0
 
 
@@ -302,6 +320,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         for key, title in all_experiments().items():
             print(f"{key:12s} {title}")
         return 0 if args.list else 2
+    if args.out is not None:
+        from rmtprune._fileio import check_output_dir
+
+        check_output_dir(args.out, what="--out")
     result = reproduce(
         args.experiment,
         preset=args.preset,
@@ -322,8 +344,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
         run_synthetic_demo(seed=args.seed)
         return 0
+    from rmtprune._fileio import check_output_dir
     from rmtprune.experiments import run_demo
 
+    if args.out is not None:
+        check_output_dir(args.out, what="--out")
     run_demo(  # prints the comparison, the verdicts and where the report is
         data_dir=args.data_dir,
         download=args.download,
@@ -334,9 +359,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, but a usage error prints one line (argparse's last)."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return parser.parse_args(argv)
+    except SystemExit as exc:
+        lines = [line for line in captured.getvalue().splitlines() if line.strip()]
+        if exc.code not in (0, None) and lines:
+            print(f"{lines[-1]} (see rmtprune --help)", file=sys.stderr)
+        else:
+            sys.stderr.write(captured.getvalue())
+        raise
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rmtprune`` command."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``rmtprune`` command.
+
+    Every expected failure ends with one line on stderr naming the file or parameter and
+    exit status 2 (130 after Ctrl-C, 1 for an unexpected error); ``--debug`` (anywhere on
+    the command line) prints the traceback as well.
+    """
+    from rmtprune._errors import describe_error
+
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list
+    args = _parse(build_parser(), [a for a in args_list if a != "--debug"])
     handlers = {
         "analyze": _cmd_analyze,
         "prune": _cmd_prune,
@@ -345,9 +394,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
-        print(f"rmtprune {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as exc:
+        if debug:
+            traceback.print_exc()
+        message, status = describe_error(exc)
+        print(f"rmtprune {args.command}: error: {message}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":  # pragma: no cover

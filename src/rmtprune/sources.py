@@ -33,8 +33,6 @@ ShellModel(
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -43,6 +41,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from rmtprune._fileio import check_input_file
+from rmtprune._inputs import load_into, read_document, read_state_dict, resolve_factory
 from rmtprune.factorize.lowrank import LowRankConv2d, LowRankLinear
 from rmtprune.io import load as load_rmtprune
 
@@ -70,8 +70,7 @@ def _is_safetensors(path: str) -> bool:
 def read_tensors(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Tensors of a weights file and, for an rmtprune file, its structure document."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
+    check_input_file(path, what="weights file")
     if _is_safetensors(path):
         try:
             with safe_open(path, framework="pt") as handle:
@@ -79,21 +78,11 @@ def read_tensors(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any
                 tensors = {k: handle.get_tensor(k) for k in handle.keys()}
         except SafetensorError as exc:
             raise ValueError(f"{path} is not a valid safetensors file: {exc}") from None
-        document = json.loads(meta["rmtprune"]) if "rmtprune" in meta else None
+        document = read_document(path, meta, tensors)
         return tensors, document
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"{path} could not be read as a state dict with torch.load(weights_only=True): {exc}"
-        ) from None
-    for key in ("state_dict", "model", "model_state"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return dict(obj), None
+    tensors = read_state_dict(path)
+    read_document(path, {}, tensors)  # checks the tensor names
+    return tensors, None
 
 
 def _node(root: nn.Module, dotted: str) -> nn.Module:
@@ -176,23 +165,10 @@ def load_model(weights: PathLike, *, model: str | None = None) -> nn.Module:
         shell = build_shell(tensors, document["structure"] if document else None)
         if document is not None:
             return load_rmtprune(shell, weights)
-        shell.load_state_dict(tensors, strict=True)
+        load_into(shell, tensors, os.fspath(weights), None)
         return shell
-    module_name, sep, factory_name = model.partition(":")
-    if not sep or not module_name or not factory_name:
-        raise ValueError(
-            f"The 'model' parameter must look like 'package.module:factory'. Got {model!r} instead."
-        )
-    try:
-        factory = getattr(importlib.import_module(module_name), factory_name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot import the model factory {model!r}: {exc}") from None
-    built = factory()
-    if not isinstance(built, nn.Module):
-        raise TypeError(
-            f"the model factory {model!r} returned {type(built).__name__}, not a torch.nn.Module"
-        )
+    built = resolve_factory(model)
     if document is not None:
         return load_rmtprune(built, weights)
-    built.load_state_dict(tensors, strict=True)
+    load_into(built, tensors, os.fspath(weights), model)
     return built
