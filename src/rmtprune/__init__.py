@@ -15,12 +15,14 @@ Examples
 True
 """
 
+from rmtprune._errors import DegenerateSpectrumWarning, InvalidFileError, UserCodeError
 from rmtprune.distributions.marchenko_pastur import marchenko_pastur, mp_edges
 from rmtprune.distributions.tracy_widom import tracy_widom
 from rmtprune.estimators import BEMA, GavishDonoho, NotFittedError
 from rmtprune.factorize import LowRankConv2d, LowRankLinear, get_adapter, register_adapter
 from rmtprune.io import load, save
 from rmtprune.pruning import schedules
+from rmtprune.pruning._guards import remove_parametrizations
 from rmtprune.pruning.optim import rebuild_optimizer
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
@@ -31,7 +33,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BEMA",
+    "DegenerateSpectrumWarning",
     "GavishDonoho",
+    "InvalidFileError",
     "LayerAnalysis",
     "LayerPruneResult",
     "LowRankConv2d",
@@ -40,6 +44,7 @@ __all__ = [
     "NotFittedError",
     "PruneReport",
     "SpectralPruner",
+    "UserCodeError",
     "__version__",
     "analyze",
     "eigenvalues",
@@ -50,6 +55,7 @@ __all__ = [
     "prune",
     "rebuild_optimizer",
     "register_adapter",
+    "remove_parametrizations",
     "save",
     "schedules",
     "singular_values",

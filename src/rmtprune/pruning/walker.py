@@ -25,7 +25,6 @@ layer never grows back.
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import math
 from collections.abc import Mapping, Sequence
@@ -40,6 +39,7 @@ from rmtprune._validation import check_int, check_real, param_error
 from rmtprune.estimators.bema import BEMA
 from rmtprune.factorize.registry import LayerAdapter, get_adapter, set_submodule
 from rmtprune.factorize.svd import truncated_svd
+from rmtprune.pruning import _guards
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
 from rmtprune.spectrum import eigenvalues
 
@@ -213,6 +213,9 @@ def _fit_layer(
         return skipped(f"too small: min(m, n) = {p} < min_dim = {min_dim}")
     if m * n < min_params:
         return skipped(f"too small: m·n = {m * n} < min_params = {min_params}")
+    unusable = _guards.weight_skip_reason(module)
+    if unusable:
+        return skipped(unusable)
     matrix = adapter.weight_matrix(module)
     if not bool(torch.isfinite(matrix).all()):
         return skipped("non-finite weights (NaN or Inf)")
@@ -275,11 +278,13 @@ def _fit_model(
             f"The 'model' parameter of {owner} must be a torch.nn.Module. "
             f"Got {type(model).__name__} instead."
         )
-    chosen = _select(_candidates(model), layers)
+    found = _candidates(model)
+    chosen = _select(found, _guards.check_layer_names(layers, "layers", owner))
+    _guards.check_layer_names(ranks, "ranks", owner, [n for n, _, _ in found])
     known = dict(ranks or {})
     for name, value in known.items():
         check_int(value, f"ranks[{name!r}]", owner, low=1)
-    with torch.no_grad():
+    with torch.no_grad(), _guards.frozen_parametrizations(model):
         return [
             _fit_layer(name, mod, reason, known_rank=known.get(name), **kw)
             for name, mod, reason in chosen
@@ -408,6 +413,9 @@ def _prune_layer(
             f"nothing to remove: keeps all {rank} values "
             f"({row.n_spikes} spikes, bulk_keep={bulk_keep:g})",
         )
+    parametrized = _guards.parametrization_reason(fit.module)
+    if parametrized:
+        return unchanged("skipped", parametrized)
     do_split = (r * (m + n) < m * n) if split == "auto" else bool(split)
     predicted = (
         adapter.split_param_count(fit.module, r)
@@ -427,11 +435,13 @@ def _prune_layer(
     if dry_run:
         return result
     u, s, vh = truncated_svd(fit.matrix, r)
+    before = float(fit.matrix.to(torch.float64).square().sum())
     if not do_split and adapter.current_rank(fit.module) is None:
         adapter.truncate(fit.module, u, s, vh)  # same Parameter objects: optimizer state survives
     else:
         set_submodule(model, row.name, adapter.rebuild(fit.module, u, s, vh, split=do_split))
-    return result
+    no_effect = _guards.check_effect(model, row.name, fit.module, before, s)
+    return result if no_effect is None else unchanged("skipped", no_effect)
 
 
 def prune(
@@ -507,7 +517,7 @@ def prune(
             f"The 'model' parameter of prune must be a torch.nn.Module. "
             f"Got {type(model).__name__} instead."
         )
-    target = model if (inplace or dry_run) else copy.deepcopy(model)
+    target = model if (inplace or dry_run) else _guards.copy_model(model)
     before = _count(target)
     fits = _fit_model(
         target,
