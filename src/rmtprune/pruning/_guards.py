@@ -58,12 +58,18 @@ def _legacy_weight_norms(module: nn.Module) -> list[WeightNorm]:
     return [h for h in module._forward_pre_hooks.values() if isinstance(h, WeightNorm)]
 
 
+def _plists(module: nn.Module) -> list[Any]:
+    """The ``ParametrizationList`` of each parametrized tensor of ``module``."""
+    plists: Any = module.parametrizations
+    return list(plists.values())
+
+
 def parametrization_reason(module: nn.Module) -> str | None:
     """Why pruning ``module`` would be undone by a parametrization, or ``None``."""
     kinds: list[str] = []
     for sub in module.modules():
         if parametrize.is_parametrized(sub):
-            for plist in sub.parametrizations.values():
+            for plist in _plists(sub):
                 kinds += [_KNOWN.get(type(p).__name__, type(p).__name__) for p in plist]
         kinds += ["legacy weight_norm" for _ in _legacy_weight_norms(sub)]
     if not kinds:
@@ -81,7 +87,7 @@ def frozen_parametrizations(model: nn.Module) -> Iterator[None]:
     changed: list[nn.Module] = []
     for sub in model.modules():
         if parametrize.is_parametrized(sub):
-            for plist in sub.parametrizations.values():
+            for plist in _plists(sub):
                 changed += [p for p in plist if p.training]
     for p in changed:
         p.train(False)
@@ -188,8 +194,8 @@ def check_layer_names(
             f"The {name!r} parameter of {owner} must be a layer name or a sequence of layer "
             f"names. Got {value!r} of type {type(value).__name__} instead."
         )
-    for item in items if valid is not None else []:
-        if item not in valid:
+    for item in items:
+        if valid is not None and item not in valid:
             raise ValueError(
                 f"The {name!r} parameter of {owner} names {item!r}, which matches no weight "
                 f"layer. Valid names: {list(valid)}"
