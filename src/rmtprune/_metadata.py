@@ -118,10 +118,11 @@ def check_module_names(path: str | os.PathLike[str], names: Any, what: str) -> N
     of ``nn.Module`` (so it can name a submodule)."""
     from torch import nn
 
+    probe = nn.Module()
     for name in names:
         parts = name.split(".") if isinstance(name, str) else [None]
         bad = [p for p in parts if not isinstance(p, str) or not _PART.match(p)]
-        bad += [p for p in parts if isinstance(p, str) and hasattr(nn.Module, p)]
+        bad += [p for p in parts if isinstance(p, str) and hasattr(probe, p)]
         if bad:
             raise InvalidFileError(
                 path,

@@ -41,6 +41,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from rmtprune._errors import InvalidFileError
 from rmtprune._fileio import check_input_file
 from rmtprune._inputs import load_into, read_document, read_state_dict, resolve_factory
 from rmtprune.factorize.lowrank import LowRankConv2d, LowRankLinear
@@ -162,7 +163,12 @@ def load_model(weights: PathLike, *, model: str | None = None) -> nn.Module:
     """
     tensors, document = read_tensors(weights)
     if model is None:
-        shell = build_shell(tensors, document["structure"] if document else None)
+        try:
+            shell = build_shell(tensors, document["structure"] if document else None)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise InvalidFileError(
+                weights, f"{os.fspath(weights)}: its tensor names do not form a model ({exc})"
+            ) from None
         if document is not None:
             return load_rmtprune(shell, weights)
         load_into(shell, tensors, os.fspath(weights), None)
