@@ -278,13 +278,13 @@ def _fit_model(
             f"The 'model' parameter of {owner} must be a torch.nn.Module. "
             f"Got {type(model).__name__} instead."
         )
-    found = _candidates(model)
-    chosen = _select(found, _guards.check_layer_names(layers, "layers", owner))
-    _guards.check_layer_names(ranks, "ranks", owner, [n for n, _, _ in found])
-    known = dict(ranks or {})
-    for name, value in known.items():
-        check_int(value, f"ranks[{name!r}]", owner, low=1)
     with torch.no_grad(), _guards.frozen_parametrizations(model):
+        found = _candidates(model)
+        chosen = _select(found, _guards.check_layer_names(layers, "layers", owner))
+        _guards.check_layer_names(ranks, "ranks", owner, [n for n, _, _ in found])
+        known = dict(ranks or {})
+        for name, value in known.items():
+            check_int(value, f"ranks[{name!r}]", owner, low=1)
         return [
             _fit_layer(name, mod, reason, known_rank=known.get(name), **kw)
             for name, mod, reason in chosen
@@ -530,7 +530,7 @@ def prune(
         min_dim=min_dim,
         min_params=min_params,
     )
-    with torch.no_grad():
+    with torch.no_grad(), _guards.frozen_parametrizations(target):
         rows = tuple(
             _prune_layer(
                 f,
