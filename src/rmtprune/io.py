@@ -327,7 +327,12 @@ def save(model: nn.Module, path: PathLike, *, overwrite: bool = False) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as exc:  # e.g. disk full: name the file, keep it an OSError
+            raise OSError(
+                f"could not write {path} ({exc}); free some space or write elsewhere"
+            ) from exc
         with open(tmp, "r+b") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)

@@ -228,3 +228,24 @@ def test_usage_errors_are_one_line(capsys) -> None:
 
 def test_debug_is_documented() -> None:
     assert "--debug" in cli.build_parser().format_help()
+
+
+def test_safetensors_disk_full_names_the_output(
+    weights: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # before: "No space left on device" as a SafetensorError traceback
+    from safetensors import SafetensorError
+
+    import rmtprune.io
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise SafetensorError("Error while serializing: I/O error: No space left on device")
+
+    monkeypatch.setattr(rmtprune.io, "save_file", full)
+    out = tmp_path / "p.safetensors"
+    report = tmp_path / "r.json"
+    argv = ["prune", str(weights), "-o", str(out), "--json", str(report), "--quiet"]
+    assert main(argv) == 2
+    _one_error_line(capsys, f"could not write {out}", "No space left", "free some space")
+    assert not out.exists() and not report.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
