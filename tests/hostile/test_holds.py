@@ -77,7 +77,7 @@ def test_concurrent_saves_leave_one_valid_file(tmp_path: Path) -> None:
 
 def _reproduce(out: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    data = Path(__file__).resolve().parents[3] / "shared" / "data"
+    data = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # as .ci/run
     if data.is_dir():
         env.setdefault("RMTPRUNE_DATA", str(data))
     argv = ["reproduce", "fc-mnist", "--preset", "smoke", "--seeds", "1", "--out", str(out)]
