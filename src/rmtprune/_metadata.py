@@ -210,7 +210,8 @@ def check_structure(
     for name, entry in structure.items():
         if not isinstance(entry, Mapping):
             raise InvalidFileError(path, f"{path}: layer {name!r}: the record is not an object")
-        layout = _LAYOUTS.get(entry.get("type"))  # type: ignore[arg-type]
+        kind = entry.get("type")
+        layout = _LAYOUTS.get(kind) if isinstance(kind, str) else None
         if layout is None:
             raise InvalidFileError(
                 path,

@@ -151,6 +151,7 @@ CONV_TENSORS = {
         ({"fc": {**ENTRY, "rank": True}}, TENSORS, "'rank' must be an int"),
         ({"fc": {**ENTRY, "bias": "yes"}}, TENSORS, "'bias' must be true or false"),
         ({"fc": {**ENTRY, "type": "Evil"}}, TENSORS, "unknown factorized type"),
+        ({"fc": {**ENTRY, "type": []}}, TENSORS, "unknown factorized type"),  # found by fuzzing
         ({"fc": [1]}, TENSORS, "not an object"),
         ({"fc": {k: v for k, v in ENTRY.items() if k != "in_features"}}, TENSORS, "in_features"),
     ],
