@@ -70,13 +70,14 @@ class DegenerateSpectrumWarning(RuntimeWarning):
 
 
 def one_line(text: str) -> str:
-    """``text`` with its lines joined by ``" | "``; a long middle is cut (the end says what to do).
+    """``text`` on one line: lines joined by ``" | "``, other control characters escaped, a
+    long middle cut (the end says what to do).
 
     >>> one_line("first\\n\\n  second  ")
     'first | second'
     """
     parts = [line.strip() for line in str(text).splitlines() if line.strip()]
-    joined = " | ".join(parts)
+    joined = "".join(c if c.isprintable() else repr(c)[1:-1] for c in " | ".join(parts))
     if len(joined) <= _MAX_LINE:
         return joined
     half = _MAX_LINE // 2

@@ -361,14 +361,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """``parser.parse_args(argv)``, but a usage error prints one line (argparse's last)."""
+    from rmtprune._errors import one_line
+
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
             return parser.parse_args(argv)
     except SystemExit as exc:
-        lines = [line for line in captured.getvalue().splitlines() if line.strip()]
-        if exc.code not in (0, None) and lines:
-            print(f"{lines[-1]} (see rmtprune --help)", file=sys.stderr)
+        text = captured.getvalue()
+        start = text.rfind("\nrmtprune", 0, text.rfind(": error: ")) + 1  # after the usage
+        if exc.code not in (0, None) and text.strip():
+            print(f"{one_line(text[start:])} (see rmtprune --help)", file=sys.stderr)
         else:
             sys.stderr.write(captured.getvalue())
         raise

@@ -108,13 +108,6 @@ def test_disk_full_while_saving(weights: Path, tmp_path: Path, capsys, monkeypat
     assert not report.exists()  # the report is not left behind when the model was not saved
 
 
-def test_disk_full_for_real_on_dev_full(weights: Path, capsys) -> None:
-    if not os.path.exists("/dev/full"):
-        pytest.skip("no /dev/full")
-    assert main(["analyze", str(weights), "--json", "/dev/full", "--quiet"]) == 2
-    _one_error_line(capsys, "/dev")
-
-
 def test_json_report_is_world_readable_like_models(weights: Path, tmp_path: Path) -> None:
     report = tmp_path / "r.json"
     out = tmp_path / "p.safetensors"
@@ -224,6 +217,9 @@ def test_usage_errors_are_one_line(capsys) -> None:
         main(["analyze", "--alpha", "abc"])
     assert exc.value.code == 2
     _one_error_line(capsys, "--alpha", "invalid float value")
+    with pytest.raises(SystemExit):
+        main(["analyze", "x", "\r0", "--bogus\nline"])  # found by fuzzing: control characters
+    _one_error_line(capsys, "unrecognized arguments", "0 --bogus | line")
 
 
 def test_debug_is_documented() -> None:
