@@ -19,13 +19,32 @@ from rmtprune._errors import DegenerateSpectrumWarning, InvalidFileError, UserCo
 from rmtprune.distributions.marchenko_pastur import marchenko_pastur, mp_edges
 from rmtprune.distributions.tracy_widom import tracy_widom
 from rmtprune.estimators import BEMA, GavishDonoho, NotFittedError
-from rmtprune.factorize import LowRankConv2d, LowRankLinear, get_adapter, register_adapter
+from rmtprune.factorize import (
+    LowRankConv1D,
+    LowRankConv2d,
+    LowRankEmbedding,
+    LowRankLinear,
+    get_adapter,
+    register_adapter,
+)
+from rmtprune.hf import from_pretrained, save_pretrained
 from rmtprune.io import load, save
+from rmtprune.plotting import plot_spectrum
 from rmtprune.pruning import schedules
 from rmtprune.pruning._guards import remove_parametrizations
-from rmtprune.pruning.optim import rebuild_optimizer
+from rmtprune.pruning.criteria import (
+    Energy,
+    FixedRank,
+    FixedRatio,
+    GavishDonohoCriterion,
+    LayerView,
+    MPCriterion,
+    RankDecision,
+)
+from rmtprune.pruning.optim import rebuild_optimizer, update_optimizer
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
+from rmtprune.pruning.selection import Select
 from rmtprune.pruning.walker import analyze, prune
 from rmtprune.spectrum import eigenvalues, singular_values
 
@@ -34,30 +53,44 @@ __version__ = "0.1.0"
 __all__ = [
     "BEMA",
     "DegenerateSpectrumWarning",
+    "Energy",
+    "FixedRank",
+    "FixedRatio",
     "GavishDonoho",
+    "GavishDonohoCriterion",
     "InvalidFileError",
     "LayerAnalysis",
     "LayerPruneResult",
+    "LayerView",
+    "LowRankConv1D",
     "LowRankConv2d",
+    "LowRankEmbedding",
     "LowRankLinear",
+    "MPCriterion",
     "ModelReport",
     "NotFittedError",
     "PruneReport",
+    "RankDecision",
+    "Select",
     "SpectralPruner",
     "UserCodeError",
     "__version__",
     "analyze",
     "eigenvalues",
+    "from_pretrained",
     "get_adapter",
     "load",
     "marchenko_pastur",
     "mp_edges",
+    "plot_spectrum",
     "prune",
     "rebuild_optimizer",
     "register_adapter",
     "remove_parametrizations",
     "save",
+    "save_pretrained",
     "schedules",
     "singular_values",
     "tracy_widom",
+    "update_optimizer",
 ]

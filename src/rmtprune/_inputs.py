@@ -142,11 +142,11 @@ def load_into(
 
     ``target`` is the ``--model`` string, or ``None`` for the model inferred from the file.
     """
-    from rmtprune.io import _check_fit
+    from rmtprune.io import check_fit
 
     built_by = "inferred from its tensors" if target is None else f"built by --model {target!r}"
     try:
-        _check_fit(model, tensors, strict=True)
+        check_fit(model, tensors, strict=True)
     except ValueError as exc:
         raise InvalidFileError(
             path,

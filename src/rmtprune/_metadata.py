@@ -175,7 +175,26 @@ def _conv_layout(entry: Mapping[str, Any]) -> dict[str, Shape]:
     return shapes
 
 
-_LAYOUTS: dict[str, Layout] = {"LowRankLinear": _linear_layout, "LowRankConv2d": _conv_layout}
+def _embedding_layout(entry: Mapping[str, Any]) -> dict[str, Shape]:
+    """``LowRankEmbedding``: the ``vocab × r`` table ``first`` and the ``d × r`` projection
+    ``second`` (no bias); ``out_features`` is the vocabulary, ``in_features`` the width."""
+    rank, d, vocab = (_int(entry, k) for k in ("rank", "in_features", "out_features"))
+    if entry.get("bias"):
+        raise ValueError("'bias' must be false (an embedding has no bias)")
+    padding_idx = entry.get("padding_idx")
+    if padding_idx is not None:
+        _int(entry, "padding_idx", low=0)
+        if padding_idx >= vocab:
+            raise ValueError(f"'padding_idx' {padding_idx} is outside the vocabulary ({vocab})")
+    return {"first.weight": (vocab, rank), "second.weight": (d, rank)}
+
+
+_LAYOUTS: dict[str, Layout] = {
+    "LowRankLinear": _linear_layout,
+    "LowRankConv1D": _linear_layout,  # a LowRankLinear that shows Conv1D's transposed weight
+    "LowRankConv2d": _conv_layout,
+    "LowRankEmbedding": _embedding_layout,
+}
 
 
 def register_layout(type_name: str, layout: Layout) -> None:

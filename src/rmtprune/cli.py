@@ -9,12 +9,26 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from rmtprune.pruning.criteria import Energy
+from rmtprune.pruning.selection import DEFAULT_MIN_DIM, DEFAULT_MIN_PARAMS
 
 if TYPE_CHECKING:
+    from rmtprune.pruning.criteria import Criterion, MPCriterion
     from rmtprune.pruning.report import ModelReport, PruneReport
+    from rmtprune.pruning.selection import Select
 
-__all__ = ["build_parser", "main"]
+__all__ = ["CRITERIA", "build_parser", "main"]
+
+CRITERIA = {
+    "mp": "MPCriterion",
+    "gavish-donoho": "GavishDonohoCriterion",
+    "energy": "Energy",
+    "rank": "FixedRank",
+    "ratio": "FixedRatio",
+}
+"""``--criterion`` choices and the :mod:`rmtprune.pruning.criteria` class each stands for."""
 
 
 def _add_fit_options(p: argparse.ArgumentParser) -> None:
@@ -51,16 +65,57 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
         help="only these layers (names or fnmatch patterns such as 'encoder.*')",
     )
     g.add_argument(
+        "--exclude",
+        nargs="+",
+        default=None,
+        metavar="PATTERN",
+        help="leave out these layers (names or fnmatch patterns such as 'lm_head' or '*.out_proj')",
+    )
+    g.add_argument(
         "--min-dim",
         type=int,
-        default=None,
-        help="skip layers with min(m, n) below this (default: 10)",
+        default=DEFAULT_MIN_DIM,
+        help="skip layers with min(m, n) below this (default: %(default)s)",
     )
     g.add_argument(
         "--min-params",
         type=int,
+        default=DEFAULT_MIN_PARAMS,
+        help="skip layers with fewer than this many weight entries (default: %(default)s)",
+    )
+
+
+def _add_criterion_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("rank criterion")
+    g.add_argument(
+        "--criterion",
+        choices=tuple(CRITERIA),
+        default="mp",
+        help="how many singular values each layer keeps: mp (spikes + --bulk-keep of the "
+        "bulk, the paper's rule), gavish-donoho (optimal hard threshold), energy (--energy of "
+        "sum s^2), rank (--rank values), ratio (--ratio of min(m, n)) (default: %(default)s)",
+    )
+    g.add_argument(
+        "--bulk-keep",
+        type=float,
+        default=0.0,
+        help="mp: fraction of the bulk singular values kept, in [0, 1] (default: %(default)s)",
+    )
+    g.add_argument(
+        "--energy",
+        type=float,
         default=None,
-        help="skip layers with fewer than this many weight entries (default: 0)",
+        help=f"energy: fraction of sum s^2 kept, in (0, 1] (default: {Energy().energy:g})",
+    )
+    g.add_argument("--rank", type=int, default=None, help="rank: singular values kept per layer")
+    g.add_argument(
+        "--ratio", type=float, default=None, help="ratio: fraction of min(m, n) kept, in (0, 1]"
+    )
+    g.add_argument(
+        "--min-rank",
+        type=int,
+        default=None,
+        help="mp, gavish-donoho: never keep fewer singular values than this",
     )
 
 
@@ -95,6 +150,52 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
         help="write the report as JSON to PATH (or to stdout with no PATH)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar over the layers (default: when stderr is a terminal; needs tqdm)",
+    )
+
+
+def _add_spectral_commands(sub: Any) -> None:
+    """The ``analyze`` and ``prune`` subcommands."""
+    a = sub.add_parser(
+        "analyze",
+        help="fit the Marchenko–Pastur law to every weight layer",
+        description="Fit BEMA to every weight layer and print one row per layer.",
+    )
+    _add_source_options(a)
+    _add_fit_options(a)
+
+    p = sub.add_parser(
+        "prune",
+        help="remove the noise part of MP-like layers and save the result",
+        description="Truncate every selected layer to the rank its criterion keeps (default: "
+        "the paper's rule, SPEC section 4: spikes plus --bulk-keep of the bulk of MP-like "
+        "layers) and save the model in rmtprune's format (safetensors + structure).",
+    )
+    _add_source_options(p)
+    _add_fit_options(p)
+    _add_criterion_options(p)
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        metavar="OUT",
+        help="where to write the pruned model (.safetensors); required unless --dry-run",
+    )
+    p.add_argument(
+        "--split",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="split a layer into two factors: when it saves parameters (auto), "
+        "always, or never (default: auto)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="report what would be done and write nothing"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,49 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    a = sub.add_parser(
-        "analyze",
-        help="fit the Marchenko–Pastur law to every weight layer",
-        description="Fit BEMA to every weight layer and print one row per layer.",
-    )
-    _add_source_options(a)
-    _add_fit_options(a)
-
-    p = sub.add_parser(
-        "prune",
-        help="remove the noise part of MP-like layers and save the result",
-        description="Prune every MP-like layer (SPEC section 4) and save the model "
-        "in rmtprune's format (safetensors + structure).",
-    )
-    _add_source_options(p)
-    _add_fit_options(p)
-    p.add_argument(
-        "-o",
-        "--output",
-        default=None,
-        metavar="OUT",
-        help="where to write the pruned model (.safetensors); required unless --dry-run",
-    )
-    p.add_argument(
-        "--bulk-keep",
-        type=float,
-        default=0.0,
-        help="fraction of the bulk singular values kept, in [0, 1] (default: 0)",
-    )
-    p.add_argument(
-        "--min-rank", type=int, default=None, help="never keep fewer singular values than this"
-    )
-    p.add_argument(
-        "--split",
-        choices=("auto", "always", "never"),
-        default="auto",
-        help="split a layer into two factors: when it saves parameters (auto), "
-        "always, or never (default: auto)",
-    )
-    p.add_argument(
-        "--dry-run", action="store_true", help="report what would be done and write nothing"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    _add_spectral_commands(sub)
 
     r = sub.add_parser(
         "reproduce",
@@ -212,20 +271,47 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _fit_kwargs(args: argparse.Namespace) -> dict[str, object]:
+def _select(args: argparse.Namespace) -> Select:
+    import rmtprune
+
+    return rmtprune.Select(args.layers, args.exclude, args.min_dim, args.min_params)
+
+
+def _mp(
+    args: argparse.Namespace, bulk_keep: float = 0.0, min_rank: int | None = None
+) -> MPCriterion:
     from torch import nn
 
-    kw: dict[str, object] = {"alpha": args.alpha, "beta": args.beta, "layers": args.layers}
-    kw["fit_cutoff"] = (
+    from rmtprune.pruning.options import resolve_criterion
+
+    fit_cutoff = (
         args.fit_cutoff
         if args.conv_fit_cutoff is None
         else {nn.Conv2d: args.conv_fit_cutoff, object: args.fit_cutoff}
     )
-    if args.min_dim is not None:
-        kw["min_dim"] = args.min_dim
-    if args.min_params is not None:
-        kw["min_params"] = args.min_params
-    return kw
+    given = {"bulk_keep": bulk_keep, "min_rank": min_rank, "alpha": args.alpha}
+    given.update(beta=args.beta, fit_cutoff=fit_cutoff)
+    # the older keywords' check names the command: "The 'alpha' parameter of analyze ..."
+    return resolve_criterion(None, given, args.command)  # type: ignore[return-value]
+
+
+def _criterion(args: argparse.Namespace) -> Criterion:
+    import rmtprune
+
+    own = {"energy": "energy", "rank": "rank", "ratio": "ratio"}
+    for option, name in own.items():
+        if getattr(args, option) is not None and args.criterion != name:
+            raise ValueError(f"--{option} applies to --criterion {name} only")
+    if args.criterion == "mp":
+        return _mp(args, args.bulk_keep, args.min_rank)
+    if args.criterion == "gavish-donoho":
+        return rmtprune.GavishDonohoCriterion(min_rank=args.min_rank)
+    if args.criterion == "energy":
+        return Energy() if args.energy is None else Energy(args.energy)
+    value = getattr(args, args.criterion)
+    if value is None:
+        raise ValueError(f"--criterion {args.criterion} needs --{args.criterion}")
+    return rmtprune.FixedRank(value) if args.criterion == "rank" else rmtprune.FixedRatio(value)
 
 
 def _emit_json(report: ModelReport | PruneReport, target: str) -> None:
@@ -270,13 +356,18 @@ def _check_outputs(args: argparse.Namespace) -> None:
         raise ValueError(f"--json {args.json} is the input weights file; give another path")
 
 
+def _bar(args: argparse.Namespace) -> bool | None:
+    """``--progress``/``--no-progress``; ``--quiet`` or JSON on stdout turn the bar off."""
+    return False if args.quiet or args.json == "-" else args.progress
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
     import rmtprune
 
     _check_outputs(args)
     model = _load(args)
     _progress(args, "fitting the spectrum of each layer ...")
-    report = rmtprune.analyze(model, **_fit_kwargs(args))  # type: ignore[arg-type]
+    report = rmtprune.analyze(model, criterion=_mp(args), select=_select(args), progress=_bar(args))
     if args.json is not None:
         _emit_json(report, args.json)
     if args.json != "-":
@@ -295,12 +386,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     _progress(args, "fitting and pruning each layer ...")
     pruned, report = rmtprune.prune(
         model,
-        bulk_keep=args.bulk_keep,
-        min_rank=args.min_rank,
+        criterion=_criterion(args),
+        select=_select(args),
         split=split,  # type: ignore[arg-type]
         dry_run=args.dry_run,
         inplace=True,
-        **_fit_kwargs(args),  # type: ignore[arg-type]
+        progress=_bar(args),
     )
     if not args.dry_run:  # the model first: no report is left behind if saving fails
         rmtprune.save(pruned, args.output, overwrite=args.overwrite)

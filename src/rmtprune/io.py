@@ -50,7 +50,13 @@ from torch import nn
 
 from rmtprune._fileio import check_input_file
 from rmtprune._metadata import FORMAT_VERSION, check_structure, parse_document
-from rmtprune.factorize.lowrank import LowRankConv2d, LowRankLinear, LowRankModule
+from rmtprune.factorize.lowrank import (
+    LowRankConv1D,
+    LowRankConv2d,
+    LowRankEmbedding,
+    LowRankLinear,
+    LowRankModule,
+)
 from rmtprune.factorize.registry import get_adapter, set_submodule
 
 __all__ = ["FORMAT_VERSION", "apply_structure", "describe_structure", "load", "save"]
@@ -68,6 +74,8 @@ def _describe_layer(module: LowRankModule) -> dict[str, Any]:
         "out_features": int(module.out_features),
         "bias": module.bias is not None,
     }
+    if isinstance(module, LowRankEmbedding):
+        entry.update(padding_idx=module.padding_idx)
     if isinstance(module, LowRankConv2d):
         first = module.first
         padding = first.padding
@@ -87,8 +95,9 @@ def describe_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
     """The factorized layers of ``model``: ``{layer name: {"type", "rank", ...}}`` (JSON-able).
 
     Dense layers are not listed.  Each entry holds the class name, the rank, the matrix shape
-    (``in_features``, ``out_features``), whether there is a bias and, for convolutions, the
-    channels, kernel size, stride, padding, dilation and padding mode.
+    (``in_features``, ``out_features``), whether there is a bias, for embeddings the padding
+    index and, for convolutions, the channels, kernel size, stride, padding, dilation and
+    padding mode.
 
     Examples
     --------
@@ -190,7 +199,9 @@ def apply_structure(model: nn.Module, structure: Mapping[str, Mapping[str, Any]]
 
 def _replace_layers(model: nn.Module, structure: Mapping[str, Any]) -> dict[str, nn.Module]:
     """Check every record, then swap the layers in; return the replaced modules by name."""
-    known = {"LowRankLinear": LowRankLinear, "LowRankConv2d": LowRankConv2d}
+    known = {
+        cls.__name__: cls for cls in (LowRankLinear, LowRankConv1D, LowRankConv2d, LowRankEmbedding)
+    }
     replacements: dict[str, nn.Module] = {}
     for name, entry in structure.items():
         if not isinstance(name, str) or not name or not isinstance(entry, Mapping):
@@ -215,7 +226,7 @@ def _replace_layers(model: nn.Module, structure: Mapping[str, Any]) -> dict[str,
     return {name: set_submodule(model, name, new) for name, new in replacements.items()}
 
 
-def _check_fit(model: nn.Module, tensors: Mapping[str, torch.Tensor], strict: bool) -> None:
+def check_fit(model: nn.Module, tensors: Mapping[str, torch.Tensor], strict: bool) -> None:
     """Raise ``ValueError`` unless ``load_state_dict(tensors, strict)`` will succeed."""
     expected = model.state_dict()
     problems = []
@@ -447,7 +458,7 @@ def load(model: nn.Module, path: PathLike, *, strict: bool = True) -> nn.Module:
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
     try:
-        _check_fit(model, tensors, strict)
+        check_fit(model, tensors, strict)
     except ValueError as exc:
         for name, old in replaced.items():  # leave the model as it was given
             set_submodule(model, name, old)

@@ -44,7 +44,12 @@ from torch import nn
 from rmtprune._errors import InvalidFileError
 from rmtprune._fileio import check_input_file
 from rmtprune._inputs import load_into, read_document, read_state_dict, resolve_factory
-from rmtprune.factorize.lowrank import LowRankConv2d, LowRankLinear
+from rmtprune.factorize.lowrank import (
+    LowRankConv1D,
+    LowRankConv2d,
+    LowRankEmbedding,
+    LowRankLinear,
+)
 from rmtprune.io import load as load_rmtprune
 
 __all__ = ["ShellModel", "build_shell", "load_model", "read_tensors"]
@@ -112,9 +117,15 @@ def _factorized(entry: Mapping[str, Any]) -> nn.Module:
             bias=entry["bias"],
             padding_mode=entry["padding_mode"],
         )
-    return LowRankLinear(
-        entry["in_features"], entry["out_features"], entry["rank"], bias=entry["bias"]
-    )
+    if entry["type"] == "LowRankEmbedding":
+        return LowRankEmbedding(
+            entry["out_features"],
+            entry["in_features"],
+            entry["rank"],
+            padding_idx=entry.get("padding_idx"),
+        )
+    linear = LowRankConv1D if entry["type"] == "LowRankConv1D" else LowRankLinear
+    return linear(entry["in_features"], entry["out_features"], entry["rank"], bias=entry["bias"])
 
 
 def build_shell(

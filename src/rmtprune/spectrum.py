@@ -23,6 +23,15 @@ negative numbers, which are clipped to 0.  BEMA never looks there (its bulk
 window starts at the ``⌊αp⌋``-th value); pass ``method="svd"`` when the small
 values themselves matter.
 
+Torch is optional here
+----------------------
+This module belongs to the math layer and imports only NumPy at import time, so
+:mod:`rmtprune.estimators` works without PyTorch.  Tensors are recognised through
+the already-loaded ``torch`` module (a tensor cannot exist without it), and the
+eigenvalues use PyTorch's LAPACK when PyTorch is installed (the fastest route, and
+the one every number in this project was computed with); without it they use
+NumPy's ``eigvalsh`` on the same Gram matrix.
+
 Example
 -------
 >>> import numpy as np
@@ -36,24 +45,53 @@ array([4., 3.])
 
 from __future__ import annotations
 
+import sys
+from functools import lru_cache
+from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
-__all__ = ["SpectrumMethod", "as_matrix", "eigenvalues", "singular_values"]
+__all__ = [
+    "SpectrumMethod",
+    "as_matrix",
+    "eigenvalues",
+    "is_tensor",
+    "numerical_rank",
+    "singular_values",
+]
 
 FloatArray = NDArray[np.float64]
 SpectrumMethod = Literal["gram", "svd"]
 """``"gram"``: eigenvalues of the smaller Gram matrix (default); ``"svd"``: singular values."""
 
 
+def is_tensor(W: Any) -> bool:
+    """Whether ``W`` is a ``torch.Tensor``, without importing torch.
+
+    >>> is_tensor(np.zeros(2))
+    False
+    """
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(W, torch.Tensor)
+
+
+@lru_cache(maxsize=1)
+def _torch_linalg() -> ModuleType | None:
+    """PyTorch if it can be imported (its LAPACK is the fastest route), else ``None``."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
 def _given(W: Any) -> str:
     shape = getattr(W, "shape", None)
     dtype = getattr(W, "dtype", None)
     if shape is not None and dtype is not None:
-        kind = "a tensor" if isinstance(W, torch.Tensor) else "an array"
+        kind = "a tensor" if is_tensor(W) else "an array"
         return f"{kind} of shape {tuple(shape)} and dtype {dtype}"
     return f"an object of type {type(W).__name__}"
 
@@ -99,7 +137,8 @@ def as_matrix(W: Any, name: str = "W") -> FloatArray:
     >>> as_matrix(torch.ones(2, 3, dtype=torch.float16)).dtype
     dtype('float64')
     """
-    if isinstance(W, torch.Tensor):
+    if is_tensor(W):
+        torch = sys.modules["torch"]
         if W.is_complex():
             _check_dtype("c", W, name)
         if not W.dtype.is_floating_point:
@@ -131,7 +170,7 @@ def as_matrix(W: Any, name: str = "W") -> FloatArray:
     return A
 
 
-def _tensor(A: FloatArray) -> torch.Tensor:
+def _tensor(torch: ModuleType, A: FloatArray) -> Any:
     """Zero-copy view of ``A`` as a tensor; a copy when PyTorch cannot view it (negative
     strides, read-only memory)."""
     if not A.flags.writeable or any(stride < 0 for stride in A.strides):
@@ -141,15 +180,24 @@ def _tensor(A: FloatArray) -> torch.Tensor:
 
 def _gram_eigenvalues(A: FloatArray) -> FloatArray:
     """Ascending eigenvalues of the smaller Gram matrix of ``A`` (unscaled, clipped at 0)."""
-    T = _tensor(A)
-    G = T.T @ T if A.shape[0] >= A.shape[1] else T @ T.T
-    values = torch.linalg.eigvalsh(G).numpy().astype(np.float64, copy=False)
+    torch = _torch_linalg()
+    if torch is None:
+        G = A.T @ A if A.shape[0] >= A.shape[1] else A @ A.T
+        values = np.linalg.eigvalsh(G)
+    else:
+        T = _tensor(torch, A)
+        G = T.T @ T if A.shape[0] >= A.shape[1] else T @ T.T
+        values = torch.linalg.eigvalsh(G).numpy().astype(np.float64, copy=False)
     return np.maximum(values, 0.0)
 
 
 def _svd_squares(A: FloatArray) -> FloatArray:
     """Ascending squared singular values of ``A``."""
-    s = torch.linalg.svdvals(_tensor(A)).numpy().astype(np.float64, copy=False)
+    torch = _torch_linalg()
+    if torch is None:
+        s = np.linalg.svd(A, compute_uv=False)
+    else:
+        s = torch.linalg.svdvals(_tensor(torch, A)).numpy().astype(np.float64, copy=False)
     return np.ascontiguousarray(s[::-1] ** 2)
 
 
@@ -211,3 +259,37 @@ def singular_values(W: Any, *, method: SpectrumMethod = "gram") -> FloatArray:
     A = as_matrix(W)
     lam = eigenvalues(A, method=method)
     return np.sqrt(lam[::-1] * max(A.shape))
+
+
+def numerical_rank(eigenvalues: Any, n_rows: int) -> int:
+    """Number of eigenvalues whose singular values exceed the rank tolerance.
+
+    The tolerance is ``s_max · max(N · eps(float64), 1e-6)``: it follows the precision the
+    spectrum is computed in (always float64 here; ``1e-6`` is the relative precision of
+    singular values obtained from float64 Gram-matrix eigenvalues), never the dtype the weight
+    is stored in.  A float16 or bfloat16 weight therefore gets the rank of the same values
+    in float32 (the low storage precision says nothing about the matrix's rank: an honest
+    256 × 256 random matrix has ``s_min / s_max ≈ 1/512``, above bfloat16's ``eps``).
+
+    Parameters
+    ----------
+    eigenvalues : array-like
+        Ascending eigenvalues ``λ_i = s_i² / N`` (as returned by :func:`eigenvalues`).
+    n_rows : int
+        ``N = max(m, n)`` of the matrix.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> numerical_rank(np.array([0.0, 1e-20, 0.5, 2.0]), 4)
+    2
+    >>> W = np.random.default_rng(0).standard_normal((256, 256))
+    >>> numerical_rank(eigenvalues(W), 256)
+    256
+    """
+    values = np.asarray(eigenvalues, dtype=np.float64)
+    if values.size == 0 or values[-1] <= 0:
+        return 0
+    s = np.sqrt(np.maximum(values, 0.0))
+    rel = max(int(n_rows) * float(np.finfo(np.float64).eps), 1e-6)
+    return int(np.count_nonzero(s > rel * s[-1]))

@@ -20,14 +20,14 @@ a relative precision of 1e-12 (β = 1, 2) or 1e-10 (β = 4) down to 1e-270.  In 
 left tail the determinant is ill-conditioned: ``F`` is good to 1e-14 absolute, and
 relative precision degrades from 1e-12 at ``F ≈ 1e-3`` to 1e-5 at ``F ≈ 1e-17``.
 
-On first use for a given β (0.3 s for β = 1 and 4, 0.04 s for β = 2) ``log F`` on
-the left and ``log(1 − F)`` on the right are sampled on Chebyshev points of a few
-intervals covering ``[a_β, b_β]`` and replaced by Chebyshev interpolants: the
-density is their derivative (``f = F (log F)'``, accurate in both tails), quantiles
-are safeguarded Newton steps on them, and moments come from Chebyshev (Fejér)
-quadrature of the density.  Left of ``a_β`` (``F < 1e-16``) ``log F`` follows its
-asymptotic expansion shifted to meet the table (``F`` to about 1e-3 relative);
-right of ``b_β`` (``1 − F < 1e-270``) ``log(1 − F)`` follows ``−c s^{3/2}``.
+On first use for a given β (0.3 s for β = 1 and 4, 0.04 s for β = 2) ``log F`` on the
+left and ``log(1 − F)`` on the right are sampled on Chebyshev points of a few intervals
+covering ``[a_β, b_β]`` and replaced by Chebyshev interpolants: the density is their
+derivative (``f = F (log F)'``, accurate in both tails), quantiles are safeguarded Newton
+steps on them, and moments come from Chebyshev (Fejér) quadrature of the density.  Left
+of ``a_β`` (``F < 1e-16``) ``log F`` follows its asymptotic expansion shifted to meet the
+table (``F`` to about 1e-3 relative); right of ``b_β`` (``1 − F < 1e-270``) ``log(1 − F)``
+follows ``−c s^{3/2}``.
 
 Example
 -------
@@ -59,10 +59,9 @@ FloatArray = NDArray[np.floating[Any]]
 _SQRT2 = math.sqrt(2.0)
 _ZETA_PRIME_M1 = 1.0 / 12.0 - 0.2487544770337843  # ζ'(−1) = 1/12 − log(Glaisher's constant)
 
-# Piecewise layout: breakpoints, Chebyshev degree of each interval, and the number of leading
-# intervals carrying log F (the others carry log(1 − F)).  Left ends: F(a) is below 1e-16
-# (β=1: F(−9) ≈ 7e-17; β=2: F(−8) ≈ 2e-19; β=4: F(−7.5) ≈ 4e-19), where log F is still accurate
-# to about 1e-5.  Right ends: 1 − F(b) ≈ 1e-273..1e-279, before the quadrature entries underflow.
+# Breakpoints, Chebyshev degree per interval, number of leading intervals carrying log F (the
+# others log(1 − F)).  Left ends: F(a) < 1e-16 (β=1: F(−9) ≈ 7e-17; β=2: F(−8) ≈ 2e-19; β=4:
+# F(−7.5) ≈ 4e-19), log F good to 1e-5.  Right ends: 1 − F(b) ≈ 1e-273..1e-279 (no underflow).
 _BREAKS = {
     1: (-9.0, -7.5, -6.0, -4.5, -3.0, -1.25, 3.0, 12.0, 35.0, 97.0),
     2: (-8.0, -6.5, -5.0, -3.5, -1.75, 2.0, 8.0, 22.0, 60.0),
@@ -405,10 +404,9 @@ def _per_beta(kind: str, x: FloatArray, beta: FloatArray) -> FloatArray:
 class TracyWidomGen(stats.rv_continuous):
     """Tracy–Widom distribution ``TW_β`` with shape ``beta`` in {1, 2, 4}.
 
-    ``beta = 4`` uses Tracy and Widom's original normalisation (mean −2.3069,
-    variance 0.5177).  As for every SciPy distribution, a shape outside the
-    allowed set (for example ``beta = 3``) gives ``nan`` instead of an error
-    (``rvs`` raises ``ValueError``).  ``loc`` and ``scale`` work as usual.
+    ``beta = 4`` uses Tracy and Widom's original normalisation (mean −2.3069, variance
+    0.5177).  As for every SciPy distribution, a shape outside the allowed set (for example
+    ``beta = 3``) gives ``nan`` (``rvs`` raises ``ValueError``); ``loc``, ``scale`` as usual.
 
     Examples
     --------
@@ -473,14 +471,12 @@ tracy_widom: TracyWidomGen = TracyWidomGen(name="tracy_widom")
 def tw_ppf(q: ArrayLike, beta: int = 1) -> NDArray[np.float64]:
     """Quantile function of ``TW_β`` without SciPy's argument machinery.
 
-    The interpolation table for ``beta`` is built on the first call (about
-    0.3 s); later calls cost about 0.1 ms.
+    The table for ``beta`` is built on the first call (0.3 s); later calls cost 0.1 ms.
 
     Parameters
     ----------
     q : array_like
-        Probability levels; ``0`` and ``1`` give ``∓inf``, values outside
-        ``[0, 1]`` give ``nan``.
+        Probability levels; ``0`` and ``1`` give ``∓inf``, outside ``[0, 1]`` ``nan``.
     beta : {1, 2, 4}
         Symmetry class (1: real, 2: complex, 4: quaternion matrices).
 

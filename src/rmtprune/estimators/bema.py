@@ -27,7 +27,6 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import torch
 from numpy.typing import ArrayLike, NDArray
 
 from rmtprune._errors import DegenerateSpectrumWarning
@@ -35,14 +34,22 @@ from rmtprune._validation import check_int, check_real
 from rmtprune.distributions.marchenko_pastur import mp_ppf
 from rmtprune.distributions.tracy_widom import tw_ppf
 from rmtprune.estimators.goodness_of_fit import (
-    _statistic,
+    check_eigenvalues,
     check_shape,
     null_statistics,
     simulation_pvalue,
+    window_statistic,
 )
 from rmtprune.spectrum import as_matrix, eigenvalues
 
-__all__ = ["BEMA", "MIN_WINDOW", "BEMAResult", "NotFittedError", "bulk_window"]
+__all__ = [
+    "BEMA",
+    "MIN_WINDOW",
+    "BEMAResult",
+    "NotFittedError",
+    "bulk_window",
+    "tw_corrected_edge",
+]
 
 FloatArray = NDArray[np.float64]
 
@@ -58,6 +65,23 @@ class NotFittedError(ValueError, AttributeError):
 def _tw_quantile(level: float) -> float:
     """``TW₁`` quantile, cached (the Fredholm-determinant inversion is the slow part)."""
     return float(tw_ppf(level, beta=1))
+
+
+def tw_corrected_edge(sigma2: float, ratio: float, size: int, beta: float) -> float:
+    """The bulk edge with a Tracy–Widom margin (SPEC section 2, step 5); its one home.
+
+    ``σ² [(1+√γ)² + t_{1−β} N^(−2/3) γ^(−1/6) (1+√γ)^(4/3)]`` with ``t_{1−β}`` the ``1 − β``
+    quantile of ``TW₁``, ``γ = ratio`` and ``N = size = max(m, n)``.  On pure noise of
+    variance ``sigma2`` the largest eigenvalue exceeds it with probability about ``beta``.
+
+    >>> round(tw_corrected_edge(1.0, 1.0, 1000, 0.1) - 4.0, 4)  # 0.4501 · 1000^(-2/3) · 2^(4/3)
+    0.0113
+    """
+    root = math.sqrt(ratio)
+    t = _tw_quantile(1.0 - beta)
+    return sigma2 * (
+        (1 + root) ** 2 + t * size ** (-2 / 3) * ratio ** (-1 / 6) * (1 + root) ** (4 / 3)
+    )
 
 
 def _window_size(p: int, alpha: float) -> int:
@@ -310,7 +334,7 @@ class BEMA:
         alpha, _ = self._check_params()
         m, n = check_shape(shape, "BEMA")
         p = min(m, n)
-        lam = _check_eigenvalues(eigenvalues, p)
+        lam = check_eigenvalues(eigenvalues, p)
         given = lam.shape[0]
         if given < p:
             if rank is None:
@@ -365,11 +389,7 @@ class BEMA:
                 stacklevel=3,
             )
         tw = _tw_quantile(1.0 - beta)
-        root = math.sqrt(ratio)
-        edge = (1.0 + root) ** 2 + tw * N ** (-2.0 / 3.0) * ratio ** (-1.0 / 6.0) * (
-            1.0 + root
-        ) ** (4.0 / 3.0)
-        lambda_plus = sigma2 * edge
+        lambda_plus = tw_corrected_edge(sigma2, ratio, N, beta)
         real = p if rank is None else rank
 
         self.shape_ = (m, n)
@@ -380,7 +400,7 @@ class BEMA:
         self.lambda_plus_ = float(lambda_plus)
         self.threshold_ = math.sqrt(N * lambda_plus) if lambda_plus > 0 else 0.0
         self.n_spikes_ = int(np.count_nonzero(lam[p - real :] > lambda_plus))
-        self.fit_error_ = _statistic(lam, ratio, sigma2, start, stop)
+        self.fit_error_ = window_statistic(lam, ratio, sigma2, start, stop)
         self.window_ = (start, stop)
         self.tw_quantile_ = tw
         self.rank_ = real
@@ -434,7 +454,7 @@ class BEMA:
 
         def statistic(lam: FloatArray) -> float:
             sigma2 = float(quantiles @ lam[start:stop]) / qq
-            return _statistic(lam, ratio, sigma2, start, stop)
+            return window_statistic(lam, ratio, sigma2, start, stop)
 
         simulated = null_statistics(self.shape_, statistic, n_simulations, random_state)
         return simulation_pvalue(self.fit_error_, simulated)
@@ -457,32 +477,3 @@ class BEMA:
             alpha=alpha,
             beta=beta,
         )
-
-
-def _check_eigenvalues(eigenvalues: ArrayLike, p: int, owner: str = "BEMA") -> FloatArray:
-    """Validate a 1-D real spectrum of length 1..p; return it ascending, float64, clipped at 0."""
-    if isinstance(eigenvalues, torch.Tensor):
-        eigenvalues = eigenvalues.detach().cpu().double().numpy()
-    arr = np.asarray(eigenvalues)
-    if arr.dtype.kind not in "fiu":
-        raise TypeError(
-            f"The 'eigenvalues' parameter of {owner} must be a 1-D array of real numbers. "
-            f"Got dtype {arr.dtype} instead."
-        )
-    if arr.ndim != 1 or not 1 <= arr.shape[0] <= p:
-        raise ValueError(
-            f"The 'eigenvalues' parameter of {owner} must be a 1-D array of length 1 to "
-            f"min(m, n) = {p}. Got shape {arr.shape} instead."
-        )
-    lam = np.sort(arr.astype(np.float64))
-    if not np.isfinite(lam).all():
-        raise ValueError(
-            f"The 'eigenvalues' parameter of {owner} must contain only finite values. "
-            "Got NaN or infinite values instead."
-        )
-    if lam[0] < -1e-8 * max(abs(lam[-1]), abs(lam[0])):
-        raise ValueError(
-            f"The 'eigenvalues' parameter of {owner} must be non-negative "
-            f"(eigenvalues of W Wᵀ / N). Got a minimum of {lam[0]!r} instead."
-        )
-    return np.maximum(lam, 0.0)

@@ -39,15 +39,18 @@ from scipy.linalg import eigvalsh_tridiagonal
 
 from rmtprune._validation import check_int, check_real
 from rmtprune.distributions.marchenko_pastur import mp_cdf
+from rmtprune.spectrum import is_tensor
 
 __all__ = [
     "NullMethod",
+    "check_eigenvalues",
     "check_random_state",
     "check_shape",
     "fit_statistic",
     "gaussian_eigenvalues",
     "null_statistics",
     "simulation_pvalue",
+    "window_statistic",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -77,8 +80,8 @@ def check_shape(shape: Any, owner: str, name: str = "shape") -> tuple[int, int]:
     return check_int(m, name, owner, low=1), check_int(n, name, owner, low=1)
 
 
-def _statistic(lam: FloatArray, ratio: float, sigma2: float, start: int, stop: int) -> float:
-    """Unchecked ``D`` (the hot path of the simulations)."""
+def window_statistic(lam: FloatArray, ratio: float, sigma2: float, start: int, stop: int) -> float:
+    """``D`` on ascending float64 ``lam`` without argument checks (the simulations' hot path)."""
     p = lam.shape[0]
     levels = np.arange(start, stop, dtype=np.float64) / p
     return float(np.max(np.abs(mp_cdf(lam[start:stop], ratio, sigma2) - levels)))
@@ -136,7 +139,7 @@ def fit_statistic(
             f"The 'window' parameter of fit_statistic must satisfy 0 <= start < stop <= {p}. "
             f"Got {window!r} instead."
         )
-    return _statistic(lam, ratio, sigma2, start, stop)
+    return window_statistic(lam, ratio, sigma2, start, stop)
 
 
 def gaussian_eigenvalues(
@@ -244,3 +247,32 @@ def simulation_pvalue(observed: float, simulated: ArrayLike) -> float:
     """
     sims = np.asarray(simulated, dtype=np.float64).ravel()
     return float((1 + np.count_nonzero(sims >= observed)) / (1 + sims.size))
+
+
+def check_eigenvalues(eigenvalues: ArrayLike, p: int, owner: str = "BEMA") -> FloatArray:
+    """Validate a 1-D real spectrum of length 1..p; return it ascending, float64, clipped at 0."""
+    if is_tensor(eigenvalues):
+        eigenvalues = eigenvalues.detach().cpu().double().numpy()  # type: ignore[union-attr]
+    arr = np.asarray(eigenvalues)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(
+            f"The 'eigenvalues' parameter of {owner} must be a 1-D array of real numbers. "
+            f"Got dtype {arr.dtype} instead."
+        )
+    if arr.ndim != 1 or not 1 <= arr.shape[0] <= p:
+        raise ValueError(
+            f"The 'eigenvalues' parameter of {owner} must be a 1-D array of length 1 to "
+            f"min(m, n) = {p}. Got shape {arr.shape} instead."
+        )
+    lam = np.sort(arr.astype(np.float64))
+    if not np.isfinite(lam).all():
+        raise ValueError(
+            f"The 'eigenvalues' parameter of {owner} must contain only finite values. "
+            "Got NaN or infinite values instead."
+        )
+    if lam[0] < -1e-8 * max(abs(lam[-1]), abs(lam[0])):
+        raise ValueError(
+            f"The 'eigenvalues' parameter of {owner} must be non-negative "
+            f"(eigenvalues of W Wᵀ / N). Got a minimum of {lam[0]!r} instead."
+        )
+    return np.maximum(lam, 0.0)

@@ -29,8 +29,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from rmtprune._validation import check_real
 from rmtprune.distributions.marchenko_pastur import marchenko_pastur
-from rmtprune.estimators.bema import _check_eigenvalues
-from rmtprune.estimators.goodness_of_fit import check_shape
+from rmtprune.estimators.goodness_of_fit import check_eigenvalues, check_shape
 from rmtprune.spectrum import as_matrix, eigenvalues
 
 __all__ = ["GavishDonoho", "gavish_donoho_lambda", "gavish_donoho_omega"]
@@ -156,7 +155,7 @@ class GavishDonoho:
         self._check_params()
         m, n = check_shape(shape, "GavishDonoho")
         p = min(m, n)
-        lam = _check_eigenvalues(eigenvalues, p, "GavishDonoho")
+        lam = check_eigenvalues(eigenvalues, p, "GavishDonoho")
         if lam.shape[0] != p:
             raise ValueError(
                 f"The 'eigenvalues' parameter of GavishDonoho must hold all min(m, n) = {p} "

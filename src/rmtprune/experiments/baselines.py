@@ -46,9 +46,11 @@ from torch import nn
 
 from rmtprune._validation import check_int, param_error
 from rmtprune.experiments.config import ExperimentConfig
-from rmtprune.factorize import get_adapter, set_submodule, truncated_svd
+from rmtprune.factorize import get_adapter
+from rmtprune.pruning.criteria import FixedRank, MPCriterion, cumulative_energy, energy_rank
+from rmtprune.pruning.layers import candidate_layers, count_parameters
+from rmtprune.pruning.selection import Select
 from rmtprune.pruning.walker import prune
-from rmtprune.spectrum import eigenvalues
 from rmtprune.training import History, TrainConfig, Trainer, evaluate
 
 __all__ = [
@@ -67,11 +69,6 @@ __all__ = [
 ]
 
 METHODS = ("mp-oneshot", "magnitude", "svd-energy")
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameter entries of ``model`` (shared tensors counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 @dataclass(frozen=True)
@@ -254,22 +251,6 @@ MAX_ADJUST = 2
 """Largest change of one layer's rank away from its energy rank to meet the budget."""
 
 
-def _eligible(model: nn.Module, min_dim: int, min_params: int) -> list[tuple[str, nn.Module]]:
-    out: list[tuple[str, nn.Module]] = []
-    for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, nn.Conv2d)):
-            continue
-        if isinstance(module, nn.Conv2d) and module.groups != 1:
-            continue
-        adapter = get_adapter(module)
-        if adapter is None:
-            continue
-        m, n = adapter.matrix_shape(module)
-        if min(m, n) >= min_dim and m * n >= min_params:
-            out.append((name, module))
-    return out
-
-
 def _layer_count(rank: np.ndarray, m: int, n: int, bias: int) -> np.ndarray:
     split = rank * (m + n)
     return np.where(split < m * n, split, m * n) + bias
@@ -296,33 +277,28 @@ def svd_energy_choice(
     ((('0', 10),), 1344)
     """
     target_params = check_int(target_params, "target_params", "svd_energy_choice", low=0)
-    layers = _eligible(model, min_dim, min_params)
     total = count_parameters(model)
     fixed = total
     info = []
-    with torch.no_grad():
-        for name, module in layers:
-            adapter = get_adapter(module)
-            assert adapter is not None
-            m, n = adapter.matrix_shape(module)
-            bias = adapter.param_count(module) - m * n
-            lam = eigenvalues(adapter.weight_matrix(module))[::-1]  # descending
-            cum = np.cumsum(lam) / max(float(lam.sum()), np.finfo(float).tiny)
-            cum[-1] = 1.0
-            info.append((name, m, n, bias, cum))
-            fixed -= m * n + bias
+    for view in candidate_layers(model, Select(min_dim=min_dim, min_params=min_params)):
+        assert view.module is not None
+        adapter = get_adapter(view.module)
+        assert adapter is not None
+        m, n = view.shape
+        bias = adapter.param_count(view.module) - m * n
+        info.append((view.name, m, n, bias, cumulative_energy(view)))
+        fixed -= m * n + bias
     if not info:
         return EnergyChoice(1.0, (), (), (), (), total, target_params)
     candidates = np.unique(np.concatenate([c for *_, c in info]))
     counts = np.full(candidates.shape, fixed, dtype=np.int64)
     for _, m, n, bias, cum in info:
-        rank = np.minimum(np.searchsorted(cum, candidates, side="left") + 1, cum.size)
-        counts += _layer_count(rank, m, n, bias)
+        counts += _layer_count(energy_rank(cum, candidates), m, n, bias)
     error = np.abs(counts - target_params)
     energy = float(candidates[int(np.flatnonzero(error == error.min())[-1])])
     names = [name for name, *_ in info]
     shapes = [(m, n, bias, cum.size) for _, m, n, bias, cum in info]
-    base = [int(min(np.searchsorted(c, energy, side="left") + 1, c.size)) for *_, c in info]
+    base = [int(energy_rank(c, energy)) for *_, c in info]
     ranks = _adjust(base, shapes, fixed, target_params)
     return EnergyChoice(
         energy,
@@ -383,17 +359,13 @@ def svd_energy_prune(
     ('LowRankLinear', 1344)
     """
     choice = svd_energy_choice(model, target_params, min_dim=min_dim, min_params=min_params)
-    pruned = copy.deepcopy(model)
-    modules = dict(pruned.named_modules())
-    with torch.no_grad():
-        for name, rank in choice.ranks:
-            if name in choice.dense:
-                continue
-            module = modules[name]
-            adapter = get_adapter(module)
-            assert adapter is not None
-            u, s, vh = truncated_svd(adapter.weight_matrix(module), rank)
-            set_submodule(pruned, name, adapter.rebuild(module, u, s, vh, split=True))
+    split_ranks = {name: rank for name, rank in choice.ranks if name not in choice.dense}
+    pruned, _ = prune(
+        model,
+        criterion=FixedRank(split_ranks),  # the dense layers are left as they are
+        select=Select(min_dim=min_dim, min_params=min_params),
+        split=True,
+    )
     return pruned, choice
 
 
@@ -474,16 +446,15 @@ def run_method(
     n_zeroed: int | None = None
     target: int | None = target_params
     if method == "mp-oneshot":
-        pruned, report = prune(
-            model,
+        criterion = MPCriterion(
             bulk_keep=0.0,
             min_rank=config.min_rank_resolved,
             alpha=config.alpha,
             beta=config.beta,
             fit_cutoff=config.fit_cutoffs(),
-            min_dim=config.min_dim,
-            min_params=config.min_params,
         )
+        select = Select(min_dim=config.min_dim, min_params=config.min_params)
+        pruned, report = prune(model, criterion=criterion, select=select)
         ranks = tuple((r.name, r.rank_after) for r in report.layers if r.action != "skipped")
         target = None
         n_params = count_parameters(pruned)

@@ -42,8 +42,7 @@ from typing import Any
 import numpy as np
 
 from rmtprune._validation import check_int, check_real, param_error
-from rmtprune.distributions.tracy_widom import tw_ppf
-from rmtprune.estimators.bema import BEMA
+from rmtprune.estimators.bema import BEMA, tw_corrected_edge
 from rmtprune.experiments import _analysis_common as common
 from rmtprune.experiments._theory_network import (
     ACTIVATIONS,
@@ -267,11 +266,7 @@ def tw_edge(sigma2: float, ratio: float, size: int, beta: float) -> float:
     >>> round(tw_edge(1.0, 1.0, 1000, 0.1) - 4.0, 4)  # 0.4501 · 1000^(-2/3) · 2^(4/3)
     0.0113
     """
-    root = math.sqrt(ratio)
-    t = float(tw_ppf(1.0 - beta, beta=1))
-    return sigma2 * (
-        (1 + root) ** 2 + t * size ** (-2 / 3) * ratio ** (-1 / 6) * (1 + root) ** (4 / 3)
-    )
+    return tw_corrected_edge(sigma2, ratio, size, beta)
 
 
 def signal_plus_noise(

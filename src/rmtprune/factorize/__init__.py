@@ -17,12 +17,20 @@ Example
 
 from __future__ import annotations
 
-from rmtprune.factorize.lowrank import LowRankConv2d, LowRankLinear, LowRankModule
+from rmtprune.factorize.lowrank import (
+    LowRankConv1D,
+    LowRankConv2d,
+    LowRankEmbedding,
+    LowRankLinear,
+    LowRankModule,
+)
 from rmtprune.factorize.registry import (
     Conv2dAdapter,
+    EmbeddingAdapter,
     LayerAdapter,
     LinearAdapter,
     LowRankConv2dAdapter,
+    LowRankEmbeddingAdapter,
     LowRankLinearAdapter,
     TransposedLinearAdapter,
     get_adapter,
@@ -34,10 +42,14 @@ from rmtprune.factorize.svd import svd_factors, truncated_svd
 
 __all__ = [
     "Conv2dAdapter",
+    "EmbeddingAdapter",
     "LayerAdapter",
     "LinearAdapter",
+    "LowRankConv1D",
     "LowRankConv2d",
     "LowRankConv2dAdapter",
+    "LowRankEmbedding",
+    "LowRankEmbeddingAdapter",
     "LowRankLinear",
     "LowRankLinearAdapter",
     "LowRankModule",

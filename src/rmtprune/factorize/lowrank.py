@@ -1,4 +1,4 @@
-"""Factorized (low-rank) replacements for ``nn.Linear`` and ``nn.Conv2d``.
+"""Factorized (low-rank) replacements for ``nn.Linear``, Hugging Face ``Conv1D`` and ``nn.Conv2d``.
 
 A layer with ``m × n`` weight matrix ``W`` (SPEC section 1) and rank-``r`` approximation
 ``W ≈ W₂ W₁`` becomes two layers applied one after the other with no activation between
@@ -12,6 +12,13 @@ For a convolution the matrix view is ``(out, in · kh · kw)``.  ``first`` is a 
 without padding that carries the bias.  Since a ``1 × 1`` convolution acts on each output
 position separately, the pair computes exactly the convolution with kernel ``W₂ W₁``
 (reshaped to ``(out, in, kh, kw)``), whatever the padding mode.
+
+Each factorized layer looks like the layer it replaces where other code reads it: a
+read-only ``weight`` (the dense product, see :class:`LowRankModule`), ``in_features`` /
+``out_features``, for :class:`LowRankConv2d` the channels, ``kernel_size``, ``stride``,
+``padding``, ``dilation`` and ``groups``, for :class:`LowRankConv1D` ``nf`` / ``nx`` and the
+transposed weight layout.  ``nn.Embedding`` has its own split,
+:class:`~rmtprune.factorize.lowrank_embedding.LowRankEmbedding` (re-exported here).
 
 Example
 -------
@@ -38,18 +45,13 @@ import torch
 from torch import nn
 
 from rmtprune._validation import check_int
+from rmtprune.factorize._lowrank_base import LowRankModule, check_factors, tensor_attr
+from rmtprune.factorize.lowrank_embedding import LowRankEmbedding
 
-__all__ = ["LowRankConv2d", "LowRankLinear", "LowRankModule"]
+__all__ = ["LowRankConv1D", "LowRankConv2d", "LowRankEmbedding", "LowRankLinear", "LowRankModule"]
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
-
-
-def _tensor(value: object) -> torch.Tensor:
-    """``value`` typed as a tensor (submodule attributes are typed ``Tensor | Module``)."""
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"Expected a tensor. Got {type(value).__name__} instead.")
-    return value
 
 
 def _pair(value: tuple[int, ...]) -> tuple[int, int]:
@@ -58,101 +60,6 @@ def _pair(value: tuple[int, ...]) -> tuple[int, int]:
 
 def _padding(value: str | tuple[int, ...]) -> str | tuple[int, int]:
     return value if isinstance(value, str) else _pair(value)
-
-
-class LowRankModule(nn.Module):
-    """Common base of the factorized layers: ``second(first(x))``.
-
-    Subclasses define ``first`` (the ``r × n`` factor, no bias) and ``second`` (the
-    ``m × r`` factor with the bias) and :meth:`to_dense`.
-
-    Attributes
-    ----------
-    first : nn.Module
-        The first factor, ``W₁`` of shape ``r × n`` in matrix form, no bias.
-    second : nn.Module
-        The second factor, ``W₂`` of shape ``m × r`` in matrix form, with the bias.
-    """
-
-    first: nn.Module
-    second: nn.Module
-
-    @property
-    def rank(self) -> int:
-        """Inner dimension ``r`` of the factorization."""
-        raise NotImplementedError
-
-    @property
-    def in_features(self) -> int:
-        """Columns ``n`` of the weight matrix."""
-        raise NotImplementedError
-
-    @property
-    def out_features(self) -> int:
-        """Rows ``m`` of the weight matrix."""
-        raise NotImplementedError
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        """The bias (a parameter of ``second``), or ``None``."""
-        bias = getattr(self.second, "bias", None)
-        return bias if isinstance(bias, torch.Tensor) else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply ``second(first(x))``."""
-        return self.second(self.first(x))
-
-    def first_matrix(self) -> torch.Tensor:
-        """``W₁`` as an ``r × n`` matrix (a detached view of the parameter)."""
-        weight = _tensor(self.first.weight).detach()
-        return weight.reshape(weight.shape[0], -1)
-
-    def second_matrix(self) -> torch.Tensor:
-        """``W₂`` as an ``m × r`` matrix (a detached view of the parameter)."""
-        weight = _tensor(self.second.weight).detach()
-        return weight.reshape(weight.shape[0], -1)
-
-    def to_dense(self) -> nn.Module:
-        """Return the equivalent single dense layer (a new module)."""
-        raise NotImplementedError
-
-
-def _check_factors(
-    first_weight: torch.Tensor, second_weight: torch.Tensor, bias: torch.Tensor | None, owner: str
-) -> None:
-    if not isinstance(first_weight, torch.Tensor) or first_weight.ndim != 2:
-        raise TypeError(
-            f"The 'first_weight' parameter of {owner} must be a 2-D tensor (rank × in). "
-            f"Got {_describe(first_weight)} instead."
-        )
-    if not isinstance(second_weight, torch.Tensor) or second_weight.ndim != 2:
-        raise TypeError(
-            f"The 'second_weight' parameter of {owner} must be a 2-D tensor (out × rank). "
-            f"Got {_describe(second_weight)} instead."
-        )
-    if second_weight.shape[1] != first_weight.shape[0]:
-        raise ValueError(
-            f"The 'second_weight' parameter of {owner} must have {first_weight.shape[0]} columns "
-            f"(the rows of 'first_weight'). Got shape {tuple(second_weight.shape)} instead."
-        )
-    if first_weight.shape[0] < 1:
-        raise ValueError(
-            f"The 'first_weight' parameter of {owner} must have at least one row (rank >= 1). "
-            f"Got shape {tuple(first_weight.shape)} instead."
-        )
-    if bias is not None and (
-        not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (second_weight.shape[0],)
-    ):
-        raise ValueError(
-            f"The 'bias' parameter of {owner} must be None or a tensor of shape "
-            f"({second_weight.shape[0]},). Got {_describe(bias)} instead."
-        )
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a tensor of shape {tuple(value.shape)}"
-    return f"{value!r} of type {type(value).__name__}"
 
 
 class LowRankLinear(LowRankModule):
@@ -236,7 +143,7 @@ class LowRankLinear(LowRankModule):
         >>> layer.rank, layer.in_features, layer.out_features, layer.bias
         (2, 3, 4, None)
         """
-        _check_factors(first_weight, second_weight, bias, "LowRankLinear.from_factors")
+        check_factors(first_weight, second_weight, bias, "LowRankLinear.from_factors")
         rank, n = first_weight.shape
         m = second_weight.shape[0]
         like = first_weight.detach()
@@ -245,7 +152,7 @@ class LowRankLinear(LowRankModule):
             layer.first.weight.copy_(first_weight)
             layer.second.weight.copy_(second_weight)
             if bias is not None:
-                _tensor(layer.second.bias).copy_(bias)
+                tensor_attr(layer.second.bias).copy_(bias)
         return layer
 
     def to_dense(self) -> nn.Linear:
@@ -267,10 +174,42 @@ class LowRankLinear(LowRankModule):
             dtype=w1.dtype,
         )
         with torch.no_grad():
-            dense.weight.copy_(self.second.weight @ w1)
+            dense.weight.copy_(self.weight)
             if self.bias is not None:
-                _tensor(dense.bias).copy_(self.bias)
+                tensor_attr(dense.bias).copy_(self.bias)
         return dense
+
+
+class LowRankConv1D(LowRankLinear):
+    """The split of Hugging Face's ``Conv1D`` (GPT-2): a :class:`LowRankLinear` that looks like it.
+
+    ``Conv1D(nf, nx)`` computes ``x @ weight + bias`` with ``weight`` stored ``nx × nf``
+    (transposed).  This layer computes the same function from the two factors and shows
+    ``nf`` (output features), ``nx`` (input features) and a read-only :attr:`weight` in that
+    transposed layout.  ``to_dense()`` returns an ``nn.Linear`` (transformers is not
+    imported here).
+
+    Examples
+    --------
+    >>> import torch
+    >>> layer = LowRankConv1D.from_factors(torch.ones(1, 3), torch.ones(2, 1))
+    >>> layer.nx, layer.nf, tuple(layer.weight.shape)
+    (3, 2, (3, 2))
+    """
+
+    @property
+    def nf(self) -> int:
+        """Output features (``Conv1D.nf``)."""
+        return self.out_features
+
+    @property
+    def nx(self) -> int:
+        """Input features (``Conv1D.nx``)."""
+        return self.in_features
+
+    def _weight_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        """The ``nx × nf`` layout of ``Conv1D``."""
+        return matrix.t()
 
 
 class LowRankConv2d(LowRankModule):
@@ -362,6 +301,40 @@ class LowRankConv2d(LowRankModule):
         return self.second.out_channels
 
     @property
+    def kernel_size(self) -> tuple[int, int]:
+        """Kernel size of the convolution (that of ``first``)."""
+        return _pair(self.first.kernel_size)
+
+    @property
+    def stride(self) -> tuple[int, int]:
+        """Stride of the convolution (that of ``first``)."""
+        return _pair(self.first.stride)
+
+    @property
+    def padding(self) -> str | tuple[int, int]:
+        """Padding of the convolution (that of ``first``; ``second`` has none)."""
+        return _padding(self.first.padding)
+
+    @property
+    def dilation(self) -> tuple[int, int]:
+        """Dilation of the convolution (that of ``first``)."""
+        return _pair(self.first.dilation)
+
+    @property
+    def groups(self) -> int:
+        """Always 1: only ungrouped convolutions are factorized."""
+        return 1
+
+    @property
+    def padding_mode(self) -> str:
+        """Padding mode of the convolution (that of ``first``)."""
+        return str(self.first.padding_mode)
+
+    def _weight_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        """The kernel layout ``(out, in, kh, kw)``."""
+        return matrix.reshape(self.out_channels, self.in_channels, *self.kernel_size)
+
+    @property
     def in_features(self) -> int:
         """Columns ``n = in_channels · kh · kw`` of the matrix view."""
         kh, kw = self.first.kernel_size
@@ -421,7 +394,7 @@ class LowRankConv2d(LowRankModule):
                 f"The 'like' parameter of {owner} must be a convolution with groups=1. "
                 f"Got groups={like.groups} instead."
             )
-        _check_factors(first_weight, second_weight, bias, owner)
+        check_factors(first_weight, second_weight, bias, owner)
         kh, kw = like.kernel_size
         rank, n = first_weight.shape
         if n != like.in_channels * kh * kw:
@@ -449,7 +422,7 @@ class LowRankConv2d(LowRankModule):
             layer.first.weight.copy_(first_weight.reshape(layer.first.weight.shape))
             layer.second.weight.copy_(second_weight.reshape(layer.second.weight.shape))
             if bias is not None:
-                _tensor(layer.second.bias).copy_(bias)
+                tensor_attr(layer.second.bias).copy_(bias)
         return layer
 
     def to_dense(self) -> nn.Conv2d:
@@ -478,8 +451,7 @@ class LowRankConv2d(LowRankModule):
             dtype=w1.dtype,
         )
         with torch.no_grad():
-            product = self.second_matrix() @ w1.reshape(self.rank, -1)
-            dense.weight.copy_(product.reshape(dense.weight.shape))
+            dense.weight.copy_(self.weight)
             if self.bias is not None:
-                _tensor(dense.bias).copy_(self.bias)
+                tensor_attr(dense.bias).copy_(self.bias)
         return dense

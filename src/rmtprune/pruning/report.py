@@ -103,7 +103,7 @@ class _Table:
 
 
 def _row_to_dict(row: Any) -> dict[str, Any]:
-    d = dataclasses.asdict(row)
+    d = {f.name: getattr(row, f.name) for f in dataclasses.fields(row) if f.compare}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
@@ -113,6 +113,9 @@ class LayerAnalysis:
 
     ``status`` is ``"ok"`` for a fitted layer; otherwise ``"skipped"`` and
     ``reason`` says why (too small, non-finite weights, unsupported type, ...).
+    ``eigenvalues`` (ascending ``λ = s²/N``, fitted rows of :func:`rmtprune.analyze`
+    only) is kept for :func:`rmtprune.plot_spectrum`; it is not part of ``to_dict()``,
+    the JSON or equality.
     """
 
     name: str
@@ -129,6 +132,7 @@ class LayerAnalysis:
     n_spikes: int | None = None
     fit_error: float = math.nan
     mp_like: bool | None = None
+    eigenvalues: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dictionary of the row."""

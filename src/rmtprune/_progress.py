@@ -1,0 +1,70 @@
+"""Progress bars over layers, shown with ``tqdm`` when it is installed and wanted.
+
+A bar is shown when asked for (``progress=True``), never with ``progress=False``, and by default
+(``None``) only when standard error is a terminal.  Without ``tqdm`` installed (it is the
+``progress`` extra: ``pip install rmtprune[progress]``) there is never a bar and nothing fails.
+:func:`progress_enabled` sets the choice for everything called inside it, so a caller such as
+:meth:`rmtprune.SpectralPruner.step` decides for the walker it calls.
+
+Example
+-------
+>>> with progress_enabled(False):
+...     list(track(range(3), desc="layers"))
+[0, 1, 2]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+__all__ = ["progress_enabled", "resolve", "track"]
+
+_T = TypeVar("_T")
+_CHOICE: contextvars.ContextVar[bool | None] = contextvars.ContextVar("progress", default=None)
+
+
+def resolve(progress: bool | None = None) -> bool:
+    """Whether to show a bar: ``progress`` if given, else the enclosing choice, else a TTY test.
+
+    >>> resolve(False), resolve(True)
+    (False, True)
+    """
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(
+            f"The 'progress' parameter must be True, False or None. Got {progress!r} instead."
+        )
+    if progress is None:
+        progress = _CHOICE.get()
+    if progress is None:
+        stream = sys.stderr
+        progress = bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
+    return progress
+
+
+@contextlib.contextmanager
+def progress_enabled(progress: bool | None) -> Iterator[None]:
+    """Within the block, :func:`track` calls without an explicit choice use ``progress``."""
+    if progress is not None:
+        progress = resolve(progress)
+    token = _CHOICE.set(progress if progress is not None else _CHOICE.get())
+    try:
+        yield
+    finally:
+        _CHOICE.reset(token)
+
+
+def track(
+    iterable: Iterable[_T], *, desc: str, total: int | None = None, progress: bool | None = None
+) -> Iterable[_T]:
+    """``iterable`` wrapped in a ``tqdm`` bar on standard error when :func:`resolve` says so."""
+    if not resolve(progress):
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the optional extra is not installed: no bar
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, unit="layer", leave=False, file=sys.stderr)

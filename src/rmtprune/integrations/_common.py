@@ -1,0 +1,61 @@
+"""What the integrations share: the pruner options and the checkpoint record of a pruned model.
+
+A record is ``{"format_version": 1, "structure": describe_structure(model), "pruner":
+pruner.state_dict()}``: enough to rebuild the pruned layers on a freshly built model (then the
+stack loads its weights) and to continue the schedule where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from rmtprune.io import apply_structure, describe_structure
+from rmtprune.pruning.pruner import SpectralPruner
+
+__all__ = ["RECORD_VERSION", "apply_record", "make_pruner", "make_record", "step_index"]
+
+RECORD_VERSION = 1
+
+
+def make_pruner(model: nn.Module, options: Mapping[str, Any], owner: str) -> SpectralPruner:
+    """A :class:`SpectralPruner` over ``model`` with the callback's options."""
+    try:
+        return SpectralPruner(model, **dict(options))
+    except TypeError as exc:
+        raise TypeError(f"{owner}: bad pruner options {sorted(options)}: {exc}") from None
+
+
+def make_record(model: nn.Module, pruner: SpectralPruner) -> dict[str, Any]:
+    """The JSON-able record of ``model``'s pruned structure and ``pruner``'s state."""
+    return {
+        "format_version": RECORD_VERSION,
+        "structure": describe_structure(model),
+        "pruner": pruner.state_dict(),
+    }
+
+
+def apply_record(model: nn.Module, record: Mapping[str, Any], source: str) -> None:
+    """Rebuild the pruned layers of ``record`` on ``model`` (placeholders: load weights next)."""
+    version = record.get("format_version") if isinstance(record, Mapping) else None
+    if version != RECORD_VERSION:
+        raise ValueError(
+            f"{source} holds no rmtprune record of format {RECORD_VERSION}. "
+            f"Got format {version!r} instead."
+        )
+    try:
+        apply_structure(model, record["structure"])
+    except ValueError as exc:
+        raise ValueError(f"{source}: the pruned structure does not fit this model: {exc}") from None
+
+
+def step_index(interval: str, owner: str) -> str:
+    """Check the ``interval`` option: prune by ``"epoch"`` or by optimizer ``"step"``."""
+    if interval not in ("epoch", "step"):
+        raise ValueError(
+            f"The 'interval' parameter of {owner} must be 'epoch' or 'step'. "
+            f"Got {interval!r} instead."
+        )
+    return interval

@@ -1,0 +1,139 @@
+"""DistributedDataParallel: prune on one rank, give every rank the same model, re-wrap DDP.
+
+DDP's reducer is built for a fixed list of parameters, so after a layer is split the wrapper
+must be rebuilt; and the factors must be bitwise equal on every rank, which independent SVDs
+do not guarantee (ranks with different thread counts compute slightly different factors).
+:func:`prune_step` is the one call per epoch, in place of ``pruner.step(epoch)``::
+
+    pruner = rmtprune.SpectralPruner(ddp_model.module, schedule=..., every=2)
+    for epoch in range(1, epochs + 1):
+        train_one_epoch(ddp_model, optimizer)
+        ddp_model, report = prune_step(pruner, epoch, ddp_model, optimizer=optimizer)
+
+At a pruning epoch, rank ``src`` (0) alone fits and prunes; it broadcasts the report, the pruned
+structure and the pruner's state; the other ranks rebuild that structure; then every parameter
+and buffer is broadcast from ``src``, every rank edits its optimizer in place
+(:func:`rmtprune.update_optimizer`) and the module is wrapped in a new DDP with the old one's
+options.  At other epochs nothing is communicated and the same DDP object is returned.  The
+pruner's decision to act depends only on the epoch and its state, which all ranks share.
+
+FSDP is not supported: its flat parameters shard each weight across ranks, so no rank holds a
+weight matrix to decompose, and FSDP cannot change its parameter set after wrapping.  Gather a
+full state dict, prune it on one rank, and build FSDP anew over the pruned model instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from rmtprune.io import apply_structure, describe_structure
+from rmtprune.pruning.optim import optimizer_list, update_optimizer
+from rmtprune.pruning.pruner import SpectralPruner
+from rmtprune.pruning.report import PruneReport
+
+__all__ = ["prune_step", "rewrap"]
+
+
+def rewrap(model: DistributedDataParallel) -> DistributedDataParallel:
+    """A new ``DistributedDataParallel`` around ``model.module`` with ``model``'s options."""
+    if not isinstance(model, DistributedDataParallel):
+        raise TypeError(
+            "The 'model' parameter of rewrap must be a DistributedDataParallel. "
+            f"Got {type(model).__name__} instead."
+        )
+    options: dict[str, Any] = {}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        options["forward_sync_buffers"] = model.forward_sync_buffers  # torch >= 2.13
+    else:
+        options["broadcast_buffers"] = model.broadcast_buffers
+    return DistributedDataParallel(
+        model.module,
+        device_ids=model.device_ids,
+        output_device=model.output_device,
+        dim=model.dim,
+        **options,
+        process_group=model.process_group,
+        bucket_cap_mb=model.bucket_bytes_cap / (1024 * 1024),
+        find_unused_parameters=model.find_unused_parameters,
+        gradient_as_bucket_view=model.gradient_as_bucket_view,
+        static_graph=model.static_graph,
+    )
+
+
+def _broadcast_module(module: nn.Module, src: int, group: Any) -> None:
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=src, group=group)
+
+
+def prune_step(
+    pruner: SpectralPruner,
+    epoch: int,
+    model: DistributedDataParallel,
+    *,
+    optimizer: Any = None,
+    src: int = 0,
+    progress: bool | None = None,
+) -> tuple[DistributedDataParallel, PruneReport]:
+    """``pruner.step(epoch)`` under DDP: identical on every rank; returns the DDP to use next.
+
+    Parameters
+    ----------
+    pruner : SpectralPruner
+        Built over ``model.module`` on every rank with the same options.
+    epoch : int
+        As in :meth:`SpectralPruner.step`.
+    model : DistributedDataParallel
+        The wrapped model.
+    optimizer : optimizer or sequence of optimizers, optional
+        Edited in place on every rank after a change.
+    src : int
+        The rank that computes the decision and the factors.
+    progress : bool or None
+        Progress bars on rank ``src``.
+
+    Returns
+    -------
+    (DistributedDataParallel, PruneReport)
+        After a change a new wrapper (drop the old one), else ``model`` itself; the report of
+        rank ``src`` on every rank.
+    """
+    if not isinstance(model, DistributedDataParallel):
+        raise TypeError(
+            "The 'model' parameter of prune_step must be a DistributedDataParallel. "
+            f"Got {type(model).__name__} instead."
+        )
+    if not isinstance(pruner, SpectralPruner) or pruner.model is not model.module:
+        raise ValueError(
+            "The 'pruner' parameter of prune_step must be a SpectralPruner over model.module."
+        )
+    module = model.module
+    acts = pruner.is_pruning_epoch(epoch) and (
+        pruner.last_epoch is None or epoch > pruner.last_epoch
+    )
+    if not acts:
+        n = sum(p.numel() for p in module.parameters())
+        return model, PruneReport((), n, n, False, False, epoch)
+    group = model.process_group
+    before = dict(module.named_parameters())
+    payload: list[Any] = [None, None, None]
+    if dist.get_rank() == src:
+        report = pruner.step(epoch, progress=progress)
+        payload = [report, describe_structure(module), pruner.state_dict()]
+    dist.broadcast_object_list(payload, src=src, group=group)
+    report, structure, state = payload
+    if dist.get_rank() != src:
+        apply_structure(module, structure)
+        pruner.load_state_dict(state)
+    _broadcast_module(module, src, group)
+    if not report.changed:
+        return model, report
+    for opt in [] if optimizer is None else optimizer_list(optimizer):
+        update_optimizer(opt, module, before)
+    return rewrap(model), report

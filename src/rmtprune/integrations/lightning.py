@@ -1,0 +1,195 @@
+"""Lightning: prune on a schedule, keep the optimizers valid, save and resume the pruned model.
+
+``pip install rmtprune[lightning]``.  Add one callback::
+
+    trainer = lightning.Trainer(callbacks=[SpectralPruningCallback(
+        schedule=rmtprune.schedules.Linear(30), every=2, min_rank=10)])
+
+* Pruning happens at the *start* of an epoch (``interval="epoch"``: ``pruner.step(e)`` after ``e``
+  completed epochs) or of a batch (``interval="step"``: after ``global_step`` optimizer steps).
+  Pruning before the work rather than after it means a checkpoint written at the end of an epoch
+  or step, wherever Lightning writes it (after validation, by ``ModelCheckpoint``), never misses a
+  pruning step when resumed.
+* After a change, every optimizer of the trainer is edited in place
+  (:func:`rmtprune.update_optimizer`); its learning-rate schedulers stay attached.
+* Checkpoints hold the pruned structure (``checkpoint["rmtprune"]``) and the pruner's state (the
+  callback's ``state_dict``).  On ``Trainer.fit(model, ckpt_path=...)`` the callback rebuilds the
+  factorized layers on the freshly built module right before Lightning loads its weights (a
+  ``load_state_dict`` pre-hook on the module, installed in ``setup``), so the weights, optimizer
+  state and schedulers load as they were saved.
+* Outside a trainer (``MyModule.load_from_checkpoint`` cannot know the structure), call
+  :func:`restore_structure` on the built module before loading the weights.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from rmtprune.integrations._common import apply_record, make_pruner, make_record, step_index
+from rmtprune.pruning.pruner import SpectralPruner
+from rmtprune.pruning.report import PruneReport
+
+__all__ = ["CHECKPOINT_KEY", "SpectralPruningCallback", "restore_structure"]
+
+CHECKPOINT_KEY = "rmtprune"
+"""Key of the pruned-structure record in a Lightning checkpoint dictionary."""
+
+
+class SpectralPruningCallback(pl.Callback):
+    """Prune the LightningModule on a schedule (see the module docstring).
+
+    Parameters
+    ----------
+    interval : {"epoch", "step"}
+        What ``every`` counts: completed epochs or optimizer steps.
+    progress : bool
+        Progress bars during a pruning step (off by default: Lightning has its own).
+    **pruner_options
+        Passed to :class:`rmtprune.SpectralPruner` (``schedule``, ``every``, ``min_rank``,
+        ``layers``, ...); layer names are relative to the LightningModule.
+
+    Attributes
+    ----------
+    pruner : SpectralPruner or None
+        Created in ``setup``.
+    reports : list of PruneReport
+        The reports of the steps that changed the model, in order.
+    seconds : list of float
+        Wall time of each of those steps (fit, surgery and optimizer update).
+    """
+
+    def __init__(self, *, interval: str = "epoch", progress: bool = False, **pruner_options: Any):
+        self.interval = step_index(interval, "SpectralPruningCallback")
+        self.progress = bool(progress)
+        self.options = dict(pruner_options)
+        make_pruner(nn.Linear(1, 1), self.options, "SpectralPruningCallback")  # check early
+        self.pruner: SpectralPruner | None = None
+        self.reports: list[PruneReport] = []
+        self.seconds: list[float] = []
+        self._pending: dict[str, Any] | None = None
+        self._hook: Any = None
+
+    @property
+    def state_key(self) -> str:
+        """One callback of this kind per trainer."""
+        return "rmtprune.SpectralPruningCallback"
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Create the pruner and arm the structure restore for a resumed fit."""
+        if trainer.world_size > 1:
+            raise RuntimeError(
+                "SpectralPruningCallback supports single-process training only (each rank would "
+                f"prune its own copy); got world_size={trainer.world_size}. Use "
+                "rmtprune.integrations.ddp.prune_step in a plain loop for DDP."
+            )
+        if self.pruner is None or self.pruner.model is not pl_module:
+            self.pruner = make_pruner(pl_module, self.options, "SpectralPruningCallback")
+        if self._pending is not None:
+            self.pruner.load_state_dict(self._pending)
+            self._pending = None
+
+        def restore(module: nn.Module, *args: Any, **kwargs: Any) -> None:
+            loaded = getattr(trainer._checkpoint_connector, "_loaded_checkpoint", None) or {}
+            record = loaded.get(CHECKPOINT_KEY)
+            if record is not None:
+                apply_record(pl_module, record, "the Lightning checkpoint")
+
+        if self._hook is None:
+            self._hook = pl_module.register_load_state_dict_pre_hook(restore)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Remove the load hook."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _prune(self, trainer: pl.Trainer, index: int) -> None:
+        assert self.pruner is not None
+        start = time.perf_counter()
+        report = self.pruner.step(index, optimizer=list(trainer.optimizers), progress=self.progress)
+        if report.changed:
+            self.reports.append(report)
+            self.seconds.append(time.perf_counter() - start)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Prune after ``current_epoch`` completed epochs."""
+        if self.interval == "epoch":
+            self._prune(trainer, trainer.current_epoch)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Prune after ``global_step`` optimizer steps."""
+        if self.interval == "step":
+            self._prune(trainer, trainer.global_step)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Write the pruned structure next to the weights."""
+        assert self.pruner is not None
+        checkpoint[CHECKPOINT_KEY] = make_record(pl_module, self.pruner)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The pruner's state (last pruning step, history, schedule)."""
+        return {} if self.pruner is None else {"pruner": self.pruner.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the pruner's state (now, or in ``setup`` when it does not exist yet)."""
+        if "pruner" not in state_dict:
+            return
+        if self.pruner is None:
+            self._pending = dict(state_dict["pruner"])
+        else:
+            self.pruner.load_state_dict(state_dict["pruner"])
+
+
+def restore_structure(
+    module: nn.Module, checkpoint: str | os.PathLike[str] | Mapping[str, Any]
+) -> nn.Module:
+    """Rebuild the pruned layers recorded in a Lightning checkpoint on ``module``, in place.
+
+    Call it on a freshly built module before loading the checkpoint's ``state_dict``
+    (``Trainer.fit(ckpt_path=...)`` with the callback does this by itself).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The freshly built LightningModule (or the same architecture).
+    checkpoint : path or dict
+        A ``.ckpt`` file or its loaded dictionary.
+
+    Returns
+    -------
+    The same ``module``.
+    """
+    if isinstance(checkpoint, Mapping):
+        loaded: Mapping[str, Any] = checkpoint
+        source = "the checkpoint dictionary"
+    elif isinstance(checkpoint, str | os.PathLike):
+        loaded = torch.load(os.fspath(checkpoint), map_location="cpu", weights_only=False)
+        source = f"checkpoint {os.fspath(checkpoint)!r}"
+    else:
+        raise TypeError(
+            "The 'checkpoint' parameter of restore_structure must be a path or a checkpoint "
+            f"dictionary. Got {type(checkpoint).__name__} instead."
+        )
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            "The 'module' parameter of restore_structure must be a torch.nn.Module. "
+            f"Got {type(module).__name__} instead."
+        )
+    if CHECKPOINT_KEY not in loaded:
+        raise ValueError(
+            f"{source} has no {CHECKPOINT_KEY!r} entry: it was not written with "
+            "SpectralPruningCallback."
+        )
+    apply_record(module, loaded[CHECKPOINT_KEY], source)
+    return module

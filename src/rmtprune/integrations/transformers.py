@@ -1,0 +1,187 @@
+"""Hugging Face ``Trainer``: prune on a schedule, keep the optimizer valid, resume a checkpoint.
+
+``pip install rmtprune[hf]``.  Add one callback::
+
+    trainer = Trainer(model, args, train_dataset=data, callbacks=[SpectralPruningCallback(
+        interval="step", schedule=rmtprune.schedules.Constant(0.5), every=500, min_rank=16)])
+
+* Pruning happens at the end of an optimizer step (``interval="step"``: after
+  ``state.global_step`` steps) or of an epoch (``interval="epoch"``), before the Trainer decides
+  to save, so ``checkpoint-N`` holds the model as pruned at step ``N``.
+* The Trainer's optimizer (accelerate's ``AcceleratedOptimizer`` around ``AdamW``) is edited in
+  place: new factors go to the weight-decay group of the weight they replace and the new bias to
+  the no-decay group of the old bias — the groups a Trainer would build over the pruned model, so
+  its optimizer checkpoint loads on resume.  The learning-rate scheduler is untouched.
+* ``checkpoint-N/rmtprune.json`` holds the pruned structure and the pruner's state.
+
+Resuming
+--------
+The Trainer loads the weights and the optimizer state of ``checkpoint-N`` before any callback
+event, so the structure must be rebuilt before the Trainer is created — one call::
+
+    model = build_model()                                  # as for the first run
+    restore_structure(model, "out/checkpoint-500")         # rebuild the pruned layers
+    trainer = Trainer(model, args, ..., callbacks=[SpectralPruningCallback(...)])
+    trainer.train(resume_from_checkpoint="out/checkpoint-500")
+
+The callback then continues the schedule from the recorded state.  Resuming without the call
+fails loudly (the callback checks the model against the checkpoint's record at the start of
+training).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import weakref
+from typing import Any
+
+from torch import nn
+from transformers import TrainerCallback
+
+from rmtprune.integrations._common import (
+    RECORD_VERSION,
+    apply_record,
+    make_pruner,
+    make_record,
+    step_index,
+)
+from rmtprune.io import describe_structure
+from rmtprune.pruning.pruner import SpectralPruner
+from rmtprune.pruning.report import PruneReport
+
+__all__ = ["RECORD_FILE", "SpectralPruningCallback", "restore_structure"]
+
+RECORD_FILE = "rmtprune.json"
+"""Name of the record written into each ``checkpoint-N`` directory."""
+
+# Pruner state of a model rebuilt by restore_structure, for the callback to pick up.
+_RESTORED: weakref.WeakKeyDictionary[nn.Module, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _read_record(checkpoint_dir: str | os.PathLike[str], owner: str) -> dict[str, Any]:
+    path = os.path.join(os.fspath(checkpoint_dir), RECORD_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"The 'checkpoint_dir' parameter of {owner} must be a Trainer checkpoint written with "
+            f"SpectralPruningCallback. {path!r} does not exist."
+        )
+    with open(path, encoding="utf-8") as fh:
+        record: dict[str, Any] = json.load(fh)
+    return record
+
+
+def restore_structure(model: nn.Module, checkpoint_dir: str | os.PathLike[str]) -> nn.Module:
+    """Rebuild the pruned layers recorded in ``checkpoint_dir`` on ``model``, in place.
+
+    Call it on the freshly built model before creating the resumed ``Trainer``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model, built as for the first run.
+    checkpoint_dir : path
+        A ``checkpoint-N`` directory written by a Trainer with :class:`SpectralPruningCallback`.
+
+    Returns
+    -------
+    The same ``model`` (its factorized layers hold placeholders until the Trainer loads the
+    checkpoint's weights).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            "The 'model' parameter of restore_structure must be a torch.nn.Module. "
+            f"Got {type(model).__name__} instead."
+        )
+    record = _read_record(checkpoint_dir, "restore_structure")
+    apply_record(model, record, f"{os.fspath(checkpoint_dir)!r}")
+    _RESTORED[model] = dict(record)
+    return model
+
+
+class SpectralPruningCallback(TrainerCallback):
+    """Prune the Trainer's model on a schedule (see the module docstring).
+
+    Parameters
+    ----------
+    interval : {"step", "epoch"}
+        What ``every`` counts: optimizer steps or epochs.
+    progress : bool
+        Progress bars during a pruning step.
+    **pruner_options
+        Passed to :class:`rmtprune.SpectralPruner` (``schedule``, ``every``, ``min_rank``,
+        ``layers``, ...).
+
+    Attributes
+    ----------
+    pruner : SpectralPruner or None
+        Created when training begins.
+    reports : list of PruneReport
+        The reports of the steps that changed the model, in order.
+    seconds : list of float
+        Wall time of each of those steps (fit, surgery and optimizer update).
+    """
+
+    def __init__(self, *, interval: str = "step", progress: bool = False, **pruner_options: Any):
+        self.interval = step_index(interval, "SpectralPruningCallback")
+        self.progress = bool(progress)
+        self.options = dict(pruner_options)
+        make_pruner(nn.Linear(1, 1), self.options, "SpectralPruningCallback")  # check early
+        self.pruner: SpectralPruner | None = None
+        self.reports: list[PruneReport] = []
+        self.seconds: list[float] = []
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        """Create the pruner; on a resumed run, continue from the restored record."""
+        if args.world_size > 1:
+            raise RuntimeError(
+                "SpectralPruningCallback supports single-process training only (each rank would "
+                f"prune its own copy); got world_size={args.world_size}. Use "
+                "rmtprune.integrations.ddp.prune_step in a plain loop for DDP."
+            )
+        model = kw["model"]
+        self.pruner = make_pruner(model, self.options, "SpectralPruningCallback")
+        record = _RESTORED.pop(model, None)
+        if record is None and state.global_step > 0:
+            saved = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isfile(os.path.join(saved, RECORD_FILE)):
+                record = _read_record(saved, "SpectralPruningCallback")
+                if record.get("structure") != describe_structure(model):
+                    raise RuntimeError(
+                        f"The model does not have the pruned structure of {saved!r}: call "
+                        "rmtprune.integrations.transformers.restore_structure(model, "
+                        f"{saved!r}) on the freshly built model before creating the Trainer."
+                    )
+        if record is not None and record.get("format_version") == RECORD_VERSION:
+            self.pruner.load_state_dict(record["pruner"])
+
+    def _prune(self, index: int, kw: dict[str, Any]) -> None:
+        assert self.pruner is not None
+        start = time.perf_counter()
+        report = self.pruner.step(index, optimizer=kw["optimizer"], progress=self.progress)
+        if report.changed:
+            self.reports.append(report)
+            self.seconds.append(time.perf_counter() - start)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        """Prune after ``state.global_step`` optimizer steps."""
+        if self.interval == "step":
+            self._prune(state.global_step, kw)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        """Prune after ``round(state.epoch)`` epochs."""
+        if self.interval == "epoch":
+            self._prune(round(state.epoch), kw)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        """Write ``rmtprune.json`` into the checkpoint just saved."""
+        if self.pruner is None or not state.is_world_process_zero:
+            return
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if not os.path.isdir(folder):
+            return
+        path = os.path.join(folder, RECORD_FILE)
+        with open(path + ".tmp", "w", encoding="utf-8") as fh:
+            json.dump(make_record(kw["model"], self.pruner), fh, indent=1)
+        os.replace(path + ".tmp", path)

@@ -1,0 +1,90 @@
+"""Progress bars (issue 13, item 6) and the optional extras staying optional (item 7)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import rmtprune
+from rmtprune._progress import progress_enabled, resolve
+from rmtprune.cli import main
+
+SRC = str(Path(rmtprune.__file__).resolve().parents[1])
+
+
+def _model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 40))
+
+
+def test_analyze_and_prune_show_a_bar_only_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("tqdm")
+    assert resolve(None) is False  # pytest's stderr is not a terminal: off by default
+    rmtprune.analyze(_model())
+    rmtprune.prune(_model(), min_rank=8)
+    assert capsys.readouterr().err == ""
+    rmtprune.analyze(_model(), progress=True)
+    assert "analyze: fitting" in capsys.readouterr().err
+    rmtprune.prune(_model(), min_rank=8, progress=True)
+    err = capsys.readouterr().err
+    assert "prune: fitting" in err and "prune: surgery" in err
+    with progress_enabled(True):
+        rmtprune.analyze(_model(), progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_pruner_step_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("tqdm")
+    pruner = rmtprune.SpectralPruner(
+        _model(), schedule=rmtprune.schedules.Constant(0.0), every=1, min_rank=8
+    )
+    assert pruner.step(1, progress=True).changed
+    assert "prune: fitting" in capsys.readouterr().err
+
+
+def test_cli_progress_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("tqdm")
+    path = tmp_path / "m.safetensors"
+    rmtprune.save(_model(), path)
+    assert main(["analyze", str(path), "--progress"]) == 0
+    assert "analyze: fitting" in capsys.readouterr().err
+    assert main(["analyze", str(path), "--no-progress"]) == 0
+    assert "analyze: fitting" not in capsys.readouterr().err
+    assert main(["analyze", str(path), "--progress", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_without_tqdm_there_is_no_bar_and_nothing_fails(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # makes `import tqdm...` raise ImportError
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    report = rmtprune.analyze(_model(), progress=True)
+    assert report["0"].status == "ok" and capsys.readouterr().err == ""
+
+
+def test_bad_progress_value() -> None:
+    with pytest.raises(TypeError, match="'progress' parameter"):
+        rmtprune.analyze(_model(), progress="yes")  # type: ignore[arg-type]
+
+
+def test_import_rmtprune_imports_no_optional_stack() -> None:
+    # (``import torch`` itself imports ``tqdm`` through torch.hub when it is installed; our bar
+    # module imports ``tqdm.auto`` only when a bar is shown.)
+    code = (
+        "import sys, rmtprune, rmtprune.integrations, rmtprune.pruning.optim; "
+        "heavy = ('lightning', 'transformers', 'accelerate', 'pytorch_lightning'); "
+        "found = {m.split('.')[0] for m in sys.modules} & set(heavy); "
+        "print(sorted(found | ({'tqdm.auto'} & set(sys.modules))))"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"

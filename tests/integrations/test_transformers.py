@@ -1,0 +1,118 @@
+"""Hugging Face Trainer: prune on schedule, decay groups, resume from checkpoint-N (issue 13, 4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from rmtprune import schedules  # noqa: E402
+from rmtprune.factorize import LowRankLinear  # noqa: E402
+from rmtprune.integrations.transformers import (  # noqa: E402
+    SpectralPruningCallback,
+    restore_structure,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _model() -> Any:
+    config = transformers.BertConfig(
+        vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=128, max_position_embeddings=32, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, num_labels=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.BertForSequenceClassification(config)
+
+
+class _Tokens(torch.utils.data.Dataset):
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(5)
+        self.ids = torch.randint(0, 64, (32, 16), generator=g)
+        self.labels = torch.randint(0, 2, (32,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+class _StopAt(transformers.TrainerCallback):  # type: ignore[misc]
+    """Stops training after ``step`` (the kill)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def _callback() -> SpectralPruningCallback:
+    return SpectralPruningCallback(
+        interval="step", schedule=schedules.Linear(total_epochs=12), every=4, min_rank=8,
+        layers="bert.encoder.*", split=True,
+    )  # fmt: skip
+
+
+def _trainer(model: Any, out: Path, callbacks: list[Any]) -> Any:
+    args = transformers.TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=8, max_steps=8, save_strategy="steps",
+        save_steps=4, logging_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True,
+        seed=0, learning_rate=1e-3, weight_decay=0.01, warmup_steps=2,
+        lr_scheduler_type="linear", dataloader_num_workers=0,
+    )  # fmt: skip
+    return transformers.Trainer(
+        model=model, args=args, train_dataset=_Tokens(), callbacks=callbacks
+    )
+
+
+def test_stopped_after_a_pruning_step_and_resumed_equals_the_uninterrupted_run(
+    tmp_path: Path, one_thread: None
+) -> None:
+    reference, cb = _model(), _callback()
+    trainer = _trainer(reference, tmp_path / "a", [cb])
+    trainer.train()
+    assert [r.epoch for r in cb.reports] == [4, 8]
+    query = reference.bert.encoder.layer[0].attention.self.query
+    assert isinstance(query, LowRankLinear)
+    decay, no_decay = trainer.optimizer.param_groups
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    ids = {id(p) for p in decay["params"]}, {id(p) for p in no_decay["params"]}
+    assert id(query.first.weight) in ids[0] and id(query.second.weight) in ids[0]
+    assert id(query.second.bias) in ids[1]  # the new bias is not decayed
+    held = ids[0] | ids[1]
+    assert held == {id(p) for p in reference.parameters()}
+
+    first = _trainer(_model(), tmp_path / "b", [_callback(), _StopAt(4)])
+    first.train()
+    checkpoint = tmp_path / "b" / "checkpoint-4"
+    assert (checkpoint / "rmtprune.json").is_file()
+
+    fresh = restore_structure(_model(), checkpoint)
+    cb2 = _callback()
+    _trainer(fresh, tmp_path / "b", [cb2]).train(resume_from_checkpoint=str(checkpoint))
+    assert [r.epoch for r in cb2.reports] == [8]
+    want, got = reference.state_dict(), fresh.state_dict()
+    assert list(got) == list(want)
+    assert sum(p.numel() for p in fresh.parameters()) == sum(
+        p.numel() for p in reference.parameters()
+    )
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+
+
+def test_resuming_without_restore_structure_fails_loudly(tmp_path: Path) -> None:
+    _trainer(_model(), tmp_path, [_callback(), _StopAt(4)]).train()
+    with pytest.raises((RuntimeError, ValueError)):
+        _trainer(_model(), tmp_path, [_callback()]).train(
+            resume_from_checkpoint=str(tmp_path / "checkpoint-4")
+        )
+    with pytest.raises(FileNotFoundError, match="'checkpoint_dir' parameter of restore_structure"):
+        restore_structure(_model(), tmp_path)
