@@ -11,7 +11,7 @@ export RMTPRUNE_DATA := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup demo test test-fast lint typecheck unit doctest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,15 @@ typecheck: setup
 unit: setup
 	$(BIN)/python -m pytest -q
 
-test: lint typecheck unit
+# The examples in the docstrings of src/rmtprune (slow ones are marked +SKIP).
+doctest: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider --doctest-modules src/rmtprune
+
+# The inner loop: no `slow` tests, one shared smoke run per experiment, stops at the first failure.
+test-fast: setup
+	$(BIN)/python -m pytest -q -x -m "not slow" -p no:cacheprovider
+
+test: lint typecheck unit doctest
 
 bench: setup
 	$(BIN)/python bench/bench_bema.py

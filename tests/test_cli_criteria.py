@@ -22,6 +22,10 @@ def _saved(tmp_path: Path) -> tuple[nn.Sequential, Path]:
     return model, path
 
 
+# without a model a dense layer's type is unknown (never guessed): name them as Linear
+LINEAR = ["--assume-linear", "*"]
+
+
 def test_help_defaults_come_from_the_code() -> None:
     sub = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     for command in ("analyze", "prune"):
@@ -50,7 +54,7 @@ def test_prune_criterion_options_match_the_api(
     criterion: rmtprune.pruning.criteria.Criterion,
 ) -> None:
     model, path = _saved(tmp_path)
-    assert main(["prune", str(path), "--dry-run", "--json", "--quiet", *argv]) == 0
+    assert main(["prune", str(path), "--dry-run", "--json", "--quiet", *LINEAR, *argv]) == 0
     got = json.loads(capsys.readouterr().out)
     _, want = rmtprune.prune(model, criterion=criterion, dry_run=True)
     assert got["layers"] == json.loads(want.to_json())["layers"]
@@ -60,7 +64,10 @@ def test_prune_criterion_options_match_the_api(
 def test_exclude_and_bad_combinations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, path = _saved(tmp_path)
     assert (
-        main(["analyze", str(path), "--exclude", "2", "--min-dim", "5", "--json", "--quiet"]) == 0
+        main(
+            ["analyze", str(path), *LINEAR, "--exclude", "2", "--min-dim", "5", "--json", "--quiet"]
+        )
+        == 0
     )
     assert [r["name"] for r in json.loads(capsys.readouterr().out)["layers"]] == ["0", "3"]
     assert main(["prune", str(path), "--dry-run", "--criterion", "rank", "--quiet"]) == 2

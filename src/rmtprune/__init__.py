@@ -32,6 +32,7 @@ from rmtprune.io import load, save
 from rmtprune.plotting import plot_spectrum
 from rmtprune.pruning import schedules
 from rmtprune.pruning._guards import remove_parametrizations
+from rmtprune.pruning.calibration import Calibrated
 from rmtprune.pruning.criteria import (
     Energy,
     FixedRank,
@@ -52,6 +53,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BEMA",
+    "Calibrated",
     "DegenerateSpectrumWarning",
     "Energy",
     "FixedRank",

@@ -11,6 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rmtprune.cli_experiments import (
+    add_demo_parser,
+    add_reproduce_parser,
+    cmd_demo,
+    cmd_reproduce,
+)
 from rmtprune.pruning.criteria import Energy
 from rmtprune.pruning.selection import DEFAULT_MIN_DIM, DEFAULT_MIN_PARAMS
 
@@ -124,10 +130,10 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
         "source",
         nargs="?",
         default=None,
-        metavar="FILE",
-        help="weights: an rmtprune .safetensors file, a plain .safetensors state dict, "
-        "or a PyTorch state dict (.pt/.pth, loaded with weights_only=True); "
-        "without --model the layer types are inferred from tensor shapes",
+        metavar="PATH",
+        help="weights: a Hugging Face model directory (config.json + safetensors, sharded "
+        "or not), an rmtprune .safetensors file, a plain .safetensors state dict, a "
+        "*.safetensors.index.json, or a PyTorch state dict (.pt/.pth, weights_only=True)",
     )
     p.add_argument(
         "--model",
@@ -154,8 +160,44 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bar over the layers (default: when stderr is a terminal; needs tqdm)",
+        help="progress bar over the layers (the walker's tqdm bar, or the bar of a streamed "
+        "checkpoint analysis); default: when stderr is a terminal",
     )
+    _add_checkpoint_options(p)
+
+
+def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("checkpoints without a model (see docs/pretrained.md)")
+    g.add_argument(
+        "--no-model",
+        action="store_true",
+        help="do not build the Hugging Face architecture even if transformers is installed: "
+        "weights of unknown type are analysed but not pruned",
+    )
+    g.add_argument(
+        "--assume-linear",
+        nargs="+",
+        default=(),
+        metavar="PATTERN",
+        help="without a model, treat the 2-D weights of these layers (names or fnmatch "
+        "patterns) as nn.Linear so they can be pruned; never embeddings, norms, positions",
+    )
+    g.add_argument(
+        "--assume-conv2d",
+        nargs="+",
+        default=(),
+        metavar="PATTERN",
+        help="without a model, treat the 4-D weights of these layers as nn.Conv2d (groups=1)",
+    )
+
+
+def _source_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "model": args.model,
+        "no_model": args.no_model,
+        "assume_linear": tuple(args.assume_linear),
+        "assume_conv2d": tuple(args.assume_conv2d),
+    }
 
 
 def _add_spectral_commands(sub: Any) -> None:
@@ -183,7 +225,8 @@ def _add_spectral_commands(sub: Any) -> None:
         "--output",
         default=None,
         metavar="OUT",
-        help="where to write the pruned model (.safetensors); required unless --dry-run",
+        help="the pruned model: .safetensors, or a directory for a model directory input "
+        "(rmtprune.save_pretrained); required unless --dry-run",
     )
     p.add_argument(
         "--split",
@@ -211,64 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="on an error, also print the traceback"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
     _add_spectral_commands(sub)
-
-    r = sub.add_parser(
-        "reproduce",
-        help="run one of the paper's experiments and write its report",
-        description="Reproduce an experiment of the paper (SPEC section 6): both arms over "
-        "several seeds, baselines, metrics, figures and report.md/report.html in one run "
-        "directory. A killed run continues where it stopped when given the same --out.",
-    )
-    r.add_argument("experiment", metavar="EXPERIMENT", help="experiment id (see --list)", nargs="?")
-    r.add_argument("--list", action="store_true", help="list the experiments and exit")
-    r.add_argument(
-        "--preset",
-        choices=("smoke", "small", "paper"),
-        default="small",
-        help="scale: smoke (seconds), small (minutes here), paper (hours) (default: %(default)s)",
-    )
-    r.add_argument("--seeds", type=int, default=None, help="number of seeds (default: preset's)")
-    r.add_argument("--out", default=None, metavar="DIR", help="run directory (default: runs/...)")
-    _add_data_options(r)
-    r.add_argument(
-        "--no-resume", action="store_true", help="start over even if --out has checkpoints"
-    )
-    r.add_argument("--quiet", action="store_true", help="no progress output")
-
-    d = sub.add_parser(
-        "demo",
-        help="the main job: normal vs pruned training on Fashion-MNIST",
-        description="Train a fully connected network on Fashion-MNIST with and without spectral "
-        "pruning over a few seeds (a few minutes on a laptop CPU), print the comparison and "
-        "write the report. --synthetic runs a data-free spectral demonstration instead.",
-    )
-    d.add_argument("--seeds", type=int, default=3, help="number of seeds (default: %(default)s)")
-    d.add_argument("--out", default=None, metavar="DIR", help="run directory (default: runs/...)")
-    _add_data_options(d)
-    d.add_argument(
-        "--synthetic",
-        action="store_true",
-        help="no data needed: BEMA on a signal-plus-noise matrix and pruning of a fresh network",
-    )
-    d.add_argument("--seed", type=int, default=0, help="seed of the synthetic demo")
-    d.add_argument("--quiet", action="store_true", help="no progress output")
+    add_reproduce_parser(sub)
+    add_demo_parser(sub)
     return parser
-
-
-def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        metavar="DIR",
-        help="dataset root (default: $RMTPRUNE_DATA, else ~/.cache/rmtprune)",
-    )
-    p.add_argument(
-        "--download",
-        action="store_true",
-        help="download missing datasets from their official locations (SHA-256 verified)",
-    )
 
 
 def _select(args: argparse.Namespace) -> Select:
@@ -280,19 +269,27 @@ def _select(args: argparse.Namespace) -> Select:
 def _mp(
     args: argparse.Namespace, bulk_keep: float = 0.0, min_rank: int | None = None
 ) -> MPCriterion:
-    from torch import nn
-
     from rmtprune.pruning.options import resolve_criterion
 
-    fit_cutoff = (
-        args.fit_cutoff
-        if args.conv_fit_cutoff is None
-        else {nn.Conv2d: args.conv_fit_cutoff, object: args.fit_cutoff}
-    )
     given = {"bulk_keep": bulk_keep, "min_rank": min_rank, "alpha": args.alpha}
-    given.update(beta=args.beta, fit_cutoff=fit_cutoff)
+    given.update(beta=args.beta, fit_cutoff=_fit_cutoff(args))
     # the older keywords' check names the command: "The 'alpha' parameter of analyze ..."
     return resolve_criterion(None, given, args.command)  # type: ignore[return-value]
+
+
+def _fit_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    """The fit and selection keywords of a streamed analysis and of the untyped weights."""
+    kw: dict[str, object] = {"alpha": args.alpha, "beta": args.beta, "layers": args.layers}
+    kw.update(fit_cutoff=_fit_cutoff(args), exclude=args.exclude, min_dim=args.min_dim)
+    return {**kw, "min_params": args.min_params}
+
+
+def _fit_cutoff(args: argparse.Namespace) -> object:
+    from torch import nn
+
+    if args.conv_fit_cutoff is None:
+        return args.fit_cutoff
+    return {nn.Conv2d: args.conv_fit_cutoff, object: args.fit_cutoff}
 
 
 def _criterion(args: argparse.Namespace) -> Criterion:
@@ -321,15 +318,19 @@ def _emit_json(report: ModelReport | PruneReport, target: str) -> None:
         report.to_json(target)  # atomic write
 
 
-def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from rmtprune.sources import load_model
-
+def _weights(args: argparse.Namespace) -> str:
     weights = args.weights or args.source
     if weights is None:
-        raise SystemExit("rmtprune: error: give a weights FILE (positional or --weights)")
+        raise SystemExit("rmtprune: error: give the weights PATH (positional or --weights)")
     if args.weights and args.source and args.weights != args.source:
-        raise SystemExit("rmtprune: error: give the weights once (positional FILE or --weights)")
-    return load_model(weights, model=args.model)
+        raise SystemExit("rmtprune: error: give the weights once (positional PATH or --weights)")
+    return str(weights)
+
+
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from rmtprune.cli_inputs import open_for_pruning
+
+    return open_for_pruning(_weights(args), **_source_kwargs(args))  # type: ignore[arg-type]
 
 
 def _progress(args: argparse.Namespace, message: str) -> None:
@@ -362,12 +363,16 @@ def _bar(args: argparse.Namespace) -> bool | None:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    import rmtprune
+    from rmtprune.cli_inputs import analyze_source
 
     _check_outputs(args)
-    model = _load(args)
+    weights = _weights(args)
     _progress(args, "fitting the spectrum of each layer ...")
-    report = rmtprune.analyze(model, criterion=_mp(args), select=_select(args), progress=_bar(args))
+    report = analyze_source(
+        weights,
+        progress=_bar(args),
+        **{**_source_kwargs(args), **_fit_kwargs(args)},  # type: ignore[arg-type]
+    )
     if args.json is not None:
         _emit_json(report, args.json)
     if args.json != "-":
@@ -381,72 +386,26 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if args.output is None and not args.dry_run:
         raise SystemExit("rmtprune prune: error: -o/--output is required unless --dry-run")
     _check_outputs(args)
-    model = _load(args)
+    source = _load(args)
     split = {"auto": "auto", "always": True, "never": False}[args.split]
     _progress(args, "fitting and pruning each layer ...")
     pruned, report = rmtprune.prune(
-        model,
+        source.model,
         criterion=_criterion(args),
-        select=_select(args),
+        select=source.walker_select(_select(args)),
         split=split,  # type: ignore[arg-type]
         dry_run=args.dry_run,
         inplace=True,
         progress=_bar(args),
     )
+    report = source.complete(report, bulk_keep=args.bulk_keep, **_fit_kwargs(args))
     if not args.dry_run:  # the model first: no report is left behind if saving fails
-        rmtprune.save(pruned, args.output, overwrite=args.overwrite)
+        source.save(pruned, args.output, overwrite=args.overwrite)
         _progress(args, f"saved {args.output}")
     if args.json is not None:
         _emit_json(report, args.json)
     if args.json != "-":
         print(report.to_markdown())
-    return 0
-
-
-def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from rmtprune.experiments import reproduce
-    from rmtprune.experiments.analysis import all_experiments
-
-    if args.list or args.experiment is None:
-        for key, title in all_experiments().items():
-            print(f"{key:12s} {title}")
-        return 0 if args.list else 2
-    if args.out is not None:
-        from rmtprune._fileio import check_output_dir
-
-        check_output_dir(args.out, what="--out")
-    result = reproduce(
-        args.experiment,
-        preset=args.preset,
-        seeds=args.seeds,
-        out=args.out,
-        data_dir=args.data_dir,
-        download=args.download,
-        progress=not args.quiet,
-        resume=not args.no_resume,
-    )
-    print(f"report: {result.run_dir / 'report.md'}")
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    if args.synthetic:
-        from rmtprune.demo import run_synthetic_demo
-
-        run_synthetic_demo(seed=args.seed)
-        return 0
-    from rmtprune._fileio import check_output_dir
-    from rmtprune.experiments import run_demo
-
-    if args.out is not None:
-        check_output_dir(args.out, what="--out")
-    run_demo(  # prints the comparison, the verdicts and where the report is
-        data_dir=args.data_dir,
-        download=args.download,
-        out=args.out,
-        seeds=args.seeds,
-        progress=not args.quiet,
-    )
     return 0
 
 
@@ -483,8 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {
         "analyze": _cmd_analyze,
         "prune": _cmd_prune,
-        "reproduce": _cmd_reproduce,
-        "demo": _cmd_demo,
+        "reproduce": cmd_reproduce,
+        "demo": cmd_demo,
     }
     try:
         return handlers[args.command](args)

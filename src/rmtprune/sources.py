@@ -1,22 +1,23 @@
-"""Where the command line gets its model from.
+"""Reading weights files into a model: a user factory's model, or a shell that guesses nothing.
 
 :func:`load_model` accepts
 
 * an rmtprune file (written by :func:`rmtprune.save`: safetensors with the
   factorized structure in its metadata),
-* a plain ``.safetensors`` state dict,
+* a plain ``.safetensors`` state dict, a sharded checkpoint (its
+  ``*.safetensors.index.json``) or a model directory holding either
+  (headers and index checked by :func:`rmtprune.checkpoint.open_checkpoint`),
 * a PyTorch state dict (``.pt`` / ``.pth`` / ``.bin``), read with
   ``torch.load(weights_only=True)`` so no code is unpickled; a checkpoint dict
   with a ``"state_dict"`` or ``"model"`` entry is accepted too,
 
 and either loads it into the exact model built by a user factory
 (``--model package.module:factory``), or, without one, into a *shell* model
-built from the tensors alone: every 2-D ``*.weight`` becomes an ``nn.Linear``,
-every 4-D one an ``nn.Conv2d`` (``groups = 1`` assumed), factorized layers come
-from the file's structure, and every other tensor (norm weights, buffers) is
-carried through unchanged.  Analysis and pruning only need the weight matrices,
-so the shell gives the same numbers; the layer types are inferred, which the
-CLI says.
+built from the tensors alone.  The shell guesses no layer type: its layers are
+the factorized layers of the file's structure and the layers the caller names
+as Linear or Conv2d (``dense=``); every other tensor is a buffer carried
+through unchanged.  Which weights may be named is decided in
+:mod:`rmtprune.cli_inputs` (never embeddings or norms).
 
 Example
 -------
@@ -25,7 +26,10 @@ Example
 >>> from rmtprune.sources import load_model
 >>> path = os.path.join(tempfile.mkdtemp(), "m.safetensors")
 >>> rmtprune.save(torch.nn.Sequential(torch.nn.Linear(4, 3)), path)
->>> load_model(path)
+>>> shell = load_model(path)
+>>> sorted(shell.state_dict()), any(isinstance(m, torch.nn.Linear) for m in shell.modules())
+(['0.bias', '0.weight'], False)
+>>> load_model(path, dense={"0": "Linear"})
 ShellModel(
   (0): Linear(in_features=4, out_features=3, bias=True)
 )
@@ -38,12 +42,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from rmtprune._errors import InvalidFileError
 from rmtprune._fileio import check_input_file
 from rmtprune._inputs import load_into, read_document, read_state_dict, resolve_factory
+from rmtprune.checkpoint import is_safetensors_file, open_checkpoint
 from rmtprune.factorize.lowrank import (
     LowRankConv1D,
     LowRankConv2d,
@@ -52,7 +56,14 @@ from rmtprune.factorize.lowrank import (
 )
 from rmtprune.io import load as load_rmtprune
 
-__all__ = ["ShellModel", "build_shell", "load_model", "read_tensors"]
+__all__ = [
+    "ShellModel",
+    "build_factory_model",
+    "build_shell",
+    "load_model",
+    "load_shell",
+    "read_tensors",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -67,25 +78,23 @@ class ShellModel(nn.Module):
         )
 
 
-def _is_safetensors(path: str) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
+def _checkpoint_file(path: PathLike) -> str:
+    """The safetensors file behind ``path`` (a model directory's ``model.safetensors``)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return open_checkpoint(path).path
+    return path
 
 
 def read_tensors(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """Tensors of a weights file and, for an rmtprune file, its structure document."""
+    """Tensors of a weights file, index or model directory, and an rmtprune structure document."""
     path = os.fspath(path)
+    if os.path.isdir(path) or path.endswith(".index.json") or is_safetensors_file(path):
+        checkpoint = open_checkpoint(path)  # checks the headers and the index first
+        tensors = dict(checkpoint.iter_tensors())
+        # the one metadata validator (rmtprune._metadata): names and structure records
+        return tensors, read_document(checkpoint.path, checkpoint.metadata, tensors)
     check_input_file(path, what="weights file")
-    if _is_safetensors(path):
-        try:
-            with safe_open(path, framework="pt") as handle:
-                meta = handle.metadata() or {}
-                tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-        except SafetensorError as exc:
-            raise ValueError(f"{path} is not a valid safetensors file: {exc}") from None
-        document = read_document(path, meta, tensors)
-        return tensors, document
     tensors = read_state_dict(path)
     read_document(path, {}, tensors)  # checks the tensor names
     return tensors, None
@@ -128,30 +137,44 @@ def _factorized(entry: Mapping[str, Any]) -> nn.Module:
     return linear(entry["in_features"], entry["out_features"], entry["rank"], bias=entry["bias"])
 
 
+def _dense_layer(kind: str, weight: torch.Tensor, has_bias: bool) -> nn.Module:
+    if kind == "Linear" and weight.dim() == 2:
+        return nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, dtype=weight.dtype)
+    if kind == "Conv2d" and weight.dim() == 4:
+        kernel = (int(weight.shape[2]), int(weight.shape[3]))
+        return nn.Conv2d(
+            weight.shape[1], weight.shape[0], kernel, bias=has_bias, dtype=weight.dtype
+        )
+    raise ValueError(f"a {weight.dim()}-D weight cannot be built as {kind}")
+
+
 def build_shell(
-    tensors: Mapping[str, torch.Tensor], structure: Mapping[str, Mapping[str, Any]] | None = None
+    tensors: Mapping[str, torch.Tensor],
+    structure: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    dense: Mapping[str, str] | None = None,
 ) -> ShellModel:
-    """A module tree whose ``state_dict`` keys and shapes are those of ``tensors``."""
+    """A module tree whose ``state_dict`` keys and shapes are those of ``tensors``.
+
+    The factorized layers of ``structure`` and the layers named in ``dense``
+    (``{layer name: "Linear" or "Conv2d"}``, weight at ``NAME.weight``) become
+    real layers; every other tensor becomes a buffer, so it is carried through
+    unchanged and no layer type is guessed.
+    """
     structure = structure or {}
+    dense = dense or {}
     root = ShellModel()
     for name in sorted(structure, key=lambda s: s.count(".")):
         parent, _, leaf = name.rpartition(".")
         _node(root, parent).add_module(leaf, _factorized(structure[name]))
     inside = tuple(f"{name}." for name in structure)
-    for key in sorted(tensors):
-        if key.startswith(inside):
-            continue
-        prefix, _, leaf = key.rpartition(".")
-        t = tensors[key]
-        if leaf == "weight" and t.dim() in (2, 4) and prefix:
-            parent, _, mod_name = prefix.rpartition(".")
-            has_bias = f"{prefix}.bias" in tensors
-            if t.dim() == 2:
-                layer: nn.Module = nn.Linear(t.shape[1], t.shape[0], bias=has_bias, dtype=t.dtype)
-            else:
-                kernel = (int(t.shape[2]), int(t.shape[3]))
-                layer = nn.Conv2d(t.shape[1], t.shape[0], kernel, bias=has_bias, dtype=t.dtype)
-            _node(root, parent).add_module(mod_name, layer)
+    for name in sorted(dense):
+        weight = tensors.get(f"{name}.weight")
+        if weight is None or not name:
+            raise ValueError(f"no weight tensor {name}.weight for the layer {name!r}")
+        parent, _, leaf = name.rpartition(".")
+        layer = _dense_layer(dense[name], weight, f"{name}.bias" in tensors)
+        _node(root, parent).add_module(leaf, layer)
     for key in sorted(tensors):
         prefix, _, leaf = key.rpartition(".")
         node = _node(root, prefix)
@@ -161,31 +184,56 @@ def build_shell(
     return root
 
 
-def load_model(weights: PathLike, *, model: str | None = None) -> nn.Module:
-    """Build the model the CLI works on (see the module docstring).
+def load_model(
+    weights: PathLike, *, model: str | None = None, dense: Mapping[str, str] | None = None
+) -> nn.Module:
+    """Load a weights file into the model built by a factory, or into a shell model.
 
     Parameters
     ----------
     weights : path
-        The weights file.
+        The weights file (see the module docstring), a sharded index, or a
+        model directory (its safetensors checkpoint).
     model : str, optional
         ``"package.module:factory"``; the factory is called without arguments
         and must return an ``nn.Module``.
+    dense : mapping, optional
+        Without ``model``: the layers of the shell that are Linear or Conv2d
+        (see :func:`build_shell`); every other tensor is carried as a buffer.
     """
     tensors, document = read_tensors(weights)
+    path = _checkpoint_file(weights)
     if model is None:
-        try:
-            shell = build_shell(tensors, document["structure"] if document else None)
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise InvalidFileError(
-                weights, f"{os.fspath(weights)}: its tensor names do not form a model ({exc})"
-            ) from None
-        if document is not None:
-            return load_rmtprune(shell, weights)
-        load_into(shell, tensors, os.fspath(weights), None)
-        return shell
-    built = resolve_factory(model)
+        return load_shell(tensors, document, path, dense=dense)
+    built = build_factory_model(model)
     if document is not None:
-        return load_rmtprune(built, weights)
+        return load_rmtprune(built, path)
     load_into(built, tensors, os.fspath(weights), model)
     return built
+
+
+def load_shell(
+    tensors: Mapping[str, torch.Tensor],
+    document: Mapping[str, Any] | None,
+    path: PathLike,
+    *,
+    dense: Mapping[str, str] | None = None,
+) -> ShellModel:
+    """:func:`build_shell` filled with ``tensors`` (from :func:`read_tensors` of ``path``)."""
+    try:
+        shell = build_shell(tensors, document["structure"] if document else None, dense=dense)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InvalidFileError(
+            path, f"{os.fspath(path)}: its tensor names do not form a model ({exc})"
+        ) from None
+    if document is not None:
+        loaded = load_rmtprune(shell, os.fspath(path))
+        assert isinstance(loaded, ShellModel)
+        return loaded
+    load_into(shell, tensors, os.fspath(path), None)
+    return shell
+
+
+def build_factory_model(model: str) -> nn.Module:
+    """Call the factory named ``"package.module:factory"`` and check it returns a module."""
+    return resolve_factory(model)

@@ -9,17 +9,11 @@ from pathlib import Path
 import pytest
 
 from rmtprune.experiments import reproduce
-from rmtprune.experiments.analysis import all_experiments, markdown_to_html, reproduce_analysis
+from rmtprune.experiments.analysis import markdown_to_html, reproduce_analysis
 from rmtprune.experiments.init_compare import SCHEMES
-
-from . import real_data_root, write_synthetic_data
+from rmtprune.experiments.runner import all_experiments
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return real_data_root() or write_synthetic_data(tmp_path_factory.mktemp("data"))
 
 
 def test_every_experiment_is_listed() -> None:
@@ -28,6 +22,7 @@ def test_every_experiment_is_listed() -> None:
     assert {"theory", "init", "regression", "landscape"} <= ids
 
 
+@pytest.mark.slow  # four classification runs
 def test_init_smoke_compares_four_schemes(tmp_path: Path, data_root: Path) -> None:
     run = reproduce(
         "init", preset="smoke", seeds=1, out=tmp_path / "init", data_dir=data_root, progress=False

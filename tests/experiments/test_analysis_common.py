@@ -40,11 +40,11 @@ def test_resolve_config_preset_instance_and_seed_override() -> None:
 
 def test_paired_comparison_is_the_paired_t_test_on_b_minus_a() -> None:
     a, b = [1.0, 2.0, 3.5, 4.0], [0.7, 1.9, 3.6, 3.2]
-    c = common.paired_comparison("mse", a, b)
-    assert c.mean_difference == pytest.approx(sum(y - x for x, y in zip(a, b, strict=True)) / 4)
-    assert c.pvalue == pytest.approx(stats.ttest_rel(b, a).pvalue, rel=1e-10)
-    assert (c.b_lower, c.n) == (3, 4) and c.mean_a == pytest.approx(2.625)
-    one = common.paired_comparison("mse", [1.0], [0.5])
-    assert math.isnan(one.pvalue) and math.isnan(one.std_difference)
+    c = common.paired_comparison(b, a, metric="mse")  # pruned (b) − normal (a)
+    assert c.mean == pytest.approx(sum(y - x for x, y in zip(a, b, strict=True)) / 4)
+    assert c.p_value == pytest.approx(stats.ttest_rel(b, a).pvalue, rel=1e-10)
+    assert (c.losses, c.n, c.metric) == (3, 4, "mse") and c.mean_b == pytest.approx(2.625)
+    one = common.paired_comparison([0.5], [1.0])
+    assert math.isnan(one.p_value) and math.isnan(one.std)
     with pytest.raises(ValueError, match="'a' and 'b'"):
-        common.paired_comparison("mse", [1.0, 2.0], [1.0])
+        common.paired_comparison([1.0, 2.0], [1.0])

@@ -124,11 +124,12 @@ def test_derived_values_are_recorded() -> None:
 
 
 def test_seeds_argument_of_reproduce() -> None:
-    from rmtprune.experiments.runner import _seed_tuple
+    from rmtprune.experiments.seeds import seed_tuple
 
-    assert _seed_tuple(3) == (0, 1, 2)
-    assert _seed_tuple([5, 7]) == (5, 7)
+    assert seed_tuple(3) == (0, 1, 2)
+    assert seed_tuple([5, 7]) == (5, 7)
+    assert seed_tuple("3") == (0, 1, 2) and seed_tuple("5,7") == (5, 7)
     with pytest.raises(ValueError, match="'seeds' parameter of reproduce"):
-        _seed_tuple(0)
+        seed_tuple(0)
     with pytest.raises(ValueError, match="'seeds' parameter of reproduce"):
-        _seed_tuple("3")
+        seed_tuple("three")

@@ -22,8 +22,6 @@ from rmtprune.experiments.landscape import (
 from rmtprune.models import FullyConnected, initialize
 from rmtprune.training import evaluate
 
-from . import real_data_root, write_synthetic_data
-
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -37,8 +35,10 @@ def _net(seed: int) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[landscape.LandscapeResult, Path]:
-    root = real_data_root() or write_synthetic_data(tmp_path_factory.mktemp("data"))
+def smoke(
+    data_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[landscape.LandscapeResult, Path]:
+    root = data_root
     out = tmp_path_factory.mktemp("landscape")
     return landscape.run("smoke", out=out, data_dir=root, progress=False), out
 
@@ -159,7 +159,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
             grid=2,
             line_points=3,
             surface_seeds=1,
-            prune_every=1,
+            every=1,
             schedule_epochs=1.0,
         )
     with pytest.raises(ValueError, match="'preset'"):

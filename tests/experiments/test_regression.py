@@ -50,7 +50,7 @@ def test_arms_start_identical_and_pruning_removes_parameters(
     smoke: tuple[regression.RegressionResult, Path],
 ) -> None:
     result, _ = smoke
-    every = result.config.prune_every
+    every = result.config.every
     by = {(r.arm, r.seed): r for r in result.runs}
     for seed in range(result.config.seeds):
         normal, pruned = by["normal", seed], by["pruned", seed]
@@ -66,8 +66,8 @@ def test_arms_start_identical_and_pruning_removes_parameters(
 def test_paired_comparison_and_outputs(smoke: tuple[regression.RegressionResult, Path]) -> None:
     result, out = smoke
     diff = result.final("pruned") - result.final("normal")
-    assert result.test.mean_difference == pytest.approx(diff.mean())
-    assert result.test.b_lower == int((diff < 0).sum())
+    assert result.test.mean == pytest.approx(diff.mean())
+    assert result.test.losses == int((diff < 0).sum())
     for name in ("config.json", "metrics.json", "report_section.md", *result.files):
         assert (out / name).is_file(), name
     assert all((out / f).read_bytes()[:8] == PNG for f in result.files if f.endswith(".png"))
@@ -86,7 +86,7 @@ def test_paired_comparison_and_outputs(smoke: tuple[regression.RegressionResult,
 
 def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'widths'"):
-        RegressionConfig(widths=(2, 8, 1), seeds=1, epochs=1, prune_every=1, schedule_epochs=1.0)
+        RegressionConfig(widths=(2, 8, 1), seeds=1, epochs=1, every=1, schedule_epochs=1.0)
     with pytest.raises(ValueError, match="'seeds'"):
         regression.run("smoke", seeds=0, out=tmp_path)
     with pytest.raises(TypeError, match="'config'"):

@@ -16,35 +16,20 @@ from rmtprune.experiments import (
     RunResult,
     get_config,
     list_experiments,
-    reproduce,
     run_demo,
     run_experiment,
 )
 from rmtprune.experiments.claims import CLAIMS
 from rmtprune.training import EpochRecord
 
-from . import load_metrics, real_data_root, write_synthetic_data
+from . import load_metrics, real_data_root
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool]:
-    real = real_data_root()
-    if real is not None:
-        return real, True
-    return write_synthetic_data(tmp_path_factory.mktemp("data")), False
-
-
-@pytest.fixture(scope="module")
-def runs(
-    data_root: tuple[Path, bool], tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, RunResult]:
-    root = tmp_path_factory.mktemp("runs")
-    return {
-        e: reproduce(e, preset="smoke", out=root / e, data_dir=data_root[0], progress=False)
-        for e in list_experiments()
-    }
+def runs(smoke_runs: dict[str, RunResult]) -> dict[str, RunResult]:
+    return smoke_runs
 
 
 EXPERIMENTS = list_experiments()
@@ -100,11 +85,11 @@ def test_report_states_each_claim(runs: dict[str, RunResult], experiment: str) -
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_smoke_values_are_sane(
-    runs: dict[str, RunResult], data_root: tuple[Path, bool], experiment: str
+    runs: dict[str, RunResult], data_root: Path, experiment: str
 ) -> None:
     result = runs[experiment]
     chance = 1 / result.config.num_classes
-    floor = 0.2 if (data_root[1] and experiment == "fc-cifar10") else 0.5
+    floor = 0.2 if (real_data_root() is not None and experiment == "fc-cifar10") else 0.5
     for s in result.seeds:
         assert s.normal.final_accuracy > max(floor, 2 * chance)
         assert s.pruned.final_accuracy > max(floor, 2 * chance)
@@ -159,9 +144,9 @@ def _every_two_config() -> Any:
 
 
 @pytest.fixture(scope="module")
-def reference(data_root: tuple[Path, bool], tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+def reference(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     out = tmp_path_factory.mktemp("reference") / "run"
-    return run_experiment(_every_two_config(), out=out, data_dir=data_root[0], progress=False)
+    return run_experiment(_every_two_config(), out=out, data_dir=data_root, progress=False)
 
 
 def test_arms_bitwise_equal_before_first_pruning_epoch(reference: RunResult) -> None:
@@ -180,9 +165,16 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("where", [("normal", 2), ("pruned", 1), ("pruned", 3)])
+@pytest.mark.parametrize(
+    "where",
+    [
+        ("normal", 2),
+        pytest.param(("pruned", 1), marks=pytest.mark.slow),
+        pytest.param(("pruned", 3), marks=pytest.mark.slow),
+    ],
+)
 def test_killed_run_resumes_to_identical_metrics(
-    reference: RunResult, data_root: tuple[Path, bool], tmp_path: Path, where: tuple[str, int]
+    reference: RunResult, data_root: Path, tmp_path: Path, where: tuple[str, int]
 ) -> None:
     def hook(seed: int, arm: str, record: EpochRecord) -> None:
         if (arm, record.epoch) == where:
@@ -191,10 +183,10 @@ def test_killed_run_resumes_to_identical_metrics(
     out = tmp_path / "run"
     cfg = _every_two_config()
     with pytest.raises(Killed):
-        run_experiment(cfg, out=out, data_dir=data_root[0], progress=False, on_epoch_end=hook)
+        run_experiment(cfg, out=out, data_dir=data_root, progress=False, on_epoch_end=hook)
     assert not (out / "metrics.json").exists()
     first = json.loads((out / "environment.json").read_text())
-    resumed = run_experiment(cfg, out=out, data_dir=data_root[0], progress=False)
+    resumed = run_experiment(cfg, out=out, data_dir=data_root, progress=False)
     assert load_metrics(out) == load_metrics(reference.run_dir)
     assert resumed.summary == reference.summary
     environment = json.loads((out / "environment.json").read_text())
@@ -202,15 +194,13 @@ def test_killed_run_resumes_to_identical_metrics(
     assert [set(e) for e in environment["resumed"]] == [set(first)]
 
 
-def test_resume_refuses_other_config(reference: RunResult, data_root: tuple[Path, bool]) -> None:
+def test_resume_refuses_other_config(reference: RunResult, data_root: Path) -> None:
     with pytest.raises(ValueError, match="differs in \\['epochs'\\]"):
         run_experiment(
-            _every_two_config().replace(epochs=4), out=reference.run_dir, data_dir=data_root[0]
+            _every_two_config().replace(epochs=4), out=reference.run_dir, data_dir=data_root
         )
     with pytest.raises(ValueError, match="resume=True"):
-        run_experiment(
-            _every_two_config(), out=reference.run_dir, data_dir=data_root[0], resume=False
-        )
+        run_experiment(_every_two_config(), out=reference.run_dir, data_dir=data_root, resume=False)
 
 
 def test_missing_data_says_how_to_provide_it(tmp_path: Path) -> None:

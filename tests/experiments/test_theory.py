@@ -23,14 +23,14 @@ from rmtprune.experiments.theory import (
     tau_bound,
 )
 
-from . import real_data_root, write_synthetic_data
-
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[theory.TheoryResult, Path]:
-    root = real_data_root() or write_synthetic_data(tmp_path_factory.mktemp("data"))
+def smoke(
+    data_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[theory.TheoryResult, Path]:
+    root = data_root
     out = tmp_path_factory.mktemp("theory")
     return theory.run("smoke", out=out, data_dir=root, progress=False), out
 

@@ -207,7 +207,8 @@ def test_killed_run_with_pruner_resumes_bitwise(
         applied.append(structure)
         return model
 
-    monkeypatch.setattr(ckpt, "_structure_io", lambda: (lambda m: {"stand-in": 1}, apply))
+    monkeypatch.setattr(ckpt, "describe_structure", lambda m: {"stand-in": 1})
+    monkeypatch.setattr(ckpt, "apply_structure", apply)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(96, 12, generator=g)
     y = (x[:, :3].sum(1) > 0).long()

@@ -163,7 +163,8 @@ def _rebuild(optimizer: torch.optim.Optimizer, model: nn.Module) -> torch.optim.
 def test_both_arms_get_the_same_learning_rates(monkeypatch: pytest.MonkeyPatch) -> None:
     from rmtprune.training import checkpoint
 
-    monkeypatch.setattr(checkpoint, "_structure_io", lambda: (lambda m: {}, lambda m, s: m))
+    monkeypatch.setattr(checkpoint, "describe_structure", lambda m: {})
+    monkeypatch.setattr(checkpoint, "apply_structure", lambda m, s: m)
     x, y = blobs(64, 6, seed=4)
     cfg = TrainConfig(epochs=4, batch_size=16, lr_decay=0.5, lr_decay_epochs=(1, 3))
     seen: dict[str, list[float]] = {"normal": [], "pruned": []}

@@ -48,10 +48,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rmtprune._validation import check_real, param_error
-from rmtprune.data.datasets import (
+from rmtprune.data.layout import (
     DATASETS,
     DatasetNotFoundError,
-    _existing,
+    existing,
     expected_files,
     missing_files_message,
     resolve_data_dir,
@@ -366,13 +366,13 @@ def download_dataset(
     table = OFFICIAL_SOURCES[name] if source is None else source
     base = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
     bases = [f"{base.rstrip('/')}/{name}/"] if base else list(table.base_urls)
-    if all(_existing(p) is not None for p in expected_files(name, None, root)):
+    if all(existing(p) is not None for p in expected_files(name, None, root)):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     try:
         for remote in table.files:
             dest = folder / remote.filename
-            if not table.archive and _existing(dest) is not None:
+            if not table.archive and existing(dest) is not None:
                 continue
             urls = [b + remote.filename for b in bases]
             tmp = _fetch_any(urls, folder, remote, timeout)

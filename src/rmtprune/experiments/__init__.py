@@ -29,7 +29,7 @@ from rmtprune.experiments.baselines import (
     svd_energy_choice,
     svd_energy_prune,
 )
-from rmtprune.experiments.claims import ClaimVerdict, PairedComparison, SummaryRow
+from rmtprune.experiments.classification import environment, render_run, run_experiment
 from rmtprune.experiments.config import ExperimentConfig
 from rmtprune.experiments.demo import DEMO_CONFIG, run_demo
 from rmtprune.experiments.registry import (
@@ -39,8 +39,9 @@ from rmtprune.experiments.registry import (
     get_experiment,
     list_experiments,
 )
-from rmtprune.experiments.results import ArmResult, RunResult, SeedResult
-from rmtprune.experiments.runner import environment, reproduce, run_experiment
+from rmtprune.experiments.results import ArmResult, ClaimVerdict, RunResult, SeedResult, SummaryRow
+from rmtprune.experiments.runner import all_experiments, reproduce
+from rmtprune.experiments.stats import PairedComparison
 
 __all__ = [
     "DEMO_CONFIG",
@@ -58,11 +59,13 @@ __all__ = [
     "RunResult",
     "SeedResult",
     "SummaryRow",
+    "all_experiments",
     "environment",
     "get_config",
     "get_experiment",
     "list_experiments",
     "magnitude_prune",
+    "render_run",
     "reproduce",
     "run_demo",
     "run_experiment",

@@ -16,8 +16,6 @@ Example
 from __future__ import annotations
 
 import copy
-import csv
-import json
 import math
 import os
 import sys
@@ -33,8 +31,12 @@ from numpy.typing import ArrayLike
 from torch import nn
 
 from rmtprune._validation import check_int, param_error
-from rmtprune.experiments.claims import paired_comparison as report_paired_comparison
-from rmtprune.experiments.runner import environment
+from rmtprune.data import load_dataset
+from rmtprune.experiments import formats
+from rmtprune.experiments.config import PRESETS
+from rmtprune.experiments.formats import markdown_table, to_jsonable
+from rmtprune.experiments.rundir import environment
+from rmtprune.experiments.stats import PairedComparison, paired_comparison
 from rmtprune.factorize.lowrank import LowRankModule
 from rmtprune.factorize.registry import set_submodule
 
@@ -62,9 +64,6 @@ __all__ = [
     "write_json",
     "write_run_config",
 ]
-
-PRESETS = ("smoke", "small", "paper")
-"""Preset names shared by every experiment."""
 
 
 def check_preset(preset: Any, owner: str) -> str:
@@ -142,45 +141,17 @@ def say(progress: bool, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def to_jsonable(value: Any) -> Any:
-    """Plain JSON value: tuples → lists, NumPy scalars/arrays → Python, NaN/inf → ``None``.
-
-    >>> to_jsonable({"a": (1, float("nan")), "b": np.float64(2.5)})
-    {'a': [1, None], 'b': 2.5}
-    """
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [to_jsonable(v) for v in value.tolist()]
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        x = float(value)
-        return x if math.isfinite(x) else None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def write_json(path: Path, data: Any) -> Path:
-    """Write ``data`` as strict, indented JSON (see :func:`to_jsonable`)."""
-    path.write_text(json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")
-    return path
+    """Write ``data`` as strict JSON indented by 2, atomically."""
+    return formats.write_json(path, data, indent=2, newline=True)
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    """Write dictionaries with the same keys as CSV rows (the first row's keys as header)."""
-    with path.open("w", newline="") as fh:
-        if rows:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: _csv_cell(v) for k, v in row.items()})
-    return path
+    """Write dictionaries with the same keys as CSV rows (the first row's keys as header),
+    atomically."""
+    header = list(rows[0]) if rows else []
+    table = [[_csv_cell(row[k]) for k in header] for row in rows]
+    return formats.write_text(path, formats.csv_text(header, table) if rows else "")
 
 
 def _csv_cell(value: Any) -> Any:
@@ -243,51 +214,6 @@ def mean_std(values: ArrayLike) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
-class PairedComparison:
-    """``b − a`` over seeds for one metric (``a``: normal arm, ``b``: pruned arm).
-
-    The statistics are those of :func:`rmtprune.experiments.claims.paired_comparison`
-    (two-sided paired t-test; spread and p-value NaN for a single seed, p-value 0 or 1
-    for zero spread); ``b_lower`` counts the seeds where ``b < a``.
-    """
-
-    metric: str
-    mean_a: float
-    mean_b: float
-    mean_difference: float
-    std_difference: float
-    pvalue: float
-    b_lower: int
-    n: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain ``dict`` of the fields."""
-        return asdict(self)
-
-
-def paired_comparison(metric: str, a: ArrayLike, b: ArrayLike) -> PairedComparison:
-    """Compare paired values ``a[i]``, ``b[i]`` (same seed ``i``).
-
-    Examples
-    --------
-    >>> c = paired_comparison("mse", [1.0, 2.0, 3.0], [0.5, 1.5, 2.0])
-    >>> c.mean_difference, c.b_lower
-    (-0.6666666666666666, 3)
-    """
-    xa = np.asarray(a, dtype=np.float64)
-    xb = np.asarray(b, dtype=np.float64)
-    if xa.shape != xb.shape or xa.ndim != 1 or xa.size == 0:
-        raise ValueError(
-            "The 'a' and 'b' parameters of paired_comparison must be 1-D of the same "
-            f"non-zero length. Got shapes {xa.shape} and {xb.shape} instead."
-        )
-    d = report_paired_comparison(xb.tolist(), xa.tolist())
-    return PairedComparison(
-        metric, float(xa.mean()), float(xb.mean()), d.mean, d.std, d.p_value, d.losses, d.n
-    )
-
-
-@dataclass(frozen=True)
 class Verdict:
     """One claim checked by an experiment: what was claimed, whether it held, the numbers.
 
@@ -310,36 +236,6 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         """Plain ``dict`` of the fields and the label."""
         return {**asdict(self), "label": self.label}
-
-
-def _fmt(value: Any, digits: int) -> str:
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        x = float(value)
-        if not math.isfinite(x):
-            return "n/a"
-        if x.is_integer() and abs(x) < 1e12:
-            return str(int(x))
-        if x != 0 and (abs(x) < 10 ** (-digits + 1) or abs(x) >= 1e5):
-            return f"{x:.{digits - 1}e}"
-        return f"{x:.{digits}g}"
-    return str(value)
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 4) -> str:
-    """A GitHub-flavoured Markdown table; floats with ``digits`` significant digits.
-
-    >>> print(markdown_table(["N", "x"], [[10, 0.123456]]))
-    | N | x |
-    |---|---|
-    | 10 | 0.1235 |
-    """
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_fmt(v, digits) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 3.8)) -> Figure:
@@ -384,8 +280,6 @@ def load_fashion_mnist(
     n_train: int | None, n_test: int | None, *, data_dir: Any = None, seed: int = 0
 ) -> tuple[torch.utils.data.TensorDataset, torch.utils.data.TensorDataset]:
     """Fashion-MNIST training and test subsets (``None``: the whole split), seeded."""
-    from rmtprune.data import load_dataset
-
     train = load_dataset("fashion-mnist", "train", data_dir=data_dir, subset=n_train, seed=seed)
     test = load_dataset("fashion-mnist", "test", data_dir=data_dir, subset=n_test, seed=seed)
     return train, test

@@ -287,7 +287,7 @@ def _report_section(
             "",
             f"FullyConnected {list(config.widths)} on Fashion-MNIST ({config.n_train or 60000} "
             f"training images, {config.epochs} epochs, {config.seeds} seeds per arm; pruned arm: "
-            f"SpectralPruner every {config.prune_every} epoch(s), Linear(T = "
+            f"SpectralPruner every {config.every} epoch(s), Linear(T = "
             f"{config.schedule_epochs:g}), min_rank {config.min_rank}). Landscape measures in the "
             f"space of dense weight matrices, NLL on {config.n_eval} fixed test images; lines with "
             f"{config.line_points} points; surfaces on a {config.grid}×{config.grid} lattice of "
@@ -301,9 +301,9 @@ def _report_section(
                 ["arm", *keys], [[arm, *(summary[arm][k] for k in keys)] for arm in ARMS]
             ),
             "",
-            f"Paired test accuracy (pruned − normal): {accuracy.mean_difference:+.4f} ± "
-            f"{accuracy.std_difference:.4f}, pruned higher on {config.seeds - accuracy.b_lower}"
-            f"/{config.seeds} seeds (ties count as higher), p = {accuracy.pvalue:.3g}.",
+            f"Paired test accuracy (pruned − normal): {accuracy.mean:+.4f} ± "
+            f"{accuracy.std:.4f}, pruned higher on {config.seeds - accuracy.losses}"
+            f"/{config.seeds} seeds (ties count as higher), p = {accuracy.p_value:.3g}.",
             "",
             " ".join(f"![{f}]({f})" for f in figures),
             "",

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rmtprune.experiments import _analysis_common as common
+from rmtprune.experiments._theory_figures import bound_figure, by_size, synthetic_figures
+from rmtprune.experiments.formats import write_text
 
 if TYPE_CHECKING:
     from rmtprune.experiments._theory_network import NetworkRecord
@@ -76,26 +78,7 @@ class TheoryResult:
 
 # ----------------------------------------------------------------------------- verdicts
 
-_QUANTITIES: Mapping[str, Any] = {
-    "distance_op": lambda r: r.distance_op,
-    "distance_fro": lambda r: r.distance_fro,
-    "noise_op": lambda r: r.noise_op,
-    "entry_rms_pruned": lambda r: r.distance_fro / math.sqrt(r.shape[0] * r.shape[1]),
-    "entry_rms_noise": lambda r: r.noise_fro / math.sqrt(r.shape[0] * r.shape[1]),
-    "noise_left": lambda r: r.distance_fro / r.noise_fro,
-    "edge_ratio": lambda r: r.lambda_plus / r.edge,
-    "edge_tw_ratio": lambda r: r.lambda_plus / r.edge_tw,
-    "sigma2_ratio": lambda r: r.sigma2_hat / r.sigma2,
-    "sigma2_noise_ratio": lambda r: r.sigma2_hat_noise / r.sigma2,
-}
 SLOPES = ("distance_op", "distance_fro", "entry_rms_pruned", "entry_rms_noise", "noise_left")
-
-
-def by_size(records: Sequence[SyntheticRecord], name: str) -> tuple[np.ndarray, ...]:
-    """Sizes, means and standard deviations over seeds of one of :data:`_QUANTITIES`."""
-    key, sizes = _QUANTITIES[name], sorted({r.size for r in records})
-    pairs = [common.mean_std([key(r) for r in records if r.size == n]) for n in sizes]
-    return np.array(sizes, dtype=np.float64), *np.array(pairs, dtype=np.float64).T
 
 
 def _list(values: Any, fmt: str = ".4f") -> str:
@@ -226,145 +209,13 @@ def network_verdicts(networks: Sequence[NetworkRecord]) -> list[common.Verdict]:
 # ----------------------------------------------------------------------------- figures, text
 
 
-def _errorbars(
-    ax: Any, records: Sequence[SyntheticRecord], name: str, label: str, **kw: Any
-) -> None:
-    n, mean, std = by_size(records, name)
-    ax.errorbar(n, mean, std, marker="o", capsize=3, label=label, **kw)
-
-
-def _synthetic_figures(
-    folder: Path,
+def _synthetic_text(
     config: TheoryConfig,
     records: Sequence[SyntheticRecord],
     sweep: Sequence[SweepRecord],
-    slopes: Mapping[str, common.Slope],
     limits: tuple[float, float],
-    spectrum: np.ndarray,
-    tw_reference: float,
+    slopes: Mapping[str, common.Slope],
 ) -> list[str]:
-    """``theory_spectrum.png`` and ``theory_synthetic.png``; ``tw_reference`` is the edge with
-    the true σ² and TW margin at ``β = 0.5``, ``N = sweep_size``."""
-    from rmtprune.distributions.marchenko_pastur import marchenko_pastur
-
-    top = next(r for r in records if r.size == max(config.sizes))
-    fig = common.new_figure()
-    ax = fig.axes[0]
-    x = spectrum / top.sigma2
-    ax.hist(x, bins=80, density=True, color="0.7", label="eigenvalues λ/σ²")
-    grid = np.linspace(1e-3, x.max(), 400)
-    ax.plot(grid, marchenko_pastur.pdf(grid, config.ratio), "k-", lw=1, label="MP(γ, 1)")
-    ax.axvline(top.lambda_plus / top.sigma2, color="C3", label="BEMA λ̂₊")
-    ax.axvline(top.edge / top.sigma2, color="C0", ls="--", label="σ²(1+√γ)²")
-    for s in top.bbp_spikes:
-        ax.axvline(s**2, color="C2", ls=":")
-    ax.set(
-        xlabel="λ/σ² (BBP locations dotted)",
-        ylabel="density",
-        yscale="log",
-        title=f"W = S + R, {top.shape[0]}×{top.shape[1]}",
-    )
-    ax.legend(fontsize=7)
-    files = [common.save_figure(fig, folder / "theory_spectrum.png").name]
-
-    fig = common.new_figure(3)
-    edge, dist, sw = fig.axes
-    _errorbars(edge, records, "edge_ratio", "λ̂₊ / σ²(1+√γ)²")
-    _errorbars(edge, records, "edge_tw_ratio", "λ̂₊ / edge with TW margin")
-    _errorbars(edge, records, "sigma2_noise_ratio", "σ̂²/σ² on R alone")
-    edge.axhline(1.0, color="k", lw=0.8)
-    edge.set(xscale="log", xlabel="N", ylabel="ratio", title="BEMA edge")
-    edge.legend(fontsize=7)
-    for name, label in (
-        ("distance_op", "‖W′−S‖_op"),
-        ("noise_op", "‖W−S‖_op = ‖R‖_op"),
-        ("entry_rms_pruned", "‖W′−S‖_F/√(mn)"),
-        ("entry_rms_noise", "‖R‖_F/√(mn)"),
-    ):
-        slope = f" (slope {slopes[name].slope:.2f})" if name in slopes else ""
-        _errorbars(dist, records, name, label + slope)
-    dist.axhline(limits[0], color="C0", ls=":", label="BBP limit of ‖W′−S‖_op")
-    dist.set(
-        xscale="log",
-        yscale="log",
-        xlabel="N",
-        ylabel="distance to S",
-        title="pruned W′ and unpruned W",
-    )
-    dist.legend(fontsize=7)
-    for parameter, style in (("alpha", "o-"), ("beta", "s-")):
-        rows = [r for r in sweep if r.parameter == parameter]
-        fixed = "β = 0.5" if parameter == "alpha" else "α = 0.25"
-        sw.errorbar(
-            [r.value for r in rows],
-            [r.lambda_plus_mean / r.edge for r in rows],
-            [r.lambda_plus_std / r.edge for r in rows],
-            fmt=style,
-            capsize=3,
-            label=f"λ̂₊ vs {parameter} ({fixed})",
-        )
-    rows = [r for r in sweep if r.parameter == "beta"]
-    sw.plot(
-        [r.value for r in rows],
-        [r.edge_tw / r.edge for r in rows],
-        "k--",
-        label="true σ² with TW margin (vs β)",
-    )
-    alpha_rows = [r for r in sweep if r.parameter == "alpha"]
-    if alpha_rows:
-        sw.axhline(
-            tw_reference / alpha_rows[0].edge,
-            color="C0",
-            ls=":",
-            label="true σ² with TW margin at β = 0.5",
-        )
-    sw.set(xlabel="alpha or beta", ylabel="λ̂₊ / σ²(1+√γ)²", title=f"N = {config.sweep_size}")
-    sw.legend(fontsize=7)
-    files.append(common.save_figure(fig, folder / "theory_synthetic.png").name)
-    return files
-
-
-def _bound_figure(folder: Path, net: NetworkRecord) -> str:
-    """``theory_bound_<activation>_N<width>.png``: change against τ(s), margins against 2τ(s)."""
-    c = net.samples
-    fig = common.new_figure(3)
-    a, b, d = fig.axes
-    a.hist(np.log10(c.change / c.tau), bins=50, color="C0")
-    a.axvline(0.0, color="C3", label="change = τ")
-    a.set(xlabel="log10(change / τ)", ylabel="samples", title="‖X(S₂) − X(W₂)‖_∞ / τ(s)")
-    a.legend(fontsize=8)
-    b.scatter(c.tau, c.change, s=3, alpha=0.4)
-    lim = np.array([c.tau.min(), c.tau.max()])
-    b.plot(lim, lim, "C3-", label="change = τ")
-    b.set(xscale="log", yscale="log", xlabel="τ(s)", ylabel="change", title="change vs bound")
-    b.legend(fontsize=8)
-    band = np.abs(c.margin) / (2 * c.tau)
-    bins = np.logspace(np.log10(max(band.min(), 1e-6)), np.log10(max(band.max(), 1.5)), 50)
-    d.hist(band, bins=bins.tolist(), color="0.6", label="all samples")
-    d.hist(band[c.flipped], bins=bins.tolist(), color="C3", label="flipped by R₂")
-    d.axvline(1.0, color="k", ls="--", label="|δX| = 2τ")
-    d.set(
-        xscale="log",
-        xlabel="|δX(s)| / 2τ(s)  (δX with S₂)",
-        ylabel="samples",
-        title="margins against the ±2τ band",
-    )
-    d.legend(fontsize=8)
-    fig.suptitle(f"{net.activation}, N = {net.width}: first draw of R₂")
-    return common.save_figure(fig, folder / f"theory_bound_{net.activation}_N{net.width}.png").name
-
-
-def _report_section(
-    config: TheoryConfig,
-    records: Sequence[SyntheticRecord],
-    sweep: Sequence[SweepRecord],
-    networks: Sequence[NetworkRecord],
-    limits: tuple[float, float],
-    slopes: Mapping[str, common.Slope],
-    verdicts: Sequence[common.Verdict],
-    figures: Sequence[str],
-) -> str:
-    """The Markdown text of ``report_section.md``."""
     names = (
         "edge_ratio",
         "edge_tw_ratio",
@@ -378,89 +229,96 @@ def _report_section(
     sizes = sorted(config.sizes)
     spikes = [np.mean([r.n_spikes for r in records if r.size == n]) for n in sizes]
     synthetic = [[n, spikes[i], *(c[i] for c in columns)] for i, n in enumerate(sizes)]
+    headers = ["N", "spikes", "λ̂₊/edge", "λ̂₊/edge_TW", "‖W′−S‖_op", "‖R‖_op", "‖W′−S‖_F"]
+    sweep_rows = [
+        [
+            r.parameter,
+            r.value,
+            *(x / r.edge for x in (r.lambda_plus_mean, r.lambda_plus_std, r.edge_tw)),
+        ]
+        for r in sweep
+    ]
+    return [
+        f"**(a) Synthetic W = S + R.** W is m×N with m = {config.ratio:g}·N, R has i.i.d. "
+        "N(0, 1/N) entries (σ√N = 1), S = Σ θᵢ uᵢvᵢᵀ with fixed orthonormal u, v and θ = "
+        f"{_list(config.strengths, 'g')} (BBP threshold γ^(1/4) = {config.ratio**0.25:.3f}). "
+        f"W′ = prune(W, bulk_keep=0), BEMA α = {config.alpha:g}, β = {config.beta:g}. Means "
+        f"over {config.seeds} seeds per N.",
+        "",
+        common.markdown_table([*headers, "RMS/entry W′", "RMS/entry W"], synthetic),
+        "",
+        f"BBP limits (N → ∞): ‖W′−S‖_op → {limits[0]:.4f}, ‖W′−S‖_F → {limits[1]:.4f}. Log-log "
+        "slopes: " + ", ".join(f"{k} {v.slope:.3f}" for k, v in slopes.items()) + ".",
+        "",
+        common.markdown_table(["parameter", "value", "λ̂₊/edge", "std", "edge_TW/edge"], sweep_rows),
+    ]
+
+
+_NETWORK_HEADERS = (
+    "act",
+    "N",
+    "acc S₂",
+    "acc W₂",
+    "acc W₂′",
+    "P(change>τ)",
+    "1/N",
+    "max change/τ",
+    "band",
+    "max Δacc (abs.)",
+    "θ>1 / spikes",
+    "‖R₂‖_F",
+    "‖W₂′−S₂‖_F",
+)
+
+
+def _network_text(config: TheoryConfig, networks: Sequence[NetworkRecord]) -> list[str]:
+    rows = [
+        [
+            n.activation,
+            n.width,
+            n.accuracy_signal,
+            n.accuracy_noisy,
+            n.accuracy_pruned,
+            n.exceed_fraction,
+            n.one_over_n,
+            n.max_change_over_tau,
+            n.band_fraction,
+            n.max_accuracy_change,
+            f"{n.n_above_threshold} / {n.n_spikes_mean:g}",
+            n.noise_fro,
+            n.pruned_fro,
+        ]
+        for n in networks
+    ]
+    return [
+        "**(b) Network of SPEC §7.** X(s) = W₃ λ(W₂ λ(W₁ s)), no biases, 784 → N → N → 10, "
+        f"trained on Fashion-MNIST ({config.epochs} epochs, {config.n_train or 60000} images) "
+        f"with W₂ = S₂ of rank {config.signal_rank}; then R₂ ~ N(0, g/N), g = "
+        f"{config.noise_variance:g}, drawn independently ({config.seeds} draws): W₂ = S₂ + R₂. "
+        "Fractions over all (test sample, draw) pairs.",
+        "",
+        common.markdown_table(list(_NETWORK_HEADERS), rows),
+    ]
+
+
+def _report_section(
+    config: TheoryConfig,
+    records: Sequence[SyntheticRecord],
+    sweep: Sequence[SweepRecord],
+    networks: Sequence[NetworkRecord],
+    limits: tuple[float, float],
+    slopes: Mapping[str, common.Slope],
+    verdicts: Sequence[common.Verdict],
+    figures: Sequence[str],
+) -> str:
+    """The Markdown text of ``report_section.md``."""
     return "\n".join(
         [
             "## theory",
             "",
-            f"**(a) Synthetic W = S + R.** W is m×N with m = {config.ratio:g}·N, R has i.i.d. "
-            "N(0, 1/N) entries (σ√N = 1), S = Σ θᵢ uᵢvᵢᵀ with fixed orthonormal u, v and θ = "
-            f"{_list(config.strengths, 'g')} (BBP threshold γ^(1/4) = {config.ratio**0.25:.3f}). "
-            f"W′ = prune(W, bulk_keep=0), BEMA α = {config.alpha:g}, β = {config.beta:g}. Means "
-            f"over {config.seeds} seeds per N.",
+            *_synthetic_text(config, records, sweep, limits, slopes),
             "",
-            common.markdown_table(
-                [
-                    "N",
-                    "spikes",
-                    "λ̂₊/edge",
-                    "λ̂₊/edge_TW",
-                    "‖W′−S‖_op",
-                    "‖R‖_op",
-                    "‖W′−S‖_F",
-                    "RMS/entry W′",
-                    "RMS/entry W",
-                ],
-                synthetic,
-            ),
-            "",
-            f"BBP limits (N → ∞): ‖W′−S‖_op → {limits[0]:.4f}, ‖W′−S‖_F → {limits[1]:.4f}. Log-log "
-            "slopes: " + ", ".join(f"{k} {v.slope:.3f}" for k, v in slopes.items()) + ".",
-            "",
-            common.markdown_table(
-                ["parameter", "value", "λ̂₊/edge", "std", "edge_TW/edge"],
-                [
-                    [
-                        r.parameter,
-                        r.value,
-                        r.lambda_plus_mean / r.edge,
-                        r.lambda_plus_std / r.edge,
-                        r.edge_tw / r.edge,
-                    ]
-                    for r in sweep
-                ],
-            ),
-            "",
-            "**(b) Network of SPEC §7.** X(s) = W₃ λ(W₂ λ(W₁ s)), no biases, 784 → N → N → 10, "
-            f"trained on Fashion-MNIST ({config.epochs} epochs, {config.n_train or 60000} images) "
-            f"with W₂ = S₂ of rank {config.signal_rank}; then R₂ ~ N(0, g/N), g = "
-            f"{config.noise_variance:g}, drawn independently ({config.seeds} draws): W₂ = S₂ + R₂. "
-            "Fractions over all (test sample, draw) pairs.",
-            "",
-            common.markdown_table(
-                [
-                    "act",
-                    "N",
-                    "acc S₂",
-                    "acc W₂",
-                    "acc W₂′",
-                    "P(change>τ)",
-                    "1/N",
-                    "max change/τ",
-                    "band",
-                    "max Δacc (abs.)",
-                    "θ>1 / spikes",
-                    "‖R₂‖_F",
-                    "‖W₂′−S₂‖_F",
-                ],
-                [
-                    [
-                        n.activation,
-                        n.width,
-                        n.accuracy_signal,
-                        n.accuracy_noisy,
-                        n.accuracy_pruned,
-                        n.exceed_fraction,
-                        n.one_over_n,
-                        n.max_change_over_tau,
-                        n.band_fraction,
-                        n.max_accuracy_change,
-                        f"{n.n_above_threshold} / {n.n_spikes_mean:g}",
-                        n.noise_fro,
-                        n.pruned_fro,
-                    ]
-                    for n in networks
-                ],
-            ),
+            *_network_text(config, networks),
             "",
             " ".join(f"![{f}]({f})" for f in figures),
             "",
@@ -496,12 +354,12 @@ def write_outputs(
     }
     arrays.update({f"{n.activation}_N{n.width}_change_pruned": n.change_pruned for n in networks})
     np.savez_compressed(folder / "network_samples.npz", **arrays)
-    figures = _synthetic_figures(
+    figures = synthetic_figures(
         folder, config, records, sweep, slopes, limits, spectrum, tw_reference
     )
-    figures += [_bound_figure(folder, n) for n in networks]
+    figures += [bound_figure(folder, n) for n in networks]
     text = _report_section(config, records, sweep, networks, limits, slopes, verdicts, figures)
-    (folder / "report_section.md").write_text(text)
+    write_text(folder / "report_section.md", text)
     return (
         "synthetic.csv",
         "sweep.csv",

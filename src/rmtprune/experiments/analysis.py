@@ -9,10 +9,7 @@ around the section.
 
 from __future__ import annotations
 
-import html
-import json
 import os
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,33 +19,64 @@ from types import MappingProxyType
 from typing import Any
 
 from rmtprune._validation import param_error
-from rmtprune.experiments.report import figure_html, html_page
-from rmtprune.experiments.runner import environment
+from rmtprune.data.download import download_dataset
+from rmtprune.experiments import init_compare, landscape, regression, theory
+from rmtprune.experiments.config import PRESETS
+from rmtprune.experiments.formats import markdown_to_html, write_text
+from rmtprune.experiments.rundir import environment, update_environment
 
 __all__ = [
     "ANALYSIS_EXPERIMENTS",
+    "AnalysisExperiment",
     "AnalysisRun",
-    "all_experiments",
     "markdown_to_html",
     "reproduce_analysis",
 ]
 
-ANALYSIS_EXPERIMENTS: Mapping[str, str] = MappingProxyType(
+
+@dataclass(frozen=True)
+class AnalysisExperiment:
+    """One analysis experiment: its id, a one-line description and its ``run`` function.
+
+    ``run(preset, *, seeds, out, data_dir, progress)`` writes ``config.json``,
+    ``metrics.json``, figures and ``report_section.md`` into ``out`` and returns the
+    experiment's typed result.
+    """
+
+    id: str
+    title: str
+    run: Callable[..., Any]
+    needs_data: bool = True
+
+
+ANALYSIS_EXPERIMENTS: Mapping[str, AnalysisExperiment] = MappingProxyType(
     {
-        "theory": "Section 4 / B.1: W = R + S as N grows, and the bound of section 7",
-        "init": "Appendix E.2: normal vs pruned under four initialisations (Fashion-MNIST, FC)",
-        "regression": "Appendix E.3: MLP regression of a noisy sum of sines, normal vs pruned",
-        "landscape": "Section 3.2.1: seed spread, loss barrier and loss surface, normal vs pruned",
+        e.id: e
+        for e in (
+            AnalysisExperiment(
+                "theory",
+                "Section 4 / B.1: W = R + S as N grows, and the bound of section 7",
+                theory.run,
+            ),
+            AnalysisExperiment(
+                "init",
+                "Appendix E.2: normal vs pruned under four initialisations (Fashion-MNIST, FC)",
+                init_compare.run,
+            ),
+            AnalysisExperiment(
+                "regression",
+                "Appendix E.3: MLP regression of a noisy sum of sines, normal vs pruned",
+                regression.run,
+                needs_data=False,
+            ),
+            AnalysisExperiment(
+                "landscape",
+                "Section 3.2.1: seed spread, loss barrier and loss surface, normal vs pruned",
+                landscape.run,
+            ),
+        )
     }
 )
-
-
-def all_experiments() -> dict[str, str]:
-    """Every id ``rmtprune reproduce`` accepts, with a one-line description."""
-    from rmtprune.experiments.registry import EXPERIMENTS
-
-    titles = {key: f"SPEC {e.section}: {e.title}" for key, e in EXPERIMENTS.items()}
-    return {**titles, **ANALYSIS_EXPERIMENTS}
 
 
 @dataclass(frozen=True)
@@ -72,64 +100,17 @@ class AnalysisRun:
         }
 
 
-def _runner(experiment_id: str) -> Callable[..., Any]:
-    import importlib
-
-    module = {"theory": "theory", "init": "init_compare"}.get(experiment_id, experiment_id)
-    run: Callable[..., Any] = importlib.import_module(f"rmtprune.experiments.{module}").run
-    return run
-
-
-def _inline(text: str) -> str:
-    escaped = html.escape(text)
-    escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
-    escaped = re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
-    return re.sub(r"\[(.+?)\]\((.+?)\)", r'<a href="\2">\1</a>', escaped)
-
-
-def _figure(base: Path, caption: str, name: str) -> str:
-    path = base / name
-    if not path.is_file():
-        return f"<p>(missing figure {html.escape(name)})</p>"
-    return figure_html(path, caption)
-
-
-def markdown_to_html(markdown: str, base: Path, title: str) -> str:
-    """A self-contained page from the Markdown the reports use.
-
-    Handles headings, paragraphs, bullet lists, pipe tables and images (embedded
-    as base64 PNG data URIs, read relative to ``base``).
-    """
-    body: list[str] = []
-    blocks = re.split(r"\n\s*\n", markdown.strip())
-    for block in blocks:
-        lines = block.strip().splitlines()
-        first = lines[0]
-        if first.startswith("#"):
-            level = len(first) - len(first.lstrip("#"))
-            body.append(f"<h{level}>{_inline(first[level:].strip())}</h{level}>")
-            rest = "\n".join(lines[1:]).strip()
-            if rest:
-                body.append(f"<p>{_inline(rest)}</p>")
-        elif first.startswith("|") and len(lines) > 1:
-            cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
-            head = "".join(f"<th>{_inline(c)}</th>" for c in cells[0])
-            rows = "".join(
-                "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>"
-                for row in cells[2:]
-            )
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif all(ln.lstrip().startswith(("- ", "* ")) for ln in lines):
-            items = "".join(f"<li>{_inline(ln.lstrip()[2:])}</li>" for ln in lines)
-            body.append(f"<ul>{items}</ul>")
-        else:
-            for ln in lines:
-                images = re.findall(r"!\[([^\]]*)\]\(([^)\s]+)\)", ln)
-                if images and not re.sub(r"!\[[^\]]*\]\([^)\s]+\)", "", ln).strip():
-                    body += [_figure(base, caption, name) for caption, name in images]
-                else:
-                    body.append(f"<p>{_inline(ln)}</p>")
-    return html_page(title, body)
+def _prepare(experiment_id: str, preset: str, out: str | os.PathLike[str] | None) -> Path:
+    """The run directory: new, or empty (a non-empty one is refused, as for classification)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(out) if out is not None else Path("runs") / f"{experiment_id}-{preset}-{stamp}"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ValueError(
+            f"The 'out' parameter names {str(run_dir)!r}, which is not empty. Analysis "
+            "experiments do not resume; choose a new or empty directory."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
 
 
 def reproduce_analysis(
@@ -160,31 +141,23 @@ def reproduce_analysis(
             f"one of {list(ANALYSIS_EXPERIMENTS)}",
             experiment_id,
         )
-    if preset not in ("smoke", "small", "paper"):
-        raise param_error("preset", "reproduce_analysis", "one of smoke, small, paper", preset)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(out) if out is not None else Path("runs") / f"{experiment_id}-{preset}-{stamp}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if preset not in PRESETS:
+        raise param_error("preset", "reproduce_analysis", f"one of {list(PRESETS)}", preset)
+    run_dir = _prepare(experiment_id, preset, out)
+    entry = ANALYSIS_EXPERIMENTS[experiment_id]
+    if download and entry.needs_data:
+        download_dataset("fashion-mnist", data_dir)
+    update_environment(run_dir, "resumed", environment())
     start = time.perf_counter()
-    kwargs: dict[str, Any] = {"seeds": seeds, "out": run_dir, "progress": progress}
-    if experiment_id != "regression":
-        kwargs["data_dir"] = data_dir
-    if experiment_id == "init":
-        kwargs["download"] = download
-    result = _runner(experiment_id)(preset, **kwargs)
+    result = entry.run(preset, seeds=seeds, out=run_dir, data_dir=data_dir, progress=progress)
     wall = time.perf_counter() - start
-    (run_dir / "environment.json").write_text(
-        json.dumps(environment(), indent=2) + "\n", encoding="utf-8"
-    )
     section = (run_dir / "report_section.md").read_text(encoding="utf-8")
     title = f"rmtprune reproduction: {experiment_id} ({preset} preset)"
     markdown = (
-        f"# {title}\n\n{ANALYSIS_EXPERIMENTS[experiment_id]}. Wall time {wall:.0f} s. "
+        f"# {title}\n\n{entry.title}. Wall time {wall:.0f} s. "
         f"Command: `rmtprune reproduce {experiment_id} --preset {preset}"
         f"{'' if seeds is None else f' --seeds {seeds}'}`.\n\n{section}"
     )
-    (run_dir / "report.md").write_text(markdown, encoding="utf-8")
-    (run_dir / "report.html").write_text(
-        markdown_to_html(markdown, run_dir, title), encoding="utf-8"
-    )
+    write_text(run_dir / "report.md", markdown)
+    write_text(run_dir / "report.html", markdown_to_html(markdown, run_dir, title))
     return AnalysisRun(experiment_id, preset, run_dir, result, wall)

@@ -47,8 +47,9 @@ from torch import nn
 from rmtprune._validation import check_int, param_error
 from rmtprune.experiments.config import ExperimentConfig
 from rmtprune.factorize import get_adapter
+from rmtprune.models import count_parameters
 from rmtprune.pruning.criteria import FixedRank, MPCriterion, cumulative_energy, energy_rank
-from rmtprune.pruning.layers import candidate_layers, count_parameters
+from rmtprune.pruning.layers import candidate_layers
 from rmtprune.pruning.selection import Select
 from rmtprune.pruning.walker import prune
 from rmtprune.training import History, TrainConfig, Trainer, evaluate

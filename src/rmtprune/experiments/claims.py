@@ -33,16 +33,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
-from scipy import stats
 
 from rmtprune.experiments.config import ExperimentConfig
-
-if TYPE_CHECKING:
-    from rmtprune.experiments.results import SeedResult
+from rmtprune.experiments.results import (
+    ClaimVerdict,
+    SeedResult,
+    SummaryRow,
+    accuracy_text,
+    percent,
+    summary_table,
+)
+from rmtprune.experiments.stats import PairedComparison, paired_comparison
 
 __all__ = [
     "CLAIMS",
@@ -56,92 +57,6 @@ __all__ = [
     "summarize",
     "summary_table",
 ]
-
-
-@dataclass(frozen=True)
-class PairedComparison:
-    """Per-seed differences ``a − b``: mean, std, 95 % CI, t-test p-value, wins / losses."""
-
-    n: int
-    mean: float
-    std: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    wins: int
-    losses: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary of the fields."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-def paired_comparison(a: Sequence[float], b: Sequence[float]) -> PairedComparison:
-    """Paired comparison of two equally long samples (a two-sided t-test on ``a − b``).
-
-    With one pair the spread, interval and p-value are NaN; with zero spread the
-    p-value is 0 (all differences equal and non-zero) or 1 (all zero).
-    """
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    n = int(d.size)
-    mean = float(d.mean()) if n else math.nan
-    wins, losses = int((d > 0).sum()), int((d < 0).sum())
-    if n < 2:
-        return PairedComparison(n, mean, math.nan, math.nan, math.nan, math.nan, wins, losses)
-    std = float(d.std(ddof=1))
-    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-    if std == 0.0:
-        p = 1.0 if mean == 0.0 else 0.0
-    else:
-        p = float(2.0 * stats.t.sf(abs(mean) / (std / math.sqrt(n)), n - 1))
-    return PairedComparison(n, mean, std, mean - half, mean + half, p, wins, losses)
-
-
-@dataclass(frozen=True)
-class SummaryRow:
-    """One line of the comparison table: a method at a stage, over seeds."""
-
-    method: str
-    stage: str
-    label: str
-    n_params: tuple[int, ...]
-    accuracies: tuple[float, ...]
-    dense_params: int
-
-    @property
-    def params_mean(self) -> float:
-        """Mean parameter count over seeds."""
-        return float(np.mean(self.n_params))
-
-    @property
-    def reduction(self) -> float:
-        """Fraction of the dense network's parameters removed (mean count)."""
-        return 1.0 - self.params_mean / self.dense_params
-
-    @property
-    def accuracy_mean(self) -> float:
-        """Mean test accuracy over seeds."""
-        return float(np.mean(self.accuracies))
-
-    @property
-    def accuracy_std(self) -> float:
-        """Standard deviation (ddof = 1) of the test accuracy over seeds; NaN for one seed."""
-        return float(np.std(self.accuracies, ddof=1)) if len(self.accuracies) > 1 else math.nan
-
-    def to_dict(self) -> dict[str, Any]:
-        """Fields and derived statistics."""
-        return {
-            "method": self.method,
-            "stage": self.stage,
-            "label": self.label,
-            "n_params": list(self.n_params),
-            "accuracies": list(self.accuracies),
-            "dense_params": self.dense_params,
-            "params_mean": self.params_mean,
-            "reduction": self.reduction,
-            "accuracy_mean": self.accuracy_mean,
-            "accuracy_std": None if math.isnan(self.accuracy_std) else self.accuracy_std,
-        }
 
 
 _LABELS = {
@@ -191,20 +106,6 @@ def summarize(seeds: Sequence[SeedResult]) -> tuple[SummaryRow, ...]:
     return tuple(rows)
 
 
-@dataclass(frozen=True)
-class ClaimVerdict:
-    """What the run says about one claim of the paper."""
-
-    key: str
-    claim: str
-    verdict: str
-    explanation: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary of the fields."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
 CLAIMS = {
     "reduction": 'Pruning gives "a drastic reduction of parameters while not reducing the '
     'accuracy of DNNs and CNNs".',
@@ -212,28 +113,6 @@ CLAIMS = {
     'the variance for random initializations".',
     "loss-landscape": 'This is "due to the simplification of the loss landscape".',
 }
-
-
-def summary_table(rows: Sequence[SummaryRow]) -> str:
-    """The comparison table in Markdown: method, parameters, reduction, accuracy mean ± std."""
-    lines = ["| method | parameters | reduction | test accuracy |", "|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r.label} | {r.params_mean:,.0f} | {100 * r.reduction:.1f} % | {accuracy_text(r)} |"
-        )
-    return "\n".join(lines)
-
-
-def percent(x: float) -> str:
-    """A fraction in percent with two decimals (``"nan"`` for NaN)."""
-    return "nan" if math.isnan(x) else f"{100 * x:.2f}"
-
-
-def accuracy_text(row: SummaryRow) -> str:
-    """Mean ± std of a row's test accuracy in percent."""
-    if math.isnan(row.accuracy_std):
-        return f"{percent(row.accuracy_mean)} %"
-    return f"{percent(row.accuracy_mean)} ± {percent(row.accuracy_std)} %"
 
 
 def _paired_text(c: PairedComparison) -> str:
@@ -255,13 +134,9 @@ def _caveat(n: int) -> str:
     )
 
 
-def assess_claims(
-    config: ExperimentConfig, seeds: Sequence[SeedResult]
-) -> tuple[ClaimVerdict, ...]:
-    """Verdict and numbers for each claim of SPEC section 6 (see the module docstring)."""
-    rows = summarize(seeds)
-    normal, pruned = rows[0], rows[1]
-    cmp_ = paired_comparison(pruned.accuracies, normal.accuracies)
+def _reduction_verdict(
+    config: ExperimentConfig, normal: SummaryRow, pruned: SummaryRow, cmp_: PairedComparison
+) -> ClaimVerdict:
     tol = config.accuracy_tolerance
     drastic = pruned.reduction >= config.drastic_reduction
     kept = cmp_.mean >= -tol
@@ -292,47 +167,58 @@ def assess_claims(
         )
         + _caveat(cmp_.n)
     )
-    out = [ClaimVerdict("reduction", CLAIMS["reduction"], verdict, explanation)]
+    return ClaimVerdict("reduction", CLAIMS["reduction"], verdict, explanation)
 
+
+def _fc_verdict(
+    config: ExperimentConfig, normal: SummaryRow, pruned: SummaryRow, cmp_: PairedComparison
+) -> ClaimVerdict:
     key = "fc-accuracy-variance"
     if config.architecture != "fc":
-        out.append(
-            ClaimVerdict(
-                key,
-                CLAIMS[key],
-                "not applicable",
-                "This experiment is a CNN; the claim is about fully connected networks.",
-            )
+        return ClaimVerdict(
+            key,
+            CLAIMS[key],
+            "not applicable",
+            "This experiment is a CNN; the claim is about fully connected networks.",
         )
+    higher = cmp_.mean > 0
+    s_n, s_p = normal.accuracy_std, pruned.accuracy_std
+    if cmp_.n < 2:
+        verdict = "inconclusive"
     else:
-        higher = cmp_.mean > 0
-        s_n, s_p = normal.accuracy_std, pruned.accuracy_std
-        if cmp_.n < 2:
-            verdict = "inconclusive"
+        lower_var = s_p < s_n
+        if higher and lower_var:
+            verdict = "agrees" if cmp_.ci_low > 0 else "agrees in direction (not significant)"
+        elif higher or lower_var:
+            verdict = "partly agrees"
         else:
-            lower_var = s_p < s_n
-            if higher and lower_var:
-                verdict = "agrees" if cmp_.ci_low > 0 else "agrees in direction (not significant)"
-            elif higher or lower_var:
-                verdict = "partly agrees"
-            else:
-                verdict = (
-                    "disagrees" if cmp_.ci_high < 0 else "disagrees in direction (not significant)"
-                )
-        ratio = s_p / s_n if s_n and not math.isnan(s_n) else math.nan
-        explanation = (
-            f"Mean accuracy is {'higher' if higher else 'not higher'} with pruning: "
-            f"{_paired_text(cmp_)}. Standard deviation over seeds: normal {percent(s_n)}, "
-            f"pruned {percent(s_p)} points (ratio pruned/normal {ratio:.2f})." + _caveat(cmp_.n)
-        )
-        out.append(ClaimVerdict(key, CLAIMS[key], verdict, explanation))
-    out.append(
+            verdict = (
+                "disagrees" if cmp_.ci_high < 0 else "disagrees in direction (not significant)"
+            )
+    ratio = s_p / s_n if s_n and not math.isnan(s_n) else math.nan
+    explanation = (
+        f"Mean accuracy is {'higher' if higher else 'not higher'} with pruning: "
+        f"{_paired_text(cmp_)}. Standard deviation over seeds: normal {percent(s_n)}, "
+        f"pruned {percent(s_p)} points (ratio pruned/normal {ratio:.2f})." + _caveat(cmp_.n)
+    )
+    return ClaimVerdict(key, CLAIMS[key], verdict, explanation)
+
+
+def assess_claims(
+    config: ExperimentConfig, seeds: Sequence[SeedResult]
+) -> tuple[ClaimVerdict, ...]:
+    """Verdict and numbers for each claim of SPEC section 6 (see the module docstring)."""
+    rows = summarize(seeds)
+    normal, pruned = rows[0], rows[1]
+    cmp_ = paired_comparison(pruned.accuracies, normal.accuracies)
+    return (
+        _reduction_verdict(config, normal, pruned, cmp_),
+        _fc_verdict(config, normal, pruned, cmp_),
         ClaimVerdict(
             "loss-landscape",
             CLAIMS["loss-landscape"],
             "not tested here",
             "Deferred to the landscape experiment (seed-to-seed variance, loss barrier between "
             "seeds, loss surface along random directions).",
-        )
+        ),
     )
-    return tuple(out)

@@ -32,7 +32,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -45,11 +45,14 @@ from rmtprune.factorize import LowRankConv2d
 from rmtprune.models import SCHEMES, FullyConnected, PaperCNN, initialize
 from rmtprune.pruning.schedules import Linear
 from rmtprune.training import TrainConfig
+from rmtprune.training.config import check_device
 
 __all__ = ["ARCHITECTURES", "PRESETS", "ExperimentConfig"]
 
 ARCHITECTURES = ("fc", "cnn")
 PRESETS = ("smoke", "small", "paper")
+RUNTIME_ONLY = frozenset({"device"})
+"""Fields not written by :meth:`ExperimentConfig.to_dict` (recorded in environment.json)."""
 
 
 def _tuple_of_ints(value: Any, name: str, low: int) -> tuple[int, ...]:
@@ -106,6 +109,11 @@ class ExperimentConfig:
         Epochs of fine-tuning after the one-shot MP pruning and the baselines.
     num_threads : int or None
         CPU threads used for training (None: leave torch's setting).
+    device : str
+        Torch device of training and evaluation (:data:`rmtprune.training.DEVICES`).
+        Like ``num_threads`` it says how a run is executed, not what it computes: it
+        is recorded in ``environment.json``, not in :meth:`to_dict`, and a run
+        directory may be resumed on another device.
     drastic_reduction : float
         Parameter reduction from which the report calls it "drastic".
     accuracy_tolerance : float
@@ -144,6 +152,7 @@ class ExperimentConfig:
     min_params: int = 0
     finetune_epochs: int = 4
     num_threads: int | None = None
+    device: str = field(default="cpu", compare=False)
     drastic_reduction: float = 0.5
     accuracy_tolerance: float = 0.005
 
@@ -185,6 +194,7 @@ class ExperimentConfig:
         check_real(self.conv_fit_cutoff, "conv_fit_cutoff", owner, low=0.0, low_open=True)
         check_real(self.drastic_reduction, "drastic_reduction", owner, low=0.0, high=1.0)
         check_real(self.accuracy_tolerance, "accuracy_tolerance", owner, low=0.0)
+        check_device(self.device, "device", owner)
         self.train_config(self.seeds[0])  # validates the training fields
 
     # ----------------------------------------------------------------- derived values
@@ -251,6 +261,7 @@ class ExperimentConfig:
             lr_decay=1.0 if finetune else self.lr_decay,
             lr_decay_epochs=None if finetune else decays,
             seed=seed,
+            device=self.device,
             num_threads=self.num_threads,
         )
 
@@ -306,9 +317,11 @@ class ExperimentConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-ready dictionary (tuples as lists) plus the derived values."""
+        """Plain, JSON-ready dictionary (tuples as lists); ``device`` is left out (see above)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
+            if f.name in RUNTIME_ONLY:
+                continue
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from typing import TextIO
 
 from rmtprune.data import DATA_ENV, DatasetNotFoundError
+from rmtprune.experiments.classification import run_experiment
 from rmtprune.experiments.config import ExperimentConfig
 from rmtprune.experiments.results import RunResult
-from rmtprune.experiments.runner import _seed_tuple, run_experiment
+from rmtprune.experiments.seeds import seed_tuple
 
 __all__ = ["DEMO_CONFIG", "run_demo"]
 
@@ -44,8 +46,9 @@ def run_demo(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] | None = None,
-    seeds: int = 3,
+    seeds: int | str | Sequence[int] = 3,
     progress: bool = True,
+    device: str = "cpu",
     download: bool = False,
     stream: TextIO | None = None,
 ) -> RunResult:
@@ -58,12 +61,15 @@ def run_demo(
         the user cache).
     out : path or None
         Run directory (default ``runs/demo-demo-<timestamp>``).
-    seeds : int
-        Number of seeds (0, 1, …).
+    seeds : int, str or sequence of int
+        Number of seeds (0, 1, …) or the seeds themselves (as in
+        :func:`rmtprune.experiments.reproduce`).
     progress : bool
         Progress bars and per-epoch log lines on stderr.
     download : bool
         Fetch Fashion-MNIST from the official sources if missing.
+    device : str
+        Torch device of training (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``).
     stream : text stream or None
         Where the table and the summary are printed (default stdout).
 
@@ -77,7 +83,7 @@ def run_demo(
         When Fashion-MNIST is missing and ``download`` is false; the message says
         where the files must be and the three ways to provide them.
     """
-    config = DEMO_CONFIG.replace(seeds=_seed_tuple(seeds))
+    config = DEMO_CONFIG.replace(seeds=seed_tuple(seeds, "run_demo"), device=device)
     try:
         result = run_experiment(
             config, out=out, data_dir=data_dir, download=download, progress=progress

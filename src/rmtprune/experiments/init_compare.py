@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rmtprune.experiments.claims import paired_comparison
+from rmtprune.experiments.classification import run_experiment
 from rmtprune.experiments.registry import get_config
 from rmtprune.experiments.results import RunResult
-from rmtprune.experiments.runner import run_experiment
+from rmtprune.experiments.stats import paired_comparison
 
 __all__ = ["SCHEMES", "InitResult", "SchemeRow", "run"]
 

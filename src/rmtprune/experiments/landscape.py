@@ -3,7 +3,7 @@
 Fully connected networks (``FullyConnected(widths)``, ReLU, ``log_softmax``, weights
 ``N(0, 1/n)``, biases 0) are trained on Fashion-MNIST, a normal and a pruned arm per seed
 from the same initial weights and mini-batches (the pruned arm runs
-:class:`rmtprune.SpectralPruner` with ``Linear(schedule_epochs)`` every ``prune_every``
+:class:`rmtprune.SpectralPruner` with ``Linear(schedule_epochs)`` every ``every``
 epochs, ``min_rank`` 10).  Every landscape measure is taken in the space of **dense weight
 matrices**: factorized layers are multiplied out (:func:`dense_copy`), so all solutions have
 the architecture of the unpruned network.  Losses are the mean NLL (data term only) on a
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,14 @@ from torch import nn
 
 from rmtprune._validation import check_int, check_real, param_error
 from rmtprune.experiments import _analysis_common as common
+from rmtprune.experiments._landscape_math import (
+    barrier_height,
+    convexity,
+    filter_normalized_direction,
+    interpolation_losses,
+    loss,
+    surface_losses,
+)
 from rmtprune.experiments._landscape_report import (
     ARMS,
     LandscapeResult,
@@ -58,7 +66,7 @@ from rmtprune.experiments._landscape_report import (
 from rmtprune.models import FullyConnected, initialize
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.schedules import Linear
-from rmtprune.training import TrainConfig, Trainer, evaluate
+from rmtprune.training import TrainConfig, Trainer
 
 __all__ = [
     "PRESETS",
@@ -95,7 +103,7 @@ class LandscapeConfig:
     grid: int
     line_points: int
     surface_seeds: int
-    prune_every: int
+    every: int
     schedule_epochs: float
     radius: float = 1.0
     min_rank: int = 10
@@ -106,7 +114,7 @@ class LandscapeConfig:
 
     def __post_init__(self) -> None:
         owner = "LandscapeConfig"
-        for name in ("seeds", "epochs", "n_eval", "surface_seeds", "prune_every", "min_rank"):
+        for name in ("seeds", "epochs", "n_eval", "surface_seeds", "every", "min_rank"):
             check_int(getattr(self, name), name, owner, low=1)
         check_int(self.grid, "grid", owner, low=3)
         check_int(self.line_points, "line_points", owner, low=2)
@@ -140,7 +148,7 @@ PRESETS: Mapping[str, LandscapeConfig] = {
         grid=11,
         line_points=11,
         surface_seeds=1,
-        prune_every=1,
+        every=1,
         schedule_epochs=1.5,
     ),
     "small": LandscapeConfig(
@@ -153,7 +161,7 @@ PRESETS: Mapping[str, LandscapeConfig] = {
         grid=21,
         line_points=21,
         surface_seeds=2,
-        prune_every=1,
+        every=1,
         schedule_epochs=7.5,
     ),
     "paper": LandscapeConfig(
@@ -166,7 +174,7 @@ PRESETS: Mapping[str, LandscapeConfig] = {
         grid=31,
         line_points=31,
         surface_seeds=5,
-        prune_every=2,
+        every=2,
         schedule_epochs=30.0,
     ),
 }
@@ -174,161 +182,6 @@ PRESETS: Mapping[str, LandscapeConfig] = {
 
 
 # ----------------------------------------------------------------------------- measures
-
-
-def _loss(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> float:
-    return evaluate(model, data, batch_size=len(data[1])).loss
-
-
-def _set_params(model: nn.Module, values: Sequence[torch.Tensor]) -> None:
-    with torch.no_grad():
-        for p, v in zip(model.parameters(), values, strict=True):
-            p.copy_(v)
-
-
-def interpolation_losses(
-    model_a: nn.Module, model_b: nn.Module, data: Any, ts: Sequence[float]
-) -> np.ndarray:
-    """``L((1 − t) θ_a + t θ_b)`` for each ``t`` (two models of the same architecture).
-
-    The mixture is computed as ``(1 − t)·θ_a + t·θ_b`` entry by entry, so ``t = 0`` and
-    ``t = 1`` give ``θ_a`` and ``θ_b`` bit for bit.  Neither model is modified.
-
-    Parameters
-    ----------
-    model_a, model_b : torch.nn.Module
-        Models returning log-probabilities, with parameters of the same shapes (pass
-        :func:`~rmtprune.experiments._analysis_common.dense_copy` of pruned networks).
-    data : TensorDataset or (inputs, labels)
-        Evaluation data; the loss is the mean NLL over it.
-    ts : sequence of float
-        Positions on the line.
-
-    Returns
-    -------
-    numpy.ndarray
-        One loss per ``t``.
-
-    Examples
-    --------
-    >>> a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-    >>> net_a, net_b = (torch.nn.Sequential(m, torch.nn.LogSoftmax(1)) for m in (a, b))
-    >>> data = (torch.randn(8, 3), torch.zeros(8, dtype=torch.long))
-    >>> losses = interpolation_losses(net_a, net_b, data, [0.0, 1.0])
-    >>> bool(losses[0] == evaluate(net_a, data, batch_size=8).loss)
-    True
-    """
-    x, y = getattr(data, "tensors", data)
-    scratch = common.dense_copy(model_a)
-    pa = [p.detach().clone() for p in model_a.parameters()]
-    pb = [p.detach().clone() for p in model_b.parameters()]
-    if [p.shape for p in pa] != [p.shape for p in pb]:
-        raise ValueError(
-            "The 'model_a' and 'model_b' parameters of interpolation_losses must have the same "
-            "parameter shapes (convert factorized layers with dense_copy first)."
-        )
-    losses = []
-    for t in ts:
-        _set_params(scratch, [(1.0 - t) * a + t * b for a, b in zip(pa, pb, strict=True)])
-        losses.append(_loss(scratch, (x, y)))
-    return np.array(losses)
-
-
-def barrier_height(losses: Any) -> tuple[float, float]:
-    """``(barrier, barrier_max)`` of losses on evenly spaced ``t`` from 0 to 1.
-
-    ``barrier = max_t [L(t) − ((1 − t) L(0) + t L(1))]``;
-    ``barrier_max = max_t L(t) − max(L(0), L(1))``.  Both are ``>= 0``.
-
-    >>> barrier_height([3.0, 1.0, 2.0])
-    (0.0, 0.0)
-    """
-    values = np.asarray(losses, dtype=np.float64)
-    t = np.linspace(0.0, 1.0, values.size)
-    chord = (1.0 - t) * values[0] + t * values[-1]
-    return float(np.max(values - chord)), float(values.max() - max(values[0], values[-1]))
-
-
-def filter_normalized_direction(model: nn.Module, generator: torch.Generator) -> list[torch.Tensor]:
-    """A random direction in parameter space, filter-normalised (Li et al., 2018).
-
-    One tensor per parameter of ``model``: Gaussian for weights with two or more
-    dimensions, each row (output unit) rescaled to the norm of the same row of the weight;
-    zeros for biases and other 1-D parameters.
-
-    >>> layer = torch.nn.Linear(3, 2)
-    >>> d = filter_normalized_direction(layer, torch.Generator().manual_seed(0))
-    >>> bool(torch.allclose(d[0].norm(dim=1), layer.weight.detach().norm(dim=1)))
-    True
-    """
-    out = []
-    for p in model.parameters():
-        w = p.detach()
-        if w.dim() < 2:
-            out.append(torch.zeros_like(w))
-            continue
-        d = torch.randn(w.shape, generator=generator, dtype=w.dtype)
-        rows_w = w.reshape(w.shape[0], -1).norm(dim=1)
-        rows_d = d.reshape(d.shape[0], -1).norm(dim=1).clamp_min(1e-30)
-        scale = (rows_w / rows_d).reshape(-1, *([1] * (w.dim() - 1)))
-        out.append(d * scale)
-    return out
-
-
-def surface_losses(
-    model: nn.Module, data: Any, directions: Sequence[Sequence[torch.Tensor]], coords: np.ndarray
-) -> np.ndarray:
-    """``L(θ + a·d₁ + b·d₂)`` for ``a`` (rows) and ``b`` (columns) in ``coords``.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The solution ``θ`` (not modified), returning log-probabilities.
-    data : TensorDataset or (inputs, labels)
-        Evaluation data; the loss is the mean NLL over it.
-    directions : pair of lists of torch.Tensor
-        ``d₁`` and ``d₂``, one tensor per parameter of ``model``
-        (:func:`filter_normalized_direction`).
-    coords : numpy.ndarray
-        Lattice coordinates used for both axes.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``len(coords) × len(coords)`` losses.
-
-    Examples
-    --------
-    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LogSoftmax(1))
-    >>> g = torch.Generator().manual_seed(0)
-    >>> d = [filter_normalized_direction(net, g) for _ in range(2)]
-    >>> data = (torch.randn(8, 3), torch.zeros(8, dtype=torch.long))
-    >>> surface_losses(net, data, d, np.linspace(-1, 1, 3)).shape
-    (3, 3)
-    """
-    x, y = getattr(data, "tensors", data)
-    scratch = common.dense_copy(model)
-    base = [p.detach().clone() for p in model.parameters()]
-    d1, d2 = directions
-    grid = np.empty((coords.size, coords.size))
-    for i, a in enumerate(coords):
-        for j, b in enumerate(coords):
-            _set_params(
-                scratch,
-                [p + float(a) * u + float(b) * v for p, u, v in zip(base, d1, d2, strict=True)],
-            )
-            grid[i, j] = _loss(scratch, (x, y))
-    return grid
-
-
-def _convexity(grid: np.ndarray) -> float:
-    inner = grid[1:-1, 1:-1]
-    along_a = grid[2:, 1:-1] + grid[:-2, 1:-1] - 2 * inner
-    along_b = grid[1:-1, 2:] + grid[1:-1, :-2] - 2 * inner
-    return float(np.mean((along_a >= 0) & (along_b >= 0)))
-
-
-# ----------------------------------------------------------------------------- run
 
 
 def _train(
@@ -341,7 +194,7 @@ def _train(
         pruner = SpectralPruner(
             model,
             schedule=Linear(config.schedule_epochs),
-            every=config.prune_every,
+            every=config.every,
             min_rank=config.min_rank,
         )
     train_config = TrainConfig(
@@ -354,6 +207,79 @@ def _train(
     trainer = Trainer(model, data[0], data[1], train_config, pruner=pruner, progress=progress)
     history = trainer.fit()
     return trainer.model, history[-1]
+
+
+Dense = dict[tuple[str, int], nn.Module]
+
+
+def _solutions(
+    config: LandscapeConfig, data: tuple[Any, Any], evaluation: Any, progress: bool
+) -> tuple[Dense, list[SolutionRecord]]:
+    """Train both arms of every seed; their dense copies and final numbers."""
+    dense: Dense = {}
+    solutions = []
+    for seed in range(config.seeds):
+        for arm in ARMS:
+            common.say(progress, f"[landscape] training seed {seed} {arm}")
+            model, last = _train(config, seed, arm, data, progress)
+            dense[arm, seed] = common.dense_copy(model).eval()
+            solutions.append(
+                SolutionRecord(
+                    arm,
+                    seed,
+                    last.test_loss,
+                    last.test_accuracy,
+                    loss(dense[arm, seed], evaluation),
+                    last.n_params,
+                )
+            )
+    return dense, solutions
+
+
+def _lines(
+    config: LandscapeConfig, dense: Dense, evaluation: Any, progress: bool
+) -> list[LineRecord]:
+    """Loss along the straight line between every pair of seeds of each arm."""
+    ts = np.linspace(0.0, 1.0, config.line_points)
+    lines = []
+    for arm in ARMS:
+        for a, b in itertools.combinations(range(config.seeds), 2):
+            common.say(progress, f"[landscape] line {arm} {a}-{b}")
+            losses = interpolation_losses(dense[arm, a], dense[arm, b], evaluation, ts.tolist())
+            lines.append(
+                LineRecord(
+                    arm, a, b, tuple(ts.tolist()), tuple(losses.tolist()), *barrier_height(losses)
+                )
+            )
+    return lines
+
+
+def _surfaces(
+    config: LandscapeConfig, dense: Dense, evaluation: Any, progress: bool
+) -> list[SurfaceRecord]:
+    """Loss on a plane of two filter-normalised random directions around some solutions."""
+    coords = np.linspace(-config.radius, config.radius, config.grid)
+    surfaces = []
+    for arm in ARMS:
+        for seed in range(min(config.surface_seeds, config.seeds)):
+            common.say(progress, f"[landscape] surface {arm} seed {seed}")
+            generator = torch.Generator().manual_seed(config.seed * 1000 + seed)
+            model = dense[arm, seed]
+            directions = [filter_normalized_direction(model, generator) for _ in range(2)]
+            grid = surface_losses(model, evaluation, directions, coords)
+            center = loss(model, evaluation)
+            surfaces.append(
+                SurfaceRecord(
+                    arm,
+                    seed,
+                    tuple(coords.tolist()),
+                    center,
+                    float(np.mean(grid - center)),
+                    convexity(grid),
+                    grid,
+                )
+            )
+    return surfaces
 
 
 def run(
@@ -406,60 +332,14 @@ def run(
     )
     x, y = test.tensors
     evaluation = (x[: config.n_eval], y[: config.n_eval])
-    dense: dict[tuple[str, int], nn.Module] = {}
-    solutions = []
-    for seed in range(config.seeds):
-        for arm in ARMS:
-            common.say(progress, f"[landscape] training seed {seed} {arm}")
-            model, last = _train(config, seed, arm, (train, test), progress)
-            dense[arm, seed] = common.dense_copy(model).eval()
-            solutions.append(
-                SolutionRecord(
-                    arm,
-                    seed,
-                    last.test_loss,
-                    last.test_accuracy,
-                    _loss(dense[arm, seed], evaluation),
-                    last.n_params,
-                )
-            )
-    ts = np.linspace(0.0, 1.0, config.line_points)
-    lines = []
-    for arm in ARMS:
-        for a, b in itertools.combinations(range(config.seeds), 2):
-            common.say(progress, f"[landscape] line {arm} {a}-{b}")
-            losses = interpolation_losses(dense[arm, a], dense[arm, b], evaluation, ts.tolist())
-            lines.append(
-                LineRecord(
-                    arm, a, b, tuple(ts.tolist()), tuple(losses.tolist()), *barrier_height(losses)
-                )
-            )
-    coords = np.linspace(-config.radius, config.radius, config.grid)
-    surfaces = []
-    for arm in ARMS:
-        for seed in range(min(config.surface_seeds, config.seeds)):
-            common.say(progress, f"[landscape] surface {arm} seed {seed}")
-            generator = torch.Generator().manual_seed(config.seed * 1000 + seed)
-            model = dense[arm, seed]
-            directions = [filter_normalized_direction(model, generator) for _ in range(2)]
-            grid = surface_losses(model, evaluation, directions, coords)
-            center = _loss(model, evaluation)
-            surfaces.append(
-                SurfaceRecord(
-                    arm,
-                    seed,
-                    tuple(coords.tolist()),
-                    center,
-                    float(np.mean(grid - center)),
-                    _convexity(grid),
-                    grid,
-                )
-            )
+    dense, solutions = _solutions(config, (train, test), evaluation, progress)
+    lines = _lines(config, dense, evaluation, progress)
+    surfaces = _surfaces(config, dense, evaluation, progress)
     summary = summarize(solutions, lines, surfaces)
     accuracy = common.paired_comparison(
-        "test_accuracy",
-        [s.test_accuracy for s in solutions if s.arm == "normal"],
         [s.test_accuracy for s in solutions if s.arm == "pruned"],
+        [s.test_accuracy for s in solutions if s.arm == "normal"],
+        metric="test_accuracy",
     )
     verdicts = make_verdicts(summary, config.seeds)
     files = write_outputs(folder, config, solutions, lines, surfaces, summary, accuracy, verdicts)

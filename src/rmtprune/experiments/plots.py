@@ -20,12 +20,10 @@ b'\\x89PNG'
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -35,19 +33,18 @@ from torch import nn
 
 from rmtprune.distributions.marchenko_pastur import marchenko_pastur
 from rmtprune.experiments.config import ExperimentConfig
+from rmtprune.experiments.results import SeedResult, SpectrumSnapshot, SummaryRow
 from rmtprune.factorize import get_adapter
 from rmtprune.pruning.walker import analyze
 from rmtprune.spectrum import eigenvalues
 
-if TYPE_CHECKING:
-    from rmtprune.experiments.claims import SummaryRow
-    from rmtprune.experiments.results import SeedResult
-
 __all__ = [
     "ACCURACY_COLORS",
+    "FIXED_FIGURES",
     "Curve",
     "ParamPoint",
     "SpectrumSnapshot",
+    "existing_figures",
     "make_figures",
     "plot_accuracy_vs_params",
     "plot_curves",
@@ -149,47 +146,6 @@ def plot_accuracy_vs_params(points: Sequence[ParamPoint], *, title: str, path: P
     return _save(fig, path)
 
 
-@dataclass(frozen=True)
-class SpectrumSnapshot:
-    """Eigenvalues of one layer at one moment, with the BEMA fit.
-
-    ``eigenvalues`` holds the ``rank`` non-zero eigenvalues (ascending) of the
-    ``m × n`` weight; the layer has ``p = min(m, n)`` in all, the others being the
-    zeros left by pruning.
-    """
-
-    stage: str
-    layer: str
-    shape: tuple[int, int]
-    ratio: float
-    rank: int
-    sigma2: float
-    lambda_plus: float
-    n_spikes: int | None
-    fit_error: float
-    eigenvalues: tuple[float, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary (NaN as None)."""
-        out = dataclasses.asdict(self)
-        out["shape"] = list(self.shape)
-        out["eigenvalues"] = list(self.eigenvalues)
-        for key in ("sigma2", "lambda_plus", "fit_error", "ratio"):
-            if isinstance(out[key], float) and not math.isfinite(out[key]):
-                out[key] = None
-        return out
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> SpectrumSnapshot:
-        """Inverse of :meth:`to_dict`."""
-        v = dict(values)
-        for key in ("sigma2", "lambda_plus", "fit_error", "ratio"):
-            v[key] = math.nan if v[key] is None else float(v[key])
-        v["shape"] = tuple(v["shape"])
-        v["eigenvalues"] = tuple(float(x) for x in v["eigenvalues"])
-        return cls(**v)
-
-
 def spectrum_snapshots(
     model: nn.Module,
     stage: str,
@@ -287,6 +243,69 @@ def plot_spectra(snapshots: Sequence[SpectrumSnapshot], *, title: str, path: Pat
     return _save(fig, path)
 
 
+_STYLES = {
+    "normal": ("o", "tab:blue"),
+    "pruned": ("*", "tab:orange"),
+    "mp-oneshot": ("D", "tab:red"),
+    "magnitude": ("s", "tab:green"),
+    "svd-energy": ("^", "tab:purple"),
+}
+
+
+def _curve_figures(fig_dir: Path, name: str, seeds: Sequence[SeedResult]) -> list[Path]:
+    accuracy = [
+        Curve(
+            arm,
+            np.array([getattr(s, arm).accuracy_curve()[1:] for s in seeds]),
+            ACCURACY_COLORS[arm],
+        )
+        for arm in ("normal", "pruned")
+    ]
+    params = [
+        Curve(
+            arm,
+            np.array([getattr(s, arm).params_curve() for s in seeds], float),
+            ACCURACY_COLORS[arm],
+        )
+        for arm in ("normal", "pruned")
+    ]
+    return [
+        plot_curves(
+            accuracy,
+            ylabel="test accuracy (%)",
+            percent=True,
+            first_epoch=1,
+            title=f"{name}: test accuracy",
+            path=fig_dir / "accuracy_vs_epoch.png",
+        ),
+        plot_curves(
+            params,
+            ylabel="parameters",
+            title=f"{name}: parameters",
+            path=fig_dir / "params_vs_epoch.png",
+        ),
+    ]
+
+
+def _spectrum_figures(fig_dir: Path, name: str, seeds: Sequence[SeedResult]) -> list[Path]:
+    source = next((s for s in seeds if s.spectra), None)  # imported seeds may have none
+    if source is None:
+        return []
+    out = []
+    for layer in dict.fromkeys(s.layer for s in source.spectra):
+        chosen = [s for s in source.spectra if s.layer == layer]
+        safe = layer.replace(".", "_")
+        out.append(
+            plot_spectra(
+                chosen,
+                title=f"{name}: layer {layer} {chosen[0].shape[0]}×{chosen[0].shape[1]}, "
+                f"seed {source.seed}",
+                path=fig_dir / f"spectrum_{safe}.png",
+            )
+        )
+    return out
+
+
 def make_figures(
     run_dir: Path,
     config: ExperimentConfig,
@@ -297,77 +316,40 @@ def make_figures(
 
     Test accuracy and parameters vs epoch (mean ± std over seeds, normal vs pruned),
     accuracy vs parameters for every method, and one spectral figure per large layer
-    (first seed: at initialisation, normal arm and pruned arm at the end).
+    (first seed with stored spectra: at initialisation, normal arm and pruned arm at
+    the end).
     """
     fig_dir = run_dir / "figures"
     name = f"{config.experiment} ({config.preset})"
-    curves = [
-        Curve(
-            arm,
-            np.array([getattr(s, arm).accuracy_curve()[1:] for s in seeds]),
-            ACCURACY_COLORS[arm],
-        )
-        for arm in ("normal", "pruned")
-    ]
-    out = [
-        plot_curves(
-            curves,
-            ylabel="test accuracy (%)",
-            percent=True,
-            first_epoch=1,
-            title=f"{name}: test accuracy",
-            path=fig_dir / "accuracy_vs_epoch.png",
-        )
-    ]
-    curves = [
-        Curve(
-            arm,
-            np.array([getattr(s, arm).params_curve() for s in seeds], float),
-            ACCURACY_COLORS[arm],
-        )
-        for arm in ("normal", "pruned")
-    ]
-    out.append(
-        plot_curves(
-            curves,
-            ylabel="parameters",
-            title=f"{name}: parameters",
-            path=fig_dir / "params_vs_epoch.png",
-        )
-    )
-    styles = {
-        "normal": ("o", "tab:blue"),
-        "pruned": ("*", "tab:orange"),
-        "mp-oneshot": ("D", "tab:red"),
-        "magnitude": ("s", "tab:green"),
-        "svd-energy": ("^", "tab:purple"),
-    }
     points = [
         ParamPoint(
             r.label,
             tuple(float(n) for n in r.n_params),
             r.accuracies,
-            marker=styles[r.method][0],
-            color=styles[r.method][1],
+            marker=_STYLES[r.method][0],
+            color=_STYLES[r.method][1],
             filled=r.stage != "before-ft",
         )
         for r in summary
     ]
-    out.append(
-        plot_accuracy_vs_params(
-            points, title=f"{name}: accuracy vs parameters", path=fig_dir / "accuracy_vs_params.png"
-        )
+    scatter = plot_accuracy_vs_params(
+        points, title=f"{name}: accuracy vs parameters", path=fig_dir / "accuracy_vs_params.png"
     )
-    snaps = next((s.spectra for s in seeds if s.spectra), ())
-    for layer in dict.fromkeys(s.layer for s in snaps):
-        chosen = [s for s in snaps if s.layer == layer]
-        safe = layer.replace(".", "_")
-        out.append(
-            plot_spectra(
-                chosen,
-                title=f"{name}: layer {layer} {chosen[0].shape[0]}×{chosen[0].shape[1]}, "
-                f"seed {seeds[0].seed}",
-                path=fig_dir / f"spectrum_{safe}.png",
-            )
-        )
-    return tuple(out)
+    curves = _curve_figures(fig_dir, name, seeds)
+    return (*curves, scatter, *_spectrum_figures(fig_dir, name, seeds))
+
+
+FIXED_FIGURES = ("accuracy_vs_epoch.png", "params_vs_epoch.png", "accuracy_vs_params.png")
+
+
+def existing_figures(run_dir: Path, layers: Sequence[str] = ()) -> tuple[Path, ...]:
+    """The figures already in ``run_dir/figures``, in the order :func:`make_figures` writes
+    them: the fixed ones, then the spectra in the order of ``layers`` (others last, by name)."""
+    folder = run_dir / "figures"
+    fixed = [folder / n for n in FIXED_FIGURES if (folder / n).is_file()]
+    position = {f"spectrum_{name.replace('.', '_')}": i for i, name in enumerate(layers)}
+
+    def key(path: Path) -> tuple[int, str]:
+        return position.get(path.stem, len(position)), path.stem
+
+    return (*fixed, *sorted(folder.glob("spectrum_*.png"), key=key))

@@ -8,7 +8,7 @@ for every seed: ``n_train`` points ``x ~ U[0, 2]`` with ``y = f(x) + ε``, ``ε 
 with SGD on the mean squared error (``TrainConfig(objective="mse")``).  For each seed, the
 normal and the pruned arm start from the same initial weights and see the same mini-batches;
 the pruned arm runs :class:`rmtprune.SpectralPruner` with the linear schedule
-``Linear(schedule_epochs)`` every ``prune_every`` epochs (only the hidden-to-hidden layers have
+``Linear(schedule_epochs)`` every ``every`` epochs (only the hidden-to-hidden layers have
 ``min(m, n) >= 32`` and are eligible).  Training error (on the noisy training points, measured
 after each epoch in evaluation mode), test error and parameter counts are recorded per epoch;
 the final test errors are compared paired over seeds.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,7 @@ class RegressionConfig:
     widths: tuple[int, ...]
     seeds: int
     epochs: int
-    prune_every: int
+    every: int
     schedule_epochs: float
     n_train: int = 300
     n_test: int = 1001
@@ -94,7 +94,7 @@ class RegressionConfig:
         owner = "RegressionConfig"
         if len(self.widths) < 2 or self.widths[0] != 1 or self.widths[-1] != 1:
             raise param_error("widths", owner, "a tuple (1, ..., 1) of layer widths", self.widths)
-        for name in ("seeds", "epochs", "prune_every", "n_train", "batch_size"):
+        for name in ("seeds", "epochs", "every", "n_train", "batch_size"):
             check_int(getattr(self, name), name, owner, low=1)
         check_int(self.n_test, "n_test", owner, low=2)
         check_real(self.schedule_epochs, "schedule_epochs", owner, low=0.0, low_open=True)
@@ -118,16 +118,16 @@ class RegressionConfig:
 
 PRESETS: Mapping[str, RegressionConfig] = {
     "smoke": RegressionConfig(
-        widths=(1, 64, 64, 64, 1), seeds=2, epochs=150, prune_every=25, schedule_epochs=110.0
+        widths=(1, 64, 64, 64, 1), seeds=2, epochs=150, every=25, schedule_epochs=110.0
     ),
     "small": RegressionConfig(
-        widths=(1, 200, 200, 200, 1), seeds=5, epochs=1500, prune_every=50, schedule_epochs=1125.0
+        widths=(1, 200, 200, 200, 1), seeds=5, epochs=1500, every=50, schedule_epochs=1125.0
     ),
     "paper": RegressionConfig(
         widths=(1, 500, 500, 500, 1),
         seeds=10,
         epochs=3000,
-        prune_every=50,
+        every=50,
         schedule_epochs=2250.0,
     ),
 }
@@ -181,7 +181,7 @@ def _train(
         pruner = SpectralPruner(
             model,
             schedule=Linear(config.schedule_epochs),
-            every=config.prune_every,
+            every=config.every,
             min_rank=config.min_rank,
         )
     train_config = TrainConfig(
@@ -221,9 +221,9 @@ def _train(
 class RegressionResult:
     """Everything the regression experiment measured (see :func:`run`).
 
-    ``test`` and ``train`` compare the final errors paired over seeds (``a`` = normal,
-    ``b`` = pruned); ``target_variance`` is the variance of ``f`` on the test grid (the test
-    error of the best constant predictor).
+    ``test`` and ``train`` compare the final errors paired over seeds (``a`` = pruned,
+    ``b`` = normal, so ``mean`` is pruned − normal); ``target_variance`` is the variance
+    of ``f`` on the test grid (the test error of the best constant predictor).
     """
 
     preset: str
@@ -265,19 +265,19 @@ def _verdicts(result_parts: dict[str, Any]) -> list[common.Verdict]:
     test: common.PairedComparison = result_parts["test"]
     params: dict[str, float] = result_parts["params"]
     variance = result_parts["target_variance"]
-    p = test.pvalue
+    p = test.p_value
     if math.isnan(p) or p >= 0.05:
         helps: bool | None = None
     else:
-        helps = test.mean_difference < 0
+        helps = test.mean < 0
     reduction = 1 - params["pruned"] / params["normal"]
     return [
         common.Verdict(
             "pruning helps the regression (final test MSE against the clean function)",
             helps,
-            f"Test MSE normal {test.mean_a:.4g}, pruned {test.mean_b:.4g}; paired difference "
-            f"(pruned − normal) {test.mean_difference:+.4g} ± {test.std_difference:.2g} over "
-            f"{test.n} seeds, pruned lower on {test.b_lower}/{test.n}, paired t-test p = "
+            f"Test MSE normal {test.mean_b:.4g}, pruned {test.mean_a:.4g}; paired difference "
+            f"(pruned − normal) {test.mean:+.4g} ± {test.std:.2g} over "
+            f"{test.n} seeds, pruned lower on {test.losses}/{test.n}, paired t-test p = "
             f"{p:.3g} (inconclusive unless p < 0.05). A constant predictor scores {variance:.4g}.",
         ),
         common.Verdict(
@@ -342,6 +342,80 @@ def _figures(folder: Path, config: RegressionConfig, runs: list[RunRecord], data
     return files
 
 
+def _final(runs: Sequence[RunRecord], arm: str, key: str) -> list[float]:
+    return [float(getattr(r, key)[-1]) for r in runs if r.arm == arm]
+
+
+def _write_tables(folder: Path, runs: Sequence[RunRecord]) -> None:
+    rows = [
+        {
+            "arm": r.arm,
+            "seed": r.seed,
+            "epoch": e + 1,
+            "train_mse": r.train_mse[e],
+            "test_mse": r.test_mse[e],
+            "n_params": r.n_params[e],
+        }
+        for r in runs
+        for e in range(len(r.test_mse))
+    ]
+    common.write_csv(folder / "curves.csv", rows)
+    common.write_csv(
+        folder / "final.csv",
+        [
+            {
+                "arm": r.arm,
+                "seed": r.seed,
+                "train_mse": r.train_mse[-1],
+                "test_mse": r.test_mse[-1],
+                "n_params": r.n_params[-1],
+            }
+            for r in runs
+        ],
+    )
+
+
+def _section(
+    config: RegressionConfig,
+    runs: Sequence[RunRecord],
+    params: dict[str, float],
+    figures: Sequence[str],
+    verdicts: Sequence[common.Verdict],
+) -> str:
+    table = common.markdown_table(
+        ["arm", "train MSE (mean ± std)", "test MSE (mean ± std)", "parameters"],
+        [
+            [
+                arm,
+                "{:.4g} ± {:.2g}".format(*common.mean_std(_final(runs, arm, "train_mse"))),
+                "{:.4g} ± {:.2g}".format(*common.mean_std(_final(runs, arm, "test_mse"))),
+                params[arm],
+            ]
+            for arm in ("normal", "pruned")
+        ],
+    )
+    text = [
+        "## regression",
+        "",
+        f"MLP {list(config.widths)} ({config.activation}, N(0, 1/n) weights, zero biases) fitting "
+        f"f(x) = sin(2πx) + 0.5 sin(6πx) on [0, 2] from {config.n_train} fixed noisy points "
+        f"(noise σ = {config.noise:g}); test MSE on a {config.n_test}-point grid against the clean "
+        f"f. SGD (lr {config.lr:g}, momentum 0.9, batch {config.batch_size}, ×{config.lr_decay:g} "
+        f"at 50 % and 75 % of {config.epochs} epochs), MSE + {config.l1:g}·Σ|θ| + "
+        f"{config.l2:g}·Σθ². Pruned arm: SpectralPruner every {config.every} epochs with "
+        f"Linear(T = {config.schedule_epochs:g}); same initial weights and batches per seed; "
+        f"{config.seeds} seeds.",
+        "",
+        table,
+        "",
+        *(f"![{f}]({f})" for f in figures),
+        "",
+        *(v.line() for v in verdicts),
+        "",
+    ]
+    return "\n".join(text)
+
+
 def run(
     preset: str = "small",
     *,
@@ -377,7 +451,7 @@ def run(
     Examples
     --------
     >>> result = run("smoke", out="/tmp/regression-smoke", progress=False)  # doctest: +SKIP
-    >>> result.test.mean_difference  # doctest: +SKIP
+    >>> result.test.mean  # doctest: +SKIP
     """
     del data_dir
     preset = common.check_preset(preset, _OWNER)
@@ -395,84 +469,21 @@ def run(
         for arm in ("normal", "pruned"):
             common.say(progress, f"[regression] seed {seed} {arm}")
             runs.append(_train(config, seed, arm, data, progress))
-
-    def final(arm: str, key: str) -> list[float]:
-        return [float(getattr(r, key)[-1]) for r in runs if r.arm == arm]
-
     test = common.paired_comparison(
-        "test_mse", final("normal", "test_mse"), final("pruned", "test_mse")
+        _final(runs, "pruned", "test_mse"), _final(runs, "normal", "test_mse"), metric="test_mse"
     )
     train = common.paired_comparison(
-        "train_mse", final("normal", "train_mse"), final("pruned", "train_mse")
+        _final(runs, "pruned", "train_mse"),
+        _final(runs, "normal", "train_mse"),
+        metric="train_mse",
     )
     variance = float(data[1][1].double().var(unbiased=False))
-    params = {arm: float(np.mean(final(arm, "n_params"))) for arm in ("normal", "pruned")}
+    params = {arm: float(np.mean(_final(runs, arm, "n_params"))) for arm in ("normal", "pruned")}
     verdicts = _verdicts({"test": test, "params": params, "target_variance": variance})
-
-    rows = [
-        {
-            "arm": r.arm,
-            "seed": r.seed,
-            "epoch": e + 1,
-            "train_mse": r.train_mse[e],
-            "test_mse": r.test_mse[e],
-            "n_params": r.n_params[e],
-        }
-        for r in runs
-        for e in range(len(r.test_mse))
-    ]
-    common.write_csv(folder / "curves.csv", rows)
-    common.write_csv(
-        folder / "final.csv",
-        [
-            {
-                "arm": r.arm,
-                "seed": r.seed,
-                "train_mse": r.train_mse[-1],
-                "test_mse": r.test_mse[-1],
-                "n_params": r.n_params[-1],
-            }
-            for r in runs
-        ],
-    )
-    figures = _figures(
-        folder,
-        config,
-        runs,
-        ((data[0][0].numpy(), data[0][1].numpy()), (data[1][0].numpy(), data[1][1].numpy())),
-    )
-    table = common.markdown_table(
-        ["arm", "train MSE (mean ± std)", "test MSE (mean ± std)", "parameters"],
-        [
-            [
-                arm,
-                "{:.4g} ± {:.2g}".format(*common.mean_std(final(arm, "train_mse"))),
-                "{:.4g} ± {:.2g}".format(*common.mean_std(final(arm, "test_mse"))),
-                params[arm],
-            ]
-            for arm in ("normal", "pruned")
-        ],
-    )
-    text = [
-        "## regression",
-        "",
-        f"MLP {list(config.widths)} ({config.activation}, N(0, 1/n) weights, zero biases) fitting "
-        f"f(x) = sin(2πx) + 0.5 sin(6πx) on [0, 2] from {config.n_train} fixed noisy points "
-        f"(noise σ = {config.noise:g}); test MSE on a {config.n_test}-point grid against the clean "
-        f"f. SGD (lr {config.lr:g}, momentum 0.9, batch {config.batch_size}, ×{config.lr_decay:g} "
-        f"at 50 % and 75 % of {config.epochs} epochs), MSE + {config.l1:g}·Σ|θ| + "
-        f"{config.l2:g}·Σθ². Pruned arm: SpectralPruner every {config.prune_every} epochs with "
-        f"Linear(T = {config.schedule_epochs:g}); same initial weights and batches per seed; "
-        f"{config.seeds} seeds.",
-        "",
-        table,
-        "",
-        *(f"![{f}]({f})" for f in figures),
-        "",
-        *(v.line() for v in verdicts),
-        "",
-    ]
-    (folder / "report_section.md").write_text("\n".join(text))
+    _write_tables(folder, runs)
+    arrays = tuple((x.numpy(), y.numpy()) for x, y in data)
+    figures = _figures(folder, config, runs, arrays)
+    (folder / "report_section.md").write_text(_section(config, runs, params, figures, verdicts))
     files = ("curves.csv", "final.csv", *figures, "report_section.md")
     result = RegressionResult(
         preset,

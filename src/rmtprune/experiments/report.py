@@ -1,29 +1,29 @@
 """The report files of a classification run: Markdown, HTML, metrics JSON and CSV.
 
 The tables and the verdict on each claim of SPEC section 6 come from
-:mod:`rmtprune.experiments.claims`; this module renders them
-with the figures into ``report.md`` and a self-contained ``report.html``.
+:mod:`rmtprune.experiments.claims`; this module renders them with the figures into
+``report.md`` and, through the one HTML renderer of
+:func:`rmtprune.experiments.formats.markdown_to_html`, a self-contained ``report.html``.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import json
 import math
-import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from rmtprune.experiments.claims import accuracy_text, percent
-from rmtprune.pruning.report import _json_safe
-
-if TYPE_CHECKING:
-    from rmtprune.experiments.results import ArmResult, RunResult
+from rmtprune.experiments.baselines import EvalPoint, PostTrainingResult
+from rmtprune.experiments.config import ExperimentConfig
+from rmtprune.experiments.formats import (
+    csv_text,
+    markdown_table,
+    markdown_to_html,
+    write_json,
+    write_text,
+)
+from rmtprune.experiments.results import ArmResult, RunResult, accuracy_text, percent
 
 __all__ = [
-    "figure_html",
-    "html_page",
     "render_html",
     "render_markdown",
     "write_metrics",
@@ -35,49 +35,31 @@ __all__ = [
 Block = tuple[Any, ...]
 
 
-def _blocks(result: RunResult) -> list[Block]:
-    cfg = result.config
-    rows = result.summary
-    b: list[Block] = [("h", 1, f"rmtprune reproduction: {cfg.experiment} ({cfg.preset} preset)")]
+def _setup_text(cfg: ExperimentConfig) -> str:
     arch = (
         f"fully connected {list(cfg.widths)}"
         if cfg.architecture == "fc"
         else f"CNN channels {list(cfg.channels)}, FC {cfg.fc_width}, dropout {cfg.dropout}"
     )
-    b.append(
-        (
-            "p",
-            f"Data {cfg.dataset} (train subset {cfg.train_subset or 'all'}, test subset "
-            f"{cfg.test_subset or 'all'}); network {arch}; init {cfg.init}; {cfg.epochs} epochs, "
-            f"SGD lr {cfg.lr} (×{cfg.lr_decay} after each pruning epoch, both arms), momentum "
-            f"{cfg.momentum}, batch {cfg.batch_size}; pruning every {cfg.every} epoch(s) with "
-            f"Linear(T={cfg.schedule_epochs_resolved:g}), min_rank {cfg.min_rank_resolved}, fit "
-            f"cutoff {cfg.fit_cutoff} (conv {cfg.conv_fit_cutoff}); seeds {list(cfg.seeds)}. "
-            f"Both arms start from the same weights and see the same data order; they differ "
-            f"only by the pruning steps. Baselines start from the trained normal network, at the "
-            f"pruned arm's final parameter count of the same seed, and get "
-            f"{cfg.finetune_epochs} epoch(s) of fine-tuning.",
-        )
+    return (
+        f"Data {cfg.dataset} (train subset {cfg.train_subset or 'all'}, test subset "
+        f"{cfg.test_subset or 'all'}); network {arch}; init {cfg.init}; {cfg.epochs} epochs, "
+        f"SGD lr {cfg.lr} (×{cfg.lr_decay} after each pruning epoch, both arms), momentum "
+        f"{cfg.momentum}, batch {cfg.batch_size}; pruning every {cfg.every} epoch(s) with "
+        f"Linear(T={cfg.schedule_epochs_resolved:g}), min_rank {cfg.min_rank_resolved}, fit "
+        f"cutoff {cfg.fit_cutoff} (conv {cfg.conv_fit_cutoff}); seeds {list(cfg.seeds)}. "
+        f"Both arms start from the same weights and see the same data order; they differ "
+        f"only by the pruning steps. Baselines start from the trained normal network, at the "
+        f"pruned arm's final parameter count of the same seed, and get "
+        f"{cfg.finetune_epochs} epoch(s) of fine-tuning."
     )
-    b.append(("h", 2, "Claims of the paper"))
-    for c in result.claims:
-        b.append(("p", f"**{c.claim}** Verdict: **{c.verdict}**. {c.explanation}"))
-    b.append(("h", 2, "Comparison (final test accuracy, mean ± std over seeds)"))
-    b.append(
-        (
-            "table",
-            ["method", "parameters (mean)", "reduction", "test accuracy"],
-            [
-                [r.label, f"{r.params_mean:,.0f}", f"{100 * r.reduction:.1f} %", accuracy_text(r)]
-                for r in rows
-            ],
-        )
-    )
-    b.append(("h", 2, "Per seed"))
-    per_seed = []
+
+
+def _per_seed_table(result: RunResult) -> Block:
+    rows = []
     for s in result.seeds:
         d = s.pruned.final_accuracy - s.normal.final_accuracy
-        per_seed.append(
+        rows.append(
             [
                 s.seed,
                 f"{percent(s.normal.final_accuracy)} %",
@@ -87,46 +69,57 @@ def _blocks(result: RunResult) -> list[Block]:
                 f"{s.pruned.final_params:,}",
             ]
         )
-    b.append(
-        (
-            "table",
-            ["seed", "normal", "pruned", "diff (points)", "normal params", "pruned params"],
-            per_seed,
-        )
-    )
-    last = result.seeds[0].pruned.layers[-1] if result.seeds[0].pruned.layers else ()
-    if last:
-        b.append(("h", 2, f"Pruned arm, seed {result.seeds[0].seed}: layers at the end"))
-        b.append(
-            (
-                "table",
-                ["layer", "shape", "rank", "spikes", "fit error D", "sigma2", "status"],
-                [
-                    [
-                        r.name,
-                        "×".join(map(str, r.shape)),
-                        r.rank,
-                        "–" if r.n_spikes is None else r.n_spikes,
-                        "–" if math.isnan(r.fit_error) else f"{r.fit_error:.3g}",
-                        "–" if math.isnan(r.sigma2) else f"{r.sigma2:.3g}",
-                        r.status if not r.reason else f"{r.status}: {r.reason}",
-                    ]
-                    for r in last
-                ],
-            )
-        )
+    headers = ["seed", "normal", "pruned", "diff (points)", "normal params", "pruned params"]
+    return ("table", headers, rows)
+
+
+def _layer_blocks(result: RunResult) -> list[Block]:
+    first = result.seeds[0]
+    last = first.pruned.layers[-1] if first.pruned.layers else ()
+    if not last:
+        return []
+    rows = [
+        [
+            r.name,
+            "×".join(map(str, r.shape)),
+            r.rank,
+            "–" if r.n_spikes is None else r.n_spikes,
+            "–" if math.isnan(r.fit_error) else f"{r.fit_error:.3g}",
+            "–" if math.isnan(r.sigma2) else f"{r.sigma2:.3g}",
+            r.status if not r.reason else f"{r.status}: {r.reason}",
+        ]
+        for r in last
+    ]
+    headers = ["layer", "shape", "rank", "spikes", "fit error D", "sigma2", "status"]
+    return [("h", 2, f"Pruned arm, seed {first.seed}: layers at the end"), ("table", headers, rows)]
+
+
+_FILES_TEXT = (
+    "config.json (resolved configuration), environment.json (versions, git commit), "
+    "metrics.json and metrics.csv (per seed, arm and epoch), after_training.csv "
+    "(baselines before/after fine-tuning), figures/*.png, seed-*/ (checkpoints)."
+)
+
+
+def _blocks(result: RunResult) -> list[Block]:
+    cfg = result.config
+    b: list[Block] = [("h", 1, f"rmtprune reproduction: {cfg.experiment} ({cfg.preset} preset)")]
+    b.append(("p", _setup_text(cfg)))
+    b.append(("h", 2, "Claims of the paper"))
+    b += [("p", f"**{c.claim}** Verdict: **{c.verdict}**. {c.explanation}") for c in result.claims]
+    b.append(("h", 2, "Comparison (final test accuracy, mean ± std over seeds)"))
+    rows = [
+        [r.label, f"{r.params_mean:,.0f}", f"{100 * r.reduction:.1f} %", accuracy_text(r)]
+        for r in result.summary
+    ]
+    b.append(("table", ["method", "parameters (mean)", "reduction", "test accuracy"], rows))
+    b.append(("h", 2, "Per seed"))
+    b.append(_per_seed_table(result))
+    b += _layer_blocks(result)
     b.append(("h", 2, "Figures"))
-    for path in result.figures:
-        b.append(("img", path, path.stem.replace("_", " ")))
+    b += [("img", path, path.stem.replace("_", " ")) for path in result.figures]
     b.append(("h", 2, "Files"))
-    b.append(
-        (
-            "p",
-            "config.json (resolved configuration), environment.json (versions, git commit), "
-            "metrics.json and metrics.csv (per seed, arm and epoch), after_training.csv "
-            "(baselines before/after fine-tuning), figures/*.png, seed-*/ (checkpoints).",
-        )
-    )
+    b.append(("p", _FILES_TEXT))
     return b
 
 
@@ -140,66 +133,17 @@ def render_markdown(result: RunResult) -> str:
         elif kind == "p":
             out.append(block[1])
         elif kind == "table":
-            headers, rows = block[1], block[2]
-            out.append("| " + " | ".join(headers) + " |\n|" + "---|" * len(headers))
-            out[-1] += "".join("\n| " + " | ".join(str(c) for c in r) + " |" for r in rows)
+            out.append(markdown_table(block[1], block[2]))
         elif kind == "img":
             rel = block[1].relative_to(result.run_dir).as_posix()
             out.append(f"![{block[2]}]({rel})")
     return "\n\n".join(out) + "\n"
 
 
-def _inline(text: str) -> str:
-    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
-
-
 def render_html(result: RunResult) -> str:
     """The report as one self-contained HTML page (figures embedded as data URIs)."""
-    body: list[str] = []
-    for block in _blocks(result):
-        kind = block[0]
-        if kind == "h":
-            body.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
-        elif kind == "p":
-            body.append(f"<p>{_inline(block[1])}</p>")
-        elif kind == "table":
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
-            rows = "".join(
-                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
-                for r in block[2]
-            )
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif kind == "img":
-            body.append(figure_html(block[1], block[2]))
-    return html_page(f"rmtprune {result.config.experiment} ({result.config.preset})", body)
-
-
-HTML_STYLE = (
-    "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em;"
-    "line-height:1.45}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid "
-    "#bbb;padding:.25em .6em;text-align:left}th{background:#eee}img{max-width:100%}"
-    "figure{margin:1.5em 0}"
-)
-
-
-def figure_html(path: Path, caption: str) -> str:
-    """A PNG embedded as a base64 data URI, so the page needs no other file."""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    cap = html.escape(caption)
-    return (
-        f'<figure><img alt="{cap}" src="data:image/png;base64,{data}">'
-        f"<figcaption>{cap}</figcaption></figure>"
-    )
-
-
-def html_page(title: str, body: list[str]) -> str:
-    """A self-contained HTML page around ``body`` (already HTML)."""
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{HTML_STYLE}</style></head><body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
-    )
+    title = f"rmtprune {result.config.experiment} ({result.config.preset})"
+    return markdown_to_html(render_markdown(result), result.run_dir, title)
 
 
 def _epoch_rows(arm: ArmResult) -> list[dict[str, Any]]:
@@ -229,45 +173,38 @@ def _epoch_rows(arm: ArmResult) -> list[dict[str, Any]]:
     return out
 
 
+def _after_values(point: EvalPoint, result: PostTrainingResult) -> list[Any]:
+    return [point.test_loss, point.test_accuracy, result.energy, result.n_zeroed]
+
+
 def write_metrics(result: RunResult) -> None:
     """Write ``metrics.json``, ``metrics.csv`` (per seed, arm, epoch) and ``after_training.csv``."""
     run_dir = result.run_dir
     content = {k: v for k, v in result.to_dict().items() if k not in ("run_dir", "wall_time")}
     content.pop("figures")
-    text = json.dumps(_json_safe(content), indent=1, allow_nan=False)
-    (run_dir / "metrics.json").write_text(text + "\n", encoding="utf-8")
+    write_json(run_dir / "metrics.json", content, newline=True)
     rows = [row for s in result.seeds for arm in (s.normal, s.pruned) for row in _epoch_rows(arm)]
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    lines = [",".join(columns)]
-    for row in rows:
-        lines.append(",".join("" if row.get(c) is None else str(row.get(c)) for c in columns))
-    (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    table = [[row.get(c) for c in columns] for row in rows]
+    write_text(run_dir / "metrics.csv", csv_text(columns, table))
     head = "seed,method,stage,n_params,target_params,test_loss,test_accuracy,energy,n_zeroed"
-    lines = [head]
-    for s in result.seeds:
-        for r in s.after_training:
-            for stage, point in (("before-ft", r.before), ("after-ft", r.after)):
-                values = [
-                    s.seed,
-                    r.method,
-                    stage,
-                    point.n_params,
-                    r.target_params,
-                    point.test_loss,
-                    point.test_accuracy,
-                    r.energy,
-                    r.n_zeroed,
-                ]
-                lines.append(",".join("" if v is None else str(v) for v in values))
-    (run_dir / "after_training.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    table = [
+        [s.seed, r.method, stage, p.n_params, r.target_params, *_after_values(p, r)]
+        for s in result.seeds
+        for r in s.after_training
+        for stage, p in (("before-ft", r.before), ("after-ft", r.after))
+    ]
+    write_text(run_dir / "after_training.csv", csv_text(head.split(","), table))
 
 
-def write_report(result: RunResult) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``report.html`` into the run directory; return their paths."""
+def write_report(result: RunResult, *, html: bool = True) -> tuple[Path, ...]:
+    """Write ``report.md`` (and ``report.html`` unless ``html`` is false); return their paths."""
     md = result.run_dir / "report.md"
+    write_text(md, render_markdown(result))
+    if not html:
+        return (md,)
     page = result.run_dir / "report.html"
-    md.write_text(render_markdown(result), encoding="utf-8")
-    page.write_text(render_html(result), encoding="utf-8")
+    write_text(page, render_html(result))
     return md, page

@@ -1,5 +1,10 @@
 """What a classification run produced: per-arm, per-seed and whole-run results.
 
+The data types of the reporting layer live here (spectra, summary rows, claim
+verdicts) so that :mod:`~rmtprune.experiments.claims`, which computes them, and
+:mod:`~rmtprune.experiments.plots`, which draws them, depend on this module and
+not on each other.
+
 :class:`ArmResult` holds one arm of one seed (epoch-0 evaluation, per-epoch
 history and layer analyses), :class:`SeedResult` both arms and the
 after-training methods, :class:`RunResult` the whole run with its summary and
@@ -8,18 +13,160 @@ claim verdicts.  Each has ``to_dict()``; ``metrics.json`` is ``RunResult``'s.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rmtprune.experiments.baselines import EvalPoint, PostTrainingResult
-from rmtprune.experiments.claims import ClaimVerdict, SummaryRow, summary_table
 from rmtprune.experiments.config import ExperimentConfig
-from rmtprune.experiments.plots import SpectrumSnapshot
 from rmtprune.pruning.report import LayerAnalysis
 from rmtprune.training import History
 
-__all__ = ["ArmResult", "RunResult", "SeedResult", "layer_from_dict"]
+__all__ = [
+    "ArmResult",
+    "ClaimVerdict",
+    "RunResult",
+    "SeedResult",
+    "SpectrumSnapshot",
+    "SummaryRow",
+    "accuracy_text",
+    "layer_from_dict",
+    "percent",
+    "summary_table",
+]
+
+
+@dataclass(frozen=True)
+class SpectrumSnapshot:
+    """Eigenvalues of one layer at one moment, with the BEMA fit.
+
+    ``eigenvalues`` holds the ``rank`` non-zero eigenvalues (ascending) of the
+    ``m × n`` weight; the layer has ``p = min(m, n)`` in all, the others being the
+    zeros left by pruning.
+    """
+
+    stage: str
+    layer: str
+    shape: tuple[int, int]
+    ratio: float
+    rank: int
+    sigma2: float
+    lambda_plus: float
+    n_spikes: int | None
+    fit_error: float
+    eigenvalues: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (NaN as None)."""
+        out = dataclasses.asdict(self)
+        out["shape"] = list(self.shape)
+        out["eigenvalues"] = list(self.eigenvalues)
+        for key in ("sigma2", "lambda_plus", "fit_error", "ratio"):
+            if isinstance(out[key], float) and not math.isfinite(out[key]):
+                out[key] = None
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SpectrumSnapshot:
+        """Inverse of :meth:`to_dict`."""
+        v = dict(values)
+        for key in ("sigma2", "lambda_plus", "fit_error", "ratio"):
+            v[key] = math.nan if v[key] is None else float(v[key])
+        v["shape"] = tuple(v["shape"])
+        v["eigenvalues"] = tuple(float(x) for x in v["eigenvalues"])
+        return cls(**v)
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One line of the comparison table: a method at a stage, over seeds."""
+
+    method: str
+    stage: str
+    label: str
+    n_params: tuple[int, ...]
+    accuracies: tuple[float, ...]
+    dense_params: int
+
+    @property
+    def params_mean(self) -> float:
+        """Mean parameter count over seeds."""
+        return float(np.mean(self.n_params))
+
+    @property
+    def reduction(self) -> float:
+        """Fraction of the dense network's parameters removed (mean count)."""
+        return 1.0 - self.params_mean / self.dense_params
+
+    @property
+    def accuracy_mean(self) -> float:
+        """Mean test accuracy over seeds."""
+        return float(np.mean(self.accuracies))
+
+    @property
+    def accuracy_std(self) -> float:
+        """Standard deviation (ddof = 1) of the test accuracy over seeds; NaN for one seed."""
+        return float(np.std(self.accuracies, ddof=1)) if len(self.accuracies) > 1 else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        """Fields and derived statistics."""
+        return {
+            "method": self.method,
+            "stage": self.stage,
+            "label": self.label,
+            "n_params": list(self.n_params),
+            "accuracies": list(self.accuracies),
+            "dense_params": self.dense_params,
+            "params_mean": self.params_mean,
+            "reduction": self.reduction,
+            "accuracy_mean": self.accuracy_mean,
+            "accuracy_std": None if math.isnan(self.accuracy_std) else self.accuracy_std,
+        }
+
+
+@dataclass(frozen=True)
+class ClaimVerdict:
+    """What the run says about one claim of the paper."""
+
+    key: str
+    claim: str
+    verdict: str
+    explanation: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dictionary of the fields."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def summary_table(rows: Sequence[SummaryRow]) -> str:
+    """The comparison table in Markdown: method, parameters, reduction, accuracy mean ± std."""
+    lines = ["| method | parameters | reduction | test accuracy |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r.label} | {r.params_mean:,.0f} | {100 * r.reduction:.1f} % | {accuracy_text(r)} |"
+        )
+    return "\n".join(lines)
+
+
+def percent(x: float) -> str:
+    """A fraction in percent with two decimals (``"nan"`` for NaN)."""
+    return "nan" if math.isnan(x) else f"{100 * x:.2f}"
+
+
+def accuracy_text(row: SummaryRow) -> str:
+    """Mean ± std of a row's test accuracy in percent."""
+    if math.isnan(row.accuracy_std):
+        return f"{percent(row.accuracy_mean)} %"
+    return f"{percent(row.accuracy_mean)} ± {percent(row.accuracy_std)} %"
+
+
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)
 
 
 def layer_from_dict(values: dict[str, Any]) -> LayerAnalysis:
@@ -75,6 +222,23 @@ class ArmResult:
             "layers": [[r.to_dict() for r in epoch] for epoch in self.layers],
         }
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ArmResult:
+        """Inverse of :meth:`to_dict` (as read back from JSON: ``None`` → NaN where numeric)."""
+        initial = values["initial"]
+        return cls(
+            seed=int(values["seed"]),
+            arm=str(values["arm"]),
+            initial=EvalPoint(
+                int(initial["n_params"]),
+                _float(initial["test_loss"]),
+                _float(initial["test_accuracy"]),
+            ),
+            initial_weights_sha256=str(values["initial_weights_sha256"]),
+            history=History.from_dict(values["history"]),
+            layers=tuple(tuple(layer_from_dict(r) for r in epoch) for epoch in values["layers"]),
+        )
+
 
 @dataclass(frozen=True)
 class SeedResult:
@@ -94,6 +258,19 @@ class SeedResult:
             "pruned": self.pruned.to_dict(),
             "after_training": [r.to_dict() for r in self.after_training],
         }
+
+    @classmethod
+    def from_dict(
+        cls, values: Mapping[str, Any], spectra: tuple[SpectrumSnapshot, ...] = ()
+    ) -> SeedResult:
+        """Inverse of :meth:`to_dict`; ``spectra`` come from ``seed-*/spectra.json``."""
+        return cls(
+            seed=int(values["seed"]),
+            normal=ArmResult.from_dict(values["normal"]),
+            pruned=ArmResult.from_dict(values["pruned"]),
+            after_training=tuple(PostTrainingResult.from_dict(v) for v in values["after_training"]),
+            spectra=spectra,
+        )
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from rmtprune.models.cnn import PaperCNN, conv_output_size
 from rmtprune.models.fc import ACTIVATIONS, Abs, FullyConnected, make_activation
 from rmtprune.models.init import SCHEMES, initialize, weight_variance
+from rmtprune.models.params import count_parameters
 
 __all__ = [
     "ACTIVATIONS",
@@ -20,6 +21,7 @@ __all__ = [
     "FullyConnected",
     "PaperCNN",
     "conv_output_size",
+    "count_parameters",
     "initialize",
     "make_activation",
     "weight_variance",

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -40,8 +40,13 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.weight_norm import WeightNorm
 
 from rmtprune.factorize.registry import get_adapter, set_submodule
+from rmtprune.factorize.svd import truncated_svd
+
+if TYPE_CHECKING:
+    from rmtprune.pruning.layers import Candidate
 
 __all__ = [
+    "apply_rank",
     "check_effect",
     "check_layer_names",
     "copy_model",
@@ -236,3 +241,27 @@ def check_effect(
         "pruning had no effect on the layer's effective weight (its weight is computed from "
         "other tensors); layer left as it was"
     )
+
+
+def apply_rank(
+    c: Candidate, r: int, do_split: bool, model: nn.Module, factors: Any = None
+) -> str | None:
+    """Truncate or split layer ``c`` to rank ``r``; ``None``, or why it had no effect.
+
+    ``factors`` (a criterion's own ``(u, s, vh)``, e.g. a whitened SVD) win over the
+    plain SVD of the weight.
+
+    A layer whose effective weight did not change (a weight computed from other tensors)
+    is put back as it was (:func:`check_effect`).
+    """
+    assert c.adapter is not None and c.view is not None and c.view.matrix is not None
+    adapter = c.adapter
+    before = float(c.view.matrix.detach().to(torch.float64).square().sum())
+    u, s, vh = factors if factors is not None else truncated_svd(c.view.matrix, r)
+    # the kept energy: the singular values, or the product itself for non-orthonormal factors
+    kept = s if factors is None else ((u * s) @ vh).flatten()
+    if not do_split and adapter.current_rank(c.module) is None:
+        adapter.truncate(c.module, u, s, vh)  # same Parameter objects: optimizer state survives
+    else:
+        set_submodule(model, c.name, adapter.rebuild(c.module, u, s, vh, split=do_split))
+    return check_effect(model, c.name, c.module, before, kept)

@@ -140,13 +140,18 @@ class RankDecision:
 
     ``rank`` is in ``[1, layer.rank]``; ``rank == layer.rank`` means nothing is
     removed.  ``skip=True``: the criterion refuses the layer (it stays as it is,
-    reported as skipped with ``reason``).
+    reported as skipped with ``reason``).  ``factors``: the rank-``rank`` triplets
+    ``(U, s, Vh)`` the walker must apply instead of the plain truncated SVD of the
+    weight (a model-level criterion that factors layers itself, e.g. whitened SVD).
     """
 
     rank: int
     reason: str
     skip: bool = field(default=False, repr=False)
     fit: SpectralFit | None = field(default=None, repr=False)
+    factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(
+        default=None, repr=False, compare=False
+    )
 
 
 @runtime_checkable

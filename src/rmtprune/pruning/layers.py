@@ -35,6 +35,7 @@ from torch import nn
 from rmtprune._progress import track
 from rmtprune._validation import check_int
 from rmtprune.factorize.registry import LayerAdapter, get_adapter
+from rmtprune.models.params import count_parameters
 from rmtprune.pruning._guards import (
     check_layer_names,
     frozen_parametrizations,
@@ -46,11 +47,6 @@ from rmtprune.pruning.selection import Select, weight_layers
 from rmtprune.spectrum import eigenvalues, numerical_rank
 
 __all__ = ["Candidate", "candidate_layers", "collect", "count_parameters"]
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameter entries of ``model`` (shared tensors counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 @dataclass(frozen=True, eq=False)

@@ -204,7 +204,11 @@ class PruneReport(_Table):
 
     ``params_before`` / ``params_after`` count every parameter of the model;
     ``changed`` is true when any layer was modified (so an optimizer must be
-    rebuilt); ``epoch`` is set by :class:`rmtprune.SpectralPruner`.
+    rebuilt); ``epoch`` is set by :class:`rmtprune.SpectralPruner`.  ``output_change`` is
+    the relative change of the model's first output measured on (held-out) calibration
+    data, ``None`` when no calibration data was given (not measured); ``output_change_fit``
+    is the same on the batches the rank choice was fitted on; ``max_output_change`` the
+    limit asked for (see :mod:`rmtprune.pruning.calibration`).
     """
 
     layers: tuple[LayerPruneResult, ...]
@@ -213,6 +217,9 @@ class PruneReport(_Table):
     dry_run: bool
     changed: bool
     epoch: int | None = None
+    output_change: float | None = None
+    output_change_fit: float | None = None
+    max_output_change: float | None = None
     _columns = (
         "name",
         "layer_type",
@@ -239,4 +246,25 @@ class PruneReport(_Table):
             f"\n\nParameters: {self.params_before:,} → {self.params_after:,} "
             f"({100 * self.reduction:.1f} % removed)" + (" [dry run]" if self.dry_run else "")
         )
-        return super().to_markdown() + total
+        return super().to_markdown() + total + "\n\n" + self.output_change_line()
+
+    def output_change_line(self) -> str:
+        """One sentence on how much the model's output changed, or that it was not measured."""
+        if self.output_change is None:
+            return (
+                "Output change: not measured (no calibration data; pass calibration= to "
+                "measure it and max_output_change= to bound it)."
+            )
+        line = f"Output change: {self.output_change:.4g} (relative, first output"
+        if self.max_output_change is None:
+            return line + ", on the calibration data)."
+        return (
+            line
+            + f", on held-out calibration data; limit {self.max_output_change:g}"
+            + (
+                ""
+                if self.output_change_fit is None
+                else f"; {self.output_change_fit:.4g} on the data fitted"
+            )
+            + ")."
+        )

@@ -27,8 +27,10 @@ layer never grows back.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -36,9 +38,8 @@ from torch import nn
 
 from rmtprune._progress import track
 from rmtprune._validation import param_error
-from rmtprune.factorize.registry import set_submodule
-from rmtprune.factorize.svd import truncated_svd
-from rmtprune.pruning._guards import check_effect, copy_model, frozen_parametrizations
+from rmtprune.pruning._guards import apply_rank, copy_model, frozen_parametrizations
+from rmtprune.pruning.calibration import Calibrated
 from rmtprune.pruning.criteria import (
     Criterion,
     FitCutoff,
@@ -51,6 +52,7 @@ from rmtprune.pruning.criteria import (
 )
 from rmtprune.pruning.layers import Candidate, collect, count_parameters
 from rmtprune.pruning.options import resolve_criterion, resolve_select
+from rmtprune.pruning.outputs import OutputProbe, as_batches
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
 from rmtprune.pruning.selection import DEFAULT_MIN_DIM, DEFAULT_MIN_PARAMS, Select
 
@@ -174,6 +176,15 @@ def _check_decision(decision: Any, view: LayerView, criterion: Any) -> RankDecis
             f"The criterion {criterion!r} kept rank {decision.rank!r} for layer {view.name!r}; "
             f"expected an int in [1, {view.rank}] (the layer's current rank)."
         )
+    if decision.factors is not None and not decision.skip:
+        u, s, vh = decision.factors
+        m, n = view.shape
+        if tuple(u.shape) != (m, decision.rank) or tuple(vh.shape) != (decision.rank, n):
+            raise ValueError(
+                f"The criterion {criterion!r} gave factors of shapes {tuple(u.shape)}, "
+                f"{tuple(s.shape)}, {tuple(vh.shape)} for layer {view.name!r}; expected "
+                f"({m}, {decision.rank}), ({decision.rank},), ({decision.rank}, {n})."
+            )
     return decision
 
 
@@ -215,23 +226,6 @@ def _kept_row(
     )
 
 
-def _surgery(c: Candidate, r: int, do_split: bool, model: nn.Module) -> str | None:
-    """Truncate or split layer ``c`` to rank ``r``; ``None``, or why it had no effect.
-
-    A layer whose effective weight did not change (a weight computed from other tensors)
-    is put back as it was (:func:`rmtprune.pruning._guards.check_effect`).
-    """
-    assert c.adapter is not None and c.view is not None and c.view.matrix is not None
-    adapter = c.adapter
-    before = float(c.view.matrix.detach().to(torch.float64).square().sum())
-    u, s, vh = truncated_svd(c.view.matrix, r)
-    if not do_split and adapter.current_rank(c.module) is None:
-        adapter.truncate(c.module, u, s, vh)  # same Parameter objects: optimizer state survives
-    else:
-        set_submodule(model, c.name, adapter.rebuild(c.module, u, s, vh, split=do_split))
-    return check_effect(model, c.name, c.module, before, s)
-
-
 def _prune_row(
     c: Candidate,
     decision: RankDecision | None,
@@ -268,7 +262,7 @@ def _prune_row(
         else c.adapter.dense_param_count(c.module, r)
     )
     if not dry_run:
-        no_effect = _surgery(c, r, do_split, model)
+        no_effect = apply_rank(c, r, do_split, model, decision.factors)
         if no_effect is not None:
             return _kept_row(row, c, rank, "skipped", no_effect)
     return LayerPruneResult(
@@ -299,6 +293,8 @@ def prune(
     min_dim: int | None = None,
     min_params: int | None = None,
     progress: bool | None = None,
+    calibration: Iterable[Any] | None = None,
+    max_output_change: float | None = None,
 ) -> tuple[nn.Module, PruneReport]:
     """Truncate every selected layer to the rank its criterion keeps (SPEC section 4).
 
@@ -337,6 +333,18 @@ def prune(
         min_params=...)``; not to be combined with ``criterion`` / ``select``.
     progress : bool or None
         Progress bars over the layers (default: when stderr is a terminal and tqdm is installed).
+    calibration : iterable of model inputs, optional
+        Batches (tensors, tuples, or dicts passed as ``model(**batch)``).  Alone: the
+        relative change of the model's first output on them is measured and reported
+        (``report.output_change``; ``None`` without calibration data: not measured).
+    max_output_change : float, optional
+        With ``calibration``: the criterion becomes
+        ``Calibrated(calibration, max_output_change, base=criterion, min_rank=min_rank)``
+        (:mod:`rmtprune.pruning.calibration`): the ranks are chosen from the data so that the
+        output change on held-out batches stays at most this; a given ``criterion`` (or
+        the older MP keywords) only bounds how far each layer may be cut.  The held-out
+        change of the pruned model is measured again and reported.  For whitened SVD pass
+        ``criterion=Calibrated(batches, δ, whiten=True)`` instead.
 
     Returns
     -------
@@ -355,8 +363,11 @@ def prune(
     >>> dense[0].weight.shape  # the input model is unchanged
     torch.Size([200, 300])
     """
-    legacy = {"bulk_keep": bulk_keep, "min_rank": min_rank, "alpha": alpha, "beta": beta}
-    crit = resolve_criterion(criterion, {**legacy, "fit_cutoff": fit_cutoff}, "prune")
+    legacy = {"bulk_keep": bulk_keep, "alpha": alpha, "beta": beta, "fit_cutoff": fit_cutoff}
+    if max_output_change is None:
+        crit = resolve_criterion(criterion, {**legacy, "min_rank": min_rank}, "prune")
+    else:
+        crit = _calibrated(criterion, legacy, min_rank, calibration, max_output_change)
     chosen = resolve_select(
         select, {"layers": layers, "min_dim": min_dim, "min_params": min_params}, "prune"
     )
@@ -367,11 +378,79 @@ def prune(
             f"The 'model' parameter of prune must be a torch.nn.Module. "
             f"Got {type(model).__name__} instead."
         )
+    probe = _held_out_probe(model, crit, calibration, dry_run)  # before any change
     target = model if (inplace or dry_run) else copy_model(model)  # legacy weight_norm too
     report = _prune_model(
         target, crit, chosen, ranks, split=split, dry_run=dry_run, progress=progress
     )
-    return target, report
+    return target, _with_output_change(report, crit, probe, target)
+
+
+def _calibrated(
+    criterion: Any,
+    legacy: Mapping[str, Any],
+    min_rank: int | None,
+    calibration: Iterable[Any] | None,
+    max_output_change: float,
+) -> Calibrated:
+    """``prune(calibration=, max_output_change=)``: a :class:`Calibrated` criterion."""
+    if calibration is None:
+        raise ValueError(
+            "The 'max_output_change' parameter of prune needs calibration data to be "
+            "measured on: pass calibration=batches (an iterable of model inputs). "
+            "Got calibration=None instead."
+        )
+    if isinstance(criterion, Calibrated):
+        raise TypeError(
+            "The 'criterion' parameter of prune is a Calibrated criterion already; do not "
+            "also pass max_output_change (and calibration) to prune."
+        )
+    given = criterion is not None or any(v is not None for v in legacy.values())
+    base = resolve_criterion(criterion, legacy, "prune") if given else None
+    batches = as_batches(calibration, "prune", minimum=2)
+    return Calibrated(
+        batches, max_output_change, base=base, min_rank=1 if min_rank is None else min_rank
+    )
+
+
+def _held_out_probe(
+    model: nn.Module, crit: Any, calibration: Iterable[Any] | None, dry_run: bool
+) -> OutputProbe | None:
+    """Reference outputs of the unpruned model: on the held-out batches of a calibrated
+    criterion, else on ``calibration`` (measured only); none for a dry run."""
+    if dry_run:
+        return None
+    if isinstance(crit, Calibrated):
+        return OutputProbe(model, crit.held_batches)
+    if calibration is not None:
+        return OutputProbe(model, as_batches(calibration, "prune"))
+    return None
+
+
+def _with_output_change(
+    report: PruneReport, crit: Any, probe: OutputProbe | None, target: nn.Module
+) -> PruneReport:
+    """The report with the output change the pruned ``target`` really has."""
+    if not isinstance(crit, Calibrated):
+        if probe is None:
+            return report
+        return dataclasses.replace(report, output_change=probe.change(target))
+    change = crit.output_change_ if probe is None else probe.change(target)
+    if change > crit.max_output_change * (1 + 1e-6) + 1e-9:
+        warnings.warn(
+            f"The pruned model's held-out output change is {change:.4g}, above "
+            f"max_output_change={crit.max_output_change:g} (the criterion measured "
+            f"{crit.output_change_:.4g} on its own surgery); check split= and the layers' "
+            "adapters.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return dataclasses.replace(
+        report,
+        output_change=change,
+        output_change_fit=crit.output_change_fit_,
+        max_output_change=crit.max_output_change,
+    )
 
 
 def _prune_model(

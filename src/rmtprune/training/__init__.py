@@ -10,6 +10,8 @@ Example
 from __future__ import annotations
 
 from rmtprune.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from rmtprune.training.config import DEVICES, TrainConfig, check_device, device_unavailable
+from rmtprune.training.history import EpochRecord, History
 from rmtprune.training.loss import (
     Evaluation,
     add_regularization_grad,
@@ -18,9 +20,10 @@ from rmtprune.training.loss import (
     paper_loss,
     regularization,
 )
-from rmtprune.training.trainer import EpochRecord, History, TrainConfig, Trainer
+from rmtprune.training.trainer import Trainer
 
 __all__ = [
+    "DEVICES",
     "Checkpoint",
     "EpochRecord",
     "Evaluation",
@@ -28,7 +31,9 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "add_regularization_grad",
+    "check_device",
     "data_loss",
+    "device_unavailable",
     "evaluate",
     "load_checkpoint",
     "paper_loss",

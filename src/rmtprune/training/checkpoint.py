@@ -40,6 +40,7 @@ from torch import nn
 from rmtprune._errors import InvalidFileError, one_line
 from rmtprune._fileio import atomic_write_bytes, check_input_file
 from rmtprune._inputs import torch_load_detail
+from rmtprune.io import apply_structure, describe_structure
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -187,22 +188,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         ) from None
 
 
-def _structure_io() -> tuple[Any, Any]:
-    """``(describe_structure, apply_structure)`` of :mod:`rmtprune.io`, imported lazily."""
-    from rmtprune.io import apply_structure, describe_structure
-
-    return describe_structure, apply_structure
-
-
 def describe_model_structure(model: nn.Module) -> dict[str, Any]:
     """JSON-able description of ``model``'s factorized layers (``rmtprune.io``)."""
-    describe, _ = _structure_io()
+    describe = describe_structure
     return dict(describe(model))
 
 
 def apply_model_structure(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
     """Give the base ``model`` the layer structure ``structure``; returns the model."""
-    _, apply = _structure_io()
+    apply = apply_structure
     result = apply(model, structure)
     return result if isinstance(result, nn.Module) else model
 

@@ -36,16 +36,11 @@ True
 from __future__ import annotations
 
 import contextlib
-import csv
-import dataclasses
-import io
-import json
 import math
 import random
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -53,10 +48,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from rmtprune._validation import check_int, check_real, param_error
+from rmtprune.models.params import count_parameters
+from rmtprune.pruning.optim import rebuild_optimizer
 from rmtprune.training import checkpoint as ckpt
+from rmtprune.training.config import RESUMABLE_CHANGES, TrainConfig
+from rmtprune.training.history import EpochRecord, History
 from rmtprune.training.loss import (
-    OBJECTIVES,
     Evaluation,
     _as_tensors,
     add_regularization_grad,
@@ -64,215 +61,7 @@ from rmtprune.training.loss import (
     evaluate,
 )
 
-__all__ = ["EpochRecord", "History", "TrainConfig", "Trainer"]
-
-# Fields that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_threads", "eval_batch_size"})
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one training run (defaults: SPEC section 6).
-
-    Parameters
-    ----------
-    epochs : int
-        Number of epochs.
-    batch_size : int
-        Mini-batch size.
-    lr : float
-        Learning rate of epoch 1.
-    momentum : float
-        SGD momentum.
-    l1, l2 : float
-        Weights of ``Σ|θ|`` and ``Σθ²`` in the loss.
-    lr_decay : float
-        Multiplicative learning-rate factor in ``(0, 1]``.
-    lr_decay_epochs : tuple of int or None
-        Epochs at whose *end* the factor applies; None applies it after every
-        epoch.  The schedule depends on the epoch only, so a pruned and a
-        normal arm with the same config get the same learning rates.
-    seed : int
-        Seed of shuffling, dropout and the other generators.
-    device : str
-        Torch device.
-    num_threads : int or None
-        CPU threads during :meth:`Trainer.fit` (None: leave as is).
-    eval_batch_size : int
-        Batch size of evaluation.
-    objective : {"nll", "mse"}
-        Negative log-likelihood of log-probabilities (classification) or mean
-        squared error (regression; accuracies are then NaN).
-    deterministic : bool
-        Call ``torch.use_deterministic_algorithms(True, warn_only=True)``
-        during :meth:`Trainer.fit`.
-
-    Examples
-    --------
-    >>> cfg = TrainConfig(epochs=10, lr_decay=0.5, lr_decay_epochs=(2, 4))
-    >>> [cfg.learning_rate(e) for e in (1, 2, 3, 5)]
-    [0.02, 0.02, 0.01, 0.005]
-    """
-
-    epochs: int
-    batch_size: int = 128
-    lr: float = 0.02
-    momentum: float = 0.9
-    l1: float = 5e-6
-    l2: float = 5e-6
-    lr_decay: float = 1.0
-    lr_decay_epochs: tuple[int, ...] | None = None
-    seed: int = 0
-    device: str = "cpu"
-    num_threads: int | None = None
-    eval_batch_size: int = 1000
-    objective: str = "nll"
-    deterministic: bool = True
-
-    def __post_init__(self) -> None:
-        owner = "TrainConfig"
-        check_int(self.epochs, "epochs", owner, low=0)
-        check_int(self.batch_size, "batch_size", owner, low=1)
-        check_int(self.eval_batch_size, "eval_batch_size", owner, low=1)
-        check_real(self.lr, "lr", owner, low=0.0, low_open=True)
-        check_real(self.momentum, "momentum", owner, low=0.0, high=1.0, high_open=True)
-        check_real(self.l1, "l1", owner, low=0.0)
-        check_real(self.l2, "l2", owner, low=0.0)
-        check_real(self.lr_decay, "lr_decay", owner, low=0.0, high=1.0, low_open=True)
-        check_int(self.seed, "seed", owner, low=0)
-        if self.num_threads is not None:
-            check_int(self.num_threads, "num_threads", owner, low=1)
-        if self.objective not in OBJECTIVES:
-            raise param_error("objective", owner, f"one of {list(OBJECTIVES)}", self.objective)
-        if self.lr_decay_epochs is not None:
-            epochs = tuple(
-                check_int(e, "lr_decay_epochs", owner, low=1) for e in self.lr_decay_epochs
-            )
-            object.__setattr__(self, "lr_decay_epochs", epochs)
-        torch.device(self.device)  # raises on a malformed device string
-
-    def learning_rate(self, epoch: int) -> float:
-        """Learning rate used during ``epoch`` (1-based)."""
-        epoch = check_int(epoch, "epoch", "TrainConfig.learning_rate", low=1)
-        if self.lr_decay_epochs is None:
-            decays = epoch - 1
-        else:
-            decays = sum(1 for d in self.lr_decay_epochs if d < epoch)
-        return self.lr * self.lr_decay**decays
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary (lists instead of tuples)."""
-        out = dataclasses.asdict(self)
-        if self.lr_decay_epochs is not None:
-            out["lr_decay_epochs"] = list(self.lr_decay_epochs)
-        return out
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`."""
-        values = dict(values)
-        if values.get("lr_decay_epochs") is not None:
-            values["lr_decay_epochs"] = tuple(values["lr_decay_epochs"])
-        return cls(**values)
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """Metrics of one epoch.
-
-    ``train_loss`` / ``train_accuracy`` are running means over the epoch's
-    mini-batches in training mode (data term only, without the penalties);
-    ``test_*`` and ``n_params`` are measured after the pruning step.
-    ``wall_time`` is the seconds spent training, pruning and evaluating (not
-    checkpointing).  ``pruning`` is the pruner report's ``to_dict()`` (None
-    without pruner).
-    """
-
-    epoch: int
-    lr: float
-    train_loss: float
-    train_accuracy: float
-    test_loss: float
-    test_accuracy: float
-    n_params: int
-    wall_time: float
-    pruning: dict[str, Any] | None = field(default=None, compare=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary of the fields."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-
-_COLUMNS = tuple(f.name for f in dataclasses.fields(EpochRecord))
-
-
-@dataclass(frozen=True)
-class History:
-    """Per-epoch records of a run, in epoch order.
-
-    Examples
-    --------
-    >>> h = History((EpochRecord(1, 0.02, 0.5, 0.8, 0.4, 0.85, 100, 1.0),))
-    >>> h.column("test_accuracy")
-    [0.85]
-    """
-
-    records: tuple[EpochRecord, ...] = ()
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __iter__(self) -> Iterator[EpochRecord]:
-        return iter(self.records)
-
-    def __getitem__(self, index: int) -> EpochRecord:
-        return self.records[index]
-
-    def column(self, name: str) -> list[Any]:
-        """Values of one field over the epochs."""
-        if name not in _COLUMNS:
-            raise param_error("name", "History.column", f"one of {list(_COLUMNS)}", name)
-        return [getattr(r, name) for r in self.records]
-
-    def to_dict(self) -> dict[str, Any]:
-        """``{"records": [record dicts]}``."""
-        return {"records": [r.to_dict() for r in self.records]}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> History:
-        """Inverse of :meth:`to_dict`."""
-        return cls(tuple(EpochRecord(**r) for r in values["records"]))
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        """JSON text of :meth:`to_dict`; also written atomically to ``path`` if given."""
-        text = json.dumps(self.to_dict(), indent=2, default=_json_default)
-        if path is not None:
-            ckpt.atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
-        return text
-
-    def to_csv(self, path: str | Path | None = None) -> str:
-        """CSV text, one row per epoch (``pruning`` as a JSON string)."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(_COLUMNS)
-        for r in self.records:
-            row = r.to_dict()
-            row["pruning"] = (
-                "" if r.pruning is None else json.dumps(r.pruning, default=_json_default)
-            )
-            writer.writerow([row[c] for c in _COLUMNS])
-        text = buffer.getvalue()
-        if path is not None:
-            ckpt.atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
-        return text
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.generic, torch.Tensor)):
-        return value.tolist()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+__all__ = ["Trainer"]
 
 
 class _Progress:
@@ -316,10 +105,6 @@ def _runtime(config: TrainConfig) -> Iterator[None]:
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-
-
-def _count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 class Trainer:
@@ -429,7 +214,7 @@ class Trainer:
         differing = sorted(
             k
             for k, v in self.config.to_dict().items()
-            if k not in _RESUMABLE_CHANGES and saved.config.get(k) != v
+            if k not in RESUMABLE_CHANGES and saved.config.get(k) != v
         )
         if differing:
             raise ValueError(
@@ -496,8 +281,6 @@ class Trainer:
         report = self.pruner.step(epoch)
         if report.changed:
             if self._rebuild is None:
-                from rmtprune.pruning.optim import rebuild_optimizer
-
                 self._rebuild = rebuild_optimizer
             self.optimizer = self._rebuild(self.optimizer, self.model)
             self._structure_changed = True
@@ -560,7 +343,7 @@ class Trainer:
                     train_accuracy=train_accuracy,
                     test_loss=test.loss,
                     test_accuracy=test.accuracy,
-                    n_params=_count_parameters(self.model),
+                    n_params=count_parameters(self.model),
                     wall_time=time.perf_counter() - started,
                     pruning=pruning,
                 )

@@ -3,6 +3,13 @@
 It needs no data: a signal-plus-noise matrix shows the fitted edge, the spikes
 against the BBP prediction and the fit statistic; a freshly initialised network
 with one planted signal shows :func:`rmtprune.analyze` and :func:`rmtprune.prune`.
+
+Example
+-------
+>>> import io
+>>> numbers = run_synthetic_demo(seed=0, out=io.StringIO())  # doctest: +SKIP
+>>> numbers["n_spikes"]  # doctest: +SKIP
+3.0
 """
 
 from __future__ import annotations
@@ -10,20 +17,20 @@ from __future__ import annotations
 import itertools
 import math
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import torch
 from torch import nn
 
+from rmtprune.estimators import BEMA
+from rmtprune.pruning.walker import analyze, prune
+
 __all__ = ["run_synthetic_demo"]
 
 
-def run_synthetic_demo(seed: int = 0, out: TextIO | None = None) -> dict[str, float]:
-    """Print the synthetic demonstration and return its headline numbers."""
-    from rmtprune import BEMA, analyze, prune
-
-    stream = out if out is not None else sys.stdout
+def _matrix_part(seed: int, stream: TextIO) -> tuple[Any, np.ndarray]:
+    """BEMA on W = S + R: print the estimates against the truth; return the fit and S."""
     rng = np.random.default_rng(seed)
     m, n = 500, 1000
     big, ratio = max(m, n), min(m, n) / max(m, n)
@@ -58,7 +65,10 @@ def run_synthetic_demo(seed: int = 0, out: TextIO | None = None) -> dict[str, fl
     print(f"  spikes found: {fit.n_spikes_} (expected {len(predicted)})", file=stream)
     for s_found, s_pred in zip(found, predicted, strict=False):
         print(f"    singular value {s_found:.4f}   BBP prediction {s_pred:.4f}", file=stream)
+    return fit, signal
 
+
+def _planted_network(signal: np.ndarray, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     widths = [784, 1000, 1000, 10]
     model = nn.Sequential(
@@ -76,8 +86,17 @@ def run_synthetic_demo(seed: int = 0, out: TextIO | None = None) -> dict[str, fl
             signal[:, :784] / np.linalg.norm(signal[:, :784], 2) * 3.0, dtype=torch.float32
         )
         first = model[1]
-        assert isinstance(first, nn.Linear)
+        if not isinstance(first, nn.Linear):  # pragma: no cover - fixed structure above
+            raise TypeError("the first layer of the demo network must be nn.Linear")
         first.weight[:500] += planted
+    return model
+
+
+def run_synthetic_demo(seed: int = 0, out: TextIO | None = None) -> dict[str, float]:
+    """Print the synthetic demonstration and return its headline numbers."""
+    stream = out if out is not None else sys.stdout
+    fit, signal = _matrix_part(seed, stream)
+    model = _planted_network(signal, seed)
     print(
         "\nA [784, 1000, 1000, 10] network at initialisation, rank-3 signal planted in "
         "its first layer:",

@@ -1,0 +1,286 @@
+"""What ``rmtprune analyze`` and ``rmtprune prune`` work on: files, shards and model directories.
+
+The input is resolved in this order:
+
+1. ``--model package.module:factory``: the factory's model, with the weights
+   (any accepted file, a sharded index or a model directory) loaded into it.
+2. A Hugging Face model directory (``config.json`` + safetensors, sharded or
+   not) with ``transformers`` installed and without ``--no-model``: the real
+   architecture (``config.json``'s ``architectures``), ``local_files_only``.
+   ``prune`` loads the model and writes a model directory;
+   ``analyze`` builds the architecture on the ``meta`` device only, for the
+   layer types, and reads the weights one tensor at a time.
+3. Anything else (a ``.safetensors`` file, a ``.pt`` state dict, a directory
+   or index without transformers or with ``--no-model``): no layer type is
+   guessed (:mod:`rmtprune.checkpoint_analysis`).  Every weight matrix is
+   analysed; only the factorized layers recorded in an rmtprune file and the
+   weights the user names with ``assume_linear`` / ``assume_conv2d`` can be
+   pruned, never a weight whose name says embedding, norm or position.
+   ``analyze`` of a safetensors checkpoint streams it; ``prune`` loads it.
+
+Example
+-------
+>>> import os, tempfile, torch
+>>> from safetensors.torch import save_file
+>>> _ = torch.manual_seed(0)
+>>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")
+>>> save_file({"fc.weight": torch.randn(200, 300), "pos_embed.weight": torch.randn(64, 300)}, path)
+>>> source = open_for_pruning(path, assume_linear=["*"])
+>>> [k.name for k in source.untyped], source.walker_layers(None)
+(['pos_embed'], None)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from rmtprune.checkpoint import is_safetensors_file, open_checkpoint
+from rmtprune.checkpoint_analysis import (
+    LayerKind,
+    analyze_checkpoint,
+    classify_tensors,
+    fit_layer,
+    natural_key,
+)
+from rmtprune.factorize.registry import get_adapter
+from rmtprune.hf import save_pretrained
+from rmtprune.hfdir import (
+    build_architecture,
+    is_model_directory,
+    load_model_directory,
+    transformers_available,
+)
+from rmtprune.io import save
+from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
+from rmtprune.pruning.selection import Select
+from rmtprune.pruning.walker import analyze
+from rmtprune.sources import load_model, load_shell, read_tensors
+
+__all__ = ["PruneInput", "analyze_source", "open_for_pruning"]
+
+PathLike = str | os.PathLike[str]
+
+_SAFETENSORS_DTYPE = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+}
+
+
+def _model_route(path: str, model: str | None, no_model: bool) -> bool:
+    """Whether the real Hugging Face architecture is used for ``path``."""
+    return model is None and not no_model and is_model_directory(path) and transformers_available()
+
+
+def _patterns(requested: Sequence[str] | str) -> list[str]:
+    return [requested] if isinstance(requested, str) else list(requested)
+
+
+def _matching(names: Sequence[str], pattern: str) -> bool:
+    return any(n == pattern or fnmatch.fnmatchcase(n, pattern) for n in names)
+
+
+@dataclass
+class PruneInput:
+    """A model to prune plus the weights it holds only as tensors (see :func:`open_for_pruning`).
+
+    ``model`` is what :func:`rmtprune.prune` works on; ``untyped`` are the weight
+    matrices of unknown type (buffers of the shell model), analysed and reported
+    but never pruned; ``directory`` says that the result is written as a model
+    directory rather than one file.
+    """
+
+    model: nn.Module
+    path: str
+    directory: bool = False
+    untyped: tuple[LayerKind, ...] = ()
+    tensors: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    carried_params: int = 0
+
+    def walker_layers(
+        self, requested: Sequence[str] | str | None, param: str = "layers"
+    ) -> list[str] | None:
+        """The ``layers`` argument for the walker: ``requested`` less what only names untyped
+        weights (an error for a pattern that matches nothing at all)."""
+        if requested is None or not self.untyped:
+            return None if requested is None else list(_patterns(requested))
+        patterns = _patterns(requested)
+        modules = [n for n, m in self.model.named_modules() if n and get_adapter(m) is not None]
+        untyped = [k.name for k in self.untyped]
+        for pattern in patterns:
+            if not _matching(modules, pattern) and not _matching(untyped, pattern):
+                raise ValueError(
+                    f"The {param!r} parameter names {pattern!r}, which matches no weight layer. "
+                    f"Valid names: {sorted(set(modules) | set(untyped))}"
+                )
+        return [p for p in patterns if _matching(modules, p)]
+
+    def walker_select(self, select: Select) -> Select:
+        """``select`` for the walker: its patterns less those that only name untyped weights."""
+        include = self.walker_layers(select.include)
+        if not self.untyped or not select.exclude:
+            return dataclasses.replace(select, include=include)
+        modules = [n for n, m in self.model.named_modules() if n and get_adapter(m) is not None]
+        self.walker_layers(select.exclude, "exclude")  # a pattern matching nothing is an error
+        exclude = [p for p in select.exclude if _matching(modules, p)]
+        return dataclasses.replace(select, include=include, exclude=exclude)
+
+    def _untyped_rows(self, fit_kwargs: dict[str, Any]) -> list[LayerAnalysis]:
+        kinds = list(self.untyped)
+        requested = fit_kwargs.pop("layers", None)
+        if requested is not None:
+            patterns = _patterns(requested)
+            kinds = [k for k in kinds if any(_matching([k.name], p) for p in patterns)]
+        excluded = _patterns(fit_kwargs.pop("exclude", None) or ())
+        kinds = [k for k in kinds if not any(_matching([k.name], p) for p in excluded)]
+        return [
+            fit_layer(k, self.tensors[k.weight], self.tensors.get(k.bias or ""), **fit_kwargs)
+            for k in kinds
+        ]
+
+    def analyze(self, **fit_kwargs: Any) -> ModelReport:
+        """:func:`rmtprune.analyze` of the model plus the rows of the untyped weights."""
+        given = dict(fit_kwargs)
+        select = Select(
+            given.pop("layers", None),
+            given.pop("exclude", None) or (),
+            **{k: given.pop(k) for k in ("min_dim", "min_params") if given.get(k) is not None},
+        )
+        report = analyze(self.model, select=self.walker_select(select), **given)
+        extra = self._untyped_rows(dict(fit_kwargs))
+        if not extra:
+            return report
+        rows = sorted([*report.layers, *extra], key=lambda r: natural_key(r.name))
+        return dataclasses.replace(report, layers=tuple(rows))
+
+    def complete(self, report: PruneReport, *, bulk_keep: float, **fit_kwargs: Any) -> PruneReport:
+        """``report`` of :func:`rmtprune.prune` on :attr:`model`, with a skipped row (and its
+        analysis) for every untyped weight and the carried tensors counted in the totals."""
+        extra = [_skipped_row(row, bulk_keep) for row in self._untyped_rows(dict(fit_kwargs))]
+        rows = (
+            report.layers
+            if not extra
+            else tuple(sorted([*report.layers, *extra], key=lambda r: natural_key(r.name)))
+        )
+        return dataclasses.replace(
+            report,
+            layers=rows,
+            params_before=report.params_before + self.carried_params,
+            params_after=report.params_after + self.carried_params,
+        )
+
+    def save(self, model: nn.Module, output: PathLike, *, overwrite: bool = False) -> None:
+        """Write the pruned ``model``: a model directory for a directory input, else one file."""
+        if os.path.realpath(os.fspath(output)) == os.path.realpath(self.path):
+            raise ValueError(f"the output {os.fspath(output)} is the input; choose another path")
+        if self.directory:
+            if os.fspath(output).endswith(".safetensors"):
+                raise ValueError(
+                    f"the input {self.path} is a model directory, so the output is one too; "
+                    f"got the file name {os.fspath(output)} (or pass --no-model for one file)"
+                )
+            save_pretrained(model, output, overwrite=overwrite)
+        else:
+            save(model, output, overwrite=overwrite)
+
+
+def _skipped_row(row: LayerAnalysis, bulk_keep: float) -> LayerPruneResult:
+    return LayerPruneResult(
+        name=row.name,
+        layer_type=row.layer_type,
+        shape=row.shape,
+        action="skipped",
+        rank_before=row.rank,
+        rank_after=row.rank,
+        n_spikes=row.n_spikes,
+        bulk_keep=bulk_keep,
+        params_before=row.params,
+        params_after=row.params,
+        split=False,
+        reason=row.reason,
+        sigma2=row.sigma2,
+        lambda_plus=row.lambda_plus,
+        fit_error=row.fit_error,
+    )
+
+
+def open_for_pruning(
+    path: PathLike,
+    *,
+    model: str | None = None,
+    no_model: bool = False,
+    assume_linear: Sequence[str] = (),
+    assume_conv2d: Sequence[str] = (),
+) -> PruneInput:
+    """Resolve the input of ``rmtprune prune`` (module docstring, steps 1–3)."""
+    path = os.fspath(path)
+    if model is not None:
+        return PruneInput(load_model(path, model=model), path)
+    if _model_route(path, model, no_model):
+        return PruneInput(load_model_directory(path), path, directory=True)
+    tensors, document = read_tensors(path)
+    structure = dict(document["structure"]) if document else {}
+    shapes = {
+        name: (
+            tuple(t.shape),
+            _SAFETENSORS_DTYPE.get(t.dtype, "F32" if t.is_floating_point() else "I"),
+        )
+        for name, t in tensors.items()
+    }
+    kinds = classify_tensors(
+        shapes, assume_linear=assume_linear, assume_conv2d=assume_conv2d, skip=structure
+    )
+    dense = {k.name: k.layer_type for k in kinds if k.typed}
+    checkpoint_file = open_checkpoint(path).path if os.path.isdir(path) else path
+    shell = load_shell(tensors, document, checkpoint_file, dense=dense)
+    carried = sum(b.numel() for b in shell.buffers() if b.is_floating_point())
+    untyped = tuple(k for k in kinds if not k.typed)
+    return PruneInput(shell, path, untyped=untyped, tensors=tensors, carried_params=carried)
+
+
+def analyze_source(
+    path: PathLike,
+    *,
+    model: str | None = None,
+    no_model: bool = False,
+    assume_linear: Sequence[str] = (),
+    assume_conv2d: Sequence[str] = (),
+    progress: bool | None = None,
+    **fit_kwargs: Any,
+) -> ModelReport:
+    """The report of ``rmtprune analyze`` (module docstring); ``fit_kwargs`` as for
+    :func:`rmtprune.analyze`; ``progress`` as for
+    :func:`rmtprune.checkpoint_analysis.analyze_checkpoint`."""
+    path = os.fspath(path)
+    streamable = model is None and (
+        os.path.isdir(path) or path.endswith(".index.json") or is_safetensors_file(path)
+    )
+    if streamable:
+        checkpoint = open_checkpoint(path)
+        if "rmtprune" not in checkpoint.metadata:
+            architecture = build_architecture(path) if _model_route(path, model, no_model) else None
+            return analyze_checkpoint(
+                checkpoint,
+                architecture=architecture,
+                assume_linear=assume_linear,
+                assume_conv2d=assume_conv2d,
+                progress=progress,
+                **fit_kwargs,
+            )
+    source = open_for_pruning(
+        path,
+        model=model,
+        no_model=no_model,
+        assume_linear=assume_linear,
+        assume_conv2d=assume_conv2d,
+    )
+    return source.analyze(**fit_kwargs)

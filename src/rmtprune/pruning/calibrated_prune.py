@@ -1,0 +1,107 @@
+"""``calibrated_prune``: :func:`rmtprune.prune` with a :class:`Calibrated` criterion.
+
+A convenience for the options ``prune(calibration=, max_output_change=)`` does not spell
+(``whiten``, ``holdout``, ``base``): it builds the criterion and runs the normal walker, which
+applies the plain or whitened factors the criterion measured and checks the held-out output
+change of the model it produced.
+
+Example
+-------
+>>> import torch
+>>> from torch import nn
+>>> _ = torch.manual_seed(0)
+>>> model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 8))
+>>> low_rank = torch.randn(64, 4) @ torch.randn(4, 64) / 8
+>>> _ = model[0].weight.data.copy_(low_rank + 0.01 * torch.randn(64, 64))
+>>> batches = [torch.randn(32, 64) for _ in range(4)]
+>>> pruned, report = calibrated_prune(model, batches, 0.2, whiten=True)
+>>> report.output_change <= 0.2, report.params_after < report.params_before
+(True, True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from torch import nn
+
+from rmtprune._validation import param_error
+from rmtprune.pruning.calibration import Calibrated
+from rmtprune.pruning.outputs import as_batches
+from rmtprune.pruning.report import PruneReport
+from rmtprune.pruning.selection import Select
+from rmtprune.pruning.walker import SplitMode, prune
+
+__all__ = ["calibrated_prune"]
+
+
+def calibrated_prune(
+    model: nn.Module,
+    calibration: Iterable[Any] | None,
+    max_output_change: float,
+    *,
+    whiten: bool = False,
+    holdout: float = 0.5,
+    base: Any = None,
+    min_rank: int | None = None,
+    layers: Sequence[str] | str | None = None,
+    min_dim: int = 32,
+    min_params: int = 0,
+    split: SplitMode = True,
+    inplace: bool = False,
+    dry_run: bool = False,
+    progress: bool | None = None,
+) -> tuple[nn.Module, PruneReport]:
+    """Prune ``model`` as far as its held-out output change stays ≤ ``max_output_change``.
+
+    Runs ``rmtprune.prune(model, criterion=Calibrated(...), select=Select(...))``: the
+    ranks come from :class:`Calibrated`, every changed layer is replaced by the factors it
+    measured (square-root split by default, ``split=True``).  ``report.output_change`` is
+    the relative change of the first output of the pruned model on the held-out batches,
+    ``report.output_change_fit`` the criterion's value on the batches used for fitting.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Left untouched unless ``inplace`` (a dry run never changes it).
+    calibration, max_output_change, whiten, holdout, base
+        As in :class:`Calibrated`.
+    min_rank : int, optional
+        Floor on every kept rank (default 1).
+    layers, min_dim, min_params
+        Which layers are candidates (``Select(include=layers, min_dim=..., min_params=...)``).
+    split, inplace, dry_run, progress : optional
+        As in :func:`rmtprune.prune`.
+
+    Returns
+    -------
+    (model, PruneReport)
+    """
+    owner = "prune"
+    if not isinstance(model, nn.Module):
+        raise param_error("model", owner, "a torch.nn.Module", type(model).__name__)
+    if calibration is None:
+        raise ValueError(
+            f"The 'max_output_change' parameter of {owner} needs calibration data to be "
+            "measured on: pass calibration=batches (an iterable of model inputs). "
+            "Got calibration=None instead."
+        )
+    criterion = Calibrated(
+        as_batches(calibration, owner, minimum=2),
+        max_output_change,
+        base=base,
+        whiten=whiten,
+        holdout=holdout,
+        min_rank=1 if min_rank is None else min_rank,
+    )
+    select = Select(include=layers, min_dim=min_dim, min_params=min_params)
+    return prune(
+        model,
+        criterion=criterion,
+        select=select,
+        split=split,
+        inplace=inplace,
+        dry_run=dry_run,
+        progress=progress,
+    )

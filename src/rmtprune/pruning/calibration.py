@@ -1,0 +1,351 @@
+"""Rank choice with an output guarantee: pruning measured on held-out calibration data.
+
+:class:`Calibrated` is a *model-level* rank criterion: it sees the model and all candidate
+layers at once and returns one :class:`RankDecision` per layer.  Given calibration batches
+and a limit ``δ`` (``max_output_change``) on the relative change of the model's first output
+(:mod:`rmtprune.pruning.outputs`), it
+
+1. splits the batches into a *fit* part and a *held-out* part (``holdout``, interleaved);
+2. on the fit part, records each layer's input Gram matrix and factors the layer by plain or
+   activation-whitened SVD (:mod:`rmtprune.pruning.whitening`), which gives the layer's own
+   output error at every rank in closed form;
+3. measures each layer's end-to-end sensitivity once (truncate that layer alone, run the
+   model on the first two fit batches) to turn its own error into an estimated output change;
+4. orders all rank reductions into one Lagrangian path from "every layer at its lowest rank"
+   to "nothing changed" (:mod:`rmtprune.pruning.rank_search`) and bisects it on the
+   *measured* output change of the whole combination on the fit part (≤ ``δ``);
+5. checks that combination on the held-out part and, if it exceeds ``δ`` there, backs off
+   along the same path (raising ranks) until the held-out change is ≤ ``δ``.
+
+The held-out value reached is the guarantee (``output_change_``); ``δ = 0`` returns the
+model unchanged.  Only ranks whose square-root split saves parameters (``r (m + n) < m n``)
+are considered.  A layer whose truncation does not move the measured output at all (a
+pooler outside the first output) is left as it is rather than cut to rank 1.
+
+Example
+-------
+>>> import torch
+>>> from torch import nn
+>>> _ = torch.manual_seed(0)
+>>> model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 8))
+>>> low_rank = torch.randn(64, 4) @ torch.randn(4, 64) / 8  # a layer with 4 strong directions
+>>> _ = model[0].weight.data.copy_(low_rank + 0.01 * torch.randn(64, 64))
+>>> batches = [torch.randn(32, 64) for _ in range(4)]
+>>> from rmtprune import prune
+>>> pruned, report = prune(model, calibration=batches, max_output_change=0.2)
+>>> report.output_change <= 0.2, report.params_after < report.params_before
+(True, True)
+
+The walker (:func:`rmtprune.prune`) applies each decision's ``factors`` (the plain or
+whitened triplets evaluated here), so the pruned model is the one that was measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rmtprune._validation import check_int, check_real, param_error
+from rmtprune.factorize.registry import LayerAdapter, get_adapter, set_submodule
+from rmtprune.pruning.criteria import LayerView, RankDecision
+from rmtprune.pruning.outputs import OutputProbe, as_batches, split_batches
+from rmtprune.pruning.rank_search import first_passing, hull_moves, lower_hull
+from rmtprune.pruning.whitening import LayerFactors, input_grams
+
+__all__ = ["Calibrated"]
+
+_PROBE_LEVEL = 0.1  # own relative error at which each layer's sensitivity is measured
+_PROBE_BATCHES = 2  # fit batches used to measure it (one model run per layer)
+
+
+@dataclass
+class _Layer:
+    """One candidate layer during the search."""
+
+    name: str
+    module: nn.Module
+    adapter: LayerAdapter
+    current: int
+    lowest: int
+    highest: int
+    factors: LayerFactors | None = None
+    sensitivity: float = math.nan
+    ranks: tuple[int, ...] = ()
+
+    def params(self, rank: int) -> int:
+        if rank >= self.current:
+            return self.adapter.param_count(self.module)
+        return self.adapter.split_param_count(self.module, rank)
+
+
+class Calibrated:
+    """Model-level rank criterion: the smallest model whose held-out output change is ≤ δ.
+
+    Parameters
+    ----------
+    batches : iterable
+        Calibration inputs: tensors (``model(x)``), tuples (``model(*x)``) or dicts
+        (``model(**x)``); at least two batches.  Consumed once and kept.
+    max_output_change : float
+        ``δ`` in [0, 1]: the largest relative change of the model's first output tensor,
+        ``‖f'(X) − f(X)‖_F / ‖f(X)‖_F``, allowed on the held-out batches.
+    base : mapping of layer name to int, criterion, or None
+        The most any layer may be cut: its rank never goes below ``base``'s rank (e.g. the
+        spectral rule's ranks, ``MPCriterion()``, making this a guard on them); layers
+        ``base`` does not name or skips stay unchanged.  A criterion may be layer-level
+        (``decide``) or model-level (``decide_model``).  ``None`` (default): any rank down
+        to ``min_rank``.
+    whiten : bool
+        Factor each layer by activation-whitened SVD (SVD-LLM) instead of plain SVD.
+    holdout : float
+        Fraction of the batches held out from everything fitted, in (0, 1).
+    ridge : float
+        Regularisation of the whitening, ``λ = ridge · tr(XᵀX) / n``.
+    min_rank : int
+        Floor on every kept rank.
+
+    After :meth:`decide_model`: ``output_change_`` (held out), ``output_change_fit_``,
+    ``factors_`` (per layer: the kept triplets ``(U_r, s_r, Vh_r)``, also on each changed
+    layer's decision as ``factors``, which the walker applies) and ``n_evaluations_``.
+    """
+
+    def __init__(
+        self,
+        batches: Iterable[Any],
+        max_output_change: float,
+        *,
+        base: Any = None,
+        whiten: bool = False,
+        holdout: float = 0.5,
+        ridge: float = 1e-2,
+        min_rank: int = 1,
+    ) -> None:
+        owner = "Calibrated"
+        self.batches = as_batches(batches, owner, minimum=2)
+        self.max_output_change = check_real(
+            max_output_change, "max_output_change", owner, low=0.0, high=1.0
+        )
+        self.fit_batches, self.held_batches = split_batches(self.batches, holdout, owner)
+        self.holdout = float(holdout)
+        if not isinstance(whiten, bool):
+            raise param_error("whiten", owner, "a bool", whiten)
+        self.whiten = whiten
+        self.ridge = check_real(ridge, "ridge", owner, low=0.0)
+        self.min_rank = check_int(min_rank, "min_rank", owner, low=1)
+        if not (
+            base is None
+            or isinstance(base, Mapping)
+            or hasattr(base, "decide_model")
+            or hasattr(base, "decide")
+        ):
+            raise TypeError(
+                f"The 'base' parameter of {owner} must be None, a mapping of layer name to "
+                f"rank, or a criterion. Got {type(base).__name__} instead."
+            )
+        self.base = base
+
+    def _floors(self, model: nn.Module, views: Sequence[LayerView]) -> dict[str, int]:
+        names = {v.name for v in views}
+        if self.base is None:
+            return {name: self.min_rank for name in names}
+        if isinstance(self.base, Mapping):
+            chosen = dict(self.base)
+        else:
+            if hasattr(self.base, "decide_model"):
+                given = dict(self.base.decide_model(model, list(views)))
+            else:
+                given = {v.name: self.base.decide(v) for v in views}
+            chosen = {k: d.rank for k, d in given.items() if d is not None and not d.skip}
+        return {k: max(int(v), self.min_rank) for k, v in chosen.items() if k in names}
+
+    def _prepare(
+        self, model: nn.Module, views: Sequence[LayerView]
+    ) -> tuple[list[_Layer], dict[str, RankDecision]]:
+        floors = self._floors(model, views)
+        out: dict[str, RankDecision] = {}
+        found: list[_Layer] = []
+        for view in views:
+            name = view.name
+            module = view.module if view.module is not None else model.get_submodule(name)
+            adapter = get_adapter(module)
+            if adapter is None:
+                why = f"unsupported layer type {type(module).__name__}"
+                out[name] = RankDecision(0, why, skip=True)
+                continue
+            m, n = adapter.matrix_shape(module)
+            current = min(view.rank, adapter.current_rank(module) or min(m, n))
+            highest = min(current - 1, (m * n - 1) // (m + n))
+            lowest = floors.get(name)
+            if lowest is None or lowest >= current:
+                out[name] = RankDecision(current, "base criterion keeps this layer")
+            elif lowest > highest:
+                out[name] = RankDecision(current, f"rank {lowest} would save no parameters")
+            else:
+                found.append(_Layer(name, module, adapter, current, lowest, highest))
+        return found, out
+
+    def decide_model(
+        self, model: nn.Module, layers: Sequence[LayerView] | Mapping[str, nn.Module]
+    ) -> dict[str, RankDecision]:
+        """Ranks for ``layers`` of ``model``; the model is left as it was.
+
+        ``layers`` are the walker's :class:`LayerView` objects (the
+        :class:`~rmtprune.pruning.criteria.ModelCriterion` protocol) or ``{name: module}``.
+        Each changed layer's decision carries the ``factors`` measured here (plain or
+        whitened SVD), for the walker to apply.
+        """
+        views = _views(model, layers)
+        cands, decisions = self._prepare(model, views)
+        self.factors_: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.n_evaluations_ = 0
+        fit = OutputProbe(model, self.fit_batches)
+        held = OutputProbe(model, self.held_batches)
+        self._factor(model, cands)
+        probe = OutputProbe(model, self.fit_batches[:_PROBE_BATCHES])
+        self._measure_sensitivity(model, cands, probe, decisions)
+        cands = [c for c in cands if c.name not in decisions]
+        path = _path(cands)
+        cache: dict[tuple[int, int], float] = {}
+
+        def change(j: int, probe: OutputProbe, which: int) -> float:
+            if (j, which) not in cache:
+                cache[(j, which)] = self._evaluate(model, cands, path[j], probe)
+            return cache[(j, which)]
+
+        delta, last = self.max_output_change, len(path) - 1
+        j = first_passing(0, last, lambda k: change(k, fit, 0) <= delta)
+        if change(j, held, 1) > delta:
+            j = first_passing(j + 1, last, lambda k: change(k, held, 1) <= delta)
+        self.output_change_ = change(j, held, 1) if j < last else 0.0
+        self.output_change_fit_ = change(j, fit, 0) if j < last else 0.0
+        decisions.update(self._decisions(cands, path[j]))
+        return {v.name: decisions[v.name] for v in views}
+
+    def _decisions(self, cands: list[_Layer], config: Sequence[int]) -> dict[str, RankDecision]:
+        """The chosen configuration as decisions (with the factors to apply)."""
+        out: dict[str, RankDecision] = {}
+        for c, rank in zip(cands, config, strict=True):
+            kept = f"rank {rank} of {c.current}" if rank < c.current else "all values"
+            reason = (
+                f"calibrated ({'whitened' if self.whiten else 'plain'} SVD): keeps {kept}; "
+                f"output change {self.output_change_:.3g} held out ≤ {self.max_output_change:g}"
+            )
+            factors = None
+            if rank < c.current and c.factors is not None:
+                factors = self.factors_[c.name] = c.factors.truncate(rank)
+            out[c.name] = RankDecision(rank, reason, factors=factors)
+        return out
+
+    def _factor(self, model: nn.Module, cands: list[_Layer]) -> None:
+        shapes = {c.name: (c.module, c.adapter.matrix_shape(c.module)[1]) for c in cands}
+        grams = input_grams(model, shapes, self.fit_batches)
+        for c in cands:
+            with torch.no_grad():
+                matrix = c.adapter.weight_matrix(c.module)
+            c.factors = LayerFactors.fit(
+                matrix, grams[c.name], whiten=self.whiten, ridge=self.ridge
+            )
+
+    def _measure_sensitivity(
+        self,
+        model: nn.Module,
+        cands: list[_Layer],
+        fit: OutputProbe,
+        decisions: dict[str, RankDecision],
+    ) -> None:
+        """End-to-end output change per unit of the layer's own error, one run per layer."""
+        for c in cands:
+            assert c.factors is not None
+            tail = c.factors.tail_error2
+            total = float(tail[0])
+            ranks = range(c.lowest, c.highest + 1)
+            probe_rank = (
+                min(ranks, key=lambda r: abs(math.sqrt(float(tail[r]) / total) - _PROBE_LEVEL))
+                if total > 0
+                else c.lowest
+            )
+            config = tuple(probe_rank if d is c else d.current for d in cands)
+            measured = self._evaluate(model, cands, config, fit)
+            own = math.sqrt(float(tail[probe_rank]))
+            if measured == 0.0:
+                decisions[c.name] = RankDecision(
+                    c.current,
+                    "truncating it does not change the measured output (e.g. a pooler outside "
+                    "the first output tensor): left as it is",
+                )
+            c.sensitivity = measured / own if own > 0 else math.inf
+
+    def _evaluate(
+        self, model: nn.Module, cands: list[_Layer], config: Sequence[int], probe: OutputProbe
+    ) -> float:
+        """Measured output change with every layer at its rank in ``config``."""
+        originals = _swap_in(model, cands, config)
+        try:
+            self.n_evaluations_ += 1
+            return probe.change(model)
+        finally:
+            for name, module in originals.items():
+                set_submodule(model, name, module)
+
+
+def _replacement(c: _Layer, rank: int) -> nn.Module:
+    assert c.factors is not None
+    return c.adapter.rebuild(c.module, *c.factors.truncate(rank), split=True)
+
+
+def _swap_in(model: nn.Module, cands: list[_Layer], config: Sequence[int]) -> dict[str, nn.Module]:
+    originals: dict[str, nn.Module] = {}
+    with torch.no_grad():
+        for c, rank in zip(cands, config, strict=True):
+            if rank < c.current:
+                originals[c.name] = set_submodule(model, c.name, _replacement(c, rank))
+    return originals
+
+
+def _path(cands: list[_Layer]) -> list[tuple[int, ...]]:
+    """Configurations from every layer at its lowest rank to every layer unchanged."""
+    hulls: list[list[tuple[float, float]]] = []
+    for c in cands:
+        assert c.factors is not None
+        ranks = [*range(c.lowest, c.highest + 1), c.current]
+        scale = c.sensitivity**2 if math.isfinite(c.sensitivity) else 1e300
+        tail = c.factors.tail_error2
+        points = [
+            (float(c.params(r)), scale * float(tail[r]) if r < c.current else 0.0) for r in ranks
+        ]
+        keep = lower_hull(points)
+        c.ranks = tuple(ranks[i] for i in keep)
+        hulls.append([points[i] for i in keep])
+    config = [c.ranks[0] for c in cands]
+    path = [tuple(config)]
+    for _, layer, vertex in hull_moves(hulls):
+        config[layer] = cands[layer].ranks[vertex]
+        path.append(tuple(config))
+    return path
+
+
+def _views(
+    model: nn.Module, layers: Sequence[LayerView] | Mapping[str, nn.Module]
+) -> list[LayerView]:
+    """Layer views of ``{name: module}`` (spectrum of the adapted weight), or ``layers``."""
+    if not isinstance(layers, Mapping):
+        return list(layers)
+    views = []
+    for name, module in layers.items():
+        adapter = get_adapter(module)
+        if adapter is None:
+            views.append(LayerView(name, module, (0, 0), np.zeros(0), 1))
+            continue
+        with torch.no_grad():
+            matrix = adapter.weight_matrix(module)
+        rank = adapter.current_rank(module)
+        view = LayerView.from_matrix(name, matrix, rank)
+        views.append(dataclasses.replace(view, module=module))
+    return views

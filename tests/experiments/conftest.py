@@ -1,0 +1,33 @@
+"""Session-wide fixtures of the experiment tests: one data root, one smoke run per experiment.
+
+Every test module that needs data or a finished smoke run of a classification experiment
+uses these, so ``make test-fast`` trains each smoke preset once per session.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rmtprune.experiments import RunResult, list_experiments, reproduce
+
+from . import real_data_root, write_synthetic_data
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``$RMTPRUNE_DATA`` when it holds the three data sets, else generated look-alikes."""
+    return real_data_root() or write_synthetic_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
+    """The smoke preset of every classification experiment, run once per session."""
+    root = tmp_path_factory.mktemp("smoke-runs")
+    runs = {}
+    for e in list_experiments():
+        result = reproduce(e, preset="smoke", out=root / e, data_dir=data_root, progress=False)
+        assert isinstance(result, RunResult)
+        runs[e] = result
+    return runs
