@@ -340,13 +340,24 @@ def _progress(args: argparse.Namespace, message: str) -> None:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Check every output path before any work starts (see ``rmtprune._fileio``)."""
-    from rmtprune._fileio import check_output_file
+    from rmtprune._fileio import check_output_dir, check_output_file
+    from rmtprune.cli_inputs import writes_directory
 
     output = getattr(args, "output", None)
     if output is not None and not getattr(args, "dry_run", False):
-        check_output_file(
-            output, what="-o/--output", overwrite=args.overwrite, overwrite_hint="pass --overwrite"
-        )
+        if writes_directory(_weights(args), args.model, args.no_model):  # a model directory
+            if Path(output).exists() and not args.overwrite:
+                raise FileExistsError(
+                    f"-o/--output {output} exists; pass --overwrite to replace it"
+                )
+            check_output_dir(output, what="-o/--output")
+        else:
+            check_output_file(
+                output,
+                what="-o/--output",
+                overwrite=args.overwrite,
+                overwrite_hint="pass --overwrite",
+            )
     if args.json not in (None, "-"):
         check_output_file(args.json, what="--json", overwrite=True, overwrite_hint="")
     json_path = None if args.json in (None, "-") else Path(args.json).resolve()

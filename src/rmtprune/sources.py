@@ -89,12 +89,13 @@ def _checkpoint_file(path: PathLike) -> str:
 def read_tensors(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Tensors of a weights file, index or model directory, and an rmtprune structure document."""
     path = os.fspath(path)
+    if not os.path.isdir(path):
+        check_input_file(path, what="weights file")  # missing or unreadable: named, one line
     if os.path.isdir(path) or path.endswith(".index.json") or is_safetensors_file(path):
         checkpoint = open_checkpoint(path)  # checks the headers and the index first
         tensors = dict(checkpoint.iter_tensors())
         # the one metadata validator (rmtprune._metadata): names and structure records
         return tensors, read_document(checkpoint.path, checkpoint.metadata, tensors)
-    check_input_file(path, what="weights file")
     tensors = read_state_dict(path)
     read_document(path, {}, tensors)  # checks the tensor names
     return tensors, None

@@ -99,7 +99,7 @@ def test_disk_full_while_saving(weights: Path, tmp_path: Path, capsys, monkeypat
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "p.safetensors"))
 
-    monkeypatch.setattr(rmtprune, "save", full)
+    monkeypatch.setattr(rmtprune.cli_inputs, "save", full)  # what `prune -o FILE` calls
     report = tmp_path / "report.json"
     out = tmp_path / "p.safetensors"
     argv = ["prune", str(weights), "-o", str(out), "--json", str(report), "--quiet"]
@@ -131,7 +131,8 @@ def test_keyboard_interrupt_exits_130_with_one_line(weights: Path, capsys, monke
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rmtprune, "analyze", interrupted)
+    for name in ("analyze", "analyze_checkpoint"):  # the file route and the streamed one
+        monkeypatch.setattr(rmtprune.cli_inputs, name, interrupted)
     assert main(["analyze", str(weights), "--quiet"]) == 130
     _one_error_line(capsys, "interrupted")
 
@@ -142,7 +143,8 @@ def test_unexpected_error_is_one_line_and_debug_shows_the_traceback(
     def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(rmtprune, "analyze", broken)
+    for name in ("analyze", "analyze_checkpoint"):  # the file route and the streamed one
+        monkeypatch.setattr(rmtprune.cli_inputs, name, broken)
     assert main(["analyze", str(weights), "--quiet"]) == 1
     _one_error_line(capsys, "ZeroDivisionError", "boom", "--debug")
     assert main(["analyze", str(weights), "--quiet", "--debug"]) == 1
@@ -166,8 +168,9 @@ def test_permission_error_on_input_names_the_file(weights: Path, capsys, monkeyp
 
 
 def test_directory_given_as_weights(tmp_path: Path, capsys) -> None:
+    # a directory is read as a model directory; one without a checkpoint is named, one line
     assert main(["analyze", str(tmp_path), "--quiet"]) == 2
-    _one_error_line(capsys, str(tmp_path), "is a directory")
+    _one_error_line(capsys, str(tmp_path), "holds none of")
 
 
 FACTORIES = textwrap.dedent(
