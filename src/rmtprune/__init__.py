@@ -15,6 +15,7 @@ Examples
 True
 """
 
+from rmtprune._errors import DegenerateSpectrumWarning, InvalidFileError, UserCodeError
 from rmtprune.distributions.marchenko_pastur import marchenko_pastur, mp_edges
 from rmtprune.distributions.tracy_widom import tracy_widom
 from rmtprune.estimators import BEMA, GavishDonoho, NotFittedError
@@ -30,6 +31,7 @@ from rmtprune.hf import from_pretrained, save_pretrained
 from rmtprune.io import load, save
 from rmtprune.plotting import plot_spectrum
 from rmtprune.pruning import schedules
+from rmtprune.pruning._guards import remove_parametrizations
 from rmtprune.pruning.calibration import Calibrated
 from rmtprune.pruning.criteria import (
     Energy,
@@ -52,11 +54,13 @@ __version__ = "0.1.0"
 __all__ = [
     "BEMA",
     "Calibrated",
+    "DegenerateSpectrumWarning",
     "Energy",
     "FixedRank",
     "FixedRatio",
     "GavishDonoho",
     "GavishDonohoCriterion",
+    "InvalidFileError",
     "LayerAnalysis",
     "LayerPruneResult",
     "LayerView",
@@ -71,6 +75,7 @@ __all__ = [
     "RankDecision",
     "Select",
     "SpectralPruner",
+    "UserCodeError",
     "__version__",
     "analyze",
     "eigenvalues",
@@ -83,6 +88,7 @@ __all__ = [
     "prune",
     "rebuild_optimizer",
     "register_adapter",
+    "remove_parametrizations",
     "save",
     "save_pretrained",
     "schedules",

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rmtprune.cli_experiments import (
+    add_demo_parser,
+    add_reproduce_parser,
+    cmd_demo,
+    cmd_reproduce,
+)
 from rmtprune.pruning.criteria import Energy
 from rmtprune.pruning.selection import DEFAULT_MIN_DIM, DEFAULT_MIN_PARAMS
 
@@ -241,125 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     from rmtprune import __version__
 
     parser.add_argument("--version", action="version", version=f"rmtprune {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="on an error, also print the traceback"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_spectral_commands(sub)
-    _add_reproduce_parser(sub)
-    _add_demo_parser(sub)
+    add_reproduce_parser(sub)
+    add_demo_parser(sub)
     return parser
-
-
-def _seeds_arg(text: str) -> int | tuple[int, ...]:
-    from rmtprune.experiments.seeds import parse_seeds
-
-    try:
-        return parse_seeds(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _device_arg(text: str) -> str:
-    from rmtprune.training.config import check_device
-
-    try:
-        return check_device(text, "--device", "rmtprune")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _add_run_options(p: argparse.ArgumentParser, seeds_default: str) -> None:
-    """``--seeds``, ``--device``, ``--out``, data and output options shared by reproduce/demo."""
-    from rmtprune.experiments.seeds import SEEDS_GRAMMAR
-    from rmtprune.training.config import DEVICES
-
-    p.add_argument(
-        "--seeds",
-        type=_seeds_arg,
-        default=None,
-        metavar="SEEDS",
-        help=f"{SEEDS_GRAMMAR}; a run directory that holds seeds keeps them and grows "
-        f"(default: {seeds_default})",
-    )
-    p.add_argument(
-        "--device",
-        type=_device_arg,
-        default="cpu",
-        metavar="DEVICE",
-        help=f"torch device of training: {', '.join(DEVICES)} (default: %(default)s); "
-        "results are reproducible per device, CPU model and thread count",
-    )
-    p.add_argument("--out", default=None, metavar="DIR", help="run directory (default: runs/...)")
-    _add_data_options(p)
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-
-
-def _add_reproduce_parser(sub: Any) -> None:
-    from rmtprune.experiments.config import PRESETS
-    from rmtprune.experiments.registry import get_config, list_experiments
-
-    first = list_experiments()[0]
-    preset_seeds = ", ".join(f"{p} {len(get_config(first, p).seeds)}" for p in PRESETS)
-    r = sub.add_parser(
-        "reproduce",
-        help="run one of the paper's experiments and write its report",
-        description="Reproduce an experiment of the paper (SPEC section 6): both arms over "
-        "several seeds, baselines, metrics, figures and report.md/report.html in one run "
-        "directory. A killed run continues where it stopped when given the same --out; "
-        "a later call with other --seeds adds them to the directory.",
-    )
-    r.add_argument("experiment", metavar="EXPERIMENT", help="experiment id (see --list)", nargs="?")
-    r.add_argument("--list", action="store_true", help="list the experiments and exit")
-    r.add_argument(
-        "--preset",
-        choices=PRESETS,
-        default="small",
-        help="scale: smoke (seconds), small (minutes here), paper (hours) (default: %(default)s)",
-    )
-    _add_run_options(r, f"the preset's seeds, for {first}: {preset_seeds}")
-    r.add_argument(
-        "--import-seeds",
-        action="append",
-        default=[],
-        metavar="METRICS",
-        help="add the finished seeds of another run of the same configuration (its "
-        "metrics.json or run directory, e.g. an archived docs/results/.../metrics.json); "
-        "repeatable",
-    )
-    r.add_argument(
-        "--no-resume", action="store_true", help="start over even if --out has checkpoints"
-    )
-
-
-def _add_demo_parser(sub: Any) -> None:
-    from rmtprune.experiments.demo import DEMO_CONFIG
-
-    d = sub.add_parser(
-        "demo",
-        help="the main job: normal vs pruned training on Fashion-MNIST",
-        description="Train a fully connected network on Fashion-MNIST with and without spectral "
-        "pruning over a few seeds (a few minutes on a laptop CPU), print the comparison and "
-        "write the report. --synthetic runs a data-free spectral demonstration instead.",
-    )
-    _add_run_options(d, f"{len(DEMO_CONFIG.seeds)}")
-    d.add_argument(
-        "--synthetic",
-        action="store_true",
-        help="no data needed: BEMA on a signal-plus-noise matrix and pruning of a fresh network",
-    )
-    d.add_argument("--seed", type=int, default=0, help="seed of the synthetic demo")
-
-
-def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        metavar="DIR",
-        help="dataset root (default: $RMTPRUNE_DATA, else ~/.cache/rmtprune)",
-    )
-    p.add_argument(
-        "--download",
-        action="store_true",
-        help="download missing datasets from their official locations (SHA-256 verified)",
-    )
 
 
 def _select(args: argparse.Namespace) -> Select:
@@ -440,6 +338,36 @@ def _progress(args: argparse.Namespace, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Check every output path before any work starts (see ``rmtprune._fileio``)."""
+    from rmtprune._fileio import check_output_dir, check_output_file
+    from rmtprune.cli_inputs import writes_directory
+
+    output = getattr(args, "output", None)
+    if output is not None and not getattr(args, "dry_run", False):
+        if writes_directory(_weights(args), args.model, args.no_model):  # a model directory
+            if Path(output).exists() and not args.overwrite:
+                raise FileExistsError(
+                    f"-o/--output {output} exists; pass --overwrite to replace it"
+                )
+            check_output_dir(output, what="-o/--output")
+        else:
+            check_output_file(
+                output,
+                what="-o/--output",
+                overwrite=args.overwrite,
+                overwrite_hint="pass --overwrite",
+            )
+    if args.json not in (None, "-"):
+        check_output_file(args.json, what="--json", overwrite=True, overwrite_hint="")
+    json_path = None if args.json in (None, "-") else Path(args.json).resolve()
+    inputs = {Path(p).resolve() for p in (args.source, args.weights) if p is not None}
+    if json_path is not None and output is not None and json_path == Path(output).resolve():
+        raise ValueError(f"--json and -o/--output both name {output}; give two different files")
+    if json_path is not None and json_path in inputs:
+        raise ValueError(f"--json {args.json} is the input weights file; give another path")
+
+
 def _bar(args: argparse.Namespace) -> bool | None:
     """``--progress``/``--no-progress``; ``--quiet`` or JSON on stdout turn the bar off."""
     return False if args.quiet or args.json == "-" else args.progress
@@ -448,6 +376,7 @@ def _bar(args: argparse.Namespace) -> bool | None:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from rmtprune.cli_inputs import analyze_source
 
+    _check_outputs(args)
     weights = _weights(args)
     _progress(args, "fitting the spectrum of each layer ...")
     report = analyze_source(
@@ -467,15 +396,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     if args.output is None and not args.dry_run:
         raise SystemExit("rmtprune prune: error: -o/--output is required unless --dry-run")
-    if (
-        args.output is not None
-        and Path(args.output).exists()
-        and not args.overwrite
-        and not args.dry_run
-    ):
-        raise SystemExit(
-            f"rmtprune prune: error: {args.output} exists; pass --overwrite to replace it"
-        )
+    _check_outputs(args)
     source = _load(args)
     split = {"auto": "auto", "always": True, "never": False}[args.split]
     _progress(args, "fitting and pruning each layer ...")
@@ -489,73 +410,60 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         progress=_bar(args),
     )
     report = source.complete(report, bulk_keep=args.bulk_keep, **_fit_kwargs(args))
+    if not args.dry_run:  # the model first: no report is left behind if saving fails
+        source.save(pruned, args.output, overwrite=args.overwrite)
+        _progress(args, f"saved {args.output}")
     if args.json is not None:
         _emit_json(report, args.json)
     if args.json != "-":
         print(report.to_markdown())
-    if not args.dry_run:
-        source.save(pruned, args.output, overwrite=args.overwrite)
-        _progress(args, f"saved {args.output}")
     return 0
 
 
-def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from rmtprune.experiments import reproduce
-    from rmtprune.experiments.runner import all_experiments
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, but a usage error prints one line (argparse's last)."""
+    from rmtprune._errors import one_line
 
-    if args.list or args.experiment is None:
-        for key, title in all_experiments().items():
-            print(f"{key:12s} {title}")
-        return 0 if args.list else 2
-    result = reproduce(
-        args.experiment,
-        preset=args.preset,
-        seeds=args.seeds,
-        out=args.out,
-        data_dir=args.data_dir,
-        download=args.download,
-        progress=not args.quiet,
-        resume=not args.no_resume,
-        device=args.device,
-        import_seeds=args.import_seeds,
-    )
-    print(f"report: {result.run_dir / 'report.md'}")
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    if args.synthetic:
-        from rmtprune.experiments.synthetic_demo import run_synthetic_demo
-
-        run_synthetic_demo(seed=args.seed)
-        return 0
-    from rmtprune.experiments import DEMO_CONFIG, run_demo
-
-    run_demo(  # prints the comparison, the verdicts and where the report is
-        data_dir=args.data_dir,
-        download=args.download,
-        out=args.out,
-        seeds=DEMO_CONFIG.seeds if args.seeds is None else args.seeds,
-        progress=not args.quiet,
-        device=args.device,
-    )
-    return 0
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return parser.parse_args(argv)
+    except SystemExit as exc:
+        text = captured.getvalue()
+        start = text.rfind("\nrmtprune", 0, text.rfind(": error: ")) + 1  # after the usage
+        if exc.code not in (0, None) and text.strip():
+            print(f"{one_line(text[start:])} (see rmtprune --help)", file=sys.stderr)
+        else:
+            sys.stderr.write(captured.getvalue())
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rmtprune`` command."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``rmtprune`` command.
+
+    Every expected failure ends with one line on stderr naming the file or parameter and
+    exit status 2 (130 after Ctrl-C, 1 for an unexpected error); ``--debug`` (anywhere on
+    the command line) prints the traceback as well.
+    """
+    from rmtprune._errors import describe_error
+
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list
+    args = _parse(build_parser(), [a for a in args_list if a != "--debug"])
     handlers = {
         "analyze": _cmd_analyze,
         "prune": _cmd_prune,
-        "reproduce": _cmd_reproduce,
-        "demo": _cmd_demo,
+        "reproduce": cmd_reproduce,
+        "demo": cmd_demo,
     }
     try:
         return handlers[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
-        print(f"rmtprune {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as exc:
+        if debug:
+            traceback.print_exc()
+        message, status = describe_error(exc)
+        print(f"rmtprune {args.command}: error: {message}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":  # pragma: no cover

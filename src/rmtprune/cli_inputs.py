@@ -42,6 +42,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from rmtprune._fileio import check_input_file
+from rmtprune._metadata import check_module_names
 from rmtprune.checkpoint import is_safetensors_file, open_checkpoint
 from rmtprune.checkpoint_analysis import (
     LayerKind,
@@ -79,6 +81,11 @@ _SAFETENSORS_DTYPE = {
 def _model_route(path: str, model: str | None, no_model: bool) -> bool:
     """Whether the real Hugging Face architecture is used for ``path``."""
     return model is None and not no_model and is_model_directory(path) and transformers_available()
+
+
+def writes_directory(path: PathLike, model: str | None, no_model: bool) -> bool:
+    """Whether ``rmtprune prune`` of ``path`` writes a model directory (not one file)."""
+    return _model_route(os.fspath(path), model, no_model)
 
 
 def _patterns(requested: Sequence[str] | str) -> list[str]:
@@ -261,11 +268,14 @@ def analyze_source(
     :func:`rmtprune.analyze`; ``progress`` as for
     :func:`rmtprune.checkpoint_analysis.analyze_checkpoint`."""
     path = os.fspath(path)
+    if not os.path.isdir(path):
+        check_input_file(path, what="weights file")  # missing or unreadable: named, one line
     streamable = model is None and (
         os.path.isdir(path) or path.endswith(".index.json") or is_safetensors_file(path)
     )
     if streamable:
         checkpoint = open_checkpoint(path)
+        check_module_names(checkpoint.path, checkpoint.names(), "tensor name")
         if "rmtprune" not in checkpoint.metadata:
             architecture = build_architecture(path) if _model_route(path, model, no_model) else None
             return analyze_checkpoint(

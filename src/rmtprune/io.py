@@ -48,6 +48,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from rmtprune._fileio import check_input_file
+from rmtprune._metadata import FORMAT_VERSION, check_structure, parse_document
 from rmtprune.factorize.lowrank import (
     LowRankConv1D,
     LowRankConv2d,
@@ -59,7 +61,6 @@ from rmtprune.factorize.registry import get_adapter, set_submodule
 
 __all__ = ["FORMAT_VERSION", "apply_structure", "describe_structure", "load", "save"]
 
-FORMAT_VERSION = 1
 _META_KEY = "rmtprune"
 
 PathLike = str | os.PathLike[str]
@@ -225,7 +226,7 @@ def _replace_layers(model: nn.Module, structure: Mapping[str, Any]) -> dict[str,
     return {name: set_submodule(model, name, new) for name, new in replacements.items()}
 
 
-def _check_fit(model: nn.Module, tensors: Mapping[str, torch.Tensor], strict: bool) -> None:
+def check_fit(model: nn.Module, tensors: Mapping[str, torch.Tensor], strict: bool) -> None:
     """Raise ``ValueError`` unless ``load_state_dict(tensors, strict)`` will succeed."""
     expected = model.state_dict()
     problems = []
@@ -337,7 +338,12 @@ def save(model: nn.Module, path: PathLike, *, overwrite: bool = False) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as exc:  # e.g. disk full: name the file, keep it an OSError
+            raise OSError(
+                f"could not write {path} ({exc}); free some space or write elsewhere"
+            ) from exc
         with open(tmp, "r+b") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
@@ -380,6 +386,7 @@ def _fsync_directory(directory: str) -> None:
 
 def _read(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The tensors and the parsed rmtprune document of a file, checked."""
+    check_input_file(path, what="model file")
     try:
         with safe_open(path, framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -388,24 +395,7 @@ def _read(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise ValueError(f"{path} is not a valid safetensors file: {exc}") from None
     if _META_KEY not in metadata:
         raise ValueError(f"{path} was not written by rmtprune.io.save (no {_META_KEY!r} metadata)")
-    try:
-        document = json.loads(metadata[_META_KEY])
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: the {_META_KEY!r} metadata is not valid JSON ({exc})") from None
-    expected = {"format_version": int, "structure": dict, "aliases": dict, "sha256": str}
-    if not isinstance(document, dict):
-        raise ValueError(f"{path}: the {_META_KEY!r} metadata is not a JSON object")
-    for key, kind in expected.items():
-        if not isinstance(document.get(key), kind):
-            raise ValueError(
-                f"{path}: the {_META_KEY!r} metadata has no valid {key!r} field "
-                f"(expected {kind.__name__}, got {document.get(key)!r})"
-            )
-    if document["format_version"] != FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: unsupported format_version {document['format_version']} "
-            f"(this version of rmtprune reads {FORMAT_VERSION})"
-        )
+    document = parse_document(path, metadata[_META_KEY])
     if _payload_digest(tensors) != document["sha256"]:
         raise ValueError(
             f"{path}: SHA-256 checksum mismatch, the tensor data is corrupted or was modified"
@@ -415,22 +405,6 @@ def _read(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             raise ValueError(f"{path}: tied entry {alias!r} refers to a missing tensor {target!r}")
         tensors[alias] = tensors[target]
     return tensors, document
-
-
-def _check_ranks(path: str, structure: Mapping[str, Any], tensors: Mapping[str, Any]) -> None:
-    for name, entry in structure.items():
-        rank = entry.get("rank") if isinstance(entry, Mapping) else None
-        embedding = isinstance(entry, Mapping) and entry.get("type") == "LowRankEmbedding"
-        first_axis = 1 if embedding else 0  # an embedding's first factor is the vocab × r table
-        for key, axis in ((f"{name}.first.weight", first_axis), (f"{name}.second.weight", 1)):
-            tensor = tensors.get(key)
-            if tensor is None:
-                raise ValueError(f"{path}: layer {name!r} is factorized but {key!r} is missing")
-            if tensor.ndim <= axis or tensor.shape[axis] != rank:
-                raise ValueError(
-                    f"{path}: layer {name!r} is recorded with rank {rank!r} but tensor {key!r} "
-                    f"has shape {tuple(tensor.shape)}"
-                )
 
 
 def load(model: nn.Module, path: PathLike, *, strict: bool = True) -> nn.Module:
@@ -478,13 +452,13 @@ def load(model: nn.Module, path: PathLike, *, strict: bool = True) -> nn.Module:
     path = os.fspath(path)
     tensors, document = _read(path)
     structure = document["structure"]
-    _check_ranks(path, structure, tensors)
+    check_structure(path, structure, tensors)
     try:
         replaced = _replace_layers(model, structure)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
     try:
-        _check_fit(model, tensors, strict)
+        check_fit(model, tensors, strict)
     except ValueError as exc:
         for name, old in replaced.items():  # leave the model as it was given
             set_submodule(model, name, old)

@@ -37,8 +37,6 @@ ShellModel(
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -46,8 +44,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from rmtprune._errors import InvalidFileError
+from rmtprune._fileio import check_input_file
+from rmtprune._inputs import load_into, read_document, read_state_dict, resolve_factory
 from rmtprune.checkpoint import is_safetensors_file, open_checkpoint
-from rmtprune.factorize.lowrank import LowRankConv2d, LowRankLinear
+from rmtprune.factorize.lowrank import (
+    LowRankConv1D,
+    LowRankConv2d,
+    LowRankEmbedding,
+    LowRankLinear,
+)
 from rmtprune.io import load as load_rmtprune
 
 __all__ = [
@@ -80,38 +86,19 @@ def _checkpoint_file(path: PathLike) -> str:
     return path
 
 
-def _document(metadata: Mapping[str, str], path: str) -> dict[str, Any] | None:
-    if "rmtprune" not in metadata:
-        return None
-    try:
-        document = json.loads(metadata["rmtprune"])
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: the rmtprune metadata is not valid JSON ({exc})") from None
-    return document if isinstance(document, dict) else None
-
-
 def read_tensors(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Tensors of a weights file, index or model directory, and an rmtprune structure document."""
     path = os.fspath(path)
+    if not os.path.isdir(path):
+        check_input_file(path, what="weights file")  # missing or unreadable: named, one line
     if os.path.isdir(path) or path.endswith(".index.json") or is_safetensors_file(path):
         checkpoint = open_checkpoint(path)  # checks the headers and the index first
         tensors = dict(checkpoint.iter_tensors())
-        return tensors, _document(checkpoint.metadata, checkpoint.path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"{path} could not be read as a state dict with torch.load(weights_only=True): {exc}"
-        ) from None
-    for key in ("state_dict", "model", "model_state"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return dict(obj), None
+        # the one metadata validator (rmtprune._metadata): names and structure records
+        return tensors, read_document(checkpoint.path, checkpoint.metadata, tensors)
+    tensors = read_state_dict(path)
+    read_document(path, {}, tensors)  # checks the tensor names
+    return tensors, None
 
 
 def _node(root: nn.Module, dotted: str) -> nn.Module:
@@ -140,9 +127,15 @@ def _factorized(entry: Mapping[str, Any]) -> nn.Module:
             bias=entry["bias"],
             padding_mode=entry["padding_mode"],
         )
-    return LowRankLinear(
-        entry["in_features"], entry["out_features"], entry["rank"], bias=entry["bias"]
-    )
+    if entry["type"] == "LowRankEmbedding":
+        return LowRankEmbedding(
+            entry["out_features"],
+            entry["in_features"],
+            entry["rank"],
+            padding_idx=entry.get("padding_idx"),
+        )
+    linear = LowRankConv1D if entry["type"] == "LowRankConv1D" else LowRankLinear
+    return linear(entry["in_features"], entry["out_features"], entry["rank"], bias=entry["bias"])
 
 
 def _dense_layer(kind: str, weight: torch.Tensor, has_bias: bool) -> nn.Module:
@@ -216,7 +209,7 @@ def load_model(
     built = build_factory_model(model)
     if document is not None:
         return load_rmtprune(built, path)
-    built.load_state_dict(tensors, strict=True)
+    load_into(built, tensors, os.fspath(weights), model)
     return built
 
 
@@ -228,29 +221,20 @@ def load_shell(
     dense: Mapping[str, str] | None = None,
 ) -> ShellModel:
     """:func:`build_shell` filled with ``tensors`` (from :func:`read_tensors` of ``path``)."""
-    shell = build_shell(tensors, document["structure"] if document else None, dense=dense)
+    try:
+        shell = build_shell(tensors, document["structure"] if document else None, dense=dense)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InvalidFileError(
+            path, f"{os.fspath(path)}: its tensor names do not form a model ({exc})"
+        ) from None
     if document is not None:
         loaded = load_rmtprune(shell, os.fspath(path))
         assert isinstance(loaded, ShellModel)
         return loaded
-    shell.load_state_dict(tensors, strict=True)
+    load_into(shell, tensors, os.fspath(path), None)
     return shell
 
 
 def build_factory_model(model: str) -> nn.Module:
     """Call the factory named ``"package.module:factory"`` and check it returns a module."""
-    module_name, sep, factory_name = model.partition(":")
-    if not sep or not module_name or not factory_name:
-        raise ValueError(
-            f"The 'model' parameter must look like 'package.module:factory'. Got {model!r} instead."
-        )
-    try:
-        factory = getattr(importlib.import_module(module_name), factory_name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot import the model factory {model!r}: {exc}") from None
-    built = factory()
-    if not isinstance(built, nn.Module):
-        raise TypeError(
-            f"the model factory {model!r} returned {type(built).__name__}, not a torch.nn.Module"
-        )
-    return built
+    return resolve_factory(model)

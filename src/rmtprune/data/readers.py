@@ -139,8 +139,8 @@ def read_cifar_batch(path: str | os.PathLike[str]) -> tuple[NDArray[np.uint8], N
     with open(path, "rb") as fh:
         try:
             batch = _ArrayOnlyUnpickler(fh, encoding="bytes").load()
-        except pickle.UnpicklingError:
-            raise
+        except pickle.UnpicklingError as exc:
+            raise pickle.UnpicklingError(f"{path}: {exc}") from None
         except Exception as exc:
             raise ValueError(f"{path} is not a readable CIFAR-10 batch ({exc}).") from exc
     try:

@@ -21,6 +21,7 @@ Example
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from rmtprune._errors import DegenerateSpectrumWarning
 from rmtprune._validation import check_int, check_real
 from rmtprune.distributions.marchenko_pastur import mp_ppf
 from rmtprune.distributions.tracy_widom import tw_ppf
@@ -377,6 +379,14 @@ class BEMA:
                 "The 'W' parameter of BEMA must have a non-zero bulk: the eigenvalues in the "
                 f"window {(start, stop)} are all zero. Got {p - np.count_nonzero(lam)} zero "
                 f"eigenvalues of {p} (pass rank= for a rank-deficient matrix)."
+            )
+        if sigma2 < 1e-12 * float(lam[-1]):  # singular values of the bulk below 1e-6 · s_max
+            warnings.warn(
+                f"BEMA: the bulk is at rounding level (sigma2 = {sigma2:.3g}, largest eigenvalue "
+                f"{float(lam[-1]):.3g}): the matrix is exactly low-rank and its spike count is "
+                "meaningless; pass rank= (its numerical rank) to fit only its real eigenvalues",
+                DegenerateSpectrumWarning,
+                stacklevel=3,
             )
         tw = _tw_quantile(1.0 - beta)
         lambda_plus = tw_corrected_edge(sigma2, ratio, N, beta)

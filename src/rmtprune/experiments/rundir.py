@@ -184,7 +184,8 @@ def prepare_run_dir(
         if not resume:
             raise ValueError(
                 f"The 'out' parameter names {str(run_dir)!r}, which already holds a run. "
-                "Pass resume=True to continue it, or choose a new directory."
+                "Run again without --no-resume (resume=True) to continue it; to start over, "
+                "delete it or choose a new --out directory."
             )
         differing = config_differences(previous, config.to_dict())
         if differing:

@@ -36,6 +36,12 @@ from rmtprune._progress import track
 from rmtprune._validation import check_int
 from rmtprune.factorize.registry import LayerAdapter, get_adapter
 from rmtprune.models.params import count_parameters
+from rmtprune.pruning._guards import (
+    check_layer_names,
+    frozen_parametrizations,
+    parametrization_reason,
+    weight_skip_reason,
+)
 from rmtprune.pruning.criteria import LayerView
 from rmtprune.pruning.selection import Select, weight_layers
 from rmtprune.spectrum import eigenvalues, numerical_rank
@@ -82,7 +88,12 @@ def _shape_or_none(module: nn.Module) -> tuple[int, int]:
 
 
 def _candidate(
-    name: str, module: nn.Module, reason: str, select: Select, known_rank: int | None
+    name: str,
+    module: nn.Module,
+    reason: str,
+    select: Select,
+    known_rank: int | None,
+    pruning: bool = False,
 ) -> Candidate:
     adapter = get_adapter(module)
     params = sum(p.numel() for p in module.parameters())
@@ -98,6 +109,11 @@ def _candidate(
     size = select.size_reason(m, n)
     if size:
         return make(p, size)
+    unusable = weight_skip_reason(module)  # meta device, int or complex dtype
+    if not unusable and pruning:  # analysed through the effective weight, never pruned
+        unusable = parametrization_reason(module)
+    if unusable:
+        return make(p, unusable)
     matrix = adapter.weight_matrix(module)
     if not bool(torch.isfinite(matrix).all()):
         return make(p, "non-finite weights (NaN or Inf)")
@@ -120,26 +136,33 @@ def collect(
     ranks: Mapping[str, int] | None = None,
     owner: str = "collect",
     progress: bool | None = None,
+    *,
+    pruning: bool = False,
 ) -> list[Candidate]:
     """Every weight layer ``select`` picks, in module order, eligible or with its reason.
 
     ``ranks`` holds known ranks of layers truncated earlier (see :func:`rmtprune.analyze`);
-    ``progress`` shows a bar over the layers (default: on a terminal with tqdm installed).
+    each name must be a weight layer of ``model``.  ``progress`` shows a bar over the layers
+    (default: on a terminal with tqdm installed).  Parametrized weights are read as the
+    effective weight (parametrizations in eval mode); with ``pruning=True`` such layers
+    are skipped with the reason, as pruning them would be undone by the parametrization.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"The 'model' parameter of {owner} must be a torch.nn.Module. "
             f"Got {type(model).__name__} instead."
         )
-    found = weight_layers(model)
-    chosen = set(select.choose([name for name, _, _ in found]))
-    known = dict(ranks or {})
-    for name, value in known.items():
-        check_int(value, f"ranks[{name!r}]", owner, low=1)
-    with torch.no_grad():
+    with torch.no_grad(), frozen_parametrizations(model):  # spectral norm's u, v not advanced
+        found = weight_layers(model)
+        names = [name for name, _, _ in found]
+        chosen = set(select.choose(names))
+        check_layer_names(ranks, "ranks", owner, names)
+        known = dict(ranks or {})
+        for name, value in known.items():
+            check_int(value, f"ranks[{name!r}]", owner, low=1)
         picked = [entry for entry in found if entry[0] in chosen]
         return [
-            _candidate(name, module, reason, select, known.get(name))
+            _candidate(name, module, reason, select, known.get(name), pruning)
             for name, module, reason in track(picked, desc=f"{owner}: fitting", progress=progress)
         ]
 

@@ -100,5 +100,20 @@ def resolve_select(select: Any, legacy: Mapping[str, Any], owner: str) -> Select
     if "min_params" in given:
         check_int(given["min_params"], "min_params", owner, low=0)
     if "layers" in given:
-        given["include"] = given.pop("layers")
+        given["include"] = _check_layers(given.pop("layers"), owner)
     return Select(**given)
+
+
+def _check_layers(value: Any, owner: str) -> tuple[str, ...]:
+    """``layers=``: one layer name or pattern, or a collection of them (``TypeError`` else)."""
+    items: Any = [value] if isinstance(value, str) else value
+    try:
+        items = list(items)
+    except TypeError:
+        items = None
+    if items is None or isinstance(value, Mapping) or not all(isinstance(v, str) for v in items):
+        raise TypeError(
+            f"The 'layers' parameter of {owner} must be a layer name or a sequence of layer "
+            f"names. Got {value!r} of type {type(value).__name__} instead."
+        )
+    return tuple(items)

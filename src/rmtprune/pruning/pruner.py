@@ -20,6 +20,7 @@ from torch import nn
 
 from rmtprune._progress import progress_enabled
 from rmtprune._validation import check_int, param_error
+from rmtprune.pruning._guards import frozen_parametrizations
 from rmtprune.pruning.criteria import Criterion, FitCutoff
 from rmtprune.pruning.layers import count_parameters
 from rmtprune.pruning.optim import (
@@ -31,7 +32,7 @@ from rmtprune.pruning.optim import (
 from rmtprune.pruning.options import resolve_criterion, resolve_select
 from rmtprune.pruning.report import PruneReport
 from rmtprune.pruning.schedules import Schedule, schedule_from_dict, schedule_to_dict
-from rmtprune.pruning.selection import Select
+from rmtprune.pruning.selection import Select, weight_layers
 from rmtprune.pruning.walker import SplitMode, prune
 
 __all__ = ["SpectralPruner"]
@@ -141,7 +142,7 @@ class SpectralPruner:
             split=self.split,
             inplace=True,
             dry_run=dry_run,
-            ranks=self.ranks,
+            ranks=self._current_ranks(),
         )
         return PruneReport(
             report.layers,
@@ -151,6 +152,12 @@ class SpectralPruner:
             report.changed,
             epoch,
         )
+
+    def _current_ranks(self) -> dict[str, int]:
+        """:attr:`ranks` of the layers the model still has (prune refuses unknown names)."""
+        with frozen_parametrizations(self.model):
+            present = {name for name, _, _ in weight_layers(self.model)}
+        return {name: r for name, r in self.ranks.items() if name in present}
 
     @property
     def ranks(self) -> dict[str, int]:

@@ -27,7 +27,6 @@ layer never grows back.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import warnings
@@ -39,8 +38,7 @@ from torch import nn
 
 from rmtprune._progress import track
 from rmtprune._validation import param_error
-from rmtprune.factorize.registry import set_submodule
-from rmtprune.factorize.svd import truncated_svd
+from rmtprune.pruning._guards import apply_rank, copy_model, frozen_parametrizations
 from rmtprune.pruning.calibration import Calibrated
 from rmtprune.pruning.criteria import (
     Criterion,
@@ -213,6 +211,21 @@ def decide_ranks(
     return {v.name: _check_decision(out[v.name], v, criterion) for v in views}
 
 
+def _kept_row(
+    row: dict[str, Any], c: Candidate, rank: int, action: str, reason: str
+) -> LayerPruneResult:
+    """The result of a layer left as it is (``unchanged`` or ``skipped``)."""
+    was_split = c.adapter is not None and c.adapter.current_rank(c.module) is not None
+    return LayerPruneResult(
+        **row,
+        action=action,
+        rank_after=rank,
+        params_after=c.params,
+        split=was_split,
+        reason=reason,
+    )
+
+
 def _prune_row(
     c: Candidate,
     decision: RankDecision | None,
@@ -239,32 +252,19 @@ def _prune_row(
     }
     if decision is None or decision.skip or decision.rank >= rank:
         action = "unchanged" if decision is not None and not decision.skip else "skipped"
-        was_split = c.adapter is not None and c.adapter.current_rank(c.module) is not None
-        why = c.reason if decision is None else decision.reason
-        return LayerPruneResult(
-            **row,
-            action=action,
-            rank_after=rank,
-            params_after=c.params,
-            split=was_split,
-            reason=why,
-        )
-    assert c.adapter is not None and c.view is not None and c.view.matrix is not None
+        return _kept_row(row, c, rank, action, c.reason if decision is None else decision.reason)
+    assert c.adapter is not None
     r = decision.rank
     do_split = (r * (m + n) < m * n) if split == "auto" else bool(split)
-    adapter = c.adapter
     predicted = (
-        adapter.split_param_count(c.module, r)
+        c.adapter.split_param_count(c.module, r)
         if do_split
-        else adapter.dense_param_count(c.module, r)
+        else c.adapter.dense_param_count(c.module, r)
     )
     if not dry_run:
-        # a criterion's own factors (e.g. whitened SVD) win over the plain SVD of the weight
-        u, s, vh = decision.factors or truncated_svd(c.view.matrix, r)
-        if not do_split and adapter.current_rank(c.module) is None:
-            adapter.truncate(c.module, u, s, vh)  # same Parameter objects: optimizer state survives
-        else:
-            set_submodule(model, c.name, adapter.rebuild(c.module, u, s, vh, split=do_split))
+        no_effect = apply_rank(c, r, do_split, model, decision.factors)
+        if no_effect is not None:
+            return _kept_row(row, c, rank, "skipped", no_effect)
     return LayerPruneResult(
         **row,
         action="split" if do_split else "truncated",
@@ -379,7 +379,7 @@ def prune(
             f"Got {type(model).__name__} instead."
         )
     probe = _held_out_probe(model, crit, calibration, dry_run)  # before any change
-    target = model if (inplace or dry_run) else copy.deepcopy(model)
+    target = model if (inplace or dry_run) else copy_model(model)  # legacy weight_norm too
     report = _prune_model(
         target, crit, chosen, ranks, split=split, dry_run=dry_run, progress=progress
     )
@@ -464,8 +464,8 @@ def _prune_model(
     progress: bool | None = None,
 ) -> PruneReport:
     before = count_parameters(target)
-    found = collect(target, chosen, ranks, "prune", progress)
-    with torch.no_grad():
+    found = collect(target, chosen, ranks, "prune", progress, pruning=True)
+    with torch.no_grad(), frozen_parametrizations(target):
         views = [c.view for c in found if c.view is not None]
         decisions = decide_ranks(target, crit, views)
         bulk_keep = float(getattr(crit, "bulk_keep", math.nan))

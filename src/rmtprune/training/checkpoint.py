@@ -37,7 +37,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from rmtprune._fileio import atomic_write_bytes
+from rmtprune._errors import InvalidFileError, one_line
+from rmtprune._fileio import atomic_write_bytes, check_input_file
+from rmtprune._inputs import torch_load_detail
 from rmtprune.io import apply_structure, describe_structure
 
 __all__ = [
@@ -137,21 +139,53 @@ def checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:
 
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
-    """Write ``checkpoint`` atomically (temporary file + :func:`os.replace`)."""
+    """Write ``checkpoint`` atomically (temporary file + :func:`os.replace`).
+
+    Raises ``OSError`` naming ``path`` when the write fails (disk full, permissions); the
+    previous checkpoint, if any, is left in place.
+    """
     content = checkpoint.to_dict()
-    atomic_write_bytes(path, lambda fh: torch.save(content, fh))
+    try:
+        atomic_write_bytes(path, lambda fh: torch.save(content, fh))
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, os.fspath(path)) from None
+    except RuntimeError as exc:  # torch's zip writer reports I/O failures this way
+        raise OSError(
+            f"could not write the checkpoint {os.fspath(path)} ({one_line(str(exc))}); the disk "
+            "may be full: free some space and rerun with the same output directory to continue"
+        ) from None
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read a checkpoint with ``torch.load(weights_only=True)`` onto the CPU.
+
+    Raises :class:`rmtprune.InvalidFileError` naming the file when it is truncated, damaged,
+    holds Python objects other than tensors and plain values (never unpickled), or is not an
+    rmtprune checkpoint.
 
     Examples
     --------
     >>> load_checkpoint("runs/fc-mnist/seed0/checkpoint.pt").epoch  # doctest: +SKIP
     12
     """
-    content = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return Checkpoint.from_dict(content)
+    check_input_file(path, what="checkpoint")
+    advice = "delete it to start this run over, or restore it from a copy"
+    try:
+        content = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InvalidFileError(
+            path,
+            f"the checkpoint {os.fspath(path)} cannot be read ({torch_load_detail(exc)}); it is "
+            f"truncated, damaged or not a checkpoint: {advice}",
+        ) from None
+    try:
+        return Checkpoint.from_dict(content)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidFileError(
+            path, f"the checkpoint {os.fspath(path)} is not usable ({exc}): {advice}"
+        ) from None
 
 
 def describe_model_structure(model: nn.Module) -> dict[str, Any]:
