@@ -154,7 +154,7 @@ class PruneInput:
             for k in kinds
         ]
 
-    def analyze(self, **fit_kwargs: Any) -> ModelReport:
+    def analyze(self, progress: bool | None = None, **fit_kwargs: Any) -> ModelReport:
         """:func:`rmtprune.analyze` of the model plus the rows of the untyped weights."""
         given = dict(fit_kwargs)
         select = Select(
@@ -162,7 +162,7 @@ class PruneInput:
             given.pop("exclude", None) or (),
             **{k: given.pop(k) for k in ("min_dim", "min_params") if given.get(k) is not None},
         )
-        report = analyze(self.model, select=self.walker_select(select), **given)
+        report = analyze(self.model, select=self.walker_select(select), progress=progress, **given)
         extra = self._untyped_rows(dict(fit_kwargs))
         if not extra:
             return report
@@ -293,4 +293,4 @@ def analyze_source(
         assume_linear=assume_linear,
         assume_conv2d=assume_conv2d,
     )
-    return source.analyze(**fit_kwargs)
+    return source.analyze(progress=progress, **fit_kwargs)
