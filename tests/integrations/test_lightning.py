@@ -124,4 +124,4 @@ def test_bad_options_fail_at_construction() -> None:
     with pytest.raises(ValueError, match="'interval' parameter of SpectralPruningCallback"):
         _callback(interval="batch")
     with pytest.raises(TypeError, match="bad pruner options"):
-        SpectralPruningCallback(every=2)
+        SpectralPruningCallback(every=2, no_such_option=1)
