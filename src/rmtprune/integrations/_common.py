@@ -7,6 +7,7 @@ stack loads its weights) and to continue the schedule where it stopped.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,8 +15,16 @@ from torch import nn
 
 from rmtprune.io import apply_structure, describe_structure
 from rmtprune.pruning.pruner import SpectralPruner
+from rmtprune.pruning.report import PruneReport
 
-__all__ = ["RECORD_VERSION", "apply_record", "make_pruner", "make_record", "step_index"]
+__all__ = [
+    "RECORD_VERSION",
+    "PruningCallbackCore",
+    "apply_record",
+    "make_pruner",
+    "make_record",
+    "step_index",
+]
 
 RECORD_VERSION = 1
 
@@ -59,3 +68,30 @@ def step_index(interval: str, owner: str) -> str:
             f"Got {interval!r} instead."
         )
     return interval
+
+
+class PruningCallbackCore:
+    """What every framework callback holds: options, the pruner and the record of its steps.
+
+    The Lightning and Hugging Face callbacks inherit from their framework's base class and
+    from this; each only decides *when* to call :meth:`timed_step` and with which optimizers.
+    """
+
+    def __init__(self, interval: str, progress: bool, pruner_options: Mapping[str, Any]) -> None:
+        owner = "SpectralPruningCallback"
+        self.interval = step_index(interval, owner)
+        self.progress = bool(progress)
+        self.options = dict(pruner_options)
+        make_pruner(nn.Linear(1, 1), self.options, owner)  # bad options fail at construction
+        self.pruner: SpectralPruner | None = None
+        self.reports: list[PruneReport] = []
+        self.seconds: list[float] = []
+
+    def timed_step(self, index: int, optimizer: Any) -> None:
+        """``pruner.step(index, optimizer=...)``; a step that changed the model is recorded."""
+        assert self.pruner is not None
+        start = time.perf_counter()
+        report = self.pruner.step(index, optimizer=optimizer, progress=self.progress)
+        if report.changed:
+            self.reports.append(report)
+            self.seconds.append(time.perf_counter() - start)

@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,9 +31,12 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from rmtprune.integrations._common import apply_record, make_pruner, make_record, step_index
-from rmtprune.pruning.pruner import SpectralPruner
-from rmtprune.pruning.report import PruneReport
+from rmtprune.integrations._common import (
+    PruningCallbackCore,
+    apply_record,
+    make_pruner,
+    make_record,
+)
 
 __all__ = ["CHECKPOINT_KEY", "SpectralPruningCallback", "restore_structure"]
 
@@ -42,7 +44,7 @@ CHECKPOINT_KEY = "rmtprune"
 """Key of the pruned-structure record in a Lightning checkpoint dictionary."""
 
 
-class SpectralPruningCallback(pl.Callback):
+class SpectralPruningCallback(pl.Callback, PruningCallbackCore):
     """Prune the LightningModule on a schedule (see the module docstring).
 
     Parameters
@@ -66,13 +68,7 @@ class SpectralPruningCallback(pl.Callback):
     """
 
     def __init__(self, *, interval: str = "epoch", progress: bool = False, **pruner_options: Any):
-        self.interval = step_index(interval, "SpectralPruningCallback")
-        self.progress = bool(progress)
-        self.options = dict(pruner_options)
-        make_pruner(nn.Linear(1, 1), self.options, "SpectralPruningCallback")  # check early
-        self.pruner: SpectralPruner | None = None
-        self.reports: list[PruneReport] = []
-        self.seconds: list[float] = []
+        PruningCallbackCore.__init__(self, interval, progress, pruner_options)
         self._pending: dict[str, Any] | None = None
         self._hook: Any = None
 
@@ -111,12 +107,7 @@ class SpectralPruningCallback(pl.Callback):
             self._hook = None
 
     def _prune(self, trainer: pl.Trainer, index: int) -> None:
-        assert self.pruner is not None
-        start = time.perf_counter()
-        report = self.pruner.step(index, optimizer=list(trainer.optimizers), progress=self.progress)
-        if report.changed:
-            self.reports.append(report)
-            self.seconds.append(time.perf_counter() - start)
+        self.timed_step(index, list(trainer.optimizers))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Prune after ``current_epoch`` completed epochs."""

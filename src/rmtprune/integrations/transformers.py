@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import weakref
 from typing import Any
 
@@ -42,14 +41,12 @@ from transformers import TrainerCallback
 
 from rmtprune.integrations._common import (
     RECORD_VERSION,
+    PruningCallbackCore,
     apply_record,
     make_pruner,
     make_record,
-    step_index,
 )
 from rmtprune.io import describe_structure
-from rmtprune.pruning.pruner import SpectralPruner
-from rmtprune.pruning.report import PruneReport
 
 __all__ = ["RECORD_FILE", "SpectralPruningCallback", "restore_structure"]
 
@@ -100,7 +97,7 @@ def restore_structure(model: nn.Module, checkpoint_dir: str | os.PathLike[str]) 
     return model
 
 
-class SpectralPruningCallback(TrainerCallback):
+class SpectralPruningCallback(TrainerCallback, PruningCallbackCore):
     """Prune the Trainer's model on a schedule (see the module docstring).
 
     Parameters
@@ -124,13 +121,7 @@ class SpectralPruningCallback(TrainerCallback):
     """
 
     def __init__(self, *, interval: str = "step", progress: bool = False, **pruner_options: Any):
-        self.interval = step_index(interval, "SpectralPruningCallback")
-        self.progress = bool(progress)
-        self.options = dict(pruner_options)
-        make_pruner(nn.Linear(1, 1), self.options, "SpectralPruningCallback")  # check early
-        self.pruner: SpectralPruner | None = None
-        self.reports: list[PruneReport] = []
-        self.seconds: list[float] = []
+        PruningCallbackCore.__init__(self, interval, progress, pruner_options)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         """Create the pruner; on a resumed run, continue from the restored record."""
@@ -157,12 +148,7 @@ class SpectralPruningCallback(TrainerCallback):
             self.pruner.load_state_dict(record["pruner"])
 
     def _prune(self, index: int, kw: dict[str, Any]) -> None:
-        assert self.pruner is not None
-        start = time.perf_counter()
-        report = self.pruner.step(index, optimizer=kw["optimizer"], progress=self.progress)
-        if report.changed:
-            self.reports.append(report)
-            self.seconds.append(time.perf_counter() - start)
+        self.timed_step(index, kw["optimizer"])
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         """Prune after ``state.global_step`` optimizer steps."""
