@@ -78,20 +78,12 @@ class _DenseAdapter(LayerAdapter):
             weight_of(module).copy_(self._cast_weight(module, (U * s[None, :]) @ Vh))
 
 
-class LinearAdapter(_DenseAdapter):
-    """``nn.Linear``: the weight is already the ``m × n`` matrix."""
-
-    def unsupported_reason(self, module: nn.Module) -> str | None:
-        """Refuse lazy modules and weights that are not 2-D."""
-        reason = super().unsupported_reason(module)
-        if reason is None and weight_of(module).ndim != 2:
-            reason = f"weight is not 2-D (shape {tuple(weight_of(module).shape)})"
-        if reason is None and isinstance(module, _MHA_PROJECTION):
-            reason = "projection of nn.MultiheadAttention, which reads its weight directly"
-        return reason
+class _MatrixWeightAdapter(_DenseAdapter):
+    """Layers whose 2-D ``weight`` is the matrix itself (``Linear``: ``out × in``;
+    ``Embedding``: ``num_embeddings × embedding_dim``)."""
 
     def matrix_shape(self, module: nn.Module) -> tuple[int, int]:
-        """``(out_features, in_features)``."""
+        """The weight's ``(rows, columns)``."""
         m, n = weight_of(module).shape
         return int(m), int(n)
 
@@ -102,6 +94,19 @@ class LinearAdapter(_DenseAdapter):
     def matrix_to_weight(self, module: nn.Module, matrix: torch.Tensor) -> torch.Tensor:
         """The matrix itself."""
         return matrix
+
+
+class LinearAdapter(_MatrixWeightAdapter):
+    """``nn.Linear``: the weight is already the ``m × n`` matrix."""
+
+    def unsupported_reason(self, module: nn.Module) -> str | None:
+        """Refuse lazy modules and weights that are not 2-D."""
+        reason = super().unsupported_reason(module)
+        if reason is None and weight_of(module).ndim != 2:
+            reason = f"weight is not 2-D (shape {tuple(weight_of(module).shape)})"
+        if reason is None and isinstance(module, _MHA_PROJECTION):
+            reason = "projection of nn.MultiheadAttention, which reads its weight directly"
+        return reason
 
     def build_split(
         self, module: nn.Module, first: torch.Tensor, second: torch.Tensor
@@ -175,7 +180,7 @@ class Conv2dAdapter(_DenseAdapter):
         return LowRankConv2d.from_factors(*args, like=as_kind(module, nn.Conv2d))
 
 
-class EmbeddingAdapter(_DenseAdapter):
+class EmbeddingAdapter(_MatrixWeightAdapter):
     """``nn.Embedding``: the matrix is the table, ``m = num_embeddings`` by ``n = embedding_dim``.
 
     The split is a :class:`LowRankEmbedding` (an ``Embedding(vocab, r)`` followed by a
@@ -198,19 +203,6 @@ class EmbeddingAdapter(_DenseAdapter):
         if reason is None and type(module).forward is not nn.Embedding.forward:
             reason = f"{type(module).__name__} overrides nn.Embedding.forward"
         return reason
-
-    def matrix_shape(self, module: nn.Module) -> tuple[int, int]:
-        """``(num_embeddings, embedding_dim)``."""
-        m, n = weight_of(module).shape
-        return int(m), int(n)
-
-    def weight_matrix(self, module: nn.Module) -> torch.Tensor:
-        """The table, detached."""
-        return weight_of(module).detach()
-
-    def matrix_to_weight(self, module: nn.Module, matrix: torch.Tensor) -> torch.Tensor:
-        """The matrix itself."""
-        return matrix
 
     def build_split(
         self, module: nn.Module, first: torch.Tensor, second: torch.Tensor
