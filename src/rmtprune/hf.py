@@ -22,7 +22,9 @@ rebuilds the factorized layers at the recorded ranks, then loads the weights: ou
 bit-for-bit those of the saved model.  It also reads a directory written by Hugging Face's
 own ``pruned.save_pretrained(directory)`` (``model.safetensors``, possibly sharded, with
 factorized keys and no ``"rmtprune"`` entry): the structure is then inferred from the tensor
-names and shapes.
+names and shapes.  Such a directory carries the marker of
+:mod:`rmtprune.factorize.hf_guard` in its ``config.json``, so that a plain Hugging Face
+``from_pretrained`` of it raises instead of re-initialising the factorized layers.
 
 Example
 -------
@@ -58,6 +60,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rmtprune.factorize.hf_guard import unmark
 from rmtprune.factorize.lowrank import LowRankModule
 from rmtprune.factorize.registry import get_adapter, set_submodule
 from rmtprune.io import FORMAT_VERSION, describe_structure, load, save
@@ -176,6 +179,7 @@ def _build(model_class: Any, directory: str) -> tuple[nn.Module, dict[str, Any] 
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(directory)
+    unmark(config)
     entry = getattr(config, CONFIG_KEY, None)
     if entry is not None:
         delattr(config, CONFIG_KEY)  # a later save must not carry a stale structure

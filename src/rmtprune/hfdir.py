@@ -18,6 +18,7 @@ A pruned model is written with :func:`rmtprune.hf.save_pretrained`.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from rmtprune.checkpoint import open_checkpoint
+from rmtprune.factorize.hf_guard import QUANTIZATION_KEY, is_marker, unmark
 
 __all__ = [
     "build_architecture",
@@ -56,6 +58,7 @@ def _config_and_class(directory: str) -> tuple[Any, Any]:
 
     try:
         config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
+        unmark(config)
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(
             f"{directory}/config.json cannot be read by transformers (pass --no-model to "
@@ -72,6 +75,13 @@ def _config_and_class(directory: str) -> tuple[Any, Any]:
             "tensors without it"
         )
     return config, cls
+
+
+def _marked(directory: str) -> bool:
+    """Whether ``config.json`` carries the marker of a factorized Hugging Face save."""
+    with open(os.path.join(directory, "config.json"), encoding="utf-8") as handle:
+        document = json.load(handle)
+    return isinstance(document, dict) and is_marker(document.get(QUANTIZATION_KEY))
 
 
 def _storage_dtype(config: Any) -> torch.dtype | None:
@@ -109,7 +119,7 @@ def load_model_directory(directory: PathLike) -> nn.Module:
     directory = os.fspath(directory)
     checkpoint = open_checkpoint(directory)
     _, cls = _config_and_class(directory)
-    if "rmtprune" in checkpoint.metadata:
+    if "rmtprune" in checkpoint.metadata or _marked(directory):
         from rmtprune.hf import from_pretrained
 
         return from_pretrained(cls, directory)

@@ -88,6 +88,54 @@ def test_hugging_face_own_save_of_a_pruned_model_loads_with_rmtprune(tmp_path: P
     _same(gpt2, loaded, "gpt2")
 
 
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama"])
+def test_plain_loading_of_hugging_face_own_save_fails_instead_of_reinitialising(
+    tmp_path: Path, name: str
+) -> None:
+    """HF's own save of a pruned model is marked, so transformers refuses it loudly."""
+    pruned = _pruned(name)
+    pruned.save_pretrained(tmp_path, max_shard_size="20KB")  # sharded, as big models are
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert "rmtprune.from_pretrained" in config["quantization_config"]["rmtprune"]
+    cls = type(pruned).__name__
+    for loader in (getattr(transformers, cls), transformers.AutoModel):
+        with pytest.raises(ValueError, match="quant"):
+            loader.from_pretrained(tmp_path)
+    loaded = rmtprune.from_pretrained(getattr(transformers, cls), tmp_path)
+    _same(pruned, loaded, name)
+    assert not hasattr(loaded.config, "quantization_config")
+    loaded.save_pretrained(tmp_path / "again")  # the loaded model is guarded as well
+    assert "quantization_config" in json.loads((tmp_path / "again" / "config.json").read_text())
+
+
+def test_guard_survives_copies_and_leaves_dense_saves_alone(tmp_path: Path) -> None:
+    import copy
+    import pickle
+
+    build, _ = MODELS["bert"]
+    torch.manual_seed(0)
+    dense = build().eval()
+    dense.save_pretrained(tmp_path / "dense")  # never factorized: HF's file, unmarked
+    assert "quantization_config" not in json.loads((tmp_path / "dense/config.json").read_text())
+    pruned = _pruned("bert")
+    for clone in (copy.deepcopy(pruned), pickle.loads(pickle.dumps(pruned))):
+        clone.save_pretrained(tmp_path / "clone")
+        with pytest.raises(ValueError, match="quant"):
+            transformers.BertModel.from_pretrained(tmp_path / "clone")
+        loaded = rmtprune.from_pretrained(transformers.BertModel, tmp_path / "clone")
+        _same(pruned, loaded, "bert")
+    # a guarded model with every factorized layer made dense again saves unmarked
+    again = copy.deepcopy(pruned)
+    for name, module in list(again.named_modules()):
+        if isinstance(module, rmtprune.factorize.LowRankModule):
+            dense_layer = nn.Linear(module.in_features, module.out_features)
+            rmtprune.factorize.set_submodule(again, name, dense_layer)
+    again.save_pretrained(tmp_path / "undone")
+    assert "quantization_config" not in json.loads((tmp_path / "undone/config.json").read_text())
+    transformers.BertModel.from_pretrained(tmp_path / "undone")
+
+
 def test_existing_weights_are_not_overwritten_silently(tmp_path: Path) -> None:
     build, _ = MODELS["bert"]
     build().save_pretrained(tmp_path)  # a dense checkpoint a plain loader would pick up

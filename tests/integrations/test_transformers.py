@@ -94,6 +94,8 @@ def test_stopped_after_a_pruning_step_and_resumed_equals_the_uninterrupted_run(
     first.train()
     checkpoint = tmp_path / "b" / "checkpoint-4"
     assert (checkpoint / "rmtprune.json").is_file()
+    with pytest.raises(ValueError, match="quant"):  # a plain load must not re-initialise
+        type(reference).from_pretrained(checkpoint)
 
     fresh = restore_structure(_model(), checkpoint)
     cb2 = _callback()

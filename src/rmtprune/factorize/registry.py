@@ -37,7 +37,8 @@ from rmtprune.factorize.dense_adapters import (
     LinearAdapter,
     TransposedLinearAdapter,
 )
-from rmtprune.factorize.lowrank import LowRankConv2d, LowRankLinear
+from rmtprune.factorize.hf_guard import guard_hf_save
+from rmtprune.factorize.lowrank import LowRankConv2d, LowRankLinear, LowRankModule
 from rmtprune.factorize.lowrank_adapters import (
     LowRankConv2dAdapter,
     LowRankEmbeddingAdapter,
@@ -152,7 +153,9 @@ def set_submodule(model: nn.Module, qualified_name: str, new_module: nn.Module) 
     """Replace the submodule at the dotted ``qualified_name`` by ``new_module``; return the old.
 
     A module reached by several names (e.g. a T5 embedding shared by ``shared`` and
-    ``encoder.embed_tokens``) is replaced under every name, so the sharing is kept.
+    ``encoder.embed_tokens``) is replaced under every name, so the sharing is kept.  When
+    ``new_module`` is factorized, every Hugging Face model in ``model`` gets a
+    ``save_pretrained`` that marks its checkpoint (:mod:`rmtprune.factorize.hf_guard`).
 
     Examples
     --------
@@ -188,6 +191,8 @@ def set_submodule(model: nn.Module, qualified_name: str, new_module: nn.Module) 
         for key, value in list(holder._modules.items()):
             if value is old:  # the same module reached by another name stays shared
                 setattr(holder, key, new_module)
+    if isinstance(new_module, LowRankModule):
+        guard_hf_save(model)  # HF's own save must not write a checkpoint that loads wrongly
     return old
 
 

@@ -1,0 +1,141 @@
+"""Keep Hugging Face's own ``save_pretrained`` from writing a checkpoint that loads wrongly.
+
+A Hugging Face model whose layers rmtprune factorized saves, through its own
+``model.save_pretrained(directory)`` (also called by the ``Trainer`` and ``push_to_hub``), a
+``model.safetensors`` with ``…first.weight``/``…second.weight`` keys.  A plain
+``ModelClass.from_pretrained(directory)`` would build the dense model, find those keys
+unexpected and the dense ``…weight`` missing, re-initialise the pruned layers at random and
+only log a table: a model that silently computes something else.
+
+:func:`guard_hf_save` closes that door at the one place every factorization goes through
+(:func:`rmtprune.factorize.set_submodule`): each Hugging Face model in the tree gets an
+instance-level ``save_pretrained`` (:class:`MarkingSave`) that runs Hugging Face's own
+method unchanged (same files, sharding, ``state_dict=``/``is_main_process=`` arguments, so
+``Trainer`` checkpoints resume as before) and then, if the model holds factorized layers,
+marks ``config.json`` with :data:`MARKER`.  The marker has the shape of a quantization
+config without a ``quant_method``, which ``transformers``' ``from_pretrained`` refuses with a
+``ValueError`` instead of loading.  :func:`rmtprune.from_pretrained` recognises the marker,
+removes it and loads the directory exactly.
+
+A model whose factorized layers all went away again (or never came) saves unmarked: the
+check happens at save time.  Only models inside the tree rmtprune was given are guarded: a
+Hugging Face model that *contains* the pruned one (``prune(model.bert)`` then
+``model.save_pretrained``) is not, so prune the outer model.
+
+``transformers`` is never imported here: a model is recognised by its class hierarchy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import types
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from rmtprune.factorize.lowrank import LowRankModule
+
+__all__ = [
+    "MARKER",
+    "QUANTIZATION_KEY",
+    "MarkingSave",
+    "guard_hf_save",
+    "is_hf_model",
+    "is_marker",
+    "unmark",
+]
+
+QUANTIZATION_KEY = "quantization_config"
+"""The ``config.json`` entry that carries :data:`MARKER`."""
+MARKER: Mapping[str, str] = types.MappingProxyType(
+    {
+        "rmtprune": (
+            "This checkpoint holds layers factorized by rmtprune (…first.weight/…second.weight); "
+            "transformers' from_pretrained would re-initialise them at random. Load it with "
+            "rmtprune.from_pretrained(ModelClass, directory)."
+        )
+    }
+)
+"""The ``quantization_config`` written into ``config.json`` of a factorized model."""
+
+
+def is_hf_model(module: object) -> bool:
+    """Whether ``module`` is a ``transformers`` ``PreTrainedModel`` (no import of transformers)."""
+    return isinstance(module, nn.Module) and any(
+        cls.__name__ == "PreTrainedModel" and cls.__module__.startswith("transformers")
+        for cls in type(module).__mro__
+    )
+
+
+def is_marker(entry: object) -> bool:
+    """Whether a ``quantization_config`` value (dict or config object) is :data:`MARKER`."""
+    if not isinstance(entry, Mapping):
+        entry = getattr(entry, "__dict__", None)
+    return isinstance(entry, Mapping) and "rmtprune" in entry and "quant_method" not in entry
+
+
+def unmark(config: Any) -> bool:
+    """Remove :data:`MARKER` from a loaded Hugging Face config object; whether it was there."""
+    if not is_marker(getattr(config, QUANTIZATION_KEY, None)):
+        return False
+    delattr(config, QUANTIZATION_KEY)
+    return True
+
+
+def _mark(directory: str) -> None:
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"save_pretrained wrote no {path}; the factorized layers cannot be marked, so a "
+            "plain from_pretrained of this directory would re-initialise them. Save with "
+            "rmtprune.save_pretrained(model, directory) instead."
+        )
+    with open(path, encoding="utf-8") as handle:
+        document = json.load(handle)
+    document[QUANTIZATION_KEY] = dict(MARKER)
+    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class MarkingSave:
+    """The ``save_pretrained`` of a guarded model: Hugging Face's own, then the marker.
+
+    A plain object rather than a bound method so that a deep copy rebinds it to the copy and
+    a pickled model keeps it.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run Hugging Face's ``save_pretrained``; mark the directory if layers are factorized."""
+        model = self.model
+        result = type(model).save_pretrained(model, save_directory, *args, **kwargs)  # type: ignore[attr-defined]
+        factorized = any(isinstance(m, LowRankModule) for m in model.modules())
+        if factorized and kwargs.get("is_main_process", True):
+            _mark(os.fspath(save_directory))
+        return result
+
+
+def guard_hf_save(model: nn.Module) -> None:
+    """Give every Hugging Face model in ``model``'s tree the marking ``save_pretrained``.
+
+    Idempotent; a no-op for models without ``transformers`` classes.
+    """
+    for module in model.modules():
+        current = module.__dict__.get("save_pretrained")
+        guarded = isinstance(current, MarkingSave) and current.model is module
+        if is_hf_model(module) and not guarded:
+            module.__dict__["save_pretrained"] = MarkingSave(module)
