@@ -198,3 +198,15 @@ def test_streaming_reader_holds_one_layer_at_a_time(
     for row in expected.fitted:
         assert rows[row.name]["sigma2"] == row.sigma2
         assert rows[row.name]["n_spikes"] == row.n_spikes
+
+
+def test_analyze_of_hugging_face_own_save_of_a_pruned_model_sees_the_factorized_layers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pruned, _ = rmtprune.prune(_bert(), min_rank=6)
+    pruned.save_pretrained(tmp_path / "own")  # HF's own save: marked, factorized keys
+    want = json.loads(rmtprune.analyze(pruned).to_json())
+    got = _json_report(capsys, ["analyze", str(tmp_path / "own")])
+    assert got == want
+    types = {row["name"]: row["layer_type"] for row in got["layers"]}  # type: ignore[index]
+    assert types["encoder.layer.0.attention.self.query"] == "LowRankLinear"

@@ -56,6 +56,7 @@ from rmtprune.factorize.registry import get_adapter
 from rmtprune.hf import save_pretrained
 from rmtprune.hfdir import (
     build_architecture,
+    is_marked_directory,
     is_model_directory,
     load_model_directory,
     transformers_available,
@@ -276,7 +277,7 @@ def analyze_source(
     if streamable:
         checkpoint = open_checkpoint(path)
         check_module_names(checkpoint.path, checkpoint.names(), "tensor name")
-        if "rmtprune" not in checkpoint.metadata:
+        if "rmtprune" not in checkpoint.metadata and not is_marked_directory(path):
             architecture = build_architecture(path) if _model_route(path, model, no_model) else None
             return analyze_checkpoint(
                 checkpoint,

@@ -30,6 +30,7 @@ from rmtprune.factorize.hf_guard import QUANTIZATION_KEY, is_marker, unmark
 
 __all__ = [
     "build_architecture",
+    "is_marked_directory",
     "is_model_directory",
     "load_model_directory",
     "transformers_available",
@@ -77,9 +78,13 @@ def _config_and_class(directory: str) -> tuple[Any, Any]:
     return config, cls
 
 
-def _marked(directory: str) -> bool:
-    """Whether ``config.json`` carries the marker of a factorized Hugging Face save."""
-    with open(os.path.join(directory, "config.json"), encoding="utf-8") as handle:
+def is_marked_directory(path: PathLike) -> bool:
+    """Whether ``path`` is a model directory saved by Hugging Face's own ``save_pretrained`` of a
+    model with factorized layers (its ``config.json`` carries the marker of
+    :mod:`rmtprune.factorize.hf_guard`)."""
+    if not is_model_directory(path):
+        return False
+    with open(os.path.join(os.fspath(path), "config.json"), encoding="utf-8") as handle:
         document = json.load(handle)
     return isinstance(document, dict) and is_marker(document.get(QUANTIZATION_KEY))
 
@@ -119,7 +124,7 @@ def load_model_directory(directory: PathLike) -> nn.Module:
     directory = os.fspath(directory)
     checkpoint = open_checkpoint(directory)
     _, cls = _config_and_class(directory)
-    if "rmtprune" in checkpoint.metadata or _marked(directory):
+    if "rmtprune" in checkpoint.metadata or is_marked_directory(directory):
         from rmtprune.hf import from_pretrained
 
         return from_pretrained(cls, directory)
