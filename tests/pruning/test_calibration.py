@@ -17,6 +17,7 @@ from rmtprune.pruning.calibrated_prune import calibrated_prune
 from rmtprune.pruning.calibration import Calibrated
 from rmtprune.pruning.criteria import ModelCriterion, RankDecision
 from rmtprune.pruning.layers import candidate_layers
+from rmtprune.pruning.outputs import OutputProbe
 from rmtprune.pruning.rank_search import first_passing, hull_moves, lower_hull
 from rmtprune.pruning.whitening import LayerFactors, factorize_at, input_grams
 
@@ -55,7 +56,8 @@ def _batches(n_batches: int, size: int, dim: int, seed: int) -> list[torch.Tenso
 
 
 def _change(original: nn.Module, pruned: nn.Module, batches: list, key=None) -> float:
-    """Independent relative change of the output over ``batches`` (float64)."""
+    """Independent relative change of the output over ``batches`` (float64; the padded tokens
+    of a batch with an attention mask are left out)."""
     num = den = 0.0
     with torch.no_grad():
         for b in batches:
@@ -63,8 +65,12 @@ def _change(original: nn.Module, pruned: nn.Module, batches: list, key=None) -> 
             h = pruned(**b) if isinstance(b, dict) else pruned(b)
             if key is not None:
                 f, h = f[key], h[key]
-            num += float((h.double() - f.double()).square().sum())
-            den += float(f.double().square().sum())
+            mask = b.get("attention_mask") if isinstance(b, dict) else None
+            f, h = f.double(), h.double()
+            if mask is not None:
+                f, h = f[mask.bool()], h[mask.bool()]  # (tokens, d): real tokens only
+            num += float((h - f).square().sum())
+            den += float(f.square().sum())
     return math.sqrt(num / den)
 
 
@@ -255,6 +261,32 @@ def test_dict_inputs_and_a_layer_outside_the_first_output() -> None:
 
 
 @pytest.mark.slow
+class _Tokens(nn.Module):
+    """Returns its token states; ``noise`` adds a change on every position (padding too)."""
+
+    def __init__(self, noise: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.noise = noise
+
+    def forward(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return states if self.noise is None else states + self.noise
+
+
+def test_output_change_leaves_padded_positions_out() -> None:
+    torch.manual_seed(0)
+    states = torch.randn(3, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    noise = torch.randn(3, 5, 4)
+    probe = OutputProbe(_Tokens(), [{"states": states, "attention_mask": mask}])
+    real = mask.bool()
+    want = float(noise.double()[real].norm() / states.double()[real].norm())  # real tokens only
+    assert probe.change(_Tokens(noise)) == pytest.approx(want, rel=1e-6)  # float32 model
+    assert probe.change(_Tokens(noise * (1 - mask[..., None]))) == 0.0  # only padding moved
+    whole = OutputProbe(_Tokens(), [{"states": states, "attention_mask": torch.ones(3, 5)}])
+    want = float(noise.double().norm() / states.double().norm())
+    assert whole.change(_Tokens(noise)) == pytest.approx(want, rel=1e-6)
+
+
 def test_hugging_face_bert_from_a_tiny_config() -> None:
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(

@@ -10,6 +10,10 @@ original ``f`` over a list of batches is the Frobenius ratio over all of them::
     change = sqrt(Σ_b ‖f'(x_b) − f(x_b)‖²) / sqrt(Σ_b ‖f(x_b)‖²)
 
 which for a linear model ``y = W x`` and inputs ``X`` is ``‖(W' − W) X‖_F / ‖W X‖_F``.
+Padding does not count: when a mapping batch holds an ``attention_mask`` of shape ``(B, T)``
+and the output's first two dimensions are ``(B, T)`` (a ``last_hidden_state``, token logits),
+the positions where the mask is 0 are left out of both sums (:func:`position_mask`).  An
+output without that layout (sentence logits ``(B, C)``) is compared whole.
 
 Example
 -------
@@ -32,7 +36,14 @@ from torch import nn
 
 from rmtprune._validation import check_real
 
-__all__ = ["OutputProbe", "as_batches", "call_model", "first_tensor", "split_batches"]
+__all__ = [
+    "OutputProbe",
+    "as_batches",
+    "call_model",
+    "first_tensor",
+    "position_mask",
+    "split_batches",
+]
 
 
 def first_tensor(output: Any) -> torch.Tensor:
@@ -116,6 +127,28 @@ def split_batches(
     return fit, held
 
 
+def position_mask(batch: Any, output: torch.Tensor) -> torch.Tensor | None:
+    """The weights (1 = real token, 0 = padding) of ``output``'s positions, or None.
+
+    Only for a mapping batch with a 2-D ``attention_mask`` equal in shape to the first two
+    dimensions of ``output``; shaped to broadcast against ``output``.
+
+    >>> mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    >>> batch = {"input_ids": torch.zeros(2, 3), "attention_mask": mask}
+    >>> position_mask(batch, torch.zeros(2, 3, 4)).shape
+    torch.Size([2, 3, 1])
+    >>> position_mask(batch, torch.zeros(2, 5)) is None
+    True
+    """
+    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or output.dim() < 2:
+        return None
+    if tuple(output.shape[:2]) != tuple(mask.shape):
+        return None
+    weights = (mask != 0).to(torch.float64)
+    return weights.reshape(*mask.shape, *([1] * (output.dim() - 2)))
+
+
 class OutputProbe:
     """Reference outputs of a model on fixed batches, to measure how much a change moves them.
 
@@ -132,7 +165,11 @@ class OutputProbe:
 
     def __init__(self, model: nn.Module, batches: Sequence[Any]) -> None:
         self.batches = list(batches)
-        self.reference = [out.detach().to(torch.float64) for out in self.outputs(model)]
+        outputs = [out.detach().to(torch.float64) for out in self.outputs(model)]
+        self.masks = [position_mask(b, out) for b, out in zip(self.batches, outputs, strict=True)]
+        self.reference = [
+            out if m is None else out * m for out, m in zip(outputs, self.masks, strict=True)
+        ]
         self.norm = math.sqrt(sum(float(r.square().sum()) for r in self.reference))
 
     def outputs(self, model: nn.Module) -> list[torch.Tensor]:
@@ -146,15 +183,17 @@ class OutputProbe:
             model.train(was_training)
 
     def change(self, model: nn.Module) -> float:
-        """Relative output change ``‖f'(X) − f(X)‖_F / ‖f(X)‖_F`` of ``model`` on the batches."""
+        """Relative output change ``‖f'(X) − f(X)‖_F / ‖f(X)‖_F`` of ``model`` on the batches
+        (padded positions left out, see the module docstring)."""
         total = 0.0
-        for out, ref in zip(self.outputs(model), self.reference, strict=True):
+        for out, ref, mask in zip(self.outputs(model), self.reference, self.masks, strict=True):
             if out.shape != ref.shape:
                 raise ValueError(
                     f"The changed model's output has shape {tuple(out.shape)}; the reference "
                     f"output has shape {tuple(ref.shape)}."
                 )
-            total += float((out.to(torch.float64) - ref).square().sum())
+            out = out.to(torch.float64) if mask is None else out.to(torch.float64) * mask
+            total += float((out - ref).square().sum())
         if self.norm == 0.0:
             return 0.0 if total == 0.0 else math.inf
         return math.sqrt(total) / self.norm
