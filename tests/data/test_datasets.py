@@ -228,6 +228,7 @@ def test_missing_files_say_where_to_put_them(tmp_path: Path) -> None:
         assert str(path) in message
     assert f"{tmp_path / 'MNIST/raw/train-images-idx3-ubyte.gz'}   (missing)" in message
     assert "RMTPRUNE_DATA" in message and "--data-dir" in message and "download=True" in message
+    assert "--download" in message
     with pytest.raises(ValueError, match="'name'"):
         load_dataset("svhn", "train", data_dir=tmp_path)
     with pytest.raises(ValueError, match="'split'"):

@@ -203,7 +203,8 @@ def missing_files_message(name: str, data_dir: PathArg = None, reason: str | Non
     lines.append(
         "Put the files there, or point the environment variable "
         f"{DATA_ENV} (CLI: --data-dir) at a folder with this layout, "
-        "or pass download=True to fetch them from the official sources."
+        "or let rmtprune fetch them from the official sources (SHA-256 verified): "
+        "download=True in Python, --download on the command line."
     )
     return "\n".join(lines)
 
