@@ -208,7 +208,8 @@ def test_outputs_and_verdicts(smoke: tuple[theory.TheoryResult, Path]) -> None:
     text = (out / "report_section.md").read_text()
     lines = [line for line in text.splitlines() if line.startswith("- **Verdict")]
     assert len(lines) == len(result.verdicts) == 8
-    assert all(v.label in line for v, line in zip(result.verdicts, lines, strict=True))
+    assert all(f": {v.verdict}.**" in line for v, line in zip(result.verdicts, lines, strict=True))
+    assert len({v.key for v in result.verdicts}) == 8
     assert all(v.holds is not None for v in result.verdicts)
 
 

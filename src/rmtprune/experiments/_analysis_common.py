@@ -2,7 +2,7 @@
 
 Argument checks for the common ``run`` signature, JSON/CSV writers that produce strict
 JSON (non-finite floats become ``null``), least-squares slopes on log-log axes, a paired
-comparison over seeds, Markdown tables and verdict lines, matplotlib figures drawn
+comparison over seeds, Markdown tables, matplotlib figures drawn
 without ``pyplot`` (the Agg canvas, no global state), and model helpers: a dense copy of a
 pruned network and the data loader.
 
@@ -44,7 +44,6 @@ __all__ = [
     "PRESETS",
     "PairedComparison",
     "Slope",
-    "Verdict",
     "check_preset",
     "check_seeds",
     "dense_copy",
@@ -211,31 +210,6 @@ def mean_std(values: ArrayLike) -> tuple[float, float]:
     if arr.size == 0:
         return math.nan, math.nan
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One claim checked by an experiment: what was claimed, whether it held, the numbers.
-
-    ``holds`` is ``True``, ``False`` or ``None`` (inconclusive).
-    """
-
-    claim: str
-    holds: bool | None
-    evidence: str
-
-    @property
-    def label(self) -> str:
-        """``HOLDS``, ``DOES NOT HOLD`` or ``INCONCLUSIVE``."""
-        return {True: "HOLDS", False: "DOES NOT HOLD", None: "INCONCLUSIVE"}[self.holds]
-
-    def line(self) -> str:
-        """The Markdown verdict line written into ``report_section.md``."""
-        return f"- **Verdict — {self.claim}: {self.label}.** {self.evidence}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain ``dict`` of the fields and the label."""
-        return {**asdict(self), "label": self.label}
 
 
 def new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 3.8)) -> Figure:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rmtprune.experiments import _analysis_common as common
+from rmtprune.experiments.results import ClaimVerdict
 
 if TYPE_CHECKING:
     from rmtprune.experiments.landscape import LandscapeConfig
@@ -118,7 +119,7 @@ class LandscapeResult:
     surfaces: tuple[SurfaceRecord, ...]
     summary: Mapping[str, Mapping[str, float]]
     accuracy: common.PairedComparison
-    verdicts: tuple[common.Verdict, ...]
+    verdicts: tuple[ClaimVerdict, ...]
     files: tuple[str, ...]
     wall_time: float
 
@@ -164,7 +165,7 @@ def summarize(
     return out
 
 
-def make_verdicts(summary: Mapping[str, Mapping[str, float]], n_seeds: int) -> list[common.Verdict]:
+def make_verdicts(summary: Mapping[str, Mapping[str, float]], n_seeds: int) -> list[ClaimVerdict]:
     """Spread, barrier and basin verdicts, and the overall "simpler landscape" verdict."""
     n, p = summary["normal"], summary["pruned"]
 
@@ -173,7 +174,8 @@ def make_verdicts(summary: Mapping[str, Mapping[str, float]], n_seeds: int) -> l
 
     spread = [lower("test_accuracy_std"), lower("test_loss_std")]
     checks = [
-        common.Verdict(
+        ClaimVerdict.from_holds(
+            "spread",
             "pruning lowers the seed-to-seed variance",
             spread[0] if spread[0] == spread[1] else None,
             f"Std of test accuracy over {n_seeds} seeds: normal {n['test_accuracy_std']:.4f}, "
@@ -182,14 +184,16 @@ def make_verdicts(summary: Mapping[str, Mapping[str, float]], n_seeds: int) -> l
             f"{p['test_loss_std']:.4f}. Few seeds: a standard deviation from {n_seeds} values "
             "is itself uncertain by about 1/sqrt(2(n−1)) relative.",
         ),
-        common.Verdict(
+        ClaimVerdict.from_holds(
+            "barrier",
             "pruning lowers the loss barrier between seeds",
             lower("barrier"),
             f"Mean barrier above the chord: normal {n['barrier']:.4f}, pruned "
             f"{p['barrier']:.4f}; above the higher endpoint: {n['barrier_max']:.4f} / "
             f"{p['barrier_max']:.4f}.",
         ),
-        common.Verdict(
+        ClaimVerdict.from_holds(
+            "basins",
             "pruning gives flatter, more convex basins",
             lower("sharpness")
             if lower("sharpness") == (p["convexity"] >= n["convexity"])
@@ -202,7 +206,8 @@ def make_verdicts(summary: Mapping[str, Mapping[str, float]], n_seeds: int) -> l
     simpler = sum(v.holds is True for v in checks)
     worse = sum(v.holds is False for v in checks)
     checks.append(
-        common.Verdict(
+        ClaimVerdict.from_holds(
+            "simpler",
             "the pruned networks' landscape is simpler by these measures",
             True if simpler >= 2 else False if worse >= 2 else None,
             f"{simpler} of the 3 measures favour the pruned networks, {worse} the normal ones "
@@ -266,7 +271,7 @@ def _report_section(
     config: LandscapeConfig,
     summary: Mapping[str, Mapping[str, float]],
     accuracy: common.PairedComparison,
-    verdicts: Sequence[common.Verdict],
+    verdicts: Sequence[ClaimVerdict],
     figures: Sequence[str],
 ) -> str:
     """The Markdown text of ``report_section.md``."""
@@ -321,7 +326,7 @@ def write_outputs(
     surfaces: Sequence[SurfaceRecord],
     summary: Mapping[str, Mapping[str, float]],
     accuracy: common.PairedComparison,
-    verdicts: Sequence[common.Verdict],
+    verdicts: Sequence[ClaimVerdict],
 ) -> tuple[str, ...]:
     """Write the CSV tables, the figures and ``report_section.md``.
 

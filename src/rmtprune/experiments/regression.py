@@ -35,6 +35,7 @@ import torch
 
 from rmtprune._validation import check_int, check_real, param_error
 from rmtprune.experiments import _analysis_common as common
+from rmtprune.experiments.results import ClaimVerdict
 from rmtprune.models import FullyConnected, initialize
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.schedules import Linear
@@ -232,7 +233,7 @@ class RegressionResult:
     test: common.PairedComparison
     train: common.PairedComparison
     target_variance: float
-    verdicts: tuple[common.Verdict, ...]
+    verdicts: tuple[ClaimVerdict, ...]
     files: tuple[str, ...]
     wall_time: float
 
@@ -261,7 +262,7 @@ class RegressionResult:
         }
 
 
-def _verdicts(result_parts: dict[str, Any]) -> list[common.Verdict]:
+def _verdicts(result_parts: dict[str, Any]) -> list[ClaimVerdict]:
     test: common.PairedComparison = result_parts["test"]
     params: dict[str, float] = result_parts["params"]
     variance = result_parts["target_variance"]
@@ -272,7 +273,8 @@ def _verdicts(result_parts: dict[str, Any]) -> list[common.Verdict]:
         helps = test.mean < 0
     reduction = 1 - params["pruned"] / params["normal"]
     return [
-        common.Verdict(
+        ClaimVerdict.from_holds(
+            "helps",
             "pruning helps the regression (final test MSE against the clean function)",
             helps,
             f"Test MSE normal {test.mean_b:.4g}, pruned {test.mean_a:.4g}; paired difference "
@@ -280,7 +282,8 @@ def _verdicts(result_parts: dict[str, Any]) -> list[common.Verdict]:
             f"{test.n} seeds, pruned lower on {test.losses}/{test.n}, paired t-test p = "
             f"{p:.3g} (inconclusive unless p < 0.05). A constant predictor scores {variance:.4g}.",
         ),
-        common.Verdict(
+        ClaimVerdict.from_holds(
+            "removes-parameters",
             "pruning removes parameters",
             reduction > 0,
             f"Final parameters: normal {params['normal']:.0f}, pruned {params['pruned']:.0f} "
@@ -380,7 +383,7 @@ def _section(
     runs: Sequence[RunRecord],
     params: dict[str, float],
     figures: Sequence[str],
-    verdicts: Sequence[common.Verdict],
+    verdicts: Sequence[ClaimVerdict],
 ) -> str:
     table = common.markdown_table(
         ["arm", "train MSE (mean ± std)", "test MSE (mean ± std)", "parameters"],
