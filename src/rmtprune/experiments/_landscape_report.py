@@ -20,6 +20,7 @@ Example
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +52,13 @@ ARMS = ("normal", "pruned")
 # ----------------------------------------------------------------------------- records
 
 
+def _nan(value: Any) -> Any:
+    """A value read back from strict JSON: ``None`` → NaN, lists → tuples (element-wise)."""
+    if isinstance(value, list):
+        return tuple(_nan(v) for v in value)
+    return math.nan if value is None else value
+
+
 @dataclass(frozen=True)
 class SolutionRecord:
     """One trained network: its final test metrics and its loss on the evaluation subset."""
@@ -65,6 +73,11 @@ class SolutionRecord:
     def to_dict(self) -> dict[str, Any]:
         """Plain ``dict`` of the fields."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SolutionRecord:
+        """Inverse of :meth:`to_dict` (as read back from JSON: ``None`` → NaN)."""
+        return cls(**{k: _nan(v) for k, v in values.items()})
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,11 @@ class LineRecord:
     def to_dict(self) -> dict[str, Any]:
         """Plain ``dict`` of the fields."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> LineRecord:
+        """Inverse of :meth:`to_dict` (as read back from JSON: ``None`` → NaN)."""
+        return cls(**{k: _nan(v) for k, v in values.items()})
 
 
 @dataclass(frozen=True)
@@ -101,6 +119,12 @@ class SurfaceRecord:
         out = asdict(self)
         out["losses"] = self.losses.tolist()
         return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SurfaceRecord:
+        """Inverse of :meth:`to_dict` (as read back from JSON: ``None`` → NaN)."""
+        v = {k: _nan(x) for k, x in values.items() if k != "losses"}
+        return cls(**v, losses=np.array(values["losses"], dtype=np.float64))
 
 
 @dataclass(frozen=True)

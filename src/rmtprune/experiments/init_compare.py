@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rmtprune.experiments._analysis_common import open_run
 from rmtprune.experiments.classification import run_experiment
 from rmtprune.experiments.registry import get_config
 from rmtprune.experiments.results import ClaimVerdict, RunResult
@@ -162,19 +163,30 @@ def run(
     data_dir: Any = None,
     progress: bool = True,
     download: bool = False,
+    resume: bool = True,
 ) -> InitResult:
-    """Run the Fashion-MNIST FC comparison once per initialisation scheme, under ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Run the Fashion-MNIST FC comparison once per initialisation scheme, under ``out``.
+
+    ``out`` is the run directory (``config.json`` holds the protocol shared by the schemes);
+    each scheme is a classification run directory ``out/<scheme>``, the unit of this
+    experiment: a later call with the same configuration continues each from what it
+    stored (``resume``; False refuses a directory that holds a run).
+    """
     base = get_config("fc-fashion", preset).replace(**_PRESET_CHANGES[preset])
     if seeds is not None:
         base = base.replace(seeds=tuple(range(seeds)))
+    out, _ = open_run(out, "init_compare.run", "init", preset, base, resume)
     rows = []
     runs = []
     for scheme in SCHEMES:
         config = base.replace(experiment=f"init-{scheme}", init=scheme)
         result = run_experiment(
-            config, out=out / scheme, data_dir=data_dir, download=download, progress=progress
+            config,
+            out=out / scheme,
+            data_dir=data_dir,
+            download=download,
+            progress=progress,
+            resume=resume,
         )
         rows.append(_row(scheme, result))
         runs.append(result.run_dir)
@@ -184,8 +196,5 @@ def run(
     result_obj = InitResult(table, tuple(runs), verdicts)
     (out / "metrics.json").write_text(
         json.dumps(result_obj.to_dict(), indent=2, default=str) + "\n", encoding="utf-8"
-    )
-    (out / "config.json").write_text(
-        json.dumps(base.to_dict(), indent=2, default=str) + "\n", encoding="utf-8"
     )
     return result_obj
