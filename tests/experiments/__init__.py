@@ -86,3 +86,13 @@ def strip_times(value: Any) -> Any:
 def load_metrics(run_dir: Path) -> Any:
     """``metrics.json`` of a run without wall times."""
     return strip_times(json.loads((run_dir / "metrics.json").read_text()))
+
+
+def unit_stamps(run_dir: Path) -> dict[str, int]:
+    """Name → modification time (ns) of every stored unit of an analysis run."""
+    return {p.name: p.stat().st_mtime_ns for p in sorted((run_dir / "units").iterdir())}
+
+
+def analysis_content(result: Any) -> Any:
+    """An analysis result's ``to_dict()`` without wall times, as JSON reads it back."""
+    return strip_times(json.loads(json.dumps(result.to_dict(), default=str)))

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from rmtprune.experiments import reproduce
-from rmtprune.experiments.analysis import markdown_to_html, reproduce_analysis
+from rmtprune.experiments import regression, reproduce
+from rmtprune.experiments.analysis import AnalysisRun, markdown_to_html, reproduce_analysis
 from rmtprune.experiments.init_compare import SCHEMES
 from rmtprune.experiments.runner import all_experiments
+
+from . import analysis_content, unit_stamps
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -46,8 +48,25 @@ def test_init_smoke_compares_four_schemes(tmp_path: Path, data_root: Path) -> No
     assert page.startswith("<!DOCTYPE html>") and "<table>" in page
 
 
-def test_regression_report_is_self_contained(tmp_path: Path) -> None:
+def test_regression_report_is_self_contained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = reproduce_analysis("regression", preset="smoke", out=tmp_path / "reg", progress=False)
+    stamps = unit_stamps(run.run_dir)
+
+    def never(*args: object) -> None:
+        raise AssertionError("a finished unit was trained again")
+
+    with monkeypatch.context() as m:  # a second call resumes: nothing left to train
+        m.setattr(regression, "_train", never)
+        again = reproduce("regression", preset="smoke", out=run.run_dir, progress=False)
+    assert isinstance(again, AnalysisRun) and again.run_dir == run.run_dir
+    assert analysis_content(again.result) == analysis_content(run.result)
+    assert unit_stamps(run.run_dir) == stamps
+    with pytest.raises(ValueError, match=r"differs in \['seeds'\]"):
+        reproduce("regression", preset="smoke", seeds=3, out=run.run_dir, progress=False)
+    with pytest.raises(ValueError, match="already holds a run"):
+        reproduce("regression", preset="smoke", out=run.run_dir, progress=False, resume=False)
     page = (run.run_dir / "report.html").read_text()
     images = re.findall(r'src="([^"]+)"', page)
     assert images and all(src.startswith("data:image/png;base64,") for src in images)

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rmtprune.experiments import ArmResult, EvalPoint, ExperimentConfig, SeedResult
+from rmtprune.experiments import (
+    ArmResult,
+    ClaimVerdict,
+    EvalPoint,
+    ExperimentConfig,
+    SeedResult,
+)
 from rmtprune.experiments.claims import (
     CLAIMS,
     assess_claims,
@@ -117,3 +123,16 @@ def test_summary_rows_and_table() -> None:
     assert rows[1].accuracy_std == pytest.approx(math.sqrt(2) * 0.01)
     table = summary_table(rows)
     assert "| pruned during training (MP) | 250 | 75.0 % | 92.00 ± 1.41 % |" in table
+
+
+def test_one_verdict_type_for_graded_and_yes_no_claims() -> None:
+    graded = assess_claims(ExperimentConfig(), _seeds([0.9, 0.9], [0.9, 0.9], 100))[0]
+    assert isinstance(graded, ClaimVerdict) and graded.holds is None
+    assert list(graded.to_dict()) == ["key", "claim", "verdict", "explanation"]
+    yes = ClaimVerdict.from_holds("k", "a claim", np.bool_(True), "numbers.")
+    no = ClaimVerdict.from_holds("k", "a claim", False, "numbers.")
+    unsure = ClaimVerdict.from_holds("k", "a claim", None, "numbers.")
+    assert [v.verdict for v in (yes, no, unsure)] == ["HOLDS", "DOES NOT HOLD", "INCONCLUSIVE"]
+    assert [v.holds for v in (yes, no, unsure)] == [True, False, None]
+    assert no.line() == "- **Verdict — a claim: DOES NOT HOLD.** numbers."
+    assert ClaimVerdict(**no.to_dict()) == no

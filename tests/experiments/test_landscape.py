@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +24,8 @@ from rmtprune.experiments.landscape import (
 )
 from rmtprune.models import FullyConnected, initialize
 from rmtprune.training import evaluate
+
+from . import analysis_content, unit_stamps
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -164,3 +169,54 @@ def test_bad_arguments(tmp_path: Path) -> None:
         )
     with pytest.raises(ValueError, match="'preset'"):
         LandscapeConfig.from_preset("tiny")
+
+
+def test_rerun_loads_units_and_changed_config_is_refused(
+    smoke: tuple[landscape.LandscapeResult, Path], data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, out = smoke
+    stamps = unit_stamps(out)
+    expected = {
+        f"solution-{a}-{s}{x}"
+        for a in ("normal", "pruned")
+        for s in (0, 1)
+        for x in (".json", ".pt")
+    }
+    expected |= {"line-normal-0-1.json", "line-pruned-0-1.json"}
+    expected |= {"surface-normal-0.json", "surface-pruned-0.json"}
+    assert set(stamps) == expected
+
+    def never(*args: Any) -> None:
+        raise AssertionError("a finished unit was computed again")
+
+    with monkeypatch.context() as m:
+        for name in ("_train", "interpolation_losses", "surface_losses"):
+            m.setattr(landscape, name, never)
+        again = landscape.run("smoke", out=out, data_dir=data_root, progress=False)
+    assert analysis_content(again) == analysis_content(result)
+    assert unit_stamps(out) == stamps
+    with pytest.raises(ValueError, match=r"differs in \['grid'\]"):
+        landscape.run(
+            "smoke",
+            out=out,
+            data_dir=data_root,
+            progress=False,
+            config=replace(result.config, grid=5),
+        )
+
+
+def test_interrupted_run_resumes_to_the_same_result(
+    smoke: tuple[landscape.LandscapeResult, Path], data_root: Path, tmp_path: Path
+) -> None:
+    result, out = smoke
+    copy = tmp_path / "interrupted"
+    shutil.copytree(out, copy)
+    # killed while training the last solution: no line or surface was measured yet
+    for unit in (copy / "units").iterdir():
+        if unit.name.startswith(("solution-pruned-1", "line-", "surface-")):
+            unit.unlink()
+    kept = unit_stamps(copy)
+    resumed = landscape.run("smoke", out=copy, data_dir=data_root, progress=False)
+    assert analysis_content(resumed) == analysis_content(result)
+    assert {k: v for k, v in unit_stamps(copy).items() if k in kept} == kept
+    assert len(unit_stamps(copy)) == len(unit_stamps(out))

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from rmtprune.experiments import regression
 from rmtprune.experiments.regression import RegressionConfig, make_data, target_function
+
+from . import analysis_content, unit_stamps
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -91,3 +96,47 @@ def test_bad_arguments(tmp_path: Path) -> None:
         regression.run("smoke", seeds=0, out=tmp_path)
     with pytest.raises(TypeError, match="'config'"):
         regression.run("smoke", out=tmp_path, config="small")  # type: ignore[arg-type]
+
+
+def test_rerun_loads_units_and_changed_config_is_refused(
+    smoke: tuple[regression.RegressionResult, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, out = smoke
+    stamps = unit_stamps(out)
+    assert sorted(stamps) == [f"seed-{s}-{a}.json" for s in (0, 1) for a in ("normal", "pruned")]
+
+    def never(*args: Any) -> None:
+        raise AssertionError("a finished unit was trained again")
+
+    with monkeypatch.context() as m:
+        m.setattr(regression, "_train", never)
+        again = regression.run("smoke", out=out, progress=False)
+    assert analysis_content(again) == analysis_content(result)
+    assert again.runs == result.runs  # the predictions on the test grid too
+    assert unit_stamps(out) == stamps
+    changed = replace(result.config, lr=0.03)
+    with pytest.raises(ValueError, match=r"differs in \['lr'\]"):
+        regression.run("smoke", out=out, progress=False, config=changed)
+    with pytest.raises(ValueError, match="already holds a run"):
+        regression.run("smoke", out=out, progress=False, resume=False)
+
+
+def test_interrupted_run_resumes_to_the_same_result(
+    smoke: tuple[regression.RegressionResult, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, out = smoke
+    copy = tmp_path / "interrupted"
+    shutil.copytree(out, copy)
+    (copy / "units" / "seed-1-pruned.json").unlink()  # killed while training the last unit
+    trained = []
+    train = regression._train
+
+    def spy(config: Any, seed: int, arm: str, *args: Any) -> Any:
+        trained.append((seed, arm))
+        return train(config, seed, arm, *args)
+
+    monkeypatch.setattr(regression, "_train", spy)
+    resumed = regression.run("smoke", out=copy, progress=False)
+    assert trained == [(1, "pruned")]
+    assert analysis_content(resumed) == analysis_content(result)
+    assert resumed.runs == result.runs

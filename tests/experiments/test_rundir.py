@@ -14,7 +14,7 @@ from rmtprune import cli
 from rmtprune.experiments import get_config, run_experiment
 from rmtprune.experiments.config import ExperimentConfig
 from rmtprune.experiments.results import RunResult, SeedResult
-from rmtprune.experiments.rundir import config_differences, read_config
+from rmtprune.experiments.rundir import config_differences, prepare_analysis_dir, read_config
 from rmtprune.experiments.runner import render_run, reproduce
 from rmtprune.experiments.seeds import parse_seeds, seed_tuple
 
@@ -250,8 +250,25 @@ def test_cli_parses_seeds_device_and_imports() -> None:
 
 def test_every_experiment_refuses_a_foreign_directory(tmp_path: Path, data_root: Path) -> None:
     (tmp_path / "notes.txt").write_text("not a run")
-    for experiment in ("fc-mnist", "regression"):
+    for experiment in ("fc-mnist", "regression", "theory", "landscape", "init"):
         with pytest.raises(ValueError, match="not empty"):
             reproduce(experiment, preset="smoke", out=tmp_path, data_dir=data_root, progress=False)
     with pytest.raises(ValueError, match="'experiment_id' parameter of reproduce"):
         reproduce("nope", out=tmp_path)
+
+
+def test_analysis_dir_refuses_another_experiment_and_no_resume(tmp_path: Path) -> None:
+    config = {"widths": [1, 8, 1], "seeds": 2, "num_threads": 1}
+    run_dir = prepare_analysis_dir(tmp_path / "run", "regression", "smoke", config)
+    first = json.loads((run_dir / "config.json").read_text())
+    assert first["experiment"] == "regression" and first["config"] == config
+    # same configuration (threads may differ): continued, recorded under "resumed"
+    prepare_analysis_dir(run_dir, "regression", "smoke", {**config, "num_threads": 2})
+    assert len(json.loads((run_dir / "environment.json").read_text())["resumed"]) == 1
+    assert json.loads((run_dir / "config.json").read_text()) == first
+    with pytest.raises(ValueError, match=r"differs in \['seeds', 'widths'\]"):
+        prepare_analysis_dir(run_dir, "regression", "smoke", {"widths": [1, 4, 1], "seeds": 3})
+    with pytest.raises(ValueError, match="holds a run of 'regression', not of the 'theory'"):
+        prepare_analysis_dir(run_dir, "theory", "smoke", config)
+    with pytest.raises(ValueError, match="already holds a run"):
+        prepare_analysis_dir(run_dir, "regression", "smoke", config, resume=False)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from rmtprune.experiments import theory
+from rmtprune.experiments import _theory_network, theory
 from rmtprune.experiments.theory import (
     TheoryConfig,
     bbp_overlaps,
@@ -22,6 +24,8 @@ from rmtprune.experiments.theory import (
     signal_plus_noise,
     tau_bound,
 )
+
+from . import analysis_content, unit_stamps
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -208,7 +212,8 @@ def test_outputs_and_verdicts(smoke: tuple[theory.TheoryResult, Path]) -> None:
     text = (out / "report_section.md").read_text()
     lines = [line for line in text.splitlines() if line.startswith("- **Verdict")]
     assert len(lines) == len(result.verdicts) == 8
-    assert all(v.label in line for v, line in zip(result.verdicts, lines, strict=True))
+    assert all(f": {v.verdict}.**" in line for v, line in zip(result.verdicts, lines, strict=True))
+    assert len({v.key for v in result.verdicts}) == 8
     assert all(v.holds is not None for v in result.verdicts)
 
 
@@ -230,3 +235,43 @@ def test_bad_arguments(tmp_path: Path) -> None:
         network_outputs(*(torch.eye(2, dtype=torch.float64),) * 4, "tanh")
     with pytest.raises(TypeError, match="'seeds'"):
         TheoryConfig.from_preset("smoke", seeds=1.5)  # type: ignore[arg-type]
+
+
+def test_rerun_loads_units_and_changed_config_is_refused(
+    smoke: tuple[theory.TheoryResult, Path], data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, out = smoke
+    stamps = unit_stamps(out)
+    sizes, seeds = result.config.sizes, range(result.config.seeds)
+    assert set(stamps) == {f"synthetic-{n}-{s}.json" for n in sizes for s in seeds} | {
+        "network-relu-128.json"
+    }
+    samples = dict(np.load(out / "network_samples.npz"))
+
+    def never(*args: Any) -> None:
+        raise AssertionError("a finished unit was computed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(theory, "_synthetic", never)
+        m.setattr(_theory_network, "_network", never)
+        again = theory.run("smoke", out=out, data_dir=data_root, progress=False)
+    assert analysis_content(again) == analysis_content(result)
+    assert unit_stamps(out) == stamps
+    for key, values in np.load(out / "network_samples.npz").items():
+        assert values.dtype == samples[key].dtype and np.array_equal(values, samples[key])
+    with pytest.raises(ValueError, match=r"differs in \['seeds'\]"):
+        theory.run("smoke", seeds=2, out=out, data_dir=data_root, progress=False)
+
+
+def test_interrupted_run_resumes_to_the_same_result(
+    smoke: tuple[theory.TheoryResult, Path], data_root: Path, tmp_path: Path
+) -> None:
+    result, out = smoke
+    copy = tmp_path / "interrupted"
+    shutil.copytree(out, copy)
+    last = max(result.config.sizes)
+    (copy / "units" / f"synthetic-{last}-{result.config.seeds - 1}.json").unlink()
+    (copy / "units" / "network-relu-128.json").unlink()
+    resumed = theory.run("smoke", out=copy, data_dir=data_root, progress=False)
+    assert analysis_content(resumed) == analysis_content(result)
+    assert unit_stamps(copy).keys() == unit_stamps(out).keys()

@@ -1,8 +1,9 @@
 """Plumbing shared by the analysis experiments (``theory``, ``regression``, ``landscape``).
 
-Argument checks for the common ``run`` signature, JSON/CSV writers that produce strict
+Argument checks for the common ``run`` signature, the run directory and its store of
+finished units (:func:`open_run`), JSON/CSV writers that produce strict
 JSON (non-finite floats become ``null``), least-squares slopes on log-log axes, a paired
-comparison over seeds, Markdown tables and verdict lines, matplotlib figures drawn
+comparison over seeds, Markdown tables, matplotlib figures drawn
 without ``pyplot`` (the Agg canvas, no global state), and model helpers: a dense copy of a
 pruned network and the data loader.
 
@@ -35,7 +36,7 @@ from rmtprune.data import load_dataset
 from rmtprune.experiments import formats
 from rmtprune.experiments.config import PRESETS
 from rmtprune.experiments.formats import markdown_table, to_jsonable
-from rmtprune.experiments.rundir import environment
+from rmtprune.experiments.rundir import UnitStore, environment, prepare_analysis_dir
 from rmtprune.experiments.stats import PairedComparison, paired_comparison
 from rmtprune.factorize.lowrank import LowRankModule
 from rmtprune.factorize.registry import set_submodule
@@ -44,7 +45,6 @@ __all__ = [
     "PRESETS",
     "PairedComparison",
     "Slope",
-    "Verdict",
     "check_preset",
     "check_seeds",
     "dense_copy",
@@ -54,15 +54,14 @@ __all__ = [
     "markdown_table",
     "mean_std",
     "new_figure",
+    "open_run",
     "paired_comparison",
-    "prepare_out",
     "resolve_config",
     "save_figure",
     "say",
     "to_jsonable",
     "write_csv",
     "write_json",
-    "write_run_config",
 ]
 
 
@@ -108,31 +107,23 @@ def resolve_config(
     return config
 
 
-def write_run_config(folder: Path, experiment: str, preset: str, config: Any, **extra: Any) -> Path:
-    """Write ``folder/config.json``: experiment, preset, ``config.to_dict()``, ``extra``
-    fields and the :func:`environment` of this process."""
-    return write_json(
-        folder / "config.json",
-        {
-            "experiment": experiment,
-            "preset": preset,
-            "config": config.to_dict(),
-            **extra,
-            "environment": environment(),
-        },
-    )
+def open_run(
+    out: Any, owner: str, experiment: str, preset: str, config: Any, resume: bool, **extra: Any
+) -> tuple[Path, UnitStore]:
+    """The run directory ``out`` of ``experiment`` and the store of its finished units.
 
-
-def prepare_out(out: Any, owner: str) -> Path:
-    """Create the output folder ``out`` (and its parents) and return it as a ``Path``."""
+    The directory is created, or continued when it holds a run of the same experiment,
+    preset and configuration (see :func:`rmtprune.experiments.rundir.prepare_analysis_dir`,
+    which also refuses any other non-empty directory); ``config.json`` holds
+    ``config.to_dict()`` and the ``extra`` fields.
+    """
     if not isinstance(out, (str, os.PathLike)):
         raise TypeError(
             f"The 'out' parameter of {owner} must be a path. "
             f"Got {out!r} of type {type(out).__name__} instead."
         )
-    path = Path(out)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    folder = prepare_analysis_dir(out, experiment, preset, config.to_dict(), resume=resume, **extra)
+    return folder, UnitStore(folder)
 
 
 def say(progress: bool, message: str) -> None:
@@ -211,31 +202,6 @@ def mean_std(values: ArrayLike) -> tuple[float, float]:
     if arr.size == 0:
         return math.nan, math.nan
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One claim checked by an experiment: what was claimed, whether it held, the numbers.
-
-    ``holds`` is ``True``, ``False`` or ``None`` (inconclusive).
-    """
-
-    claim: str
-    holds: bool | None
-    evidence: str
-
-    @property
-    def label(self) -> str:
-        """``HOLDS``, ``DOES NOT HOLD`` or ``INCONCLUSIVE``."""
-        return {True: "HOLDS", False: "DOES NOT HOLD", None: "INCONCLUSIVE"}[self.holds]
-
-    def line(self) -> str:
-        """The Markdown verdict line written into ``report_section.md``."""
-        return f"- **Verdict — {self.claim}: {self.label}.** {self.evidence}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain ``dict`` of the fields and the label."""
-        return {**asdict(self), "label": self.label}
 
 
 def new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 3.8)) -> Figure:

@@ -20,6 +20,7 @@ Example
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rmtprune.experiments import _analysis_common as common
+from rmtprune.experiments.results import ClaimVerdict
 
 if TYPE_CHECKING:
     from rmtprune.experiments.landscape import LandscapeConfig
@@ -50,6 +52,13 @@ ARMS = ("normal", "pruned")
 # ----------------------------------------------------------------------------- records
 
 
+def _nan(value: Any) -> Any:
+    """A value read back from strict JSON: ``None`` → NaN, lists → tuples (element-wise)."""
+    if isinstance(value, list):
+        return tuple(_nan(v) for v in value)
+    return math.nan if value is None else value
+
+
 @dataclass(frozen=True)
 class SolutionRecord:
     """One trained network: its final test metrics and its loss on the evaluation subset."""
@@ -64,6 +73,11 @@ class SolutionRecord:
     def to_dict(self) -> dict[str, Any]:
         """Plain ``dict`` of the fields."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SolutionRecord:
+        """Inverse of :meth:`to_dict` (as read back from JSON: ``None`` → NaN)."""
+        return cls(**{k: _nan(v) for k, v in values.items()})
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,11 @@ class LineRecord:
     def to_dict(self) -> dict[str, Any]:
         """Plain ``dict`` of the fields."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> LineRecord:
+        """Inverse of :meth:`to_dict` (as read back from JSON: ``None`` → NaN)."""
+        return cls(**{k: _nan(v) for k, v in values.items()})
 
 
 @dataclass(frozen=True)
@@ -101,6 +120,12 @@ class SurfaceRecord:
         out["losses"] = self.losses.tolist()
         return out
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SurfaceRecord:
+        """Inverse of :meth:`to_dict` (as read back from JSON: ``None`` → NaN)."""
+        v = {k: _nan(x) for k, x in values.items() if k != "losses"}
+        return cls(**v, losses=np.array(values["losses"], dtype=np.float64))
+
 
 @dataclass(frozen=True)
 class LandscapeResult:
@@ -118,7 +143,7 @@ class LandscapeResult:
     surfaces: tuple[SurfaceRecord, ...]
     summary: Mapping[str, Mapping[str, float]]
     accuracy: common.PairedComparison
-    verdicts: tuple[common.Verdict, ...]
+    verdicts: tuple[ClaimVerdict, ...]
     files: tuple[str, ...]
     wall_time: float
 
@@ -164,7 +189,7 @@ def summarize(
     return out
 
 
-def make_verdicts(summary: Mapping[str, Mapping[str, float]], n_seeds: int) -> list[common.Verdict]:
+def make_verdicts(summary: Mapping[str, Mapping[str, float]], n_seeds: int) -> list[ClaimVerdict]:
     """Spread, barrier and basin verdicts, and the overall "simpler landscape" verdict."""
     n, p = summary["normal"], summary["pruned"]
 
@@ -173,7 +198,8 @@ def make_verdicts(summary: Mapping[str, Mapping[str, float]], n_seeds: int) -> l
 
     spread = [lower("test_accuracy_std"), lower("test_loss_std")]
     checks = [
-        common.Verdict(
+        ClaimVerdict.from_holds(
+            "spread",
             "pruning lowers the seed-to-seed variance",
             spread[0] if spread[0] == spread[1] else None,
             f"Std of test accuracy over {n_seeds} seeds: normal {n['test_accuracy_std']:.4f}, "
@@ -182,14 +208,16 @@ def make_verdicts(summary: Mapping[str, Mapping[str, float]], n_seeds: int) -> l
             f"{p['test_loss_std']:.4f}. Few seeds: a standard deviation from {n_seeds} values "
             "is itself uncertain by about 1/sqrt(2(n−1)) relative.",
         ),
-        common.Verdict(
+        ClaimVerdict.from_holds(
+            "barrier",
             "pruning lowers the loss barrier between seeds",
             lower("barrier"),
             f"Mean barrier above the chord: normal {n['barrier']:.4f}, pruned "
             f"{p['barrier']:.4f}; above the higher endpoint: {n['barrier_max']:.4f} / "
             f"{p['barrier_max']:.4f}.",
         ),
-        common.Verdict(
+        ClaimVerdict.from_holds(
+            "basins",
             "pruning gives flatter, more convex basins",
             lower("sharpness")
             if lower("sharpness") == (p["convexity"] >= n["convexity"])
@@ -202,7 +230,8 @@ def make_verdicts(summary: Mapping[str, Mapping[str, float]], n_seeds: int) -> l
     simpler = sum(v.holds is True for v in checks)
     worse = sum(v.holds is False for v in checks)
     checks.append(
-        common.Verdict(
+        ClaimVerdict.from_holds(
+            "simpler",
             "the pruned networks' landscape is simpler by these measures",
             True if simpler >= 2 else False if worse >= 2 else None,
             f"{simpler} of the 3 measures favour the pruned networks, {worse} the normal ones "
@@ -266,7 +295,7 @@ def _report_section(
     config: LandscapeConfig,
     summary: Mapping[str, Mapping[str, float]],
     accuracy: common.PairedComparison,
-    verdicts: Sequence[common.Verdict],
+    verdicts: Sequence[ClaimVerdict],
     figures: Sequence[str],
 ) -> str:
     """The Markdown text of ``report_section.md``."""
@@ -321,7 +350,7 @@ def write_outputs(
     surfaces: Sequence[SurfaceRecord],
     summary: Mapping[str, Mapping[str, float]],
     accuracy: common.PairedComparison,
-    verdicts: Sequence[common.Verdict],
+    verdicts: Sequence[ClaimVerdict],
 ) -> tuple[str, ...]:
     """Write the CSV tables, the figures and ``report_section.md``.
 

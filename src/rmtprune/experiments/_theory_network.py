@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from torch import nn
 
 from rmtprune._validation import param_error
 from rmtprune.experiments import _analysis_common as common
+from rmtprune.experiments.rundir import UnitStore
 from rmtprune.factorize.lowrank import LowRankLinear
 from rmtprune.models import FullyConnected, initialize
 from rmtprune.pruning.walker import prune
@@ -286,6 +288,42 @@ class NetworkRecord:
         """Plain ``dict`` of the fields, without the per-sample arrays."""
         return {k: v for k, v in asdict(self).items() if k not in ("samples", "change_pruned")}
 
+    def to_unit(self) -> dict[str, Any]:
+        """:meth:`to_dict` with the per-sample arrays (the stored unit of a run directory)."""
+        arrays = {k: getattr(self.samples, k) for k in _ARRAYS}
+        return {
+            **self.to_dict(),
+            "samples": {
+                **{k: _array_dict(v) for k, v in arrays.items()},
+                **{k: getattr(self.samples, k) for k in _SCALARS},
+            },
+            "change_pruned": _array_dict(self.change_pruned),
+        }
+
+    @classmethod
+    def from_unit(cls, values: dict[str, Any]) -> NetworkRecord:
+        """Inverse of :meth:`to_unit` (as read back from JSON: ``None`` → NaN)."""
+        v: dict[str, Any] = {k: math.nan if x is None else x for k, x in values.items()}
+        raw = values["samples"]
+        fields: dict[str, Any] = {k: _array(raw[k]) for k in _ARRAYS}
+        fields.update({k: math.nan if raw[k] is None else raw[k] for k in _SCALARS})
+        samples = BoundCheck(**fields)
+        v.update(strengths=tuple(values["strengths"]), samples=samples)
+        return cls(**{**v, "change_pruned": _array(values["change_pruned"])})
+
+
+_ARRAYS = ("tau", "margin", "change", "in_band", "flipped")
+_SCALARS = ("accuracy_signal", "accuracy_noisy", "agreement")
+
+
+def _array_dict(values: np.ndarray) -> dict[str, Any]:
+    return {"dtype": str(values.dtype), "values": values.tolist()}
+
+
+def _array(stored: dict[str, Any]) -> np.ndarray:
+    values = [math.nan if x is None else x for x in stored["values"]]
+    return np.array(values, dtype=stored["dtype"])
+
 
 def _network(
     config: TheoryConfig, width: int, activation: str, data: tuple[Any, Any], progress: bool
@@ -343,8 +381,14 @@ def _network(
     )
 
 
-def run_networks(config: TheoryConfig, data_dir: Any, progress: bool) -> list[NetworkRecord]:
-    """Part (b) for every activation and width of ``config`` on Fashion-MNIST from ``data_dir``."""
+def run_networks(
+    config: TheoryConfig, data_dir: Any, progress: bool, store: UnitStore
+) -> list[NetworkRecord]:
+    """Part (b) for every activation and width of ``config`` on Fashion-MNIST from ``data_dir``.
+
+    Each network is one unit of ``store`` (``network-<activation>-<width>``): one stored
+    there is read back, not trained again.
+    """
     data = common.load_fashion_mnist(
         config.n_train, config.n_test, data_dir=data_dir, seed=config.seed
     )
@@ -352,5 +396,7 @@ def run_networks(config: TheoryConfig, data_dir: Any, progress: bool) -> list[Ne
     for activation in config.activations:
         for width in config.widths:
             common.say(progress, f"[theory] network N={width}, {activation}")
-            networks.append(_network(config, width, activation, data, progress))
+            train = partial(_network, config, width, activation, data, progress)
+            unit = f"network-{activation}-{width}"
+            networks.append(store.get(unit, train, NetworkRecord.to_unit, NetworkRecord.from_unit))
     return networks

@@ -28,6 +28,7 @@ import numpy as np
 from rmtprune.experiments import _analysis_common as common
 from rmtprune.experiments._theory_figures import bound_figure, by_size, synthetic_figures
 from rmtprune.experiments.formats import write_text
+from rmtprune.experiments.results import ClaimVerdict
 
 if TYPE_CHECKING:
     from rmtprune.experiments._theory_network import NetworkRecord
@@ -56,7 +57,7 @@ class TheoryResult:
     networks: tuple[NetworkRecord, ...]
     slopes: Mapping[str, common.Slope]
     limits: tuple[float, float]
-    verdicts: tuple[common.Verdict, ...]
+    verdicts: tuple[ClaimVerdict, ...]
     files: tuple[str, ...]
     wall_time: float
 
@@ -100,9 +101,9 @@ def synthetic_verdicts(
     records: Sequence[SyntheticRecord],
     slopes: Mapping[str, common.Slope],
     limits: tuple[float, float],
-) -> list[common.Verdict]:
+) -> list[ClaimVerdict]:
     """The five verdicts of part (a): edge, spike count, spike locations, convergence to S."""
-    V, ns = common.Verdict, by_size(records, "edge_ratio")[0]
+    V, ns = ClaimVerdict.from_holds, by_size(records, "edge_ratio")[0]
     sizes = ", ".join(str(int(n)) for n in ns)
     tw = by_size(records, "edge_tw_ratio")[1]
     right = sum(r.n_spikes == r.n_expected for r in records)
@@ -114,6 +115,7 @@ def synthetic_verdicts(
     dev = max(abs(op[-1] / limits[0] - 1), abs(fro[-1] / limits[1] - 1))
     return [
         V(
+            "bema-edge",
             "BEMA's lambda_plus converges to the bulk edge",
             abs(tw[-1] - 1) <= 0.02 and abs(tw[-1] - 1) < abs(tw[0] - 1),
             f"Mean λ̂₊ / (edge with TW margin) = {_list(tw)} and λ̂₊ / σ²(1+√γ)² = "
@@ -123,18 +125,21 @@ def synthetic_verdicts(
             f"{_list(by_size(records, 'sigma2_noise_ratio')[1])}.",
         ),
         V(
+            "spike-count",
             "the spikes found are the strengths above the BBP threshold",
             right == len(records),
             f"{right} of {len(records)} matrices have n_spikes = {records[0].n_expected} "
             f"(θ = {_list(config.strengths, 'g')}, threshold γ^(1/4) = {config.ratio**0.25:.3f}).",
         ),
         V(
+            "spike-locations",
             "the outliers sit at the BBP locations σ√N·sqrt((1+θ²)(γ+θ²))/θ",
             spike_dev <= 0.02,
             f"At N = {int(ns[-1])} the seed-mean outliers deviate from the predictions by at most "
             f"{spike_dev:.2%}.",
         ),
         V(
+            "pruned-approaches-s",
             "the pruned matrix approaches S as N grows (per entry)",
             rms < rms_noise - 0.25 and left < 0,
             f"Per-entry RMS error ‖W′−S‖_F/√(mn) ∝ N^{rms:.2f}, against N^{rms_noise:.2f} for "
@@ -142,6 +147,7 @@ def synthetic_verdicts(
             f"{_list(by_size(records, 'noise_left')[1], '.3f')} at N = {sizes} (∝ N^{left:.2f}).",
         ),
         V(
+            "distance-limit",
             "‖W′−S‖ in operator and Frobenius norm tends to the BBP limit (not to 0)",
             dev <= 0.1,
             f"‖W′−S‖_op = {_list(op, '.3f')} (limit {limits[0]:.3f}, slope "
@@ -153,9 +159,9 @@ def synthetic_verdicts(
     ]
 
 
-def network_verdicts(networks: Sequence[NetworkRecord]) -> list[common.Verdict]:
+def network_verdicts(networks: Sequence[NetworkRecord]) -> list[ClaimVerdict]:
     """The three verdicts of part (b): the SPEC §7 bound, the accuracy band, the pruned W₂′."""
-    V = common.Verdict
+    V = ClaimVerdict.from_holds
 
     def each(fmt: str) -> str:
         return "; ".join(f"{n.activation} N={n.width}: " + fmt.format(n=n) for n in networks)
@@ -163,6 +169,7 @@ def network_verdicts(networks: Sequence[NetworkRecord]) -> list[common.Verdict]:
     vacuous = min(n.band_fraction for n in networks) >= 0.99
     return [
         V(
+            "spec7-bound",
             "SPEC §7: ‖X(s;S₂) − X(s;W₂)‖_∞ ≤ τ(s) with probability ≥ 1 − 1/N",
             all(n.exceed_fraction <= n.one_over_n for n in networks),
             "Fraction of (sample, draw) pairs above τ: "
@@ -174,6 +181,7 @@ def network_verdicts(networks: Sequence[NetworkRecord]) -> list[common.Verdict]:
             "inverse of these ratios.",
         ),
         V(
+            "spec7-accuracy",
             "the accuracies with S₂ and W₂ differ by at most the fraction with |δX| ≤ 2τ",
             all(
                 n.max_accuracy_change <= n.band_fraction and n.flipped_outside_band == 0
@@ -190,6 +198,7 @@ def network_verdicts(networks: Sequence[NetworkRecord]) -> list[common.Verdict]:
             ),
         ),
         V(
+            "pruned-w2-like-s2",
             "the pruned W₂′ behaves like S₂",
             all(
                 n.pruned_fro < n.noise_fro and n.agreement_pruned >= n.agreement_noisy
@@ -308,7 +317,7 @@ def _report_section(
     networks: Sequence[NetworkRecord],
     limits: tuple[float, float],
     slopes: Mapping[str, common.Slope],
-    verdicts: Sequence[common.Verdict],
+    verdicts: Sequence[ClaimVerdict],
     figures: Sequence[str],
 ) -> str:
     """The Markdown text of ``report_section.md``."""
@@ -336,7 +345,7 @@ def write_outputs(
     networks: Sequence[NetworkRecord],
     slopes: Mapping[str, common.Slope],
     limits: tuple[float, float],
-    verdicts: Sequence[common.Verdict],
+    verdicts: Sequence[ClaimVerdict],
     spectrum: np.ndarray,
     tw_reference: float,
 ) -> tuple[str, ...]:

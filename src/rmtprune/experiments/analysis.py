@@ -1,10 +1,12 @@
 """The analysis experiments behind ``rmtprune reproduce``: theory, init, regression, landscape.
 
-Each is a module with ``run(preset, *, seeds, out, data_dir, progress)`` that writes
-its ``config.json``, ``metrics.json``, figures and a ``report_section.md``.  This
-module gives them the same run directory as the classification experiments: an
-``environment.json``, and a ``report.md`` plus a self-contained ``report.html``
-around the section.
+Each is a module with ``run(preset, *, seeds, out, data_dir, progress, resume)`` that
+owns its run directory by the rules of the classification runs
+(:func:`rmtprune.experiments.rundir.prepare_analysis_dir`: ``config.json``,
+``environment.json``, resume on the same configuration, refusal otherwise), stores each
+finished unit under ``units/`` and writes ``metrics.json``, figures and a
+``report_section.md``.  This module adds a ``report.md`` plus a self-contained
+``report.html`` around the section.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from rmtprune.data.download import download_dataset
 from rmtprune.experiments import init_compare, landscape, regression, theory
 from rmtprune.experiments.config import PRESETS
 from rmtprune.experiments.formats import markdown_to_html, write_text
-from rmtprune.experiments.rundir import environment, update_environment
 
 __all__ = [
     "ANALYSIS_EXPERIMENTS",
@@ -38,9 +39,10 @@ __all__ = [
 class AnalysisExperiment:
     """One analysis experiment: its id, a one-line description and its ``run`` function.
 
-    ``run(preset, *, seeds, out, data_dir, progress)`` writes ``config.json``,
-    ``metrics.json``, figures and ``report_section.md`` into ``out`` and returns the
-    experiment's typed result.
+    ``run(preset, *, seeds, out, data_dir, progress, resume)`` writes ``config.json``,
+    ``environment.json``, its finished units, ``metrics.json``, figures and
+    ``report_section.md`` into ``out`` (continuing the run there when ``resume``) and
+    returns the experiment's typed result.
     """
 
     id: str
@@ -100,17 +102,9 @@ class AnalysisRun:
         }
 
 
-def _prepare(experiment_id: str, preset: str, out: str | os.PathLike[str] | None) -> Path:
-    """The run directory: new, or empty (a non-empty one is refused, as for classification)."""
+def _default_dir(experiment_id: str, preset: str) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(out) if out is not None else Path("runs") / f"{experiment_id}-{preset}-{stamp}"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ValueError(
-            f"The 'out' parameter names {str(run_dir)!r}, which is not empty. Analysis "
-            "experiments do not resume; choose a new or empty directory."
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    return Path("runs") / f"{experiment_id}-{preset}-{stamp}"
 
 
 def reproduce_analysis(
@@ -122,6 +116,7 @@ def reproduce_analysis(
     data_dir: Any = None,
     download: bool = False,
     progress: bool = True,
+    resume: bool = True,
 ) -> AnalysisRun:
     """Run one analysis experiment into its own run directory and write its report.
 
@@ -132,7 +127,11 @@ def reproduce_analysis(
     seeds : int, optional
         Number of seeds (the preset's default otherwise).
     out : path, optional
-        Run directory; default ``runs/<experiment>-<preset>-<timestamp>``.
+        Run directory; default ``runs/<experiment>-<preset>-<timestamp>``.  One holding a
+        run of the same experiment and configuration is continued: its finished units are
+        loaded, not computed again, and the report is written anew.
+    resume : bool
+        False refuses a directory that already holds a run.
     """
     if experiment_id not in ANALYSIS_EXPERIMENTS:
         raise param_error(
@@ -143,13 +142,14 @@ def reproduce_analysis(
         )
     if preset not in PRESETS:
         raise param_error("preset", "reproduce_analysis", f"one of {list(PRESETS)}", preset)
-    run_dir = _prepare(experiment_id, preset, out)
+    run_dir = _default_dir(experiment_id, preset) if out is None else Path(out)
     entry = ANALYSIS_EXPERIMENTS[experiment_id]
     if download and entry.needs_data:
         download_dataset("fashion-mnist", data_dir)
-    update_environment(run_dir, "resumed", environment())
     start = time.perf_counter()
-    result = entry.run(preset, seeds=seeds, out=run_dir, data_dir=data_dir, progress=progress)
+    result = entry.run(
+        preset, seeds=seeds, out=run_dir, data_dir=data_dir, progress=progress, resume=resume
+    )
     wall = time.perf_counter() - start
     section = (run_dir / "report_section.md").read_text(encoding="utf-8")
     title = f"rmtprune reproduction: {experiment_id} ({preset} preset)"

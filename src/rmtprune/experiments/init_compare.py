@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rmtprune.experiments._analysis_common import open_run
 from rmtprune.experiments.classification import run_experiment
 from rmtprune.experiments.registry import get_config
-from rmtprune.experiments.results import RunResult
+from rmtprune.experiments.results import ClaimVerdict, RunResult
 from rmtprune.experiments.stats import paired_comparison
 
 __all__ = ["SCHEMES", "InitResult", "SchemeRow", "run"]
@@ -66,14 +67,14 @@ class InitResult:
 
     rows: tuple[SchemeRow, ...]
     runs: tuple[Path, ...]
-    verdicts: tuple[str, ...]
+    verdicts: tuple[ClaimVerdict, ...]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dictionary."""
         return {
             "rows": [r.to_dict() for r in self.rows],
             "runs": [str(p) for p in self.runs],
-            "verdicts": list(self.verdicts),
+            "verdicts": [v.to_dict() for v in self.verdicts],
         }
 
 
@@ -107,22 +108,29 @@ def _row(scheme: str, result: RunResult) -> SchemeRow:
     )
 
 
-def _verdicts(rows: tuple[SchemeRow, ...]) -> tuple[str, ...]:
+def _verdicts(rows: tuple[SchemeRow, ...]) -> tuple[ClaimVerdict, ...]:
+    """Per scheme: does pruning raise the mean test accuracy (inconclusive unless p < 0.05)?"""
     out = []
     for r in rows:
         better = r.difference > 0
+        significant = r.p_value < 0.05  # NaN (one seed) is not
         out.append(
-            f"{r.scheme}: pruning {'raises' if better else 'does not raise'} mean test accuracy "
-            f"({100 * r.difference:+.2f} points, pruned higher on {r.pruned_wins} of "
-            f"{r.n_seeds} seeds, paired t-test p = {r.p_value:.2g}); std over seeds "
-            f"{100 * r.normal_std:.2f} → {100 * r.pruned_std:.2f} points; "
-            f"{100 * r.reduction:.1f} % of parameters removed; "
-            f"{r.spikes_at_start:.1f} spikes in total at initialisation."
+            ClaimVerdict.from_holds(
+                r.scheme,
+                f"{r.scheme}: pruning raises the mean test accuracy",
+                better if significant else None,
+                f"Pruning {'raises' if better else 'does not raise'} mean test accuracy "
+                f"({100 * r.difference:+.2f} points, pruned higher on {r.pruned_wins} of "
+                f"{r.n_seeds} seeds, paired t-test p = {r.p_value:.2g}; inconclusive unless "
+                f"p < 0.05); std over seeds {100 * r.normal_std:.2f} → "
+                f"{100 * r.pruned_std:.2f} points; {100 * r.reduction:.1f} % of parameters "
+                f"removed; {r.spikes_at_start:.1f} spikes in total at initialisation.",
+            )
         )
     return tuple(out)
 
 
-def _section(rows: tuple[SchemeRow, ...], verdicts: tuple[str, ...]) -> str:
+def _section(rows: tuple[SchemeRow, ...], verdicts: tuple[ClaimVerdict, ...]) -> str:
     lines = [
         "## Initialisations (appendix E.2)",
         "",
@@ -137,7 +145,7 @@ def _section(rows: tuple[SchemeRow, ...], verdicts: tuple[str, ...]) -> str:
             f"{r.spikes_at_start:.1f} |"
         )
     lines += ["", "**Which initialisations benefit from pruning:**", ""]
-    lines += [f"- {v}" for v in verdicts]
+    lines += [v.line() for v in verdicts]
     lines += [
         "",
         "Each scheme's full report (curves, spectra, baselines) is in its sub-directory: "
@@ -155,19 +163,30 @@ def run(
     data_dir: Any = None,
     progress: bool = True,
     download: bool = False,
+    resume: bool = True,
 ) -> InitResult:
-    """Run the Fashion-MNIST FC comparison once per initialisation scheme, under ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Run the Fashion-MNIST FC comparison once per initialisation scheme, under ``out``.
+
+    ``out`` is the run directory (``config.json`` holds the protocol shared by the schemes);
+    each scheme is a classification run directory ``out/<scheme>``, the unit of this
+    experiment: a later call with the same configuration continues each from what it
+    stored (``resume``; False refuses a directory that holds a run).
+    """
     base = get_config("fc-fashion", preset).replace(**_PRESET_CHANGES[preset])
     if seeds is not None:
         base = base.replace(seeds=tuple(range(seeds)))
+    out, _ = open_run(out, "init_compare.run", "init", preset, base, resume)
     rows = []
     runs = []
     for scheme in SCHEMES:
         config = base.replace(experiment=f"init-{scheme}", init=scheme)
         result = run_experiment(
-            config, out=out / scheme, data_dir=data_dir, download=download, progress=progress
+            config,
+            out=out / scheme,
+            data_dir=data_dir,
+            download=download,
+            progress=progress,
+            resume=resume,
         )
         rows.append(_row(scheme, result))
         runs.append(result.run_dir)
@@ -177,8 +196,5 @@ def run(
     result_obj = InitResult(table, tuple(runs), verdicts)
     (out / "metrics.json").write_text(
         json.dumps(result_obj.to_dict(), indent=2, default=str) + "\n", encoding="utf-8"
-    )
-    (out / "config.json").write_text(
-        json.dumps(base.to_dict(), indent=2, default=str) + "\n", encoding="utf-8"
     )
     return result_obj

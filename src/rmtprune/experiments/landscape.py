@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ from rmtprune.experiments._landscape_report import (
     summarize,
     write_outputs,
 )
+from rmtprune.experiments.rundir import UnitStore
 from rmtprune.models import FullyConnected, initialize
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.schedules import Linear
@@ -209,77 +211,93 @@ def _train(
     return trainer.model, history[-1]
 
 
-Dense = dict[tuple[str, int], nn.Module]
+Models = Callable[[str, int], nn.Module]
+"""The dense solution of ``(arm, seed)``, read from its stored unit."""
 
 
-def _solutions(
-    config: LandscapeConfig, data: tuple[Any, Any], evaluation: Any, progress: bool
-) -> tuple[Dense, list[SolutionRecord]]:
-    """Train both arms of every seed; their dense copies and final numbers."""
-    dense: Dense = {}
-    solutions = []
-    for seed in range(config.seeds):
-        for arm in ARMS:
-            common.say(progress, f"[landscape] training seed {seed} {arm}")
-            model, last = _train(config, seed, arm, data, progress)
-            dense[arm, seed] = common.dense_copy(model).eval()
-            solutions.append(
-                SolutionRecord(
-                    arm,
-                    seed,
-                    last.test_loss,
-                    last.test_accuracy,
-                    loss(dense[arm, seed], evaluation),
-                    last.n_params,
-                )
-            )
-    return dense, solutions
+def _solution(
+    config: LandscapeConfig,
+    seed: int,
+    arm: str,
+    data: tuple[Any, Any],
+    evaluation: Any,
+    store: UnitStore,
+    progress: bool,
+) -> SolutionRecord:
+    """Unit ``solution-<arm>-<seed>``: train one arm of one seed; store its dense weights."""
+    name = f"solution-{arm}-{seed}"
+
+    def train() -> SolutionRecord:
+        common.say(progress, f"[landscape] training seed {seed} {arm}")
+        model, last = _train(config, seed, arm, data, progress)
+        dense = common.dense_copy(model).eval()
+        store.save_tensors(name, dense.state_dict())
+        return SolutionRecord(
+            arm, seed, last.test_loss, last.test_accuracy, loss(dense, evaluation), last.n_params
+        )
+
+    return store.get(name, train, SolutionRecord.to_dict, SolutionRecord.from_dict)
+
+
+def _stored_model(config: LandscapeConfig, store: UnitStore, arm: str, seed: int) -> nn.Module:
+    model = FullyConnected(list(config.widths))
+    model.load_state_dict(store.load_tensors(f"solution-{arm}-{seed}"))
+    return model.eval()
 
 
 def _lines(
-    config: LandscapeConfig, dense: Dense, evaluation: Any, progress: bool
+    config: LandscapeConfig, models: Models, evaluation: Any, store: UnitStore, progress: bool
 ) -> list[LineRecord]:
-    """Loss along the straight line between every pair of seeds of each arm."""
+    """Loss along the straight line between every pair of seeds of each arm (one unit each)."""
     ts = np.linspace(0.0, 1.0, config.line_points)
-    lines = []
-    for arm in ARMS:
-        for a, b in itertools.combinations(range(config.seeds), 2):
-            common.say(progress, f"[landscape] line {arm} {a}-{b}")
-            losses = interpolation_losses(dense[arm, a], dense[arm, b], evaluation, ts.tolist())
-            lines.append(
-                LineRecord(
-                    arm, a, b, tuple(ts.tolist()), tuple(losses.tolist()), *barrier_height(losses)
-                )
-            )
-    return lines
+
+    def line(arm: str, a: int, b: int) -> LineRecord:
+        common.say(progress, f"[landscape] line {arm} {a}-{b}")
+        losses = interpolation_losses(models(arm, a), models(arm, b), evaluation, ts.tolist())
+        return LineRecord(
+            arm, a, b, tuple(ts.tolist()), tuple(losses.tolist()), *barrier_height(losses)
+        )
+
+    return [
+        store.get(
+            f"line-{arm}-{a}-{b}",
+            partial(line, arm, a, b),
+            LineRecord.to_dict,
+            LineRecord.from_dict,
+        )
+        for arm in ARMS
+        for a, b in itertools.combinations(range(config.seeds), 2)
+    ]
 
 
 def _surfaces(
-    config: LandscapeConfig, dense: Dense, evaluation: Any, progress: bool
+    config: LandscapeConfig, models: Models, evaluation: Any, store: UnitStore, progress: bool
 ) -> list[SurfaceRecord]:
     """Loss on a plane of two filter-normalised random directions around some solutions."""
     coords = np.linspace(-config.radius, config.radius, config.grid)
-    surfaces = []
-    for arm in ARMS:
-        for seed in range(min(config.surface_seeds, config.seeds)):
-            common.say(progress, f"[landscape] surface {arm} seed {seed}")
-            generator = torch.Generator().manual_seed(config.seed * 1000 + seed)
-            model = dense[arm, seed]
-            directions = [filter_normalized_direction(model, generator) for _ in range(2)]
-            grid = surface_losses(model, evaluation, directions, coords)
-            center = loss(model, evaluation)
-            surfaces.append(
-                SurfaceRecord(
-                    arm,
-                    seed,
-                    tuple(coords.tolist()),
-                    center,
-                    float(np.mean(grid - center)),
-                    convexity(grid),
-                    grid,
-                )
-            )
-    return surfaces
+
+    def surface(arm: str, seed: int) -> SurfaceRecord:
+        common.say(progress, f"[landscape] surface {arm} seed {seed}")
+        generator = torch.Generator().manual_seed(config.seed * 1000 + seed)
+        model = models(arm, seed)
+        directions = [filter_normalized_direction(model, generator) for _ in range(2)]
+        grid = surface_losses(model, evaluation, directions, coords)
+        center = loss(model, evaluation)
+        mean_rise = float(np.mean(grid - center))
+        return SurfaceRecord(
+            arm, seed, tuple(coords.tolist()), center, mean_rise, convexity(grid), grid
+        )
+
+    return [
+        store.get(
+            f"surface-{arm}-{seed}",
+            partial(surface, arm, seed),
+            SurfaceRecord.to_dict,
+            SurfaceRecord.from_dict,
+        )
+        for arm in ARMS
+        for seed in range(min(config.surface_seeds, config.seeds))
+    ]
 
 
 def run(
@@ -290,6 +308,7 @@ def run(
     data_dir: Any = None,
     progress: bool = True,
     config: LandscapeConfig | None = None,
+    resume: bool = True,
 ) -> LandscapeResult:
     """Run the landscape experiment and write its files into ``out``.
 
@@ -300,14 +319,19 @@ def run(
     seeds : int, optional
         Number of seeds per arm (at least 2), overriding the preset.
     out : path
-        Output folder (created): ``config.json``, ``metrics.json``, ``solutions.csv``,
-        ``lines.csv``, ``surfaces.csv``, PNG figures and ``report_section.md``.
+        Run directory (created): ``config.json``, ``environment.json``, ``metrics.json``,
+        ``solutions.csv``, ``lines.csv``, ``surfaces.csv``, PNG figures,
+        ``report_section.md`` and, under ``units/``, each finished unit as it finishes:
+        ``solution-<arm>-<seed>`` (with its dense weights, ``.pt``), ``line-<arm>-<a>-<b>``
+        and ``surface-<arm>-<seed>``.  A later call with the same configuration loads them.
     data_dir : path, optional
         Data root holding Fashion-MNIST (default ``$RMTPRUNE_DATA``).
     progress : bool
         Progress lines on stderr.
     config : LandscapeConfig, optional
         Use this configuration instead of the preset's.
+    resume : bool
+        Continue a run of the same configuration in ``out``; False refuses it.
 
     Returns
     -------
@@ -324,17 +348,21 @@ def run(
     )
     if config.seeds < 2:
         raise param_error("seeds", _OWNER, "an int >= 2 (pairs of solutions)", config.seeds)
-    folder = common.prepare_out(out, _OWNER)
     started = time.perf_counter()
-    common.write_run_config(folder, "landscape", preset, config)
+    folder, store = common.open_run(out, _OWNER, "landscape", preset, config, resume)
     train, test = common.load_fashion_mnist(
         config.n_train, config.n_test, data_dir=data_dir, seed=config.seed
     )
     x, y = test.tensors
     evaluation = (x[: config.n_eval], y[: config.n_eval])
-    dense, solutions = _solutions(config, (train, test), evaluation, progress)
-    lines = _lines(config, dense, evaluation, progress)
-    surfaces = _surfaces(config, dense, evaluation, progress)
+    solutions = [
+        _solution(config, seed, arm, (train, test), evaluation, store, progress)
+        for seed in range(config.seeds)
+        for arm in ARMS
+    ]
+    models = cache(partial(_stored_model, config, store))
+    lines = _lines(config, models, evaluation, store, progress)
+    surfaces = _surfaces(config, models, evaluation, store, progress)
     summary = summarize(solutions, lines, surfaces)
     accuracy = common.paired_comparison(
         [s.test_accuracy for s in solutions if s.arm == "pruned"],

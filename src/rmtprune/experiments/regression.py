@@ -27,6 +27,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ import torch
 
 from rmtprune._validation import check_int, check_real, param_error
 from rmtprune.experiments import _analysis_common as common
+from rmtprune.experiments._regression_figures import draw_figures
+from rmtprune.experiments.results import ClaimVerdict
 from rmtprune.models import FullyConnected, initialize
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.schedules import Linear
@@ -169,6 +172,12 @@ class RunRecord:
         """Plain ``dict`` of the fields."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RunRecord:
+        """Inverse of :meth:`to_dict` (as read back from JSON)."""
+        v: dict[str, Any] = {k: tuple(x) if isinstance(x, list) else x for k, x in values.items()}
+        return cls(**v)
+
 
 def _train(
     config: RegressionConfig, seed: int, arm: str, data: tuple[Any, Any], progress: bool
@@ -232,7 +241,7 @@ class RegressionResult:
     test: common.PairedComparison
     train: common.PairedComparison
     target_variance: float
-    verdicts: tuple[common.Verdict, ...]
+    verdicts: tuple[ClaimVerdict, ...]
     files: tuple[str, ...]
     wall_time: float
 
@@ -261,7 +270,7 @@ class RegressionResult:
         }
 
 
-def _verdicts(result_parts: dict[str, Any]) -> list[common.Verdict]:
+def _verdicts(result_parts: dict[str, Any]) -> list[ClaimVerdict]:
     test: common.PairedComparison = result_parts["test"]
     params: dict[str, float] = result_parts["params"]
     variance = result_parts["target_variance"]
@@ -272,7 +281,8 @@ def _verdicts(result_parts: dict[str, Any]) -> list[common.Verdict]:
         helps = test.mean < 0
     reduction = 1 - params["pruned"] / params["normal"]
     return [
-        common.Verdict(
+        ClaimVerdict.from_holds(
+            "helps",
             "pruning helps the regression (final test MSE against the clean function)",
             helps,
             f"Test MSE normal {test.mean_b:.4g}, pruned {test.mean_a:.4g}; paired difference "
@@ -280,66 +290,14 @@ def _verdicts(result_parts: dict[str, Any]) -> list[common.Verdict]:
             f"{test.n} seeds, pruned lower on {test.losses}/{test.n}, paired t-test p = "
             f"{p:.3g} (inconclusive unless p < 0.05). A constant predictor scores {variance:.4g}.",
         ),
-        common.Verdict(
+        ClaimVerdict.from_holds(
+            "removes-parameters",
             "pruning removes parameters",
             reduction > 0,
             f"Final parameters: normal {params['normal']:.0f}, pruned {params['pruned']:.0f} "
             f"(mean over seeds; {reduction:.1%} removed).",
         ),
     ]
-
-
-def _figures(folder: Path, config: RegressionConfig, runs: list[RunRecord], data: Any) -> list[str]:
-    epochs = np.arange(1, config.epochs + 1)
-    fig = common.new_figure(3)
-    for ax, key, label in zip(
-        fig.axes,
-        ("train_mse", "test_mse", "n_params"),
-        (
-            "training MSE (noisy points), geometric mean ×/÷ std",
-            "test MSE (clean f), geometric mean ×/÷ std",
-            "parameters, mean ± std",
-        ),
-        strict=True,
-    ):
-        for arm, color in (("normal", "C0"), ("pruned", "C3")):
-            values = np.array([getattr(r, key) for r in runs if r.arm == arm], dtype=np.float64)
-            if key == "n_params":  # mean ± std
-                mean, std = values.mean(axis=0), values.std(axis=0)
-                low, high = mean - std, mean + std
-            else:  # geometric mean ×/÷ geometric std (the axis is logarithmic)
-                logs = np.log(values)
-                mean, std = np.exp(logs.mean(axis=0)), np.exp(logs.std(axis=0))
-                low, high = mean / std, mean * std
-            ax.plot(epochs, mean, color=color, label=arm)
-            ax.fill_between(epochs, low, high, color=color, alpha=0.2)
-        if key == "train_mse":
-            ax.axhline(config.noise**2, color="k", lw=0.6, label="noise variance")
-        if key != "n_params":
-            ax.set_yscale("log")
-        ax.set(xlabel="epoch", title=label)
-        ax.legend(fontsize=8)
-    files = [common.save_figure(fig, folder / "regression_curves.png").name]
-
-    (x, y), (grid, clean) = data
-    fig = common.new_figure(size=(7.0, 4.2))
-    ax = fig.axes[0]
-    ax.scatter(x.reshape(-1), y, s=6, color="0.5", label="training data")
-    ax.plot(grid.reshape(-1), clean, "k-", lw=1.5, label="f(x)")
-    for arm, color in (("normal", "C0"), ("pruned", "C3")):
-        for i, r in enumerate(r for r in runs if r.arm == arm):
-            ax.plot(
-                grid.reshape(-1),
-                r.prediction,
-                color=color,
-                lw=1.0,
-                alpha=0.8 if i else 1.0,
-                label=arm if i == 0 else None,
-            )
-    ax.set(xlabel="x", ylabel="y", title="fitted functions, all seeds")
-    ax.legend(fontsize=8)
-    files.append(common.save_figure(fig, folder / "regression_fit.png").name)
-    return files
 
 
 def _final(runs: Sequence[RunRecord], arm: str, key: str) -> list[float]:
@@ -380,7 +338,7 @@ def _section(
     runs: Sequence[RunRecord],
     params: dict[str, float],
     figures: Sequence[str],
-    verdicts: Sequence[common.Verdict],
+    verdicts: Sequence[ClaimVerdict],
 ) -> str:
     table = common.markdown_table(
         ["arm", "train MSE (mean ± std)", "test MSE (mean ± std)", "parameters"],
@@ -424,6 +382,7 @@ def run(
     data_dir: Any = None,
     progress: bool = True,
     config: RegressionConfig | None = None,
+    resume: bool = True,
 ) -> RegressionResult:
     """Run the regression experiment and write its files into ``out``.
 
@@ -434,15 +393,18 @@ def run(
     seeds : int, optional
         Number of seeds, overriding the preset.
     out : path
-        Output folder (created): ``config.json``, ``metrics.json``, ``curves.csv``,
-        ``final.csv``, ``regression_curves.png``, ``regression_fit.png`` and
-        ``report_section.md``.
+        Run directory (created): ``config.json``, ``environment.json``, ``metrics.json``,
+        ``curves.csv``, ``final.csv``, ``regression_curves.png``, ``regression_fit.png``,
+        ``report_section.md`` and ``units/seed-<s>-<arm>.json`` (each trained arm, stored
+        as it finishes: a later call loads it; see ``common.open_run``).
     data_dir : ignored
         Accepted for the common signature; the data are synthetic.
     progress : bool
         Progress lines on stderr.
     config : RegressionConfig, optional
         Use this configuration instead of the preset's.
+    resume : bool
+        Continue a run of the same configuration in ``out``; False refuses it.
 
     Returns
     -------
@@ -458,17 +420,22 @@ def run(
     config = common.resolve_config(
         RegressionConfig, RegressionConfig.from_preset, config, preset, seeds, _OWNER
     )
-    folder = common.prepare_out(out, _OWNER)
     started = time.perf_counter()
-    common.write_run_config(
-        folder, "regression", preset, config, target="sin(2πx) + 0.5 sin(6πx) on [0, 2]"
+    folder, store = common.open_run(
+        out,
+        _OWNER,
+        "regression",
+        preset,
+        config,
+        resume,
+        target="sin(2πx) + 0.5 sin(6πx) on [0, 2]",
     )
     data = make_data(config)
     runs: list[RunRecord] = []
-    for seed in range(config.seeds):
-        for arm in ("normal", "pruned"):
-            common.say(progress, f"[regression] seed {seed} {arm}")
-            runs.append(_train(config, seed, arm, data, progress))
+    for seed, arm in ((s, a) for s in range(config.seeds) for a in ("normal", "pruned")):
+        common.say(progress, f"[regression] seed {seed} {arm}")
+        fit = partial(_train, config, seed, arm, data, progress)
+        runs.append(store.get(f"seed-{seed}-{arm}", fit, RunRecord.to_dict, RunRecord.from_dict))
     test = common.paired_comparison(
         _final(runs, "pruned", "test_mse"), _final(runs, "normal", "test_mse"), metric="test_mse"
     )
@@ -482,7 +449,7 @@ def run(
     verdicts = _verdicts({"test": test, "params": params, "target_variance": variance})
     _write_tables(folder, runs)
     arrays = tuple((x.numpy(), y.numpy()) for x, y in data)
-    figures = _figures(folder, config, runs, arrays)
+    figures = draw_figures(folder, config, runs, arrays)
     (folder / "report_section.md").write_text(_section(config, runs, params, figures, verdicts))
     files = ("curves.csv", "final.csv", *figures, "report_section.md")
     result = RegressionResult(

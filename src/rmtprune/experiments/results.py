@@ -1,7 +1,8 @@
 """What a classification run produced: per-arm, per-seed and whole-run results.
 
-The data types of the reporting layer live here (spectra, summary rows, claim
-verdicts) so that :mod:`~rmtprune.experiments.claims`, which computes them, and
+The data types of the reporting layer live here (spectra, summary rows and
+:class:`ClaimVerdict`, the one verdict type of every experiment, the analysis ones
+included) so that :mod:`~rmtprune.experiments.claims`, which computes them, and
 :mod:`~rmtprune.experiments.plots`, which draws them, depend on this module and
 not on each other.
 
@@ -129,14 +130,47 @@ class SummaryRow:
         }
 
 
+_LABELS: Mapping[bool | None, str] = {True: "HOLDS", False: "DOES NOT HOLD", None: "INCONCLUSIVE"}
+
+
 @dataclass(frozen=True)
 class ClaimVerdict:
-    """What the run says about one claim of the paper."""
+    """What an experiment says about one claim: the claim, the verdict, the numbers behind it.
+
+    The one verdict type of every experiment.  ``key`` names the claim (for example
+    ``"reduction"``), ``verdict`` is the wording of the outcome and ``explanation``
+    gives the numbers.  The classification claims use graded wordings ("agrees",
+    "partly agrees", ...; see :mod:`rmtprune.experiments.claims`); a claim checked as
+    a yes/no question is built by :meth:`from_holds` and reads ``HOLDS``,
+    ``DOES NOT HOLD`` or ``INCONCLUSIVE``.
+
+    Examples
+    --------
+    >>> v = ClaimVerdict.from_holds("params", "pruning removes parameters", True, "40 % removed.")
+    >>> v.verdict, v.holds
+    ('HOLDS', True)
+    >>> v.line()
+    '- **Verdict — pruning removes parameters: HOLDS.** 40 % removed.'
+    """
 
     key: str
     claim: str
     verdict: str
     explanation: str
+
+    @classmethod
+    def from_holds(cls, key: str, claim: str, holds: bool | None, explanation: str) -> ClaimVerdict:
+        """A yes/no verdict: ``holds`` True, False or None (inconclusive)."""
+        return cls(key, claim, _LABELS[None if holds is None else bool(holds)], explanation)
+
+    @property
+    def holds(self) -> bool | None:
+        """True or False for the verdicts ``HOLDS`` / ``DOES NOT HOLD``; None for any other."""
+        return {label: holds for holds, label in _LABELS.items()}.get(self.verdict)
+
+    def line(self) -> str:
+        """The Markdown verdict line of the analysis reports' ``report_section.md``."""
+        return f"- **Verdict — {self.claim}: {self.verdict}.** {self.explanation}"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dictionary of the fields."""

@@ -1,7 +1,8 @@
-"""The run directory of a classification run: configuration, environment, seeds, imports.
+"""The run directory of an experiment: configuration, environment, finished units, imports.
 
-A run directory is owned by :func:`rmtprune.experiments.run_experiment`; this
-module holds the rules it follows:
+A run directory is owned by :func:`rmtprune.experiments.run_experiment` (classification)
+or by the ``run`` function of an analysis experiment; this module holds the rules both
+follow.  For a classification run:
 
 * ``config.json`` holds the resolved :class:`ExperimentConfig`.  A later call
   with the same directory must give the same configuration, except for the
@@ -22,6 +23,12 @@ module holds the rules it follows:
 Config files written under older names of a field are read through
 :data:`LEGACY_NAMES`.
 
+An analysis run (:func:`prepare_analysis_dir`) follows the same rules with two
+differences: ``config.json`` also names the experiment, and ``seeds`` (a number of seeds
+there) must match like any other field.  Its finished units (a seed, a network, an
+initialisation) are stored by a :class:`UnitStore` under ``units/``, so that a later call
+loads them instead of computing them again.
+
 Example
 -------
 >>> from rmtprune.experiments.rundir import config_differences
@@ -39,9 +46,9 @@ import json
 import os
 import platform
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import matplotlib
 import numpy as np
@@ -49,6 +56,7 @@ import scipy
 import torch
 
 import rmtprune
+from rmtprune._fileio import atomic_write_bytes
 from rmtprune.experiments import formats
 from rmtprune.experiments.config import ExperimentConfig
 from rmtprune.experiments.formats import to_jsonable
@@ -57,11 +65,13 @@ from rmtprune.experiments.results import SeedResult, SpectrumSnapshot
 __all__ = [
     "LEGACY_NAMES",
     "RUNTIME_FIELDS",
+    "UnitStore",
     "config_differences",
     "environment",
     "import_seeds",
     "load_seed",
     "normalize",
+    "prepare_analysis_dir",
     "prepare_run_dir",
     "read_config",
     "save_seed",
@@ -78,6 +88,8 @@ LEGACY_NAMES: Mapping[str, str] = {"prune_every": "every"}
 """Older names of configuration fields, read from config files of existing run directories."""
 
 _GROWING = frozenset({"seeds"})
+
+T = TypeVar("T")
 
 
 def write_json(path: Path, content: Any) -> None:
@@ -146,11 +158,13 @@ def normalize(values: Mapping[str, Any]) -> dict[str, Any]:
     return {LEGACY_NAMES.get(k, k): v for k, v in values.items()}
 
 
-def config_differences(previous: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+def config_differences(
+    previous: Mapping[str, Any], current: Mapping[str, Any], growing: Iterable[str] = _GROWING
+) -> list[str]:
     """Names of the fields in which two config dictionaries differ, apart from
-    :data:`RUNTIME_FIELDS` and ``seeds``."""
+    :data:`RUNTIME_FIELDS` and the ``growing`` fields (``seeds``)."""
     old, new = normalize(previous), normalize(current)
-    ignored = RUNTIME_FIELDS | _GROWING
+    ignored = RUNTIME_FIELDS | frozenset(growing)
     return sorted(k for k in set(old) | set(new) if k not in ignored and old.get(k) != new.get(k))
 
 
@@ -179,7 +193,20 @@ def prepare_run_dir(
     """
     run_dir = _default_dir(config) if out is None else Path(out)
     previous = read_config(run_dir)
-    seeds = set(config.seeds)
+    _check_resume(run_dir, previous, config.to_dict(), resume, _GROWING)
+    seeds = set(config.seeds) | set(previous["seeds"] if previous is not None else ())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, config.replace(seeds=tuple(sorted(seeds)))
+
+
+def _check_resume(
+    run_dir: Path,
+    previous: Mapping[str, Any] | None,
+    current: Mapping[str, Any],
+    resume: bool,
+    growing: Iterable[str],
+) -> None:
+    """Refuse a run directory that holds a run of another configuration, or files but no run."""
     if previous is not None:
         if not resume:
             raise ValueError(
@@ -187,20 +214,111 @@ def prepare_run_dir(
                 "Run again without --no-resume (resume=True) to continue it; to start over, "
                 "delete it or choose a new --out directory."
             )
-        differing = config_differences(previous, config.to_dict())
+        differing = config_differences(previous, current, growing)
         if differing:
             raise ValueError(
                 f"Cannot resume the run in {str(run_dir)!r}: its configuration differs in "
                 f"{differing}. Use a new output directory."
             )
-        seeds |= set(previous["seeds"])
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise ValueError(
             f"The 'out' parameter names {str(run_dir)!r}, which is not empty and holds no run. "
             "Choose a new or empty directory."
         )
+
+
+def prepare_analysis_dir(
+    out: str | os.PathLike[str],
+    experiment: str,
+    preset: str,
+    config: Mapping[str, Any],
+    *,
+    resume: bool = True,
+    **extra: Any,
+) -> Path:
+    """Create or check the run directory of an analysis experiment and record this call.
+
+    A new directory gets ``config.json`` (experiment, preset, ``config``, the ``extra``
+    fields and the environment) and ``environment.json``.  A directory holding a run of
+    the same experiment is continued (``resume``) when its preset and configuration equal
+    these apart from :data:`RUNTIME_FIELDS`; this call's environment is then appended to
+    ``environment.json`` under ``"resumed"``.  A run of another experiment or
+    configuration, or a non-empty directory holding no run, is refused.
+    """
+    run_dir = Path(out)
+    current = to_jsonable({"preset": preset, **config})
+    path = run_dir / "config.json"
+    previous = None
+    if path.is_file():
+        content = json.loads(path.read_text())
+        found = content.get("experiment") if isinstance(content, dict) else None
+        if found != experiment or not isinstance(content.get("config"), dict):
+            raise ValueError(
+                f"The 'out' parameter names {str(run_dir)!r}, which holds a run of "
+                f"{found!r}, not of the {experiment!r} experiment. Choose a new or empty "
+                "directory."
+            )
+        previous = {"preset": content.get("preset"), **content["config"]}
+    _check_resume(run_dir, previous, current, resume, growing=())
     run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, config.replace(seeds=tuple(sorted(seeds)))
+    env = environment()
+    if previous is None:
+        record = {"experiment": experiment, "preset": preset, "config": current}
+        del record["config"]["preset"]
+        formats.write_json(path, {**record, **extra, "environment": env}, indent=2, newline=True)
+    update_environment(run_dir, "resumed", env)
+    return run_dir
+
+
+class UnitStore:
+    """The finished units of an analysis run: ``<run_dir>/units/<name>.json``, written once.
+
+    :meth:`get` returns a unit's stored value, computing and storing it first when it is
+    not there; a value is always returned as read back from its file, so a run that
+    computed a unit and a run that loaded it continue from identical values.  Tensors
+    (trained weights) go beside it as ``<name>.pt``, written before the JSON file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> store = UnitStore(Path(tempfile.mkdtemp()))
+    >>> store.get("seed-0", lambda: {"loss": 0.5}, dict, dict)
+    {'loss': 0.5}
+    >>> store.get("seed-0", lambda: 1 / 0, dict, dict)  # stored: not computed again
+    {'loss': 0.5}
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.folder = Path(run_dir) / "units"
+
+    def path(self, name: str, suffix: str = ".json") -> Path:
+        """The file of unit ``name``."""
+        return self.folder / f"{name}{suffix}"
+
+    def load(self, name: str) -> Any | None:
+        """The stored content of unit ``name`` (as read from JSON), or None."""
+        path = self.path(name)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def get(
+        self,
+        name: str,
+        compute: Callable[[], T],
+        encode: Callable[[T], Any],
+        decode: Callable[[Any], T],
+    ) -> T:
+        """Unit ``name``: ``decode`` of its stored content, after ``compute`` when missing."""
+        if not self.path(name).is_file():
+            formats.write_json(self.path(name), encode(compute()))
+        return decode(self.load(name))
+
+    def save_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Store ``tensors`` as ``units/<name>.pt`` (atomically)."""
+        atomic_write_bytes(self.path(name, ".pt"), lambda fh: torch.save(dict(tensors), fh))
+
+    def load_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """The tensors stored by :meth:`save_tensors`."""
+        return dict(torch.load(self.path(name, ".pt"), weights_only=True))
 
 
 def seed_dir(run_dir: Path, seed: int) -> Path:

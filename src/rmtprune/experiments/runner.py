@@ -5,8 +5,11 @@ run through :func:`rmtprune.experiments.classification.run_experiment`, the four
 experiments (:data:`rmtprune.experiments.analysis.ANALYSIS_EXPERIMENTS`) through
 :func:`rmtprune.experiments.analysis.reproduce_analysis`; both write one run directory
 with the resolved configuration, ``environment.json``, metrics, figures and
-``report.md`` / ``report.html``, and both refuse a non-empty directory that holds no run
-of theirs.  :func:`all_experiments` lists the nine ids.
+``report.md`` / ``report.html`` by the rules of :mod:`rmtprune.experiments.rundir`: a
+second call on the same directory resumes the run (finished seeds or units are loaded,
+not computed again), one with another configuration is refused naming the differing
+fields, and so is a non-empty directory that holds no run.  :func:`all_experiments` lists
+the nine ids.
 
 Example
 -------
@@ -98,6 +101,7 @@ def reproduce(
             data_dir=data_dir,
             download=download,
             progress=progress,
+            resume=resume,
         )
     config = get_config(experiment_id, preset).replace(device=check_device(device))
     if seeds is not None:

@@ -36,6 +36,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ from rmtprune.experiments._theory_report import (
     synthetic_verdicts,
     write_outputs,
 )
+from rmtprune.experiments.rundir import UnitStore
 
 __all__ = [
     "PRESETS",
@@ -323,6 +325,24 @@ class SyntheticRecord:
         """Plain ``dict`` of the fields."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SyntheticRecord:
+        """Inverse of :meth:`to_dict` (as read back from JSON)."""
+        v: dict[str, Any] = {k: tuple(x) if isinstance(x, list) else x for k, x in values.items()}
+        return cls(**v)
+
+
+def _synthetic_unit(
+    config: TheoryConfig, store: UnitStore, size: int, seed: int
+) -> tuple[SyntheticRecord, np.ndarray]:
+    """Unit ``synthetic-<size>-<seed>`` of ``store``: the record and BEMA's eigenvalues."""
+    return store.get(
+        f"synthetic-{size}-{seed}",
+        partial(_synthetic, config, size, seed),
+        lambda unit: {"record": unit[0].to_dict(), "eigenvalues": unit[1].tolist()},
+        lambda raw: (SyntheticRecord.from_dict(raw["record"]), np.array(raw["eigenvalues"])),
+    )
+
 
 def _synthetic(config: TheoryConfig, size: int, seed: int) -> tuple[SyntheticRecord, np.ndarray]:
     base = config.seed * 1_000_003 + size
@@ -403,6 +423,7 @@ def run(
     data_dir: Any = None,
     progress: bool = True,
     config: TheoryConfig | None = None,
+    resume: bool = True,
 ) -> TheoryResult:
     """Run the theory experiment and write its files into ``out``.
 
@@ -413,15 +434,19 @@ def run(
     seeds : int, optional
         Seeds per size in part (a) and draws of ``R₂`` in part (b), overriding the preset.
     out : path
-        Output folder (created): ``config.json``, ``metrics.json``, ``synthetic.csv``,
-        ``sweep.csv``, ``networks.csv``, ``network_samples.npz`` (per-sample τ, margin and
-        changes of the first draw), PNG figures and ``report_section.md``.
+        Run directory (created): ``config.json``, ``environment.json``, ``metrics.json``,
+        ``synthetic.csv``, ``sweep.csv``, ``networks.csv``, ``network_samples.npz``
+        (per-sample τ, margin and changes of the first draw), PNG figures,
+        ``report_section.md`` and the finished units under ``units/``.
     data_dir : path, optional
         Data root holding Fashion-MNIST (default ``$RMTPRUNE_DATA``).
     progress : bool
         Progress lines on stderr.
     config : TheoryConfig, optional
         Use this configuration instead of the preset's (``preset`` is still recorded).
+    resume : bool
+        Continue a run of the same configuration in ``out`` (False refuses it): each unit
+        (``synthetic-<N>-<seed>``, ``network-<activation>-<N>``) stored is loaded, not redone.
 
     Returns
     -------
@@ -436,21 +461,22 @@ def run(
     config = common.resolve_config(
         TheoryConfig, TheoryConfig.from_preset, config, preset, seeds, _OWNER
     )
-    folder = common.prepare_out(out, _OWNER)
     started = time.perf_counter()
-    common.write_run_config(folder, "theory", preset, config)
+    folder, store = common.open_run(out, _OWNER, "theory", preset, config, resume)
     records, spectra, spectrum = [], [], np.empty(0)
     for size in config.sizes:
         common.say(progress, f"[theory] synthetic N={size}: {config.seeds} seeds")
         for seed in range(config.seeds):
-            record, lam = _synthetic(config, size, seed)
+            record, lam = _synthetic_unit(config, store, size, seed)
             records.append(record)
             spectra += [lam] if size == config.sweep_size else []
             spectrum = lam if (size, seed) == (max(config.sizes), 0) else spectrum
     if not spectra:
-        spectra = [_synthetic(config, config.sweep_size, s)[1] for s in range(config.seeds)]
+        spectra = [
+            _synthetic_unit(config, store, config.sweep_size, s)[1] for s in range(config.seeds)
+        ]
     sweep = _sweep(config, spectra)
-    networks = run_networks(config, data_dir, progress)
+    networks = run_networks(config, data_dir, progress, store)
     slopes = {k: common.loglog_slope(*by_size(records, k)[:2]) for k in SLOPES}
     limits = predicted_distances(config.strengths, config.ratio)
     verdicts = synthetic_verdicts(config, records, slopes, limits) + network_verdicts(networks)
