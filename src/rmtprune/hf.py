@@ -53,13 +53,13 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from rmtprune._fileio import atomic_write_bytes
 from rmtprune.factorize.hf_guard import unmark
 from rmtprune.factorize.lowrank import LowRankModule
 from rmtprune.factorize.registry import get_adapter, set_submodule
@@ -101,20 +101,10 @@ def _main_dtype(model: nn.Module) -> torch.dtype:
     return max(counts, key=lambda d: counts[d]) if counts else torch.float32
 
 
-def _write_json(path: str, document: Mapping[str, Any]) -> None:
-    """Write ``document`` to ``path`` atomically (temporary file, then rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _write_json(path: str | os.PathLike[str], document: Mapping[str, Any]) -> None:
+    """Write ``document`` to ``path`` atomically, as Hugging Face writes ``config.json``."""
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def save_pretrained(

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import types
 from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
+from rmtprune._fileio import atomic_write_bytes
 from rmtprune.factorize.lowrank import LowRankModule
 
 __all__ = [
@@ -96,17 +96,8 @@ def _mark(directory: str) -> None:
     with open(path, encoding="utf-8") as handle:
         document = json.load(handle)
     document[QUANTIZATION_KEY] = dict(MARKER)
-    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 class MarkingSave:
