@@ -59,6 +59,29 @@ def test_loss_and_pooling_closed_forms() -> None:
     assert mean_pooled(torch.ones(4, 3)).shape == (4, 3)
 
 
+class _Tokens(nn.Module):
+    """A token model: ``(B, T, 4)`` states from ``input_ids``, padded positions included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Embedding(10, 4)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.table(input_ids)
+
+
+def test_a_student_equal_to_its_teacher_starts_at_zero_loss_with_padded_batches() -> None:
+    """The targets are the teacher's whole outputs, padding too (the output change, not the
+    loss, leaves padding out): a student equal to the teacher has loss 0 before any step."""
+    torch.manual_seed(0)
+    teacher = _Tokens()
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    batches = [{"input_ids": torch.randint(0, 10, (2, 4)), "attention_mask": mask}] * 2
+    assert torch.equal(OutputProbe(teacher, batches).reference[0], teacher(**batches[0]).double())
+    result = distill(copy.deepcopy(teacher), teacher, batches, epochs=1, lr=1e-12)
+    assert result.history[0].loss == pytest.approx(0.0, abs=1e-6)  # float32 cosine rounding
+
+
 def test_docstring_sentences_are_deterministic_and_clean() -> None:
     first, second = docstring_sentences(seed=1), docstring_sentences(seed=2)
     assert len(set(first)) == len(first) > 1000

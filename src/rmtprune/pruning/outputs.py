@@ -149,6 +149,11 @@ def position_mask(batch: Any, output: torch.Tensor) -> torch.Tensor | None:
     return weights.reshape(*mask.shape, *([1] * (output.dim() - 2)))
 
 
+def _masked_square_sum(values: torch.Tensor, mask: torch.Tensor | None) -> float:
+    """``Σ values²`` over the positions ``mask`` keeps (all of them without a mask)."""
+    return float((values if mask is None else values * mask).square().sum())
+
+
 class OutputProbe:
     """Reference outputs of a model on fixed batches, to measure how much a change moves them.
 
@@ -165,12 +170,13 @@ class OutputProbe:
 
     def __init__(self, model: nn.Module, batches: Sequence[Any]) -> None:
         self.batches = list(batches)
-        outputs = [out.detach().to(torch.float64) for out in self.outputs(model)]
-        self.masks = [position_mask(b, out) for b, out in zip(self.batches, outputs, strict=True)]
-        self.reference = [
-            out if m is None else out * m for out, m in zip(outputs, self.masks, strict=True)
+        self.reference = [out.detach().to(torch.float64) for out in self.outputs(model)]
+        """The model's outputs in float64, whole (padding included: targets for training)."""
+        self.masks = [
+            position_mask(b, out) for b, out in zip(self.batches, self.reference, strict=True)
         ]
-        self.norm = math.sqrt(sum(float(r.square().sum()) for r in self.reference))
+        pairs = zip(self.reference, self.masks, strict=True)
+        self.norm = math.sqrt(sum(_masked_square_sum(r, m) for r, m in pairs))
 
     def outputs(self, model: nn.Module) -> list[torch.Tensor]:
         """The first output tensor of ``model`` on every batch (eval mode, no gradients)."""
@@ -192,8 +198,7 @@ class OutputProbe:
                     f"The changed model's output has shape {tuple(out.shape)}; the reference "
                     f"output has shape {tuple(ref.shape)}."
                 )
-            out = out.to(torch.float64) if mask is None else out.to(torch.float64) * mask
-            total += float((out - ref).square().sum())
+            total += _masked_square_sum(out.to(torch.float64) - ref, mask)
         if self.norm == 0.0:
             return 0.0 if total == 0.0 else math.inf
         return math.sqrt(total) / self.norm
