@@ -272,3 +272,37 @@ def test_analysis_dir_refuses_another_experiment_and_no_resume(tmp_path: Path) -
         prepare_analysis_dir(run_dir, "theory", "smoke", config)
     with pytest.raises(ValueError, match="already holds a run"):
         prepare_analysis_dir(run_dir, "regression", "smoke", config, resume=False)
+
+
+def test_no_resume_refuses_a_run_as_its_help_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reproduce_parser = cli.build_parser()._subparsers._group_actions[0].choices["reproduce"]  # type: ignore[union-attr]
+    (flag,) = [a for a in reproduce_parser._actions if "--no-resume" in a.option_strings]
+    assert flag.help is not None and flag.help.startswith("refuse an --out that already holds")
+    config = _config((0,))
+    (tmp_path / "config.json").write_text(json.dumps({"config": config.to_dict()}))
+    argv = ["reproduce", "fc-mnist", "--preset", "smoke", "--seeds", "1", "--out", str(tmp_path)]
+    assert cli.main([*argv, "--no-resume", "--quiet"]) != 0
+    assert "already holds a run" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # nothing started over
+
+
+def test_an_older_format_run_directory_is_named_as_such(tmp_path: Path, data_root: Path) -> None:
+    old = tmp_path / "init"  # the archive's first format: a flat config.json
+    old.mkdir()
+    shutil.copy(ARCHIVE.parents[1] / "init" / "config.json", old / "config.json")
+    assert "config" not in json.loads((old / "config.json").read_text())
+    kw: dict[str, Any] = {"preset": "smoke", "out": old, "data_dir": data_root, "progress": False}
+    for experiment in ("init", "fc-fashion", "regression"):
+        with pytest.raises(ValueError, match="written in an older rmtprune format"):
+            reproduce(experiment, **kw)
+    with pytest.raises(ValueError, match=r"'run_dir' parameter of render_run .* older rmtprune"):
+        render_run(old)
+    classification = tmp_path / "fc-mnist"  # a current classification run, asked for an analysis
+    classification.mkdir()
+    (classification / "config.json").write_text(json.dumps({"config": _config((0,)).to_dict()}))
+    with pytest.raises(ValueError, match="holds a run of 'fc-mnist', not of the 'init' experiment"):
+        reproduce("init", **{**kw, "out": classification})
+    with pytest.raises(ValueError, match="holds a run of 'fc-mnist', not of the 'fc-fashion'"):
+        reproduce("fc-fashion", **{**kw, "out": classification})
