@@ -89,7 +89,10 @@ def add_reproduce_parser(sub: Any) -> None:
         "repeatable",
     )
     r.add_argument(
-        "--no-resume", action="store_true", help="start over even if --out has checkpoints"
+        "--no-resume",
+        action="store_true",
+        help="refuse an --out that already holds a run instead of continuing it (to start "
+        "over, delete that directory or choose another --out)",
     )
 
 

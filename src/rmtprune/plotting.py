@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -37,7 +38,13 @@ from rmtprune.pruning.report import LayerAnalysis, ModelReport
 from rmtprune.pruning.selection import Select
 from rmtprune.pruning.walker import analyze, prune
 
-__all__ = ["SpectrumPlotData", "plot_spectrum", "spectrum_plot_data"]
+__all__ = [
+    "SpectrumPlotData",
+    "SpectrumStyle",
+    "draw_spectrum",
+    "plot_spectrum",
+    "spectrum_plot_data",
+]
 
 
 @dataclass(frozen=True)
@@ -58,24 +65,25 @@ class SpectrumPlotData:
     eigenvalues: NDArray[np.float64]
     kept_rank: int | None = None
 
-
-def _from_row(row: LayerAnalysis, kept_rank: int | None) -> SpectrumPlotData:
-    if row.status != "ok" or row.eigenvalues is None:
-        why = row.reason or "its report row holds no eigenvalues (made by analyze() here?)"
-        raise ValueError(f"The layer {row.name!r} has no fitted spectrum to plot: {why}.")
-    lam = np.asarray(row.eigenvalues, dtype=np.float64)
-    return SpectrumPlotData(
-        row.name,
-        (int(row.shape[0]), int(row.shape[1])),
-        float(row.ratio),
-        int(row.rank),
-        float(row.sigma2),
-        float(row.lambda_plus),
-        row.n_spikes,
-        float(row.fit_error),
-        lam[lam.size - int(row.rank) :],
-        kept_rank,
-    )
+    @classmethod
+    def from_row(cls, row: LayerAnalysis, kept_rank: int | None = None) -> SpectrumPlotData:
+        """The spectrum of a fitted row of :func:`rmtprune.analyze` (made in this session)."""
+        if row.status != "ok" or row.eigenvalues is None:
+            why = row.reason or "its report row holds no eigenvalues (made by analyze() here?)"
+            raise ValueError(f"The layer {row.name!r} has no fitted spectrum to plot: {why}.")
+        lam = np.asarray(row.eigenvalues, dtype=np.float64)
+        return cls(
+            row.name,
+            (int(row.shape[0]), int(row.shape[1])),
+            float(row.ratio),
+            int(row.rank),
+            float(row.sigma2),
+            float(row.lambda_plus),
+            row.n_spikes,
+            float(row.fit_error),
+            lam[lam.size - int(row.rank) :],
+            kept_rank,
+        )
 
 
 def spectrum_plot_data(
@@ -99,7 +107,7 @@ def spectrum_plot_data(
                 "The 'criterion' parameter of plot_spectrum needs a model, not a report; "
                 "pass kept_rank= instead."
             )
-        return _from_row(source[layer], kept_rank)
+        return SpectrumPlotData.from_row(source[layer], kept_rank)
     if not isinstance(source, nn.Module):
         raise TypeError(
             "The 'model_or_report' parameter of plot_spectrum must be a torch.nn.Module or a "
@@ -111,23 +119,80 @@ def spectrum_plot_data(
     if criterion is not None and kept_rank is None:
         _, report = prune(source, criterion=criterion, select=one, dry_run=True)
         kept_rank = report[layer].rank_after
-    return _from_row(row, kept_rank)
+    return SpectrumPlotData.from_row(row, kept_rank)
 
 
-def _draw_fit(ax: Axes, data: SpectrumPlotData, right: float) -> None:
+SpectrumStyle = Literal["layer", "stage"]
+"""How :func:`draw_spectrum` marks a spectrum: ``"layer"`` is :func:`plot_spectrum`'s look,
+``"stage"`` a panel of an experiment's spectrum figure (``rmtprune.experiments.plots``)."""
+
+
+def _draw_fit(ax: Axes, data: SpectrumPlotData, right: float, *, with_error: bool) -> None:
     if not math.isfinite(data.sigma2):
         return
     x = np.linspace(right * 1e-3, right, 400)
+    label = f"MP(γ={data.ratio:.3g}, σ²={data.sigma2:.3g})"
     ax.plot(
         x,
         marchenko_pastur.pdf(x, data.ratio, scale=data.sigma2),
         color="tab:red",
-        label=f"MP(γ={data.ratio:.3g}, σ²={data.sigma2:.3g}), D = {data.fit_error:.3g}",
+        label=f"{label}, D = {data.fit_error:.3g}" if with_error else label,
     )
     ax.axvline(data.lambda_plus, color="k", ls="--", lw=1, label=f"λ₊ = {data.lambda_plus:.3g}")
 
 
-def _draw(ax: Axes, data: SpectrumPlotData, bins: int | None, xmax: float | None) -> None:
+def _mark_layer(ax: Axes, data: SpectrumPlotData, right: float) -> None:
+    """Spikes as red ticks (counted beyond the axis), the kept rank, the axis cut at ``right``."""
+    lam = data.eigenvalues
+    spikes = lam[lam > data.lambda_plus] if math.isfinite(data.lambda_plus) else lam[:0]
+    shown = spikes[spikes <= right]
+    if spikes.size:
+        ax.plot(shown, np.zeros(shown.size), "|", color="tab:red", ms=14, mew=2)
+        beyond = spikes.size - shown.size
+        note = f", {beyond} beyond {right:.3g}" if beyond else ""
+        ax.plot([], [], "|", color="tab:red", ms=10, label=f"{spikes.size} spike(s){note}")
+    if data.kept_rank is not None:
+        smallest = float(lam[max(lam.size - data.kept_rank, 0)])
+        if smallest <= right:
+            ax.axvline(smallest, color="tab:green", ls=":", lw=1.5)
+        ax.plot([], [], ls=":", color="tab:green", label=f"kept rank {data.kept_rank}")
+    ax.set_xlim(0.0, right)
+    ax.set_title(f"{data.layer} ({data.shape[0]}×{data.shape[1]})", fontsize=9)
+
+
+def _mark_stage(ax: Axes, data: SpectrumPlotData, right: float, heading: str) -> None:
+    """A pruned layer's kept eigenvalues as black ticks, the eigenvalues beyond the axis
+    counted, the fit statistic and spike count in the title; the axis fits the data."""
+    lam = data.eigenvalues
+    inside = lam[lam <= right]
+    if data.rank < min(data.shape):  # few bars after pruning: mark each kept eigenvalue
+        ax.plot(inside, np.zeros(inside.size), "|", color="k", ms=12, label="kept eigenvalues")
+    ax.set_title(f"{heading}\nD = {data.fit_error:.3g}, spikes = {data.n_spikes}", fontsize=9)
+    beyond = int(np.count_nonzero(lam > right))
+    if beyond:
+        ax.plot([], [], " ", label=f"{beyond} eigenvalue(s) > {right:.3g} not shown")
+
+
+def draw_spectrum(
+    ax: Axes,
+    data: SpectrumPlotData,
+    *,
+    bins: int | None = None,
+    xmax: float | None = None,
+    style: SpectrumStyle = "layer",
+    heading: str = "",
+) -> Axes:
+    """Draw one layer's spectrum on ``ax``: the one drawing of :func:`plot_spectrum` and of
+    the experiments' spectrum figures.
+
+    Every style draws the histogram of the eigenvalues as a density over all ``p`` of
+    them (bins on ``[0, xmax]``, default ``xmax = 1.6 λ₊``), the fitted MP density and the
+    edge ``λ₊``.  ``style="layer"`` adds the fit statistic to the MP legend entry, the
+    spikes (red ticks), the kept rank, cuts the axis at ``xmax`` and titles the layer;
+    ``style="stage"`` (a panel of a run's figure, the archived look) marks a pruned
+    layer's kept eigenvalues, counts those beyond ``xmax`` and titles ``heading`` with
+    the fit statistic and the spike count.
+    """
     lam = data.eigenvalues
     p = min(data.shape)
     edge = data.lambda_plus if math.isfinite(data.lambda_plus) else float(lam.max())
@@ -142,24 +207,15 @@ def _draw(ax: Axes, data: SpectrumPlotData, bins: int | None, xmax: float | None
         color="0.7",
         label=f"eigenvalues (rank {data.rank} of {p})",
     )
-    _draw_fit(ax, data, right)
-    spikes = lam[lam > edge] if math.isfinite(data.lambda_plus) else lam[:0]
-    shown = spikes[spikes <= right]
-    if spikes.size:
-        ax.plot(shown, np.zeros(shown.size), "|", color="tab:red", ms=14, mew=2)
-        beyond = spikes.size - shown.size
-        note = f", {beyond} beyond {right:.3g}" if beyond else ""
-        ax.plot([], [], "|", color="tab:red", ms=10, label=f"{spikes.size} spike(s){note}")
-    if data.kept_rank is not None:
-        smallest = float(lam[max(lam.size - data.kept_rank, 0)])
-        if smallest <= right:
-            ax.axvline(smallest, color="tab:green", ls=":", lw=1.5)
-        ax.plot([], [], ls=":", color="tab:green", label=f"kept rank {data.kept_rank}")
-    ax.set_xlim(0.0, right)
+    _draw_fit(ax, data, right, with_error=style == "layer")
+    if style == "layer":
+        _mark_layer(ax, data, right)
+    else:
+        _mark_stage(ax, data, right, heading)
     ax.set_xlabel("eigenvalue λ = s²/N")
     ax.set_ylabel("density")
-    ax.set_title(f"{data.layer} ({data.shape[0]}×{data.shape[1]})", fontsize=9)
     ax.legend(fontsize=7)
+    return ax
 
 
 def plot_spectrum(
@@ -205,5 +261,4 @@ def plot_spectrum(
         fig = Figure(figsize=(5.0, 3.6))
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
-    _draw(ax, data, bins, xmax)
-    return ax
+    return draw_spectrum(ax, data, bins=bins, xmax=xmax)

@@ -1,7 +1,8 @@
 """Session-wide fixtures of the experiment tests: one data root, one smoke run per experiment.
 
-Every test module that needs data or a finished smoke run of a classification experiment
-uses these, so ``make test-fast`` trains each smoke preset once per session.
+Every test module that needs data, a finished smoke run of a classification experiment or
+the regression experiment's smoke run uses these, so ``make test-fast`` trains each smoke
+preset once per session.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rmtprune.experiments import RunResult, list_experiments, reproduce
+from rmtprune.experiments.analysis import AnalysisRun, reproduce_analysis
 
 from . import real_data_root, write_synthetic_data
 
@@ -31,3 +33,14 @@ def smoke_runs(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         assert isinstance(result, RunResult)
         runs[e] = result
     return runs
+
+
+@pytest.fixture(scope="session")
+def regression_smoke(tmp_path_factory: pytest.TempPathFactory) -> AnalysisRun:
+    """The regression experiment's smoke preset with its report, run once per session.
+
+    Tests may continue the run in its directory (a resumed call loads every unit) but must
+    copy the directory before changing or deleting anything in it.
+    """
+    out = tmp_path_factory.mktemp("regression-smoke") / "run"
+    return reproduce_analysis("regression", preset="smoke", out=out, progress=False)

@@ -49,9 +49,10 @@ def test_init_smoke_compares_four_schemes(tmp_path: Path, data_root: Path) -> No
 
 
 def test_regression_report_is_self_contained(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    regression_smoke: AnalysisRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run = reproduce_analysis("regression", preset="smoke", out=tmp_path / "reg", progress=False)
+    run = regression_smoke  # reproduce_analysis("regression", preset="smoke"), conftest.py
+    assert run.experiment == "regression" and run.preset == "smoke"
     stamps = unit_stamps(run.run_dir)
 
     def never(*args: object) -> None:

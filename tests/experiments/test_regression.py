@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from rmtprune.experiments import regression
+from rmtprune.experiments.analysis import AnalysisRun
 from rmtprune.experiments.regression import RegressionConfig, make_data, target_function
 
 from . import analysis_content, unit_stamps
@@ -21,9 +22,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[regression.RegressionResult, Path]:
-    out = tmp_path_factory.mktemp("regression")
-    return regression.run("smoke", out=out, progress=False), out
+def smoke(regression_smoke: AnalysisRun) -> tuple[regression.RegressionResult, Path]:
+    """The session's smoke run (``conftest.regression_smoke``) and its directory."""
+    assert isinstance(regression_smoke.result, regression.RegressionResult)
+    return regression_smoke.result, regression_smoke.run_dir
 
 
 def test_target_and_data() -> None:

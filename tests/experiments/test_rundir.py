@@ -31,16 +31,17 @@ def _config(seeds: tuple[int, ...]) -> ExperimentConfig:
 def separate(
     data_root: Path, smoke_runs: dict[str, RunResult], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, RunResult]:
-    """Seeds 0 and 1 in one run (the shared smoke run), and each alone in its own directory."""
+    """Seeds 0 and 1 in one run ("both", the shared smoke run), seed 0 alone ("zero"), and
+    a copy of "zero" grown by a later call that trains seed 1 ("grown": seed 1 trained apart
+    from "both", the source of the imports below)."""
     root = tmp_path_factory.mktemp("separate")
     kw: dict[str, Any] = {"data_dir": data_root, "progress": False}
     both = smoke_runs["fc-mnist"]
     assert both.config.seeds == (0, 1)
-    return {
-        "both": both,
-        "zero": run_experiment(_config((0,)), out=root / "zero", **kw),
-        "one": run_experiment(_config((1,)), out=root / "one", **kw),
-    }
+    zero = run_experiment(_config((0,)), out=root / "zero", **kw)
+    shutil.copytree(zero.run_dir, root / "grown")
+    grown = run_experiment(_config((1,)), out=root / "grown", **kw)
+    return {"both": both, "zero": zero, "grown": grown}
 
 
 # ------------------------------------------------------------------------ --seeds grammar
@@ -81,41 +82,42 @@ def test_config_differences_ignore_seeds_threads_device_and_read_old_names() -> 
 def test_import_of_a_separate_seed_equals_one_run_of_both(
     separate: dict[str, RunResult], data_root: Path, tmp_path: Path
 ) -> None:
-    out = tmp_path / "grown"
+    out = tmp_path / "imported"
     shutil.copytree(separate["zero"].run_dir, out)
-    grown = run_experiment(
-        _config((0,)),
-        out=out,
-        data_dir=data_root,
-        progress=False,
-        import_seeds=[separate["one"].run_dir / "metrics.json"],
+    source = separate["grown"].run_dir / "metrics.json"  # seed 0 as here, seed 1 trained apart
+    imported = run_experiment(
+        _config((0,)), out=out, data_dir=data_root, progress=False, import_seeds=[source]
     )
-    assert [s.seed for s in grown.seeds] == [0, 1]
+    assert [s.seed for s in imported.seeds] == [0, 1]
     assert load_metrics(out) == load_metrics(separate["both"].run_dir)
-    assert grown.summary == separate["both"].summary
+    assert imported.summary == separate["both"].summary
     assert read_config(out)["seeds"] == [0, 1]  # type: ignore[index]
     env = json.loads((out / "environment.json").read_text())
+    # the identical seed 0 is skipped, seed 1 imported
     assert env["imported"][0]["seeds"] == [1] and env["imported"][0]["environment"] is not None
     assert (out / "seed-1" / "spectra.json").is_file()  # carried over from the source run
     assert not (out / "seed-1" / "normal").exists()  # results only, no checkpoints
-    # The same import again changes nothing; another seed 1 is refused.
+    # The same import again changes nothing.
     again = run_experiment(
         _config((0,)), out=out, data_dir=data_root, progress=False, import_seeds=[out]
     )
-    assert again.summary == grown.summary
+    assert again.summary == imported.summary
 
 
 def test_a_later_call_adds_seeds_and_reports_all(
-    separate: dict[str, RunResult], data_root: Path, tmp_path: Path
+    separate: dict[str, RunResult], tmp_path: Path
 ) -> None:
-    out = tmp_path / "grown"
-    shutil.copytree(separate["zero"].run_dir, out)
-    grown = run_experiment(_config((1,)), out=out, data_dir=data_root, progress=False)
+    grown = separate["grown"]  # "zero" continued by a call for seed 1 (the fixture)
     assert [s.seed for s in grown.seeds] == [0, 1]
-    assert load_metrics(out) == load_metrics(separate["both"].run_dir)
-    report = (out / "report.md").read_text()
+    assert (grown.run_dir / "seed-1" / "normal").is_dir()  # seed 1 was trained there
+    assert load_metrics(grown.run_dir) == load_metrics(separate["both"].run_dir)
+    assert read_config(grown.run_dir)["seeds"] == [0, 1]  # type: ignore[index]
+    report = (grown.run_dir / "report.md").read_text()
     assert "seeds [0, 1]" in report
+    assert len(json.loads((grown.run_dir / "environment.json").read_text())["resumed"]) == 1
     # A stored seed is loaded, not trained again: no checkpoint is needed any more.
+    out = tmp_path / "grown"
+    shutil.copytree(grown.run_dir, out)
     shutil.rmtree(out / "seed-0" / "normal")
     assert render_run(out).summary == grown.summary
 
@@ -140,19 +142,19 @@ def test_import_refuses_other_configuration_and_conflicting_seed(
     separate: dict[str, RunResult], data_root: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    shutil.copytree(separate["one"].run_dir, out)
+    shutil.copytree(separate["zero"].run_dir, out)
     other = tmp_path / "other.json"
-    metrics = json.loads((separate["zero"].run_dir / "metrics.json").read_text())
+    metrics = json.loads((separate["grown"].run_dir / "metrics.json").read_text())
     other.write_text(json.dumps({**metrics, "config": {**metrics["config"], "lr": 0.5}}))
     with pytest.raises(ValueError, match=r"differs from the run's in \['lr'\]"):
-        run_experiment(_config((1,)), out=out, data_dir=data_root, import_seeds=[other])
+        run_experiment(_config((0,)), out=out, data_dir=data_root, import_seeds=[other])
     clash = tmp_path / "clash.json"
-    seed = metrics["seeds"][0]
-    clash.write_text(json.dumps({**metrics, "seeds": [{**seed, "seed": 1}]}))
-    with pytest.raises(ValueError, match="Cannot import seed 1"):
-        run_experiment(_config((1,)), out=out, data_dir=data_root, import_seeds=[clash])
+    seed_one = metrics["seeds"][1]
+    clash.write_text(json.dumps({**metrics, "seeds": [{**seed_one, "seed": 0}]}))
+    with pytest.raises(ValueError, match="Cannot import seed 0"):
+        run_experiment(_config((0,)), out=out, data_dir=data_root, import_seeds=[clash])
     with pytest.raises(FileNotFoundError, match="import_seeds"):
-        run_experiment(_config((1,)), out=out, data_dir=data_root, import_seeds=[tmp_path / "x"])
+        run_experiment(_config((0,)), out=out, data_dir=data_root, import_seeds=[tmp_path / "x"])
 
 
 def test_growing_still_refuses_other_configuration(
@@ -272,3 +274,37 @@ def test_analysis_dir_refuses_another_experiment_and_no_resume(tmp_path: Path) -
         prepare_analysis_dir(run_dir, "theory", "smoke", config)
     with pytest.raises(ValueError, match="already holds a run"):
         prepare_analysis_dir(run_dir, "regression", "smoke", config, resume=False)
+
+
+def test_no_resume_refuses_a_run_as_its_help_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reproduce_parser = cli.build_parser()._subparsers._group_actions[0].choices["reproduce"]  # type: ignore[union-attr]
+    (flag,) = [a for a in reproduce_parser._actions if "--no-resume" in a.option_strings]
+    assert flag.help is not None and flag.help.startswith("refuse an --out that already holds")
+    config = _config((0,))
+    (tmp_path / "config.json").write_text(json.dumps({"config": config.to_dict()}))
+    argv = ["reproduce", "fc-mnist", "--preset", "smoke", "--seeds", "1", "--out", str(tmp_path)]
+    assert cli.main([*argv, "--no-resume", "--quiet"]) != 0
+    assert "already holds a run" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # nothing started over
+
+
+def test_an_older_format_run_directory_is_named_as_such(tmp_path: Path, data_root: Path) -> None:
+    old = tmp_path / "init"  # the archive's first format: a flat config.json
+    old.mkdir()
+    shutil.copy(ARCHIVE.parents[1] / "init" / "config.json", old / "config.json")
+    assert "config" not in json.loads((old / "config.json").read_text())
+    kw: dict[str, Any] = {"preset": "smoke", "out": old, "data_dir": data_root, "progress": False}
+    for experiment in ("init", "fc-fashion", "regression"):
+        with pytest.raises(ValueError, match="written in an older rmtprune format"):
+            reproduce(experiment, **kw)
+    with pytest.raises(ValueError, match=r"'run_dir' parameter of render_run .* older rmtprune"):
+        render_run(old)
+    classification = tmp_path / "fc-mnist"  # a current classification run, asked for an analysis
+    classification.mkdir()
+    (classification / "config.json").write_text(json.dumps({"config": _config((0,)).to_dict()}))
+    with pytest.raises(ValueError, match="holds a run of 'fc-mnist', not of the 'init' experiment"):
+        reproduce("init", **{**kw, "out": classification})
+    with pytest.raises(ValueError, match="holds a run of 'fc-mnist', not of the 'fc-fashion'"):
+        reproduce("fc-fashion", **{**kw, "out": classification})

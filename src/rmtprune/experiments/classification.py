@@ -193,7 +193,7 @@ def render_run(
         directories.
     """
     folder = Path(run_dir)
-    values = rundir.read_config(folder)
+    values = rundir.read_config(folder, "The 'run_dir' parameter of render_run")
     if values is None:
         raise FileNotFoundError(
             f"The 'run_dir' parameter of render_run names {str(folder)!r}, which holds no "

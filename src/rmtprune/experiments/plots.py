@@ -20,7 +20,6 @@ b'\\x89PNG'
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +30,10 @@ from matplotlib.figure import Figure
 from numpy.typing import NDArray
 from torch import nn
 
-from rmtprune.distributions.marchenko_pastur import marchenko_pastur
 from rmtprune.experiments.config import ExperimentConfig
 from rmtprune.experiments.results import SeedResult, SpectrumSnapshot, SummaryRow
-from rmtprune.factorize import get_adapter
+from rmtprune.plotting import SpectrumPlotData, draw_spectrum
 from rmtprune.pruning.walker import analyze
-from rmtprune.spectrum import eigenvalues
 
 __all__ = [
     "ACCURACY_COLORS",
@@ -49,6 +46,7 @@ __all__ = [
     "plot_accuracy_vs_params",
     "plot_curves",
     "plot_spectra",
+    "spectra_figure",
     "spectrum_snapshots",
 ]
 
@@ -159,31 +157,11 @@ def spectrum_snapshots(
     if not layers:
         return ()
     report = analyze(model, alpha=alpha, beta=beta, layers=list(layers), min_dim=1, ranks=ranks)
-    modules = dict(model.named_modules())
-    out = []
-    for row in report.layers:
-        if row.status != "ok":
-            continue
-        module = modules[row.name]
-        adapter = get_adapter(module)
-        assert adapter is not None
-        lam = eigenvalues(adapter.weight_matrix(module))
-        kept = lam[lam.size - row.rank :]
-        out.append(
-            SpectrumSnapshot(
-                stage,
-                row.name,
-                (int(row.shape[0]), int(row.shape[1])),
-                float(row.ratio),
-                int(row.rank),
-                float(row.sigma2),
-                float(row.lambda_plus),
-                row.n_spikes,
-                float(row.fit_error),
-                tuple(float(x) for x in kept),
-            )
-        )
-    return tuple(out)
+    return tuple(
+        SpectrumSnapshot.of(stage, SpectrumPlotData.from_row(row))
+        for row in report.layers
+        if row.status == "ok"
+    )
 
 
 _STAGE_TITLES = {
@@ -193,54 +171,28 @@ _STAGE_TITLES = {
 }
 
 
-def plot_spectra(snapshots: Sequence[SpectrumSnapshot], *, title: str, path: Path) -> Path:
-    """One panel per snapshot: eigenvalue histogram, fitted MP density and ``lambda_plus``.
+def spectra_figure(snapshots: Sequence[SpectrumSnapshot], *, title: str) -> Figure:
+    """One panel per snapshot, drawn by :func:`rmtprune.plotting.draw_spectrum` (``"stage"``).
 
-    The histogram is normalised by ``p`` (all eigenvalues of the layer), so the bars of
-    a pruned layer hold area ``rank / p`` and compare directly with the MP density.
-    The horizontal axis stops at ``1.6 lambda_plus``; the eigenvalues beyond it (the
-    spikes) are counted in the legend.
+    Each panel: the eigenvalue histogram normalised by ``p`` (all eigenvalues of the
+    layer, so the bars of a pruned layer hold area ``rank / p`` and compare directly with
+    the MP density), the fitted MP density and ``lambda_plus``.  The horizontal axis stops
+    at ``1.6 lambda_plus``; the eigenvalues beyond it (the spikes) are counted in the legend.
     """
     n = len(snapshots)
     fig = Figure(figsize=(4.2 * max(n, 1), 3.6))
     for i, snap in enumerate(snapshots, start=1):
         ax = fig.add_subplot(1, max(n, 1), i)
-        lam = np.asarray(snap.eigenvalues, dtype=float)
-        p = min(snap.shape)
-        lam_plus = snap.lambda_plus if math.isfinite(snap.lambda_plus) else float(lam.max())
-        right = 1.6 * lam_plus
-        inside = lam[lam <= right]
-        beyond = int(np.count_nonzero(lam > right))
-        bins = max(10, min(80, int(math.sqrt(max(inside.size, 1))) * 2))
-        width = right / bins
-        ax.hist(
-            inside,
-            bins=np.linspace(0.0, right, bins + 1).tolist(),
-            weights=np.full(inside.size, 1.0 / (p * width)),
-            color="0.7",
-            label=f"eigenvalues (rank {snap.rank} of {p})",
-        )
-        if math.isfinite(snap.sigma2):
-            x = np.linspace(right * 1e-3, right, 400)
-            ax.plot(
-                x,
-                marchenko_pastur.pdf(x, snap.ratio, scale=snap.sigma2),
-                color="tab:red",
-                label=f"MP(γ={snap.ratio:.3g}, σ²={snap.sigma2:.3g})",
-            )
-            ax.axvline(lam_plus, color="k", ls="--", lw=1, label=f"λ₊ = {lam_plus:.3g}")
-        if snap.rank < p:  # few bars after pruning: mark each kept eigenvalue as well
-            ax.plot(inside, np.zeros(inside.size), "|", color="k", ms=12, label="kept eigenvalues")
-        stage = _STAGE_TITLES.get(snap.stage, snap.stage)
-        ax.set_title(f"{stage}\nD = {snap.fit_error:.3g}, spikes = {snap.n_spikes}", fontsize=9)
-        ax.set_xlabel("eigenvalue λ = s²/N")
-        ax.set_ylabel("density")
-        if beyond:
-            ax.plot([], [], " ", label=f"{beyond} eigenvalue(s) > {right:.3g} not shown")
-        ax.legend(fontsize=7)
+        heading = _STAGE_TITLES.get(snap.stage, snap.stage)
+        draw_spectrum(ax, snap.plot_data(), style="stage", heading=heading)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def plot_spectra(snapshots: Sequence[SpectrumSnapshot], *, title: str, path: Path) -> Path:
+    """:func:`spectra_figure` written to ``path`` as PNG."""
+    return _save(spectra_figure(snapshots, title=title), path)
 
 
 _STYLES = {

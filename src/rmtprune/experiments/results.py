@@ -25,6 +25,7 @@ import numpy as np
 
 from rmtprune.experiments.baselines import EvalPoint, PostTrainingResult
 from rmtprune.experiments.config import ExperimentConfig
+from rmtprune.plotting import SpectrumPlotData
 from rmtprune.pruning.report import LayerAnalysis
 from rmtprune.training import History
 
@@ -48,7 +49,8 @@ class SpectrumSnapshot:
 
     ``eigenvalues`` holds the ``rank`` non-zero eigenvalues (ascending) of the
     ``m × n`` weight; the layer has ``p = min(m, n)`` in all, the others being the
-    zeros left by pruning.
+    zeros left by pruning.  It is :class:`rmtprune.plotting.SpectrumPlotData` with a
+    stage, stored in a run's ``spectra.json`` (:meth:`of`, :meth:`plot_data`).
     """
 
     stage: str
@@ -61,6 +63,29 @@ class SpectrumSnapshot:
     n_spikes: int | None
     fit_error: float
     eigenvalues: tuple[float, ...]
+
+    @classmethod
+    def of(cls, stage: str, data: SpectrumPlotData) -> SpectrumSnapshot:
+        """The spectrum ``data`` (its kept rank is not stored) taken at ``stage``."""
+        return cls(
+            stage,
+            data.layer,
+            data.shape,
+            data.ratio,
+            data.rank,
+            data.sigma2,
+            data.lambda_plus,
+            data.n_spikes,
+            data.fit_error,
+            tuple(float(x) for x in data.eigenvalues),
+        )
+
+    def plot_data(self) -> SpectrumPlotData:
+        """What :func:`rmtprune.plotting.draw_spectrum` draws of this snapshot."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del values["stage"]
+        values["eigenvalues"] = np.asarray(self.eigenvalues, dtype=np.float64)
+        return SpectrumPlotData(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (NaN as None)."""

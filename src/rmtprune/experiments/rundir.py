@@ -74,6 +74,8 @@ __all__ = [
     "prepare_analysis_dir",
     "prepare_run_dir",
     "read_config",
+    "read_run_file",
+    "run_experiment_name",
     "save_seed",
     "seed_dir",
     "update_environment",
@@ -168,12 +170,48 @@ def config_differences(
     return sorted(k for k in set(old) | set(new) if k not in ignored and old.get(k) != new.get(k))
 
 
-def read_config(run_dir: Path) -> dict[str, Any] | None:
-    """The ``config`` entry of ``run_dir/config.json`` (current names), or None."""
+def read_run_file(run_dir: Path, owner: str = "The 'out' parameter") -> dict[str, Any] | None:
+    """The content of ``run_dir/config.json``, or None when there is none.
+
+    A file without a ``config`` entry (the flat format of rmtprune's first archived runs,
+    such as ``docs/results/init``) is refused: this version neither reads nor continues
+    it.  ``owner`` begins the message (``"The 'run_dir' parameter of render_run"``).
+    """
     path = run_dir / "config.json"
     if not path.is_file():
         return None
-    return normalize(json.loads(path.read_text())["config"])
+    content = json.loads(path.read_text())
+    if not isinstance(content, dict) or not isinstance(content.get("config"), dict):
+        raise ValueError(
+            f"{owner} names {str(run_dir)!r}, whose config.json was written in an older "
+            "rmtprune format (no 'config' entry); this version cannot continue or render "
+            "that run. Choose a new or empty directory."
+        )
+    return content
+
+
+def run_experiment_name(content: Mapping[str, Any]) -> str | None:
+    """The experiment of a run file: an analysis run names it at the top level, a
+    classification run inside its ``config``."""
+    found = content.get("experiment", content["config"].get("experiment"))
+    return None if found is None else str(found)
+
+
+def read_config(run_dir: Path, owner: str = "The 'out' parameter") -> dict[str, Any] | None:
+    """The ``config`` entry of ``run_dir/config.json`` (current names), or None.
+
+    An older-format file is refused (:func:`read_run_file`).
+    """
+    content = read_run_file(run_dir, owner)
+    return None if content is None else normalize(content["config"])
+
+
+def _refuse_other_experiment(run_dir: Path, found: str | None, experiment: str) -> None:
+    if found != experiment:
+        raise ValueError(
+            f"The 'out' parameter names {str(run_dir)!r}, which holds a run of {found!r}, "
+            f"not of the {experiment!r} experiment. Choose a new or empty directory."
+        )
 
 
 def _default_dir(config: ExperimentConfig) -> Path:
@@ -192,7 +230,11 @@ def prepare_run_dir(
     holding no run is refused.
     """
     run_dir = _default_dir(config) if out is None else Path(out)
-    previous = read_config(run_dir)
+    content = read_run_file(run_dir)
+    previous = None
+    if content is not None:
+        _refuse_other_experiment(run_dir, run_experiment_name(content), config.experiment)
+        previous = normalize(content["config"])
     _check_resume(run_dir, previous, config.to_dict(), resume, _GROWING)
     seeds = set(config.seeds) | set(previous["seeds"] if previous is not None else ())
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -248,16 +290,10 @@ def prepare_analysis_dir(
     run_dir = Path(out)
     current = to_jsonable({"preset": preset, **config})
     path = run_dir / "config.json"
+    content = read_run_file(run_dir)
     previous = None
-    if path.is_file():
-        content = json.loads(path.read_text())
-        found = content.get("experiment") if isinstance(content, dict) else None
-        if found != experiment or not isinstance(content.get("config"), dict):
-            raise ValueError(
-                f"The 'out' parameter names {str(run_dir)!r}, which holds a run of "
-                f"{found!r}, not of the {experiment!r} experiment. Choose a new or empty "
-                "directory."
-            )
+    if content is not None:
+        _refuse_other_experiment(run_dir, run_experiment_name(content), experiment)
         previous = {"preset": content.get("preset"), **content["config"]}
     _check_resume(run_dir, previous, current, resume, growing=())
     run_dir.mkdir(parents=True, exist_ok=True)
