@@ -102,7 +102,7 @@ def test_disk_full_while_saving(weights: Path, tmp_path: Path, capsys, monkeypat
     monkeypatch.setattr(rmtprune.cli_inputs, "save", full)  # what `prune -o FILE` calls
     report = tmp_path / "report.json"
     out = tmp_path / "p.safetensors"
-    state_dict = tmp_path / "w.pt"  # loaded whole (a safetensors input streams: test_cli_stream)
+    state_dict = tmp_path / "w.pt"  # loaded whole (safetensors streams: test_cli_stream_prune)
     torch.save(_model().state_dict(), state_dict)
     argv = ["prune", str(state_dict), "-o", str(out), "--json", str(report), "--quiet"]
     assert main(argv) == 2
