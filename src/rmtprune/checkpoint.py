@@ -81,6 +81,23 @@ _ITEMSIZE = {
     "U8": 1,
     "BOOL": 1,
 }
+_TORCH_DTYPE = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U64": torch.uint64,
+    "U32": torch.uint32,
+    "U16": torch.uint16,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 _MAX_HEADER = 100_000_000  # the limit safetensors itself enforces
 
 
@@ -102,6 +119,10 @@ class TensorInfo:
     def nbytes(self) -> int:
         """Size of the stored data in bytes."""
         return self.numel * _ITEMSIZE[self.dtype]
+
+    def meta(self) -> torch.Tensor:
+        """A ``meta``-device tensor of this dtype and shape (no memory, no data read)."""
+        return torch.empty(self.shape, dtype=_TORCH_DTYPE[self.dtype], device="meta")
 
 
 class Checkpoint:
@@ -125,6 +146,11 @@ class Checkpoint:
     def names(self) -> list[str]:
         """Every tensor name, sorted."""
         return sorted(self._tensors)
+
+    def files(self) -> list[str]:
+        """The files the checkpoint consists of: its index (if sharded) and its shards."""
+        shards = {t.file for t in self._tensors.values()}
+        return sorted(shards | {self.path})
 
     def info(self, name: str) -> TensorInfo:
         """Dtype, shape and file of one tensor (no data read)."""

@@ -392,26 +392,24 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    import rmtprune
-
     if args.output is None and not args.dry_run:
         raise SystemExit("rmtprune prune: error: -o/--output is required unless --dry-run")
     _check_outputs(args)
     source = _load(args)
     split = {"auto": "auto", "always": True, "never": False}[args.split]
     _progress(args, "fitting and pruning each layer ...")
-    pruned, report = rmtprune.prune(
-        source.model,
-        criterion=_criterion(args),
-        select=source.walker_select(_select(args)),
-        split=split,  # type: ignore[arg-type]
+    report = source.prune(
+        _criterion(args),
+        _select(args),
+        split=split,
         dry_run=args.dry_run,
-        inplace=True,
+        output=args.output,
+        overwrite=args.overwrite,
         progress=_bar(args),
+        bulk_keep=args.bulk_keep,
+        **_fit_kwargs(args),
     )
-    report = source.complete(report, bulk_keep=args.bulk_keep, **_fit_kwargs(args))
-    if not args.dry_run:  # the model first: no report is left behind if saving fails
-        source.save(pruned, args.output, overwrite=args.overwrite)
+    if not args.dry_run:  # written before the report: no report is left behind if saving fails
         _progress(args, f"saved {args.output}")
     if args.json is not None:
         _emit_json(report, args.json)

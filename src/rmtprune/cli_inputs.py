@@ -16,7 +16,9 @@ The input is resolved in this order:
    analysed; only the factorized layers recorded in an rmtprune file and the
    weights the user names with ``assume_linear`` / ``assume_conv2d`` can be
    pruned, never a weight whose name says embedding, norm or position.
-   ``analyze`` of a safetensors checkpoint streams it; ``prune`` loads it.
+   A safetensors checkpoint (file, index or directory) is streamed by both:
+   ``analyze`` fits one layer at a time, ``prune`` prunes and writes one layer at a
+   time (:mod:`rmtprune.stream_prune`); a ``.pt`` state dict is loaded whole.
 
 Example
 -------
@@ -43,6 +45,7 @@ import torch
 from torch import nn
 
 from rmtprune._fileio import check_input_file
+from rmtprune._inputs import read_document
 from rmtprune._metadata import check_module_names
 from rmtprune.checkpoint import is_safetensors_file, open_checkpoint
 from rmtprune.checkpoint_analysis import (
@@ -62,10 +65,12 @@ from rmtprune.hfdir import (
     transformers_available,
 )
 from rmtprune.io import save
+from rmtprune.pruning.criteria import ModelCriterion
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
 from rmtprune.pruning.selection import Select
-from rmtprune.pruning.walker import analyze
+from rmtprune.pruning.walker import SplitMode, analyze, prune
 from rmtprune.sources import load_model, load_shell, read_tensors
+from rmtprune.stream_prune import CheckpointTensors, StreamPlan, meta_shell, prune_checkpoint
 
 __all__ = ["PruneInput", "analyze_source", "open_for_pruning"]
 
@@ -77,6 +82,11 @@ _SAFETENSORS_DTYPE = {
     torch.float16: "F16",
     torch.bfloat16: "BF16",
 }
+
+
+def _streamable(path: str) -> bool:
+    """Whether ``path`` is a safetensors checkpoint (file, index or directory)."""
+    return os.path.isdir(path) or path.endswith(".index.json") or is_safetensors_file(path)
 
 
 def _model_route(path: str, model: str | None, no_model: bool) -> bool:
@@ -104,7 +114,9 @@ class PruneInput:
     ``model`` is what :func:`rmtprune.prune` works on; ``untyped`` are the weight
     matrices of unknown type (buffers of the shell model), analysed and reported
     but never pruned; ``directory`` says that the result is written as a model
-    directory rather than one file.
+    directory rather than one file.  With a ``plan`` the model is a ``meta``-device
+    shell, ``tensors`` are read from disk on access and :meth:`prune` streams
+    (:mod:`rmtprune.stream_prune`); ``options`` are those of :func:`open_for_pruning`.
     """
 
     model: nn.Module
@@ -113,6 +125,8 @@ class PruneInput:
     untyped: tuple[LayerKind, ...] = ()
     tensors: Mapping[str, torch.Tensor] = field(default_factory=dict)
     carried_params: int = 0
+    plan: StreamPlan | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     def walker_layers(
         self, requested: Sequence[str] | str | None, param: str = "layers"
@@ -186,10 +200,90 @@ class PruneInput:
             params_after=report.params_after + self.carried_params,
         )
 
+    def prune(
+        self,
+        criterion: Any,
+        select: Select,
+        *,
+        split: SplitMode,
+        dry_run: bool,
+        output: PathLike | None,
+        overwrite: bool = False,
+        progress: bool | None = None,
+        bulk_keep: float = 0.0,
+        **fit_kwargs: Any,
+    ) -> PruneReport:
+        """What ``rmtprune prune`` does: prune, :meth:`complete` the report, write ``output``
+        (unless ``dry_run``); ``fit_kwargs`` as for :meth:`complete`.
+
+        With a :attr:`plan` one layer at a time; a model-level criterion (``decide_model``)
+        sees every layer at once, so then the input is loaded whole.
+        """
+
+        if output is None and not dry_run:
+            raise ValueError(
+                "The 'output' parameter of PruneInput.prune is required unless dry_run=True. "
+                "Got None instead."
+            )
+
+        def complete(report: PruneReport) -> PruneReport:
+            return self.complete(report, bulk_keep=bulk_keep, **fit_kwargs)
+
+        walker_select = self.walker_select(select)
+        if self.plan is not None and isinstance(criterion, ModelCriterion):
+            loaded = open_for_pruning(self.path, stream=False, **self.options)
+            kw = {"progress": progress, "bulk_keep": bulk_keep, **fit_kwargs}
+            return loaded.prune(
+                criterion,
+                select,
+                split=split,
+                dry_run=dry_run,
+                output=output,
+                overwrite=overwrite,
+                **kw,
+            )
+        if self.plan is not None:
+            if output is not None and not dry_run:  # before any work, as no shard may be lost
+                self._check_output(output, self.plan.tensors.checkpoint.files())
+            return prune_checkpoint(
+                self.plan,
+                criterion,
+                walker_select,
+                split=split,
+                dry_run=dry_run,
+                output=output,
+                overwrite=overwrite,
+                progress=progress,
+                complete=complete,
+            )
+        pruned, report = prune(
+            self.model,
+            criterion=criterion,
+            select=walker_select,
+            split=split,
+            dry_run=dry_run,
+            inplace=True,
+            progress=progress,
+        )
+        report = complete(report)
+        if output is not None and not dry_run:
+            self.save(pruned, output, overwrite=overwrite)
+        return report
+
+    def _check_output(self, output: PathLike, inputs: Sequence[str] = ()) -> None:
+        """Refuse to write ``output`` over the input or one of its files (shards)."""
+        target = os.path.realpath(os.fspath(output))
+        if target == os.path.realpath(self.path):
+            raise ValueError(f"the output {os.fspath(output)} is the input; choose another path")
+        if target in {os.path.realpath(f) for f in inputs}:
+            raise ValueError(
+                f"the output {os.fspath(output)} is a file of the input {self.path}; "
+                "choose another path"
+            )
+
     def save(self, model: nn.Module, output: PathLike, *, overwrite: bool = False) -> None:
         """Write the pruned ``model``: a model directory for a directory input, else one file."""
-        if os.path.realpath(os.fspath(output)) == os.path.realpath(self.path):
-            raise ValueError(f"the output {os.fspath(output)} is the input; choose another path")
+        self._check_output(output)
         if self.directory:
             if os.fspath(output).endswith(".safetensors"):
                 raise ValueError(
@@ -221,6 +315,18 @@ def _skipped_row(row: LayerAnalysis, bulk_keep: float) -> LayerPruneResult:
     )
 
 
+def _shapes(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{name: (shape, dtype)}`` for :func:`classify_tensors` (the dtype decides what is a
+    floating weight)."""
+    return {
+        name: (
+            tuple(t.shape),
+            _SAFETENSORS_DTYPE.get(t.dtype, "F32" if t.is_floating_point() else "I"),
+        )
+        for name, t in tensors.items()
+    }
+
+
 def open_for_pruning(
     path: PathLike,
     *,
@@ -228,31 +334,78 @@ def open_for_pruning(
     no_model: bool = False,
     assume_linear: Sequence[str] = (),
     assume_conv2d: Sequence[str] = (),
+    stream: bool = True,
 ) -> PruneInput:
-    """Resolve the input of ``rmtprune prune`` (module docstring, steps 1–3)."""
+    """Resolve the input of ``rmtprune prune`` (module docstring, steps 1–3).
+
+    ``stream=False`` loads a safetensors checkpoint whole instead of streaming it (the
+    reference the streamed route is tested against).
+    """
     path = os.fspath(path)
     if model is not None:
         return PruneInput(load_model(path, model=model), path)
     if _model_route(path, model, no_model):
         return PruneInput(load_model_directory(path), path, directory=True)
+    options = {"no_model": no_model, "assume_linear": assume_linear, "assume_conv2d": assume_conv2d}
+    if not os.path.isdir(path):
+        check_input_file(path, what="weights file")  # missing or unreadable: named, one line
+    if stream and _streamable(path):
+        streamed = _open_streamed(path, assume_linear, assume_conv2d, options)
+        if streamed is not None:
+            return streamed
     tensors, document = read_tensors(path)
     structure = dict(document["structure"]) if document else {}
-    shapes = {
-        name: (
-            tuple(t.shape),
-            _SAFETENSORS_DTYPE.get(t.dtype, "F32" if t.is_floating_point() else "I"),
-        )
-        for name, t in tensors.items()
-    }
     kinds = classify_tensors(
-        shapes, assume_linear=assume_linear, assume_conv2d=assume_conv2d, skip=structure
+        _shapes(tensors), assume_linear=assume_linear, assume_conv2d=assume_conv2d, skip=structure
     )
     dense = {k.name: k.layer_type for k in kinds if k.typed}
     checkpoint_file = open_checkpoint(path).path if os.path.isdir(path) else path
     shell = load_shell(tensors, document, checkpoint_file, dense=dense)
     carried = sum(b.numel() for b in shell.buffers() if b.is_floating_point())
     untyped = tuple(k for k in kinds if not k.typed)
-    return PruneInput(shell, path, untyped=untyped, tensors=tensors, carried_params=carried)
+    return PruneInput(
+        shell, path, untyped=untyped, tensors=tensors, carried_params=carried, options=options
+    )
+
+
+def _open_streamed(
+    path: str,
+    assume_linear: Sequence[str],
+    assume_conv2d: Sequence[str],
+    options: Mapping[str, Any],
+) -> PruneInput | None:
+    """:func:`open_for_pruning` of a safetensors checkpoint without reading its weights
+    (only an rmtprune file's digest is computed, one tensor at a time); ``None`` where only
+    the in-memory route reproduces what the loader does."""
+    checkpoint = open_checkpoint(path)  # checks the headers and the index first
+    lazy = CheckpointTensors(checkpoint)
+    stored = lazy.meta()
+    # the one metadata validator (rmtprune._metadata): names and structure records
+    document = read_document(checkpoint.path, checkpoint.metadata, stored)
+    if document is not None and checkpoint.path.endswith(".index.json"):
+        return None  # shards with rmtprune metadata: the in-memory loader's own error
+    structure = dict(document["structure"]) if document else {}
+    kinds = classify_tensors(
+        _shapes(stored), assume_linear=assume_linear, assume_conv2d=assume_conv2d, skip=structure
+    )
+    if document is not None:
+        lazy = CheckpointTensors(checkpoint, document["aliases"])
+    dense = {k.name: k.layer_type for k in kinds if k.typed}
+    checkpoint_file = checkpoint.path if os.path.isdir(path) else path
+    plan = meta_shell(lazy, document, checkpoint_file, dense)
+    if plan is None:
+        return None
+    carried = sum(b.numel() for b in plan.shell.buffers() if b.is_floating_point())
+    untyped = tuple(k for k in kinds if not k.typed)
+    return PruneInput(
+        plan.shell,
+        path,
+        untyped=untyped,
+        tensors=lazy,
+        carried_params=carried,
+        plan=plan,
+        options=options,
+    )
 
 
 def analyze_source(

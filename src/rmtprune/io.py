@@ -36,8 +36,6 @@ Example
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -58,10 +56,22 @@ from rmtprune.factorize.lowrank import (
     LowRankModule,
 )
 from rmtprune.factorize.registry import get_adapter, set_submodule
+from rmtprune.safetensors_writer import (
+    META_KEY,
+    file_metadata,
+    move_into_place,
+    payload_digest,
+)
 
-__all__ = ["FORMAT_VERSION", "apply_structure", "describe_structure", "load", "save"]
-
-_META_KEY = "rmtprune"
+__all__ = [
+    "FORMAT_VERSION",
+    "apply_structure",
+    "check_payload",
+    "describe_structure",
+    "load",
+    "save",
+    "tensors_to_store",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -248,19 +258,7 @@ def check_fit(model: nn.Module, tensors: Mapping[str, torch.Tensor], strict: boo
         raise ValueError("; ".join(problems))
 
 
-def _payload_digest(tensors: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over (name, dtype, shape, bytes) of each tensor, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        head = f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode()
-        digest.update(len(head).to_bytes(8, "little"))
-        digest.update(head)
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
-    return digest.hexdigest()
-
-
-def _tensors_to_store(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def tensors_to_store(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Contiguous CPU tensors owning their memory, and the aliases of tied entries."""
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
@@ -326,14 +324,8 @@ def save(model: nn.Module, path: PathLike, *, overwrite: bool = False) -> None:
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    tensors, aliases = _tensors_to_store(model)
-    document = {
-        "format_version": FORMAT_VERSION,
-        "structure": describe_structure(model),
-        "aliases": aliases,
-        "sha256": _payload_digest(tensors),
-    }
-    metadata = {"format": "pt", _META_KEY: json.dumps(document, sort_keys=True)}
+    tensors, aliases = tensors_to_store(model)
+    metadata = file_metadata(describe_structure(model), aliases, payload_digest(tensors))
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     os.close(fd)
@@ -344,44 +336,10 @@ def save(model: nn.Module, path: PathLike, *, overwrite: bool = False) -> None:
             raise OSError(
                 f"could not write {path} ({exc}); free some space or write elsewhere"
             ) from exc
-        with open(tmp, "r+b") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _link_new(tmp, path)
-        _fsync_directory(directory)
+        move_into_place(tmp, path, overwrite=overwrite)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-
-
-def _link_new(tmp: str, path: str) -> None:
-    """Move ``tmp`` to ``path`` atomically, failing if ``path`` appeared meanwhile."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it") from None
-    except OSError:  # file systems without hard links
-        if os.path.exists(path):
-            raise FileExistsError(
-                f"{path} already exists; pass overwrite=True to replace it"
-            ) from None
-        os.replace(tmp, path)
-
-
-def _fsync_directory(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _read(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -393,18 +351,31 @@ def _read(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except SafetensorError as exc:
         raise ValueError(f"{path} is not a valid safetensors file: {exc}") from None
-    if _META_KEY not in metadata:
-        raise ValueError(f"{path} was not written by rmtprune.io.save (no {_META_KEY!r} metadata)")
-    document = parse_document(path, metadata[_META_KEY])
-    if _payload_digest(tensors) != document["sha256"]:
+    document = check_payload(path, metadata, tensors)
+    for alias, target in document["aliases"].items():
+        tensors[alias] = tensors[target]
+    return tensors, document
+
+
+def check_payload(
+    path: str, metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor]
+) -> dict[str, Any]:
+    """The parsed rmtprune document of the file at ``path``, checked against its ``tensors``.
+
+    Checks the metadata, the SHA-256 digest of the tensors (``tensors`` may read each one on
+    access: one is held at a time) and that each tied entry names a stored tensor.
+    """
+    if META_KEY not in metadata:
+        raise ValueError(f"{path} was not written by rmtprune.io.save (no {META_KEY!r} metadata)")
+    document = parse_document(path, metadata[META_KEY])
+    if payload_digest(tensors) != document["sha256"]:
         raise ValueError(
             f"{path}: SHA-256 checksum mismatch, the tensor data is corrupted or was modified"
         )
     for alias, target in document["aliases"].items():
         if target not in tensors or alias in tensors:
             raise ValueError(f"{path}: tied entry {alias!r} refers to a missing tensor {target!r}")
-        tensors[alias] = tensors[target]
-    return tensors, document
+    return document
 
 
 def load(model: nn.Module, path: PathLike, *, strict: bool = True) -> nn.Module:

@@ -102,7 +102,9 @@ def test_disk_full_while_saving(weights: Path, tmp_path: Path, capsys, monkeypat
     monkeypatch.setattr(rmtprune.cli_inputs, "save", full)  # what `prune -o FILE` calls
     report = tmp_path / "report.json"
     out = tmp_path / "p.safetensors"
-    argv = ["prune", str(weights), "-o", str(out), "--json", str(report), "--quiet"]
+    state_dict = tmp_path / "w.pt"  # loaded whole (safetensors streams: test_cli_stream_prune)
+    torch.save(_model().state_dict(), state_dict)
+    argv = ["prune", str(state_dict), "-o", str(out), "--json", str(report), "--quiet"]
     assert main(argv) == 2
     _one_error_line(capsys, "no space left on device", str(out))
     assert not report.exists()  # the report is not left behind when the model was not saved
@@ -243,8 +245,10 @@ def test_safetensors_disk_full_names_the_output(
     monkeypatch.setattr(rmtprune.io, "save_file", full)
     out = tmp_path / "p.safetensors"
     report = tmp_path / "r.json"
-    argv = ["prune", str(weights), "-o", str(out), "--json", str(report), "--quiet"]
+    state_dict = tmp_path / "w.pt"  # loaded whole, saved by rmtprune.save
+    torch.save(_model().state_dict(), state_dict)
+    argv = ["prune", str(state_dict), "-o", str(out), "--json", str(report), "--quiet"]
     assert main(argv) == 2
     _one_error_line(capsys, f"could not write {out}", "No space left", "free some space")
     assert not out.exists() and not report.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pt", "w.safetensors"]

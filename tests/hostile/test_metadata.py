@@ -23,7 +23,7 @@ from rmtprune import InvalidFileError
 from rmtprune._metadata import MAX_DEPTH, check_structure, parse_document
 from rmtprune.cli import main
 from rmtprune.factorize import LowRankLinear
-from rmtprune.io import _payload_digest
+from rmtprune.safetensors_writer import payload_digest
 from rmtprune.sources import load_model
 
 TENSORS = {
@@ -39,7 +39,7 @@ def _document(structure: Any, **overrides: Any) -> dict[str, Any]:
         "format_version": 1,
         "structure": structure,
         "aliases": {},
-        "sha256": _payload_digest(TENSORS),
+        "sha256": payload_digest(TENSORS),
     }
     doc.update(overrides)
     return doc
