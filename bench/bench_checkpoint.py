@@ -6,9 +6,8 @@ and ``model-0000X-of-0000N.safetensors`` shards, LLaMA names and shapes,
 bfloat16), then, each in its own child process:
 
 1. ``rmtprune analyze DIR --json OUT --progress`` (progress bar with the time
-   left on stderr); its peak resident memory is the child's
-   ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``, read before any other
-   child runs;
+   left on stderr); its peak resident memory is the child's own high-water
+   mark (``VmHWM``, which starts afresh at ``exec``);
 2. the *exact eigenvalue floor*: for every layer the analysis fitted, the time
    of :func:`rmtprune.spectrum.eigenvalues` (Gram matrix in float64 and its
    eigenvalues, the routine the analysis uses) on the float64 matrix already
@@ -33,7 +32,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -43,6 +41,19 @@ from dataclasses import asdict, dataclass
 
 import torch
 from safetensors.torch import save_file
+
+ANALYZE_SCRIPT = """
+import sys
+from rmtprune.cli import main
+try:
+    code = main(sys.argv[2:])
+finally:
+    with open("/proc/self/status") as status:
+        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(sys.argv[1], "w") as out:
+        out.write(peak)
+sys.exit(code)
+"""
 
 FLOOR_SCRIPT = """
 import json, statistics, sys, time
@@ -171,16 +182,19 @@ def _random_tensor(shape: tuple[int, ...], generator: torch.Generator) -> torch.
 
 
 def run_analyze(directory: str, report: str, *, progress: bool) -> tuple[float, int]:
-    """``rmtprune analyze DIR --json REPORT`` in a child; (wall seconds, peak RSS in bytes)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    command = [sys.executable, "-m", "rmtprune.cli", "analyze", directory, "--json", report]
-    command += ["--progress"] if progress else ["--quiet"]
-    start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak_kib < before:  # pragma: no cover - the maximum never decreases
-        raise RuntimeError("ru_maxrss decreased")
+    """``rmtprune analyze DIR --json REPORT`` in a child; (wall seconds, peak RSS in bytes).
+
+    The peak is the child's own high-water mark (``VmHWM`` of ``/proc/self/status``, read by
+    the child as it ends), not ``ru_maxrss`` of the children, which on Linux also counts the
+    pages of this parent that the child held between ``fork`` and ``exec``.
+    """
+    with tempfile.NamedTemporaryFile("r", suffix=".peak") as peak_file:
+        command = [sys.executable, "-c", ANALYZE_SCRIPT, peak_file.name, "analyze", directory]
+        command += ["--json", report, "--progress" if progress else "--quiet"]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+        peak_kib = int(peak_file.read().strip())
     return wall, peak_kib * 1024
 
 
