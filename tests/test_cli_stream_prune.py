@@ -232,6 +232,9 @@ def test_rmtprune_file_with_factorized_and_tied_layers_is_repruned(
         "c": 12,
         "dense": 12,
     }
+    header = _header((tmp_path / "streamed.safetensors").read_bytes())[0]
+    assert header["c.first.weight"]["dtype"] == "BF16"  # a bf16 layer stays bf16 (was F32)
+    assert header["a.first.weight"]["dtype"] == "F32"
     # the output is an rmtprune file like any other: it loads and prunes again
     again = _Factorized()
     rmtprune.load(again, tmp_path / "streamed.safetensors")

@@ -167,7 +167,11 @@ def build_shell(
     root = ShellModel()
     for name in sorted(structure, key=lambda s: s.count(".")):
         parent, _, leaf = name.rpartition(".")
-        _node(root, parent).add_module(leaf, _factorized(structure[name]))
+        stored = tensors.get(f"{name}.first.weight")
+        layer = _factorized(structure[name])
+        if stored is not None and stored.is_floating_point():
+            layer = layer.to(stored.dtype)  # a bf16 file stays bf16 when pruned again
+        _node(root, parent).add_module(leaf, layer)
     inside = tuple(f"{name}." for name in structure)
     for name in sorted(dense):
         weight = tensors.get(f"{name}.weight")
