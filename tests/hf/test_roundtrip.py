@@ -105,6 +105,9 @@ def test_plain_loading_of_hugging_face_own_save_fails_instead_of_reinitialising(
     loaded = rmtprune.from_pretrained(getattr(transformers, cls), tmp_path)
     _same(pruned, loaded, name)
     assert not hasattr(loaded.config, "quantization_config")
+    with pytest.raises(ValueError, match="'push_to_hub' parameter of save_pretrained"):
+        pruned.save_pretrained(tmp_path / "hub", push_to_hub=True)  # would upload unmarked
+    assert not (tmp_path / "hub").exists()
     loaded.save_pretrained(tmp_path / "again")  # the loaded model is guarded as well
     assert "quantization_config" in json.loads((tmp_path / "again" / "config.json").read_text())
 

@@ -113,8 +113,17 @@ class MarkingSave:
     def __call__(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
         """Run Hugging Face's ``save_pretrained``; mark the directory if layers are factorized."""
         model = self.model
-        result = type(model).save_pretrained(model, save_directory, *args, **kwargs)  # type: ignore[attr-defined]
         factorized = any(isinstance(m, LowRankModule) for m in model.modules())
+        if factorized and kwargs.get("push_to_hub"):
+            raise ValueError(
+                "The 'push_to_hub' parameter of save_pretrained must be False for a model with "
+                "layers factorized by rmtprune: Hugging Face's save would upload config.json "
+                "before rmtprune can mark it, and a plain from_pretrained of the upload would "
+                "re-initialise those layers. Call model.push_to_hub(repo_id) instead (it saves "
+                "through this marking save_pretrained first), or upload a directory written by "
+                "rmtprune.save_pretrained. Got push_to_hub=True."
+            )
+        result = type(model).save_pretrained(model, save_directory, *args, **kwargs)  # type: ignore[attr-defined]
         if factorized and kwargs.get("is_main_process", True):
             _mark(os.fspath(save_directory))
         return result
