@@ -147,8 +147,12 @@ def test_bad_input_gives_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     bad.write_bytes(b"not a checkpoint")
     assert main(["analyze", str(bad)]) == 2
     assert "weights_only=True" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="required unless --dry-run"):
-        main(["prune", str(path)])
+    assert main(["prune", str(path)]) == 2  # a usage error: exit 2 and one line, like argparse's
+    assert "rmtprune prune: error: -o/--output is required unless --dry-run" in (
+        capsys.readouterr().err
+    )
+    assert main(["analyze"]) == 2
+    assert "give the weights PATH" in capsys.readouterr().err
 
 
 def test_demo_without_data_says_how_to_provide_it(

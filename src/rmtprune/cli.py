@@ -321,9 +321,9 @@ def _emit_json(report: ModelReport | PruneReport, target: str) -> None:
 def _weights(args: argparse.Namespace) -> str:
     weights = args.weights or args.source
     if weights is None:
-        raise SystemExit("rmtprune: error: give the weights PATH (positional or --weights)")
+        raise ValueError("give the weights PATH (positional or --weights)")
     if args.weights and args.source and args.weights != args.source:
-        raise SystemExit("rmtprune: error: give the weights once (positional PATH or --weights)")
+        raise ValueError("give the weights once (positional PATH or --weights)")
     return str(weights)
 
 
@@ -393,7 +393,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     if args.output is None and not args.dry_run:
-        raise SystemExit("rmtprune prune: error: -o/--output is required unless --dry-run")
+        raise ValueError("-o/--output is required unless --dry-run")
     _check_outputs(args)
     source = _load(args)
     split = {"auto": "auto", "always": True, "never": False}[args.split]
