@@ -59,8 +59,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rmtprune._fileio import atomic_write_bytes
-from rmtprune.factorize.hf_guard import unmark
+from rmtprune.factorize.hf_guard import add_to_config, unmark
 from rmtprune.factorize.lowrank import LowRankModule
 from rmtprune.factorize.registry import get_adapter, set_submodule
 from rmtprune.io import FORMAT_VERSION, describe_structure, load, save
@@ -99,12 +98,6 @@ def _main_dtype(model: nn.Module) -> torch.dtype:
         if tensor.is_floating_point():
             counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel()
     return max(counts, key=lambda d: counts[d]) if counts else torch.float32
-
-
-def _write_json(path: str | os.PathLike[str], document: Mapping[str, Any]) -> None:
-    """Write ``document`` to ``path`` atomically, as Hugging Face writes ``config.json``."""
-    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def save_pretrained(
@@ -151,17 +144,14 @@ def save_pretrained(
     can_generate = getattr(model, "can_generate", None)
     if generation is not None and callable(can_generate) and can_generate():
         generation.save_pretrained(directory)
-    config_path = os.path.join(directory, "config.json")
-    with open(config_path, encoding="utf-8") as handle:
-        document = json.load(handle)
-    document[CONFIG_KEY] = {
+    entry = {
         "format_version": FORMAT_VERSION,
         "weights": WEIGHTS_NAME,
         "dtype": str(_main_dtype(model)).removeprefix("torch."),
         "structure": describe_structure(model),
         "load_with": _LOAD_WITH,
     }
-    _write_json(config_path, document)
+    add_to_config(directory, CONFIG_KEY, entry)
 
 
 def _build(model_class: Any, directory: str) -> tuple[nn.Module, dict[str, Any] | None]:

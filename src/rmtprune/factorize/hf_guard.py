@@ -42,6 +42,7 @@ __all__ = [
     "MARKER",
     "QUANTIZATION_KEY",
     "MarkingSave",
+    "add_to_config",
     "guard_hf_save",
     "is_hf_model",
     "is_marker",
@@ -85,6 +86,17 @@ def unmark(config: Any) -> bool:
     return True
 
 
+def add_to_config(directory: str, key: str, value: Any) -> None:
+    """Set ``key`` in ``directory``'s ``config.json`` to ``value``, rewriting it atomically (as
+    Hugging Face writes it: two-space indent, sorted keys)."""
+    path = os.path.join(directory, "config.json")
+    with open(path, encoding="utf-8") as handle:
+        document = json.load(handle)
+    document[key] = value
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
 def _mark(directory: str) -> None:
     path = os.path.join(directory, "config.json")
     if not os.path.isfile(path):
@@ -93,11 +105,7 @@ def _mark(directory: str) -> None:
             "plain from_pretrained of this directory would re-initialise them. Save with "
             "rmtprune.save_pretrained(model, directory) instead."
         )
-    with open(path, encoding="utf-8") as handle:
-        document = json.load(handle)
-    document[QUANTIZATION_KEY] = dict(MARKER)
-    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")))
+    add_to_config(directory, QUANTIZATION_KEY, dict(MARKER))
 
 
 class MarkingSave:
