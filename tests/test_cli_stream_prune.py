@@ -85,14 +85,19 @@ def _write_sharded(directory: Path, tensors: Mapping[str, torch.Tensor], shards:
 
 
 class _Factorized(nn.Module):
-    """Two factorized layers sharing their first factor (tied), a bf16 one, a dense one."""
+    """Two factorized layers, a bf16 one, a dense one; with ``tied`` the first two share
+    their first factor and two more dense layers share their weight."""
 
-    def __init__(self) -> None:
+    def __init__(self, tied: bool = False) -> None:
         super().__init__()
         torch.manual_seed(3)
         self.a = LowRankLinear(128, 96, rank=40)
         self.b = LowRankLinear(128, 64, rank=40, bias=False)
-        self.b.first = self.a.first  # tied: stored once, recorded in "aliases"
+        if tied:
+            self.b.first = self.a.first  # stored once, recorded in "aliases"
+            self.d1 = nn.Linear(64, 64)
+            self.d2 = nn.Linear(64, 64)
+            self.d2.weight = self.d1.weight
         self.c = LowRankLinear(96, 80, rank=48).to(torch.bfloat16)
         self.dense = nn.Linear(96, 72)
         self.register_buffer("scale", torch.linspace(0, 1, 7))
@@ -217,12 +222,11 @@ def test_sharded_index_and_directory(
     ).read_bytes()
 
 
-def test_rmtprune_file_with_factorized_and_tied_layers_is_repruned(
+def test_rmtprune_file_with_factorized_layers_is_repruned(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = tmp_path / "factorized.safetensors"
     rmtprune.save(_Factorized(), source)
-    assert json.loads(_header(source.read_bytes())[0]["__metadata__"]["rmtprune"])["aliases"]
     options = ["--assume-linear", "dense", "--criterion", "rank", "--rank", "12"]
     streamed, loaded = _both(capsys, monkeypatch, source, options, tmp_path)
     assert streamed == loaded
@@ -248,6 +252,49 @@ def test_rmtprune_file_with_factorized_and_tied_layers_is_repruned(
         tmp_path / "second",
     )
     assert [r["rank_after"] for r in twice["layers"]] == [5, 5, 5, 5]
+
+
+def _aliases(path: Path) -> dict[str, str]:
+    document = json.loads(_header(path.read_bytes())[0]["__metadata__"]["rmtprune"])
+    return document["aliases"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("typed", [["d1", "d2"], ["d1"], ["d2"], []])
+def test_tied_entries_stay_tied_and_their_layers_are_not_pruned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], typed: list[str]
+) -> None:
+    # the saved model ties a factor of two factorized layers and the weight of two Linear
+    # layers; pruning its file must not untie them (nor store them twice), as the model's
+    # own walker skips a layer whose weight is shared
+    model = _Factorized(tied=True)
+    source = tmp_path / "tied.safetensors"
+    rmtprune.save(model, source)
+    tied = {"b.first.weight": "a.first.weight", "d2.weight": "d1.weight"}
+    assert _aliases(source) == tied
+    out = tmp_path / "out.safetensors"
+    options = ["--criterion", "rank", "--rank", "12", "--assume-linear", "dense", *typed]
+    report = _run(capsys, ["prune", str(source), "-o", str(out), *options])
+    rows = {r["name"]: r for r in report["layers"]}
+    assert {n: rows[n]["rank_after"] for n in ("c", "dense")} == {"c": 12, "dense": 12}
+    for name in ("a", "b", *typed):
+        assert rows[name]["action"] == "skipped", name
+        assert "tied parameters" in rows[name]["reason"], name
+    assert rows["a"]["rank_after"] == 40  # a factorized layer's rank, not min(m, n)
+    for name in {"d1", "d2"} - set(typed):
+        assert rows[name]["reason"].startswith("layer type unknown"), name
+    # every value counted once: the model's own (deduplicated) parameters and its buffer
+    truth = sum(p.numel() for p in model.parameters()) + model.scale.numel()
+    assert report["params_before"] == truth
+    # c: rank 48 -> 12 of a 80x96 product; dense: 72x96 split at rank 12
+    assert truth - report["params_after"] == (48 - 12) * (96 + 80) + 72 * 96 - 12 * (96 + 72)
+    written = _aliases(out)
+    assert written in (tied, {"b.first.weight": "a.first.weight", "d1.weight": "d2.weight"})
+    again = _Factorized(tied=True)
+    rmtprune.load(again, out)
+    for name in ("a", "b", "d1", "d2"):  # the tied layers hold exactly the saved values
+        for key, value in getattr(again, name).state_dict().items():
+            assert torch.equal(value, getattr(model, name).state_dict()[key]), (name, key)
+    assert again.c.rank == 12 and again.dense.rank == 12  # type: ignore[union-attr]
 
 
 def test_a_model_level_criterion_loads_the_model_whole(plain: Path, tmp_path: Path) -> None:
@@ -299,26 +346,21 @@ def test_reads_one_layer_at_a_time(
 def test_bad_inputs_keep_their_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # a tied entry outside the factorized layers does not fit the shell: same one line
-    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64))
-    model[1].weight = model[0].weight
-    tied = tmp_path / "tied.safetensors"
-    rmtprune.save(model, tied)
+    # a corrupted payload: the same one line from both routes, nothing written
+    rmtprune.save(nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64)), tmp_path / "m.safetensors")
     corrupt = tmp_path / "corrupt.safetensors"
-    data = bytearray((tmp_path / "tied.safetensors").read_bytes())
+    data = bytearray((tmp_path / "m.safetensors").read_bytes())
     data[-1] ^= 0xFF
     corrupt.write_bytes(bytes(data))
     messages = []
     for stream in (True, False):
         monkeypatch.setattr(cli_inputs, "open_for_pruning", functools.partial(_OPEN, stream=stream))
-        for path in (tied, corrupt):
-            out = tmp_path / "out.safetensors"
-            assert main(["prune", str(path), "-o", str(out), "--quiet"]) == 2
-            messages.append(capsys.readouterr().err.strip())
-            assert not out.exists()
-    assert messages[:2] == messages[2:]
-    assert "does not fit the model: unexpected keys ['1.weight']" in messages[0]
-    assert "SHA-256 checksum mismatch" in messages[1] and str(corrupt) in messages[1]
+        out = tmp_path / "out.safetensors"
+        assert main(["prune", str(corrupt), "-o", str(out), "--quiet"]) == 2
+        messages.append(capsys.readouterr().err.strip())
+        assert not out.exists()
+    assert messages[0] == messages[1]
+    assert "SHA-256 checksum mismatch" in messages[0] and str(corrupt) in messages[0]
 
 
 def test_output_may_not_be_a_file_of_the_input(

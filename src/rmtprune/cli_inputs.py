@@ -327,6 +327,13 @@ def _shapes(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[tuple[int, .
     }
 
 
+def _carried(shell: nn.Module) -> int:
+    """The floating-point values the shell carries as buffers (a tied entry held as a
+    buffer beside its parameter counts once, as a parameter)."""
+    params = {id(p) for p in shell.parameters()}
+    return sum(b.numel() for b in shell.buffers() if b.is_floating_point() and id(b) not in params)
+
+
 def open_for_pruning(
     path: PathLike,
     *,
@@ -355,13 +362,16 @@ def open_for_pruning(
             return streamed
     tensors, document = read_tensors(path)
     structure = dict(document["structure"]) if document else {}
+    if document is not None:  # a tied entry is typed, analysed and loaded as its tensor
+        aliases = document["aliases"].items()
+        tensors = {**tensors, **{a: tensors[t] for a, t in aliases if t in tensors}}
     kinds = classify_tensors(
         _shapes(tensors), assume_linear=assume_linear, assume_conv2d=assume_conv2d, skip=structure
     )
     dense = {k.name: k.layer_type for k in kinds if k.typed}
     checkpoint_file = open_checkpoint(path).path if os.path.isdir(path) else path
     shell = load_shell(tensors, document, checkpoint_file, dense=dense)
-    carried = sum(b.numel() for b in shell.buffers() if b.is_floating_point())
+    carried = _carried(shell)
     untyped = tuple(k for k in kinds if not k.typed)
     return PruneInput(
         shell, path, untyped=untyped, tensors=tensors, carried_params=carried, options=options
@@ -384,6 +394,8 @@ def _open_streamed(
     document = read_document(checkpoint.path, checkpoint.metadata, stored)
     if document is not None and checkpoint.path.endswith(".index.json"):
         return None  # shards with rmtprune metadata: the in-memory loader's own error
+    if document is not None and document["aliases"]:
+        return None  # tied entries: only the whole shell sees which layers share a weight
     structure = dict(document["structure"]) if document else {}
     kinds = classify_tensors(
         _shapes(stored), assume_linear=assume_linear, assume_conv2d=assume_conv2d, skip=structure
@@ -395,7 +407,7 @@ def _open_streamed(
     plan = meta_shell(lazy, document, checkpoint_file, dense)
     if plan is None:
         return None
-    carried = sum(b.numel() for b in plan.shell.buffers() if b.is_floating_point())
+    carried = _carried(plan.shell)
     untyped = tuple(k for k in kinds if not k.typed)
     return PruneInput(
         plan.shell,

@@ -154,6 +154,7 @@ def build_shell(
     structure: Mapping[str, Mapping[str, Any]] | None = None,
     *,
     dense: Mapping[str, str] | None = None,
+    aliases: Mapping[str, str] | None = None,
 ) -> ShellModel:
     """A module tree whose ``state_dict`` keys and shapes are those of ``tensors``.
 
@@ -161,9 +162,19 @@ def build_shell(
     (``{layer name: "Linear" or "Conv2d"}``, weight at ``NAME.weight``) become
     real layers; every other tensor becomes a buffer, so it is carried through
     unchanged and no layer type is guessed.
+
+    ``aliases`` (an rmtprune file's tied entries, ``{entry: stored tensor}``) hold the
+    very tensor object of their target, as in the saved model: loading fills both, saving
+    stores one, and the walker skips a layer whose weight is tied (a parameter when either
+    side is one, registered as a buffer on an untyped side).
     """
     structure = structure or {}
     dense = dense or {}
+    aliases = dict(aliases or {})
+    missing = sorted(a for a, t in aliases.items() if t not in tensors)
+    if missing:
+        raise ValueError(f"tied entry {missing[0]!r} refers to a missing tensor")
+    tensors = {**tensors, **{a: tensors[t] for a, t in aliases.items()}}
     root = ShellModel()
     for name in sorted(structure, key=lambda s: s.count(".")):
         parent, _, leaf = name.rpartition(".")
@@ -186,7 +197,41 @@ def build_shell(
         if key.startswith(inside) or leaf in node._parameters:
             continue
         node.register_buffer(leaf, torch.empty_like(tensors[key]))
+    _tie(root, aliases)
     return root
+
+
+def _slot(root: nn.Module, key: str) -> tuple[nn.Module, str]:
+    prefix, _, leaf = key.rpartition(".")
+    node = root.get_submodule(prefix)
+    if node._parameters.get(leaf) is None and node._buffers.get(leaf) is None:
+        raise ValueError(f"no place for the tied entry {key!r}")
+    return node, leaf
+
+
+def _tie(root: nn.Module, aliases: Mapping[str, str]) -> None:
+    """Make each tied entry hold the same tensor object as its target (see build_shell)."""
+    groups: dict[str, list[str]] = {}
+    for alias, target in aliases.items():
+        groups.setdefault(target, [target]).append(alias)
+    for keys in groups.values():
+        slots = [_slot(root, key) for key in keys]
+        params = [node._parameters[leaf] for node, leaf in slots if leaf in node._parameters]
+        shared = params[0] if params else slots[0][0]._buffers[slots[0][1]]
+        assert shared is not None
+        for (node, leaf), key in zip(slots, keys, strict=True):
+            held: torch.Tensor | None = node._parameters.get(leaf)
+            held = node._buffers.get(leaf) if held is None else held
+            assert held is not None
+            if (held.shape, held.dtype) != (shared.shape, shared.dtype):
+                raise ValueError(
+                    f"the tied entry {key!r} is built as {tuple(held.shape)} {held.dtype} but "
+                    f"its tensor is {tuple(shared.shape)} {shared.dtype}"
+                )
+            if leaf in node._parameters:
+                node._parameters[leaf] = shared  # type: ignore[assignment]  # a Parameter
+            else:
+                node._buffers[leaf] = shared
 
 
 def load_model(
@@ -226,7 +271,12 @@ def load_shell(
 ) -> ShellModel:
     """:func:`build_shell` filled with ``tensors`` (from :func:`read_tensors` of ``path``)."""
     try:
-        shell = build_shell(tensors, document["structure"] if document else None, dense=dense)
+        shell = build_shell(
+            tensors,
+            document["structure"] if document else None,
+            dense=dense,
+            aliases=document["aliases"] if document else None,
+        )
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise InvalidFileError(
             path, f"{os.fspath(path)}: its tensor names do not form a model ({exc})"

@@ -99,7 +99,8 @@ def _candidate(
     params = sum(p.numel() for p in module.parameters())
     if adapter is None or reason:
         shape = _shape_or_none(module)
-        return Candidate(name, module, adapter, shape, params, math.nan, 0, reason)
+        known = adapter.current_rank(module) if adapter is not None else None  # a factorized one
+        return Candidate(name, module, adapter, shape, params, math.nan, known or 0, reason)
     m, n = adapter.matrix_shape(module)
     p = min(m, n)
 

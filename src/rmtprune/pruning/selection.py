@@ -134,9 +134,10 @@ class Select:
 
 
 def _owners(model: nn.Module) -> dict[int, set[str]]:
+    """The modules holding each parameter, as a parameter or as a buffer (a tied entry)."""
     owners: dict[int, set[str]] = {}
     for name, mod in model.named_modules():
-        for p in mod.parameters(recurse=False):
+        for p in [*mod.parameters(recurse=False), *mod.buffers(recurse=False)]:
             owners.setdefault(id(p), set()).add(name)
     return owners
 
