@@ -287,6 +287,40 @@ def test_output_change_leaves_padded_positions_out() -> None:
     assert whole.change(_Tokens(noise)) == pytest.approx(want, rel=1e-6)
 
 
+def test_input_grams_leave_padded_tokens_out() -> None:
+    """A padded batch gives the Gram matrices of its sentences run alone, without padding."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=16,
+    )
+    torch.manual_seed(0)
+    model = transformers.BertModel(config).double().eval()
+    names = ["encoder.layer.0.attention.self.query", "encoder.layer.1.output.dense", "pooler.dense"]
+    layers = {n: (model.get_submodule(n), model.get_submodule(n).in_features) for n in names}
+    g = torch.Generator().manual_seed(1)
+    lengths = [12, 7, 3]
+    ids = torch.randint(1, 99, (3, 12), generator=g)
+    mask = (torch.arange(12) < torch.tensor(lengths)[:, None]).long()
+    padded = input_grams(model, layers, [{"input_ids": ids, "attention_mask": mask}])
+    alone = [
+        {"input_ids": ids[i : i + 1, :k], "attention_mask": torch.ones(1, k, dtype=torch.long)}
+        for i, k in enumerate(lengths)
+    ]
+    truth = input_grams(model, layers, alone)  # 22 real tokens, no padding anywhere
+    for name in names:
+        got, want = padded[name], truth[name]
+        assert got is not None and want is not None
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    full = input_grams(model, layers, [{"input_ids": ids}])  # no mask: every position counts
+    assert full["pooler.dense"] is not None
+    assert not torch.allclose(full[names[1]], truth[names[1]])  # padding would have counted
+
+
 def test_hugging_face_bert_from_a_tiny_config() -> None:
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(

@@ -40,22 +40,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from rmtprune.factorize.registry import get_adapter, set_submodule
-from rmtprune.pruning.outputs import call_model
+from rmtprune.pruning.outputs import call_model, position_mask
 
 __all__ = ["LayerFactors", "factorize_at", "input_grams"]
 
 
-def _layer_inputs(module: nn.Module, x: torch.Tensor, n: int) -> torch.Tensor | None:
-    """The inputs of ``module`` as rows of length ``n`` (the matrix view's columns), or None."""
+def _layer_inputs(
+    module: nn.Module, x: torch.Tensor, n: int, batch: Any = None
+) -> torch.Tensor | None:
+    """The inputs of ``module`` as rows of length ``n`` (the matrix view's columns), or None.
+
+    Rows at padded positions are left out: when ``batch`` is a mapping with an
+    ``attention_mask`` of shape ``(B, T)`` and ``x`` (3-D or more) starts with ``(B, T)``,
+    as the output change leaves them out (:func:`rmtprune.pruning.outputs.position_mask`).
+    """
     if isinstance(module, nn.Conv2d) and x.dim() == 4 and module.padding_mode == "zeros":
         padding = module.padding
         if isinstance(padding, str):
             return None
         cols = F.unfold(x, module.kernel_size, module.dilation, padding, module.stride)
         return cols.transpose(1, 2).reshape(-1, n) if cols.shape[1] == n else None
-    if x.is_floating_point() and x.shape[-1] == n:
+    if not x.is_floating_point() or x.shape[-1] != n:
+        return None
+    mask = position_mask(batch, x) if x.dim() >= 3 else None
+    if mask is None:
         return x.reshape(-1, n)
-    return None
+    keep = mask.expand(*x.shape[:-1], 1).reshape(-1) != 0
+    return x.reshape(-1, n)[keep.to(x.device)]
 
 
 @contextmanager
@@ -80,15 +91,18 @@ def input_grams(
 
     ``layers`` maps a name to ``(module, n)``.  A layer whose input cannot be read as rows of
     length ``n`` (an embedding, a strided conv with string padding, ...) gets ``None``.
+    Padded tokens (``attention_mask`` of a mapping batch, see :func:`_layer_inputs`) do not
+    count.
     The model runs in eval mode without gradients; its mode is restored.
     """
     grams: dict[str, torch.Tensor | None] = {}
     readable: dict[str, bool] = {name: True for name in layers}
+    current: list[Any] = [None]  # the batch being run, for its attention mask
 
     def record(name: str, args: Any) -> None:
         module, n = layers[name]
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        rows = None if x is None else _layer_inputs(module, x.detach(), n)
+        rows = None if x is None else _layer_inputs(module, x.detach(), n, current[0])
         if rows is None or not readable[name]:
             readable[name] = False
             return
@@ -102,6 +116,7 @@ def input_grams(
     try:
         with _hooks({k: v[0] for k, v in layers.items()}, record), torch.no_grad():
             for batch in batches:
+                current[0] = batch
                 call_model(model, batch)
     finally:
         model.train(was_training)
