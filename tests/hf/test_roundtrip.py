@@ -139,6 +139,48 @@ def test_guard_survives_copies_and_leaves_dense_saves_alone(tmp_path: Path) -> N
     transformers.BertModel.from_pretrained(tmp_path / "undone")
 
 
+def test_a_model_containing_the_pruned_one_is_guarded_too(tmp_path: Path) -> None:
+    """``prune(model.bert)`` then the outer model's own save: marked, refused by a plain load.
+
+    Before, the outer classifier was outside the guarded tree and its checkpoint reloaded with
+    the pruned encoder layers re-initialised at random.
+    """
+    import pickle
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    config = MODELS["bert"][0]().config
+    outer = transformers.BertForSequenceClassification(config).eval()
+    rmtprune.prune(outer.bert, inplace=True, **FORCE_SPLIT)
+    assert "save_pretrained" not in vars(outer)  # not in the tree prune was given
+    outer.save_pretrained(tmp_path / "outer")
+    with pytest.raises(ValueError, match="quant"):
+        transformers.BertForSequenceClassification.from_pretrained(tmp_path / "outer")
+    loaded = rmtprune.from_pretrained(
+        transformers.BertForSequenceClassification, tmp_path / "outer"
+    )
+    _same(outer, loaded, "bert")
+    dense = transformers.BertForSequenceClassification(config)  # the class wrapper leaves
+    dense.save_pretrained(tmp_path / "dense")  # a model without factorized layers alone
+    assert "quantization_config" not in json.loads((tmp_path / "dense/config.json").read_text())
+    # a fresh process that only unpickles the model gets the class wrapper as well
+    (tmp_path / "outer.pkl").write_bytes(pickle.dumps(outer))
+    script = (
+        "import pickle, sys; import transformers; "
+        "m = pickle.loads(open(sys.argv[1], 'rb').read()); m.save_pretrained(sys.argv[2])"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "outer.pkl"), str(tmp_path / "fresh")],
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert (
+        "rmtprune"
+        in json.loads((tmp_path / "fresh/config.json").read_text())["quantization_config"]
+    )
+
+
 def test_existing_weights_are_not_overwritten_silently(tmp_path: Path) -> None:
     build, _ = MODELS["bert"]
     build().save_pretrained(tmp_path)  # a dense checkpoint a plain loader would pick up
