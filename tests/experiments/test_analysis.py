@@ -54,6 +54,7 @@ def test_regression_report_is_self_contained(
     run = regression_smoke  # reproduce_analysis("regression", preset="smoke"), conftest.py
     assert run.experiment == "regression" and run.preset == "smoke"
     stamps = unit_stamps(run.run_dir)
+    first_report = (run.run_dir / "report.md").read_text()
 
     def never(*args: object) -> None:
         raise AssertionError("a finished unit was trained again")
@@ -64,6 +65,15 @@ def test_regression_report_is_self_contained(
     assert isinstance(again, AnalysisRun) and again.run_dir == run.run_dir
     assert analysis_content(again.result) == analysis_content(run.result)
     assert unit_stamps(run.run_dir) == stamps
+    # the report states the compute time of all stored units, not the resumed call's 0 s
+    units = [p for p in (run.run_dir / "units").glob("*.json") if ".seconds" not in p.name]
+    timings = [json.loads(p.with_suffix(".seconds.json").read_text()) for p in units]
+    total = sum(t["seconds"] for t in timings)
+    assert units and all(t["seconds"] > 0 for t in timings)
+    stated = f"Compute time {total:.0f} s over its {len(units)} units, summed over every call;"
+    report = (run.run_dir / "report.md").read_text()
+    assert stated in report and stated in first_report
+    assert f"this call took {again.wall_time:.0f} s." in report
     with pytest.raises(ValueError, match=r"differs in \['seeds'\]"):
         reproduce("regression", preset="smoke", seeds=3, out=run.run_dir, progress=False)
     with pytest.raises(ValueError, match="already holds a run"):

@@ -105,7 +105,8 @@ def test_rerun_loads_units_and_changed_config_is_refused(
 ) -> None:
     result, out = smoke
     stamps = unit_stamps(out)
-    assert sorted(stamps) == [f"seed-{s}-{a}.json" for s in (0, 1) for a in ("normal", "pruned")]
+    units = [f"seed-{s}-{a}" for s in (0, 1) for a in ("normal", "pruned")]
+    assert sorted(stamps) == sorted(f"{u}{x}" for u in units for x in (".json", ".seconds.json"))
 
     def never(*args: Any) -> None:
         raise AssertionError("a finished unit was trained again")

@@ -243,9 +243,8 @@ def test_rerun_loads_units_and_changed_config_is_refused(
     result, out = smoke
     stamps = unit_stamps(out)
     sizes, seeds = result.config.sizes, range(result.config.seeds)
-    assert set(stamps) == {f"synthetic-{n}-{s}.json" for n in sizes for s in seeds} | {
-        "network-relu-128.json"
-    }
+    units = {f"synthetic-{n}-{s}" for n in sizes for s in seeds} | {"network-relu-128"}
+    assert set(stamps) == {f"{u}{suffix}" for u in units for suffix in (".json", ".seconds.json")}
     samples = dict(np.load(out / "network_samples.npz"))
 
     def never(*args: Any) -> None:

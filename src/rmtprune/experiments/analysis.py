@@ -25,6 +25,7 @@ from rmtprune.data.download import download_dataset
 from rmtprune.experiments import init_compare, landscape, regression, theory
 from rmtprune.experiments.config import PRESETS
 from rmtprune.experiments.formats import markdown_to_html, write_text
+from rmtprune.experiments.rundir import UnitStore
 
 __all__ = [
     "ANALYSIS_EXPERIMENTS",
@@ -153,8 +154,11 @@ def reproduce_analysis(
     wall = time.perf_counter() - start
     section = (run_dir / "report_section.md").read_text(encoding="utf-8")
     title = f"rmtprune reproduction: {experiment_id} ({preset} preset)"
+    seconds, units, untimed = UnitStore(run_dir).compute_seconds()
+    older = f"; {untimed} stored without a time" if untimed else ""
     markdown = (
-        f"# {title}\n\n{entry.title}. Wall time {wall:.0f} s. "
+        f"# {title}\n\n{entry.title}. Compute time {seconds:.0f} s over its {units} units, "
+        f"summed over every call{older}; this call took {wall:.0f} s. "
         f"Command: `rmtprune reproduce {experiment_id} --preset {preset}"
         f"{'' if seeds is None else f' --seeds {seeds}'}`.\n\n{section}"
     )

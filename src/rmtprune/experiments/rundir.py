@@ -46,6 +46,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -306,13 +307,18 @@ def prepare_analysis_dir(
     return run_dir
 
 
+_SECONDS = ".seconds.json"
+
+
 class UnitStore:
     """The finished units of an analysis run: ``<run_dir>/units/<name>.json``, written once.
 
     :meth:`get` returns a unit's stored value, computing and storing it first when it is
     not there; a value is always returned as read back from its file, so a run that
     computed a unit and a run that loaded it continue from identical values.  Tensors
-    (trained weights) go beside it as ``<name>.pt``, written before the JSON file.
+    (trained weights) go beside it as ``<name>.pt``, and the seconds its computation took as
+    ``<name>.seconds.json``, both written before the unit's own file
+    (:meth:`compute_seconds` sums them over every call that added units).
 
     Examples
     --------
@@ -345,8 +351,29 @@ class UnitStore:
     ) -> T:
         """Unit ``name``: ``decode`` of its stored content, after ``compute`` when missing."""
         if not self.path(name).is_file():
-            formats.write_json(self.path(name), encode(compute()))
+            start = time.perf_counter()
+            content = encode(compute())
+            seconds = time.perf_counter() - start
+            formats.write_json(self.path(name, _SECONDS), {"seconds": seconds})
+            formats.write_json(self.path(name), content)
         return decode(self.load(name))
+
+    def compute_seconds(self) -> tuple[float, int, int]:
+        """``(seconds, units, untimed)``: the summed compute time of the stored units, their
+        number, and how many of them have no recorded time (stored by an older version)."""
+        units = (
+            [p for p in self.folder.glob("*.json") if not p.name.endswith(_SECONDS)]
+            if self.folder.is_dir()
+            else []
+        )
+        total, untimed = 0.0, 0
+        for unit in units:
+            timing = unit.with_name(unit.name[: -len(".json")] + _SECONDS)
+            if timing.is_file():
+                total += float(json.loads(timing.read_text())["seconds"])
+            else:
+                untimed += 1
+        return total, len(units), untimed
 
     def save_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> None:
         """Store ``tensors`` as ``units/<name>.pt`` (atomically)."""
