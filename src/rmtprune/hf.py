@@ -50,10 +50,11 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -62,7 +63,14 @@ from torch import nn
 from rmtprune.factorize.hf_guard import add_to_config, unmark
 from rmtprune.factorize.lowrank import LowRankModule
 from rmtprune.factorize.registry import get_adapter, set_submodule
-from rmtprune.io import FORMAT_VERSION, describe_structure, load, save
+from rmtprune.io import (
+    FORMAT_VERSION,
+    check_materialized,
+    describe_structure,
+    load,
+    load_tensors,
+    save,
+)
 
 __all__ = ["CONFIG_KEY", "WEIGHTS_NAME", "from_pretrained", "save_pretrained"]
 
@@ -154,6 +162,29 @@ def save_pretrained(
     add_to_config(directory, CONFIG_KEY, entry)
 
 
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Register every new ``nn.Parameter`` on the ``meta`` device; buffers stay where made.
+
+    A model built inside holds no weight memory (its initialisation runs on ``meta``
+    tensors, at no cost), while buffers its ``__init__`` computes and no checkpoint stores
+    (position ids, rotary frequencies) are real.  Not thread-safe: it replaces
+    ``nn.Module.register_parameter`` for the duration.
+    """
+    original = nn.Module.register_parameter
+
+    def register(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and type(param) is nn.Parameter and not param.is_meta:
+            param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+        original(self, name, param)
+
+    nn.Module.register_parameter = register  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
 def _build(model_class: Any, directory: str) -> tuple[nn.Module, dict[str, Any] | None]:
     """The dense model built from ``config.json`` and the ``"rmtprune"`` entry, if any."""
     from transformers import AutoConfig
@@ -163,15 +194,18 @@ def _build(model_class: Any, directory: str) -> tuple[nn.Module, dict[str, Any] 
     entry = getattr(config, CONFIG_KEY, None)
     if entry is not None:
         delattr(config, CONFIG_KEY)  # a later save must not carry a stale structure
-    if hasattr(model_class, "from_config"):  # the Auto classes
-        model = model_class.from_config(config)
-    elif hasattr(model_class, "_from_config"):  # a concrete PreTrainedModel class
-        model = model_class._from_config(config)
-    else:
+    build = getattr(model_class, "from_config", None)  # the Auto classes
+    build = build if build is not None else getattr(model_class, "_from_config", None)
+    if build is None:  # neither an Auto class nor a concrete PreTrainedModel class
         raise TypeError(
             "The 'model_class' parameter of from_pretrained must be a transformers model class "
             f"such as BertModel or AutoModel. Got {model_class!r} instead."
         )
+    try:
+        with parameters_on_meta():  # the weights come from the file: allocate none here
+            model = build(config)
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        model = build(config)  # an __init__ that reads its own parameters
     if entry is not None and not isinstance(entry, Mapping):
         raise ValueError(f"{directory}/config.json: the {CONFIG_KEY!r} entry is not an object")
     return model, None if entry is None else dict(entry)
@@ -227,27 +261,15 @@ def _load_hf_checkpoint(model: nn.Module, directory: str, dtype: torch.dtype | N
             {t.dtype for t in floating},
             key=lambda d: sum(t.numel() for t in floating if t.dtype == d),
         )
-    if dtype is not None:
-        model.to(dtype)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    owners: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        owners.setdefault(id(param), []).append(name)
-    lost = [
-        key
-        for key in missing
-        if all(other in missing for other in owners.get(id(_get(model, key)), [key]))
-    ]
+    lost, unexpected = load_tensors(model, tensors, strict=False)  # tied names are not lost
     if unexpected or lost:
         raise ValueError(
             f"{directory}/model.safetensors does not fit {type(model).__name__}: "
             f"missing {sorted(lost)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
-
-
-def _get(model: nn.Module, key: str) -> Any:
-    module_name, _, attr = key.rpartition(".")
-    return getattr(model.get_submodule(module_name), attr)
+    check_materialized(model, f"{directory}/model.safetensors")
+    if dtype is not None:
+        model.to(dtype)
 
 
 def from_pretrained(
@@ -259,8 +281,10 @@ def from_pretrained(
 ) -> nn.Module:
     """Load a directory written by :func:`save_pretrained` (or by HF's own save of a pruned model).
 
-    The dense model is built from ``config.json`` (no download), its factorized layers are
-    rebuilt at the recorded ranks, then the weights are loaded.
+    The model is built from ``config.json`` (no download) without allocating its weights
+    (its parameters on the ``meta`` device, :func:`parameters_on_meta`), its factorized layers
+    are rebuilt at the recorded ranks, then the file's tensors become its weights: peak memory
+    is about the checkpoint's size, not the dense model's.
 
     Parameters
     ----------
@@ -302,9 +326,9 @@ def from_pretrained(
             )
         saved = getattr(torch, str(entry.get("dtype")), None)
         target = dtype if dtype is not None else saved
-        if isinstance(target, torch.dtype):
-            model.to(target)
         load(model, os.path.join(directory, os.path.basename(weights)))
+        if isinstance(target, torch.dtype):
+            model.to(target)  # the loaded tensors and the buffers __init__ made
     if device is not None:
         model.to(device)
     return model.eval()

@@ -66,9 +66,11 @@ from rmtprune.safetensors_writer import (
 __all__ = [
     "FORMAT_VERSION",
     "apply_structure",
+    "check_materialized",
     "check_payload",
     "describe_structure",
     "load",
+    "load_tensors",
     "save",
     "tensors_to_store",
 ]
@@ -258,6 +260,51 @@ def check_fit(model: nn.Module, tensors: Mapping[str, torch.Tensor], strict: boo
         raise ValueError("; ".join(problems))
 
 
+def load_tensors(
+    model: nn.Module, tensors: Mapping[str, torch.Tensor], *, strict: bool
+) -> tuple[list[str], list[str]]:
+    """``model.load_state_dict(tensors, strict)``, also for a model built on the ``meta`` device.
+
+    A model with ``meta`` parameters (built without allocating its weights, see
+    :func:`rmtprune.hf.from_pretrained`) takes the tensors themselves (``assign=True``); the
+    parameters one module shares with another (tied weights) are tied again afterwards, each
+    group to the tensor loaded for one of its names.  Returns the missing keys (a tied name
+    filled through its group is not missing) and the unexpected ones.
+    """
+    meta = any(p.is_meta for p in model.parameters())
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    missing, unexpected = model.load_state_dict(tensors, strict=strict, assign=meta)
+    filled = set()
+    for names in groups.values():
+        source = next((n for n in names if n in tensors), None)
+        if source is None:
+            continue
+        filled.update(names)
+        if meta and len(names) > 1:
+            shared = model.get_parameter(source)
+            for name in names:
+                owner, _, leaf = name.rpartition(".")
+                model.get_submodule(owner)._parameters[leaf] = shared
+    return [k for k in missing if k not in filled], list(unexpected)
+
+
+def check_materialized(model: nn.Module, where: str) -> None:
+    """Raise ``ValueError`` naming the tensors of ``model`` still on the ``meta`` device."""
+    left = [
+        name
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]
+        if tensor.is_meta
+    ]
+    if left:
+        more = " ..." if len(left) > 5 else ""
+        raise ValueError(
+            f"{where} holds no values for {left[:5]}{more}: the model was built without "
+            "allocating its weights and these were not loaded"
+        )
+
+
 def tensors_to_store(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Contiguous CPU tensors owning their memory, and the aliases of tied entries."""
     tensors: dict[str, torch.Tensor] = {}
@@ -434,5 +481,6 @@ def load(model: nn.Module, path: PathLike, *, strict: bool = True) -> nn.Module:
         for name, old in replaced.items():  # leave the model as it was given
             set_submodule(model, name, old)
         raise ValueError(f"{path} does not fit the model: {exc}") from None
-    model.load_state_dict(tensors, strict=strict)
+    load_tensors(model, tensors, strict=strict)
+    check_materialized(model, path)
     return model

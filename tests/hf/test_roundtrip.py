@@ -181,6 +181,66 @@ def test_a_model_containing_the_pruned_one_is_guarded_too(tmp_path: Path) -> Non
     )
 
 
+_PEAK_SCRIPT = """
+import sys, torch, transformers, rmtprune
+
+def rss(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+def peak_of(fn):
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")  # reset the peak resident set size
+    before = rss("VmRSS:")
+    kept = fn()
+    return rss("VmHWM:") - before, kept
+
+rmtprune.from_pretrained(transformers.BertModel, sys.argv[1])  # imports and warms up
+load, model = peak_of(lambda: rmtprune.from_pretrained(transformers.BertModel, sys.argv[2]))
+dense, _ = peak_of(lambda: transformers.BertModel(model.config))
+print(load, dense)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux /proc needed")
+def test_from_pretrained_does_not_allocate_the_dense_model(tmp_path: Path) -> None:
+    """Peak memory of loading a pruned model is far below that of building the dense one."""
+    import subprocess
+    import sys
+
+    from rmtprune.factorize import LowRankLinear, set_submodule
+
+    def pruned(hidden: int, layers: int) -> nn.Module:
+        config = transformers.BertConfig(
+            vocab_size=96,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            intermediate_size=4 * hidden,
+            max_position_embeddings=40,
+        )
+        model = transformers.BertModel(config).eval()
+        for name, module in list(model.named_modules()):
+            if isinstance(module, nn.Linear):
+                small = LowRankLinear(module.in_features, module.out_features, rank=4)
+                set_submodule(model, name, small)
+        return model
+
+    rmtprune.save_pretrained(pruned(32, 1), tmp_path / "tiny")
+    rmtprune.save_pretrained(pruned(1024, 4), tmp_path / "big")  # dense: 50 M parameters
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(tmp_path / "tiny"), str(tmp_path / "big")],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    load, dense = map(int, done.stdout.split())
+    assert dense > 150e6  # 50 M float32 parameters, measured
+    assert load < 0.2 * dense, (load, dense)  # was above ``dense``: the dense model came first
+
+
 def test_existing_weights_are_not_overwritten_silently(tmp_path: Path) -> None:
     build, _ = MODELS["bert"]
     build().save_pretrained(tmp_path)  # a dense checkpoint a plain loader would pick up

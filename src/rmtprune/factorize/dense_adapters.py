@@ -210,8 +210,8 @@ class EmbeddingAdapter(_MatrixWeightAdapter):
         """A :class:`LowRankEmbedding`; a zero padding row stays exactly zero."""
         embedding = as_kind(module, nn.Embedding)
         first, second, _ = self._factor_args(module, weight_of(module), first, second)
-        pad = embedding.padding_idx
-        if pad is not None and not bool(weight_of(module)[pad].any()):
+        pad, weight = embedding.padding_idx, weight_of(module)
+        if pad is not None and not weight.is_meta and not bool(weight[pad].any()):
             second = second.clone()
             second[pad] = 0
         return LowRankEmbedding.from_factors(first, second, like=embedding)
