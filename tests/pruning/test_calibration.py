@@ -287,19 +287,24 @@ def test_output_change_leaves_padded_positions_out() -> None:
     assert whole.change(_Tokens(noise)) == pytest.approx(want, rel=1e-6)
 
 
-def test_input_grams_leave_padded_tokens_out() -> None:
-    """A padded batch gives the Gram matrices of its sentences run alone, without padding."""
+def _tiny_bert(hidden: int, intermediate: int) -> nn.Module:
+    """A 2-layer BERT of random weights (seed 0), in eval mode; 99 tokens, 32 positions."""
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(
         vocab_size=99,
-        hidden_size=32,
+        hidden_size=hidden,
         num_hidden_layers=2,
         num_attention_heads=2,
-        intermediate_size=48,
-        max_position_embeddings=16,
+        intermediate_size=intermediate,
+        max_position_embeddings=32,
     )
     torch.manual_seed(0)
-    model = transformers.BertModel(config).double().eval()
+    return transformers.BertModel(config).eval()  # type: ignore[no-any-return]
+
+
+def test_input_grams_leave_padded_tokens_out() -> None:
+    """A padded batch gives the Gram matrices of its sentences run alone, without padding."""
+    model = _tiny_bert(hidden=32, intermediate=48).double()
     names = ["encoder.layer.0.attention.self.query", "encoder.layer.1.output.dense", "pooler.dense"]
     layers = {n: (model.get_submodule(n), model.get_submodule(n).in_features) for n in names}
     g = torch.Generator().manual_seed(1)
@@ -322,17 +327,7 @@ def test_input_grams_leave_padded_tokens_out() -> None:
 
 
 def test_hugging_face_bert_from_a_tiny_config() -> None:
-    transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(
-        vocab_size=99,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=32,
-    )
-    torch.manual_seed(0)
-    model = transformers.BertModel(config).eval()
+    model = _tiny_bert(hidden=64, intermediate=128)
     g = torch.Generator().manual_seed(6)
     with torch.no_grad():
         for name, module in model.named_modules():
