@@ -512,8 +512,10 @@ def test_minilm_guard_holds_on_held_out_sentences(tmp_path) -> None:
         dict(tokenizer(sentences[i : i + 8], padding=True, return_tensors="pt"))
         for i in range(0, 48, 8)
     ]
-    pruned, report = calibrated_prune(model, batches, 0.1, whiten=True, layers="encoder.layer.5.*")
+    # δ = 0.2: the 24 fitted sentences hold 526 real tokens; with the padded positions (38 %)
+    # no longer in the Gram matrices, whitened δ = 0.1 finds no safe cut on layer 5 alone
+    pruned, report = calibrated_prune(model, batches, 0.2, whiten=True, layers="encoder.layer.5.*")
     held = _change(model, pruned, batches[1::2], key="last_hidden_state")
     assert report.output_change == pytest.approx(held, rel=1e-6)
-    assert report.output_change <= 0.1
+    assert report.output_change <= 0.2
     assert report.params_after < report.params_before
