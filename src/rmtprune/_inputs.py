@@ -18,6 +18,7 @@ Example
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -52,8 +53,18 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """A state dict read with ``torch.load(weights_only=True)`` (no code is ever unpickled).
 
     A checkpoint with a ``"state_dict"``, ``"model"`` or ``"model_state"`` mapping is
-    accepted too.  Raises :class:`~rmtprune.InvalidFileError` naming the file otherwise.
+    accepted too.  Raises :class:`~rmtprune.InvalidFileError` naming the file otherwise; a
+    ``.safetensors`` name is never read with ``torch.load`` (it is not a safetensors file if
+    it got here).
     """
+    if path.endswith(".safetensors"):
+        size = os.path.getsize(path)
+        raise InvalidFileError(
+            path,
+            f"{path} is not a valid safetensors file: its {size} bytes do not start with an "
+            "8-byte header length followed by a JSON header ('{'); it may be empty, truncated "
+            "or another format",
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

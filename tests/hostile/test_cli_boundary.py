@@ -252,3 +252,16 @@ def test_safetensors_disk_full_names_the_output(
     _one_error_line(capsys, f"could not write {out}", "No space left", "free some space")
     assert not out.exists() and not report.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pt", "w.safetensors"]
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 5, b"not a safetensors file at all"])
+def test_broken_safetensors_file_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
+) -> None:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(content)
+    for command in ("analyze", "prune"):
+        assert main([command, str(path), "--dry-run" if command == "prune" else "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is not a valid safetensors file" in err[0], err
+        assert f"its {len(content)} bytes" in err[0] and "torch.load" not in err[0]
