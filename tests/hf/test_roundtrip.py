@@ -184,8 +184,12 @@ def rss(key):
             return int(line.split()[1]) * 1024
 
 def peak_of(fn):
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")  # reset the peak resident set size
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # reset the peak resident set size
+    except OSError:
+        print("cannot reset the peak")
+        sys.exit(0)
     before = rss("VmRSS:")
     kept = fn()
     return rss("VmHWM:") - before, kept
@@ -230,6 +234,8 @@ def test_from_pretrained_does_not_allocate_the_dense_model(tmp_path: Path) -> No
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+    if "cannot reset the peak" in done.stdout:
+        pytest.skip("/proc/self/clear_refs is not writable here")
     load, dense = map(int, done.stdout.split())
     assert dense > 60e6  # 21 M float32 parameters, measured
     assert load < 0.2 * dense, (load, dense)  # was above ``dense``: the dense model came first
