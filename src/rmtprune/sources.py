@@ -201,12 +201,15 @@ def build_shell(
     return root
 
 
-def _slot(root: nn.Module, key: str) -> tuple[nn.Module, str]:
+def _slot(root: nn.Module, key: str) -> tuple[nn.Module, str, torch.Tensor]:
+    """The module, attribute name and tensor (parameter or buffer) at state-dict ``key``."""
     prefix, _, leaf = key.rpartition(".")
     node = root.get_submodule(prefix)
-    if node._parameters.get(leaf) is None and node._buffers.get(leaf) is None:
+    held: torch.Tensor | None = node._parameters.get(leaf)
+    held = node._buffers.get(leaf) if held is None else held
+    if held is None:
         raise ValueError(f"no place for the tied entry {key!r}")
-    return node, leaf
+    return node, leaf, held
 
 
 def _tie(root: nn.Module, aliases: Mapping[str, str]) -> None:
@@ -216,13 +219,9 @@ def _tie(root: nn.Module, aliases: Mapping[str, str]) -> None:
         groups.setdefault(target, [target]).append(alias)
     for keys in groups.values():
         slots = [_slot(root, key) for key in keys]
-        params = [node._parameters[leaf] for node, leaf in slots if leaf in node._parameters]
-        shared = params[0] if params else slots[0][0]._buffers[slots[0][1]]
-        assert shared is not None
-        for (node, leaf), key in zip(slots, keys, strict=True):
-            held: torch.Tensor | None = node._parameters.get(leaf)
-            held = node._buffers.get(leaf) if held is None else held
-            assert held is not None
+        params = [held for _, _, held in slots if isinstance(held, nn.Parameter)]
+        shared = params[0] if params else slots[0][2]
+        for (node, leaf, held), key in zip(slots, keys, strict=True):
             if (held.shape, held.dtype) != (shared.shape, shared.dtype):
                 raise ValueError(
                     f"the tied entry {key!r} is built as {tuple(held.shape)} {held.dtype} but "

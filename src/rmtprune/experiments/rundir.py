@@ -368,7 +368,7 @@ class UnitStore:
         )
         total, untimed = 0.0, 0
         for unit in units:
-            timing = unit.with_name(unit.name[: -len(".json")] + _SECONDS)
+            timing = self.path(unit.stem, _SECONDS)
             if timing.is_file():
                 total += float(json.loads(timing.read_text())["seconds"])
             else:

@@ -74,10 +74,7 @@ _ORIGINAL = "__rmtprune_wrapped__"
 
 def is_hf_model(module: object) -> bool:
     """Whether ``module`` is a ``transformers`` ``PreTrainedModel`` (no import of transformers)."""
-    return isinstance(module, nn.Module) and any(
-        cls.__name__ == "PreTrainedModel" and cls.__module__.startswith("transformers")
-        for cls in type(module).__mro__
-    )
+    return isinstance(module, nn.Module) and _pretrained_base(type(module)) is not None
 
 
 def is_marker(entry: object) -> bool:
@@ -139,6 +136,7 @@ def _marking_save(
 
 
 def _pretrained_base(cls: type) -> type | None:
+    """``transformers``' ``PreTrainedModel`` among ``cls``'s bases, or None."""
     return next(
         (
             base
