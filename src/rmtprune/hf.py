@@ -54,6 +54,7 @@ import contextlib
 import glob
 import json
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -162,27 +163,45 @@ def save_pretrained(
     add_to_config(directory, CONFIG_KEY, entry)
 
 
+_META_BUILD = threading.local()  # .depth > 0: this thread is inside parameters_on_meta
+_META_LOCK = threading.Lock()
+_META_USERS = 0  # threads inside parameters_on_meta, all together
+_REGISTER = nn.Module.register_parameter  # torch's own, restored when the last user leaves
+
+
+def _register_on_meta(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+    if getattr(_META_BUILD, "depth", 0) and param is not None:
+        if type(param) is nn.Parameter and not param.is_meta:
+            param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+    _REGISTER(self, name, param)
+
+
 @contextlib.contextmanager
 def parameters_on_meta() -> Iterator[None]:
     """Register every new ``nn.Parameter`` on the ``meta`` device; buffers stay where made.
 
     A model built inside holds no weight memory (its initialisation runs on ``meta``
     tensors, at no cost), while buffers its ``__init__`` computes and no checkpoint stores
-    (position ids, rotary frequencies) are real.  Not thread-safe: it replaces
-    ``nn.Module.register_parameter`` for the duration.
+    (position ids, rotary frequencies) are real.  Only the calling thread is affected:
+    ``nn.Module.register_parameter`` is replaced while any thread is inside, by a function
+    that moves a parameter to ``meta`` only in a thread that entered this context.
     """
-    original = nn.Module.register_parameter
-
-    def register(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        if param is not None and type(param) is nn.Parameter and not param.is_meta:
-            param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
-        original(self, name, param)
-
-    nn.Module.register_parameter = register  # type: ignore[method-assign]
+    global _META_USERS, _REGISTER
+    with _META_LOCK:
+        if _META_USERS == 0:
+            _REGISTER = nn.Module.register_parameter
+            nn.Module.register_parameter = _register_on_meta  # type: ignore[method-assign]
+        _META_USERS += 1
+    depth = getattr(_META_BUILD, "depth", 0)
+    _META_BUILD.depth = depth + 1
     try:
         yield
     finally:
-        nn.Module.register_parameter = original  # type: ignore[method-assign]
+        _META_BUILD.depth = depth
+        with _META_LOCK:
+            _META_USERS -= 1
+            if _META_USERS == 0:
+                nn.Module.register_parameter = _REGISTER  # type: ignore[method-assign]
 
 
 def _build(model_class: Any, directory: str) -> tuple[nn.Module, dict[str, Any] | None]:

@@ -271,3 +271,34 @@ def test_io_save_and_load_handle_embeddings_and_conv1d(tmp_path: Path) -> None:
     rmtprune.save(pruned, tmp_path / "gpt2.safetensors")
     fresh = MODELS["gpt2"][0]().eval()
     _same(pruned, rmtprune.load(fresh, tmp_path / "gpt2.safetensors"), "gpt2")
+
+
+def test_meta_build_leaves_other_threads_alone() -> None:
+    """A model built in another thread while one thread loads gets real parameters."""
+    import threading
+
+    from rmtprune.hf import parameters_on_meta
+
+    original = nn.Module.register_parameter
+    inside, built = threading.Event(), threading.Event()
+    seen: dict[str, nn.Module] = {}
+
+    def loader() -> None:
+        with parameters_on_meta():
+            inside.set()
+            built.wait(timeout=30)
+            seen["loader"] = nn.Linear(3, 2)
+            with parameters_on_meta():  # nested use keeps the outer one active
+                seen["nested"] = nn.Linear(3, 2)
+            seen["after nested"] = nn.Linear(3, 2)
+
+    thread = threading.Thread(target=loader)
+    thread.start()
+    assert inside.wait(timeout=30)
+    seen["other"] = nn.Linear(3, 2)  # this thread never entered the context
+    built.set()
+    thread.join(timeout=30)
+    assert not seen["other"].weight.is_meta and not seen["other"].bias.is_meta
+    assert all(seen[k].weight.is_meta for k in ("loader", "nested", "after nested"))
+    assert nn.Module.register_parameter is original
+    assert not nn.Linear(3, 2).weight.is_meta
