@@ -453,3 +453,50 @@ def test_peak_memory_stays_near_one_layer(tmp_path: Path) -> None:
     assert peak - base < size / 3, (peak - base, size)
     written = _header((tmp_path / "many-out.safetensors").read_bytes())[0]
     assert len(written) == 1 + 24 * 2  # every layer was split and written
+
+
+class _SameModuleTwice(nn.Module):
+    """A factorized and a dense layer, each registered under a second name too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.x = LowRankLinear(96, 96, rank=40)
+        self.u = nn.Linear(96, 96)
+        self.w = nn.Linear(96, 80)
+        self.y = self.x  # the same module object: its entries are tied in the file
+        self.block = nn.Sequential(self.u)  # u again, deeper: "block.0"
+
+
+def test_a_module_under_two_names_is_one_layer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the model's walker sees each module once, whatever its names; the file's tied entries
+    # of a second name used to show as unknown 2-D rows and to mark the first name as tied
+    model = _SameModuleTwice()
+    source = tmp_path / "twice.safetensors"
+    rmtprune.save(model, source)
+    assert _aliases(source) == {
+        "y.first.weight": "x.first.weight",
+        "y.second.weight": "x.second.weight",
+        "y.second.bias": "x.second.bias",
+        "block.0.weight": "u.weight",
+        "block.0.bias": "u.bias",
+    }
+    out = tmp_path / "out.safetensors"
+    options = ["--criterion", "rank", "--rank", "12", "--assume-linear", "u", "w"]
+    report = _run(capsys, ["prune", str(source), "-o", str(out), *options])
+    rows = {r["name"]: (r["action"], r["rank_after"]) for r in report["layers"]}
+    assert rows == {"x": ("split", 12), "u": ("split", 12), "w": ("split", 12)}
+    in_memory, _ = rmtprune.prune(_SameModuleTwice(), criterion=rmtprune.FixedRank(12))
+    assert report["params_before"] == sum(p.numel() for p in model.parameters())
+    assert report["params_after"] == sum(p.numel() for p in in_memory.parameters())
+    again = _SameModuleTwice()
+    rmtprune.load(again, out)
+    assert again.x is again.y and again.block[0] is again.u
+    for name in ("x", "u", "w"):
+        for key, value in getattr(again, name).state_dict().items():
+            assert torch.equal(value, getattr(in_memory, name).state_dict()[key]), (name, key)
+    # without typing the dense layers, each shared matrix is one analysed row all the same
+    report = _run(capsys, ["prune", str(source), "--dry-run"])
+    assert sorted(r["name"] for r in report["layers"]) == ["u", "w", "x"]

@@ -69,7 +69,13 @@ from rmtprune.pruning.criteria import ModelCriterion
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
 from rmtprune.pruning.selection import Select
 from rmtprune.pruning.walker import SplitMode, analyze, prune
-from rmtprune.sources import load_model, load_shell, read_tensors
+from rmtprune.sources import (
+    load_model,
+    load_shell,
+    module_aliases,
+    outside_modules,
+    read_tensors,
+)
 from rmtprune.stream_prune import CheckpointTensors, StreamPlan, meta_shell, prune_checkpoint
 
 __all__ = ["PruneInput", "analyze_source", "open_for_pruning"]
@@ -362,11 +368,15 @@ def open_for_pruning(
             return streamed
     tensors, document = read_tensors(path)
     structure = dict(document["structure"]) if document else {}
+    shown = tensors
     if document is not None:  # a tied entry is typed, analysed and loaded as its tensor
-        aliases = document["aliases"].items()
-        tensors = {**tensors, **{a: tensors[t] for a, t in aliases if t in tensors}}
+        aliases = document["aliases"]
+        tensors = {**tensors, **{a: tensors[t] for a, t in aliases.items() if t in tensors}}
+        # a module under a second name is the module under its first: typed and shown once
+        same = module_aliases(tensors, aliases)
+        shown = {k: tensors[k] for k in outside_modules(tensors, same)}
     kinds = classify_tensors(
-        _shapes(tensors), assume_linear=assume_linear, assume_conv2d=assume_conv2d, skip=structure
+        _shapes(shown), assume_linear=assume_linear, assume_conv2d=assume_conv2d, skip=structure
     )
     dense = {k.name: k.layer_type for k in kinds if k.typed}
     checkpoint_file = open_checkpoint(path).path if os.path.isdir(path) else path

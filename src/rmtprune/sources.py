@@ -38,7 +38,7 @@ ShellModel(
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -62,6 +62,8 @@ __all__ = [
     "build_shell",
     "load_model",
     "load_shell",
+    "module_aliases",
+    "outside_modules",
     "read_tensors",
 ]
 
@@ -149,6 +151,58 @@ def _dense_layer(kind: str, weight: torch.Tensor, has_bias: bool) -> nn.Module:
     raise ValueError(f"a {weight.dim()}-D weight cannot be built as {kind}")
 
 
+def module_aliases(keys: Iterable[str], aliases: Mapping[str, str]) -> dict[str, str]:
+    """``{module name: name of the module it is}`` for modules registered under two names.
+
+    A module reachable under two names (``model.y = model.x``) appears in a state dict
+    under both; an rmtprune file stores its tensors once and records the second name's
+    entries as tied (``aliases``: ``{entry: stored entry}``).  A name ``P`` is the module
+    ``Q`` when ``P.`` and ``Q.`` prefix the same entry suffixes and each pair is one stored
+    tensor.  Only the outermost such names are returned.
+
+    >>> module_aliases(["x.weight", "x.bias", "w"], {"y.weight": "x.weight", "y.bias": "x.bias"})
+    {'y': 'x'}
+    >>> module_aliases(["x.weight", "x.bias"], {"y.weight": "x.weight"})  # bias not shared
+    {}
+    """
+    names = set(keys) | set(aliases)
+    if not aliases:
+        return {}
+    children: dict[str, set[str]] = {}
+    for key in names:
+        parts = key.split(".")
+        for cut in range(1, len(parts)):
+            children.setdefault(".".join(parts[:cut]), set()).add(".".join(parts[cut:]))
+
+    def stored(key: str) -> str:
+        return aliases.get(key, key)
+
+    found: dict[str, str] = {}
+    for alias in sorted(aliases, key=lambda k: (k.count("."), k)):
+        a, t = alias.split("."), aliases[alias].split(".")
+        for tail in range(min(len(a), len(t)) - 1, 0, -1):  # the outermost module first
+            if a[-tail:] != t[-tail:]:
+                continue
+            first, second = ".".join(a[:-tail]), ".".join(t[:-tail])
+            if any(f"{n}.".startswith(f"{m}.") for n in (first, second) for m in found):
+                break  # inside a module already found
+            if f"{first}.".startswith(f"{second}.") or f"{second}.".startswith(f"{first}."):
+                continue
+            suffixes = children[first]
+            if suffixes == children[second] and all(
+                stored(f"{first}.{x}") == stored(f"{second}.{x}") for x in suffixes
+            ):
+                found[first] = second
+                break
+    return found
+
+
+def outside_modules(names: Iterable[str], hidden: Iterable[str]) -> list[str]:
+    """The ``names`` that are neither one of the modules ``hidden`` nor inside one."""
+    prefixes = tuple(f"{h}." for h in hidden)
+    return [n for n in names if not f"{n}.".startswith(prefixes)]
+
+
 def build_shell(
     tensors: Mapping[str, torch.Tensor],
     structure: Mapping[str, Mapping[str, Any]] | None = None,
@@ -166,7 +220,8 @@ def build_shell(
     ``aliases`` (an rmtprune file's tied entries, ``{entry: stored tensor}``) hold the
     very tensor object of their target, as in the saved model: loading fills both, saving
     stores one, and the walker skips a layer whose weight is tied (a parameter when either
-    side is one, registered as a buffer on an untyped side).
+    side is one, registered as a buffer on an untyped side).  A module whose every entry
+    is tied to another module's (:func:`module_aliases`) is that module, under both names.
     """
     structure = structure or {}
     dense = dense or {}
@@ -175,6 +230,12 @@ def build_shell(
     if missing:
         raise ValueError(f"tied entry {missing[0]!r} refers to a missing tensor")
     tensors = {**tensors, **{a: tensors[t] for a, t in aliases.items()}}
+    same = module_aliases(tensors, aliases)  # built once, registered under both names
+    if same:
+        tensors = {k: tensors[k] for k in outside_modules(tensors, same)}
+        aliases = {a: aliases[a] for a in outside_modules(aliases, same)}
+        structure = {k: structure[k] for k in outside_modules(structure, same)}
+        dense = {k: dense[k] for k in outside_modules(dense, same)}
     root = ShellModel()
     for name in sorted(structure, key=lambda s: s.count(".")):
         parent, _, leaf = name.rpartition(".")
@@ -197,6 +258,9 @@ def build_shell(
         if key.startswith(inside) or leaf in node._parameters:
             continue
         node.register_buffer(leaf, torch.empty_like(tensors[key]))
+    for name in sorted(same, key=lambda s: s.count(".")):
+        parent, _, leaf = name.rpartition(".")
+        _node(root, parent).add_module(leaf, root.get_submodule(same[name]))
     _tie(root, aliases)
     return root
 

@@ -241,6 +241,37 @@ def test_skips_are_reported_with_reasons() -> None:
     assert torch.isnan(pruned.bad.weight[0, 0])
 
 
+def test_shared_modules_are_tied_layers_but_a_second_name_is_not() -> None:
+    # a submodule shared by two layers ties both (pruning one would change the other),
+    # while one module registered under two names is one layer, pruned once for both names
+    torch.manual_seed(11)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = LowRankLinear(80, 60, rank=30)
+            self.b = LowRankLinear(80, 40, rank=30)
+            self.b.first = self.a.first  # one first factor, two layers
+            self.x = nn.Linear(64, 64)
+            self.y = self.x
+            self.block = nn.Sequential(self.x)
+
+    net = Net()
+    rows = {r.name: r for r in analyze(net)}
+    assert sorted(rows) == ["a", "b", "x"]
+    assert rows["a"].reason == "weight shared with b.first (tied parameters)"
+    assert rows["b"].reason == "weight shared with a.first (tied parameters)"
+    assert rows["x"].status == "ok"
+    before = sum(p.numel() for p in net.parameters())
+    pruned, report = prune(net, criterion=rmtprune.FixedRank(8))
+    assert {r.name: r.action for r in report} == {"a": "skipped", "b": "skipped", "x": "split"}
+    assert pruned.b.first is pruned.a.first
+    assert pruned.x is pruned.y is pruned.block[0] and pruned.x.rank == 8
+    assert report.params_before == before
+    assert report.params_after == sum(p.numel() for p in pruned.parameters())
+    assert report.params_after == before - 64 * 64 + 8 * (64 + 64)
+
+
 def test_layers_filter_and_argument_errors() -> None:
     model = nn.Sequential(nn.Linear(50, 40), nn.Linear(40, 30))
     assert [r.name for r in analyze(model, layers=["1"])] == ["1"]

@@ -133,18 +133,34 @@ class Select:
         return ""
 
 
-def _owners(model: nn.Module) -> dict[int, set[str]]:
-    """The modules holding each parameter, as a parameter or as a buffer (a tied entry)."""
-    owners: dict[int, set[str]] = {}
-    for name, mod in model.named_modules():
-        for p in [*mod.parameters(recurse=False), *mod.buffers(recurse=False)]:
-            owners.setdefault(id(p), set()).add(name)
+def _owners(model: nn.Module) -> dict[int, list[tuple[str, frozenset[int]]]]:
+    """Every place holding each tensor: ``{id: [(module name, ids of the modules on its path)]}``.
+
+    All names are walked, a module reachable under two names included, and a tensor counts
+    whether held as a parameter or as a buffer (a tied entry of a file's shell).
+    """
+    owners: dict[int, list[tuple[str, frozenset[int]]]] = {}
+
+    def walk(module: nn.Module, name: str, path: frozenset[int]) -> None:
+        path = path | {id(module)}
+        for held in [*module._parameters.values(), *module._buffers.values()]:
+            if held is not None:
+                owners.setdefault(id(held), []).append((name, path))
+        for leaf, child in module._modules.items():
+            if child is not None:
+                walk(child, f"{name}.{leaf}" if name else leaf, path)
+
+    walk(model, "", frozenset())
     return owners
 
 
-def _shared_reason(name: str, module: nn.Module, owners: dict[int, set[str]]) -> str:
+def _shared_reason(
+    name: str, module: nn.Module, owners: dict[int, list[tuple[str, frozenset[int]]]]
+) -> str:
+    """Why ``module``'s weights cannot be pruned alone: a tensor of it is also held somewhere
+    that is not reached through ``module`` itself (under any of its names)."""
     for p in module.parameters():
-        others = {o for o in owners.get(id(p), set()) if o != name and not o.startswith(name + ".")}
+        others = {where for where, path in owners.get(id(p), []) if id(module) not in path}
         if others:
             return f"weight shared with {sorted(others)[0]} (tied parameters)"
     return ""
