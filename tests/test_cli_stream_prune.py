@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -341,6 +342,40 @@ def test_reads_one_layer_at_a_time(
     monkeypatch.undo()
     written = _header(out.read_bytes())[0].keys() - {"__metadata__"}
     assert sorted(load_model(out).state_dict()) == sorted(written)
+
+
+def test_analyze_of_an_rmtprune_file_reads_one_layer_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the streamed route's model is a meta shell: analysing it whole reported every
+    # factorized layer as "on the meta device (not materialized)"
+    source = tmp_path / "factorized.safetensors"
+    rmtprune.save(_Factorized(), source)
+    live: list[tuple[str, weakref.ref[torch.Tensor]]] = []
+    original = Checkpoint.read
+
+    def one_layer_held(self: Checkpoint, name: str) -> torch.Tensor:
+        layer = name.split(".")[0]
+        held = [n for n, ref in live if ref() is not None and n.split(".")[0] != layer]
+        assert held == [], f"reading {name} while {held} are still held"
+        tensor = original(self, name)
+        live.append((name, weakref.ref(tensor)))
+        return tensor
+
+    monkeypatch.setattr(Checkpoint, "read", one_layer_held)
+    report = cli_inputs.analyze_source(source, assume_linear=["dense"], layers=["a", "c", "dense"])
+    assert {n for n, _ in live} >= {"a.first.weight", "c.second.weight", "dense.weight"}
+    monkeypatch.undo()
+    whole = cli_inputs.open_for_pruning(source, assume_linear=["dense"], stream=False)
+    reference = whole.analyze(layers=["a", "c", "dense"])
+    assert [(r.name, r.status, r.rank) for r in report] == [
+        ("a", "ok", 40),
+        ("c", "ok", 48),
+        ("dense", "ok", 72),
+    ]
+    assert report.to_json() == reference.to_json()
+    for row, truth in zip(report, reference, strict=True):
+        assert np.array_equal(row.eigenvalues, truth.eigenvalues), row.name
 
 
 def test_bad_inputs_keep_their_errors(

@@ -76,7 +76,13 @@ from rmtprune.sources import (
     outside_modules,
     read_tensors,
 )
-from rmtprune.stream_prune import CheckpointTensors, StreamPlan, meta_shell, prune_checkpoint
+from rmtprune.stream_prune import (
+    CheckpointTensors,
+    StreamPlan,
+    analyze_checkpoint_plan,
+    meta_shell,
+    prune_checkpoint,
+)
 
 __all__ = ["PruneInput", "analyze_source", "open_for_pruning"]
 
@@ -183,7 +189,14 @@ class PruneInput:
             given.pop("exclude", None) or (),
             **{k: given.pop(k) for k in ("min_dim", "min_params") if given.get(k) is not None},
         )
-        report = analyze(self.model, select=self.walker_select(select), progress=progress, **given)
+        if self.plan is not None:  # one layer read at a time (the model is a meta shell)
+            report = analyze_checkpoint_plan(
+                self.plan, self.walker_select(select), progress=progress, **given
+            )
+        else:
+            report = analyze(
+                self.model, select=self.walker_select(select), progress=progress, **given
+            )
         extra = self._untyped_rows(dict(fit_kwargs))
         if not extra:
             return report

@@ -59,13 +59,19 @@ from rmtprune.io import (
     tensors_to_store,
 )
 from rmtprune.models.params import count_parameters
-from rmtprune.pruning.report import PruneReport
+from rmtprune.pruning.report import ModelReport, PruneReport
 from rmtprune.pruning.selection import Select, weight_layers
-from rmtprune.pruning.walker import SplitMode, prune
+from rmtprune.pruning.walker import SplitMode, analyze, prune
 from rmtprune.safetensors_writer import SafetensorsWriter
 from rmtprune.sources import ShellModel, build_shell
 
-__all__ = ["CheckpointTensors", "StreamPlan", "meta_shell", "prune_checkpoint"]
+__all__ = [
+    "CheckpointTensors",
+    "StreamPlan",
+    "analyze_checkpoint_plan",
+    "meta_shell",
+    "prune_checkpoint",
+]
 
 
 class CheckpointTensors(Mapping[str, torch.Tensor]):
@@ -204,6 +210,43 @@ def _write(writer: SafetensorsWriter | None, layer: nn.Module, outcome: _Outcome
     outcome.structure.update(describe_structure(layer))
 
 
+def _layout(
+    plan: StreamPlan, select: Select
+) -> tuple[list[str], dict[str, list[str]], dict[str, list[str]]]:
+    """The chosen layer names, and per outermost layer its chosen layers and state-dict keys."""
+    chosen = select.choose([name for name, _, _ in weight_layers(plan.shell)])
+    groups = _groups(plan)
+    state = list(plan.shell.state_dict())
+    picked = {g: [n for n in chosen if _inside(n, g)] for g in groups}
+    keys = {g: [k for k in state if k.startswith(f"{g}.")] for g in groups}
+    return chosen, picked, keys
+
+
+def analyze_checkpoint_plan(
+    plan: StreamPlan, select: Select, *, progress: bool | None, **fit_kwargs: Any
+) -> ModelReport:
+    """:func:`rmtprune.analyze` of ``plan``'s shell, reading one layer at a time.
+
+    ``select`` is the walker's selection (untyped weights already left out); the rows are
+    those of analysing the loaded shell in memory.
+    """
+    anything = dataclasses.replace(select, include=None, exclude=())
+    empty = analyze(ShellModel(), select=anything, **fit_kwargs)  # the arguments' checks
+    chosen, picked, keys = _layout(plan, select)
+    rows: dict[str, Any] = {}
+    costs = [_cost(plan.shell.get_submodule(g)) if picked[g] else 0.0 for g in picked]
+    with CheckpointProgress(costs, enabled=progress) as bar:
+        for (group, names), cost in zip(picked.items(), costs, strict=True):
+            if names:
+                layer = _load_layer(plan, group, keys[group])
+                only = dataclasses.replace(select, include=names, exclude=())
+                report = analyze(layer, select=only, progress=False, **fit_kwargs)
+                rows.update((row.name, row) for row in report.layers)
+                del layer
+            bar.advance(group, cost)
+    return dataclasses.replace(empty, layers=tuple(rows[n] for n in chosen))
+
+
 def prune_checkpoint(
     plan: StreamPlan,
     criterion: Any,
@@ -222,14 +265,11 @@ def prune_checkpoint(
     adds what the walker does not see (the untyped weights' rows) and runs before the file
     is moved into place, so a failure leaves no output.  Returns the completed report.
     """
-    names = [name for name, _, _ in weight_layers(plan.shell)]
     anything = dataclasses.replace(select, include=None, exclude=())
     prune(ShellModel(), criterion=criterion, select=anything, split=split, dry_run=True)  # checks
-    chosen = select.choose(names)
-    groups = _groups(plan)
-    picked = {g: [n for n in chosen if _inside(n, g)] for g in groups}
+    chosen, picked, keys = _layout(plan, select)
+    groups = list(picked)
     state = list(plan.shell.state_dict())
-    keys = {g: [k for k in state if k.startswith(f"{g}.")] for g in groups}
     outcome = _Outcome()
     costs = [_cost(plan.shell.get_submodule(g)) if picked[g] else 0.0 for g in groups]
     with contextlib.ExitStack() as stack:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import rmtprune
-from rmtprune import cli
+from rmtprune import cli, cli_inputs
 from rmtprune.cli import main
 
 
@@ -99,7 +99,7 @@ def test_disk_full_while_saving(weights: Path, tmp_path: Path, capsys, monkeypat
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "p.safetensors"))
 
-    monkeypatch.setattr(rmtprune.cli_inputs, "save", full)  # what `prune -o FILE` calls
+    monkeypatch.setattr(cli_inputs, "save", full)  # what `prune -o FILE` calls
     report = tmp_path / "report.json"
     out = tmp_path / "p.safetensors"
     state_dict = tmp_path / "w.pt"  # loaded whole (safetensors streams: test_cli_stream_prune)
@@ -133,8 +133,8 @@ def test_keyboard_interrupt_exits_130_with_one_line(weights: Path, capsys, monke
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    for name in ("analyze", "analyze_checkpoint"):  # the file route and the streamed one
-        monkeypatch.setattr(rmtprune.cli_inputs, name, interrupted)
+    for name in ("analyze", "analyze_checkpoint", "analyze_checkpoint_plan"):  # every route
+        monkeypatch.setattr(cli_inputs, name, interrupted)
     assert main(["analyze", str(weights), "--quiet"]) == 130
     _one_error_line(capsys, "interrupted")
 
@@ -145,8 +145,8 @@ def test_unexpected_error_is_one_line_and_debug_shows_the_traceback(
     def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("boom")
 
-    for name in ("analyze", "analyze_checkpoint"):  # the file route and the streamed one
-        monkeypatch.setattr(rmtprune.cli_inputs, name, broken)
+    for name in ("analyze", "analyze_checkpoint", "analyze_checkpoint_plan"):  # every route
+        monkeypatch.setattr(cli_inputs, name, broken)
     assert main(["analyze", str(weights), "--quiet"]) == 1
     _one_error_line(capsys, "ZeroDivisionError", "boom", "--debug")
     assert main(["analyze", str(weights), "--quiet", "--debug"]) == 1
