@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import weakref
 from pathlib import Path
 
 import pytest
 import torch
 
 import rmtprune
-from rmtprune.checkpoint import Checkpoint
 from rmtprune.cli import main
+from tests.reads import one_layer_at_a_time
 
 transformers = pytest.importorskip("transformers")
 
@@ -173,20 +172,7 @@ def test_streaming_reader_holds_one_layer_at_a_time(
     )
     model = transformers.LlamaForCausalLM(config)
     model.save_pretrained(tmp_path / "llama", max_shard_size="100KB")
-    live: list[tuple[str, weakref.ref[torch.Tensor]]] = []
-    reads: list[str] = []
-    original = Checkpoint.read
-
-    def counting_read(self: Checkpoint, name: str) -> torch.Tensor:
-        layer = name.rpartition(".")[0]
-        alive = [n for n, ref in live if ref() is not None and n.rpartition(".")[0] != layer]
-        assert alive == [], f"reading {name} while {alive} are still held"
-        tensor = original(self, name)
-        live.append((name, weakref.ref(tensor)))
-        reads.append(name)
-        return tensor
-
-    monkeypatch.setattr(Checkpoint, "read", counting_read)
+    reads = one_layer_at_a_time(monkeypatch)
     report = _json_report(capsys, ["analyze", str(tmp_path / "llama")])
     fitted = [r["name"] for r in report["layers"] if r["status"] == "ok"]  # type: ignore[index]
     # q k v o gate up down per block, lm_head, and the (untied) token embedding

@@ -18,7 +18,6 @@ import os
 import struct
 import subprocess
 import sys
-import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,11 +30,11 @@ from torch import nn
 
 import rmtprune
 from rmtprune import cli_inputs
-from rmtprune.checkpoint import Checkpoint
 from rmtprune.cli import main
 from rmtprune.factorize import LowRankLinear
 from rmtprune.pruning.criteria import LayerView, RankDecision
 from rmtprune.sources import load_model
+from tests.reads import one_layer_at_a_time
 
 _OPEN = cli_inputs.open_for_pruning  # the real one, whatever a test patches
 
@@ -323,22 +322,11 @@ def test_a_model_level_criterion_loads_the_model_whole(plain: Path, tmp_path: Pa
 def test_reads_one_layer_at_a_time(
     plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    live: list[tuple[str, weakref.ref[torch.Tensor]]] = []
-    original = Checkpoint.read
-
-    def one_layer_held(self: Checkpoint, name: str) -> torch.Tensor:
-        layer = name.rpartition(".")[0]
-        held = [n for n, ref in live if ref() is not None and n.rpartition(".")[0] != layer]
-        assert held == [], f"reading {name} while {held} are still held"
-        tensor = original(self, name)
-        live.append((name, weakref.ref(tensor)))
-        return tensor
-
-    monkeypatch.setattr(Checkpoint, "read", one_layer_held)
+    reads = one_layer_at_a_time(monkeypatch)
     out = tmp_path / "p.safetensors"
     argv = ["prune", str(plain), "-o", str(out), "--assume-linear", "*", "--quiet"]
     assert main(argv) == 0
-    assert len(live) >= len(_plain_tensors())  # everything went through Checkpoint.read
+    assert len(reads) >= len(_plain_tensors())  # everything went through Checkpoint.read
     monkeypatch.undo()
     written = _header(out.read_bytes())[0].keys() - {"__metadata__"}
     assert sorted(load_model(out).state_dict()) == sorted(written)
@@ -351,20 +339,9 @@ def test_analyze_of_an_rmtprune_file_reads_one_layer_at_a_time(
     # factorized layer as "on the meta device (not materialized)"
     source = tmp_path / "factorized.safetensors"
     rmtprune.save(_Factorized(), source)
-    live: list[tuple[str, weakref.ref[torch.Tensor]]] = []
-    original = Checkpoint.read
-
-    def one_layer_held(self: Checkpoint, name: str) -> torch.Tensor:
-        layer = name.split(".")[0]
-        held = [n for n, ref in live if ref() is not None and n.split(".")[0] != layer]
-        assert held == [], f"reading {name} while {held} are still held"
-        tensor = original(self, name)
-        live.append((name, weakref.ref(tensor)))
-        return tensor
-
-    monkeypatch.setattr(Checkpoint, "read", one_layer_held)
+    reads = one_layer_at_a_time(monkeypatch, lambda name: name.split(".")[0])
     report = cli_inputs.analyze_source(source, assume_linear=["dense"], layers=["a", "c", "dense"])
-    assert {n for n, _ in live} >= {"a.first.weight", "c.second.weight", "dense.weight"}
+    assert set(reads) >= {"a.first.weight", "c.second.weight", "dense.weight"}
     monkeypatch.undo()
     whole = cli_inputs.open_for_pruning(source, assume_linear=["dense"], stream=False)
     reference = whole.analyze(layers=["a", "c", "dense"])
