@@ -467,8 +467,11 @@ def test_peak_memory_stays_near_one_layer(tmp_path: Path) -> None:
     assert len(written) == 1 + 24 * 2  # every layer was split and written
 
 
+_FACTORS = ("first.weight", "second.weight", "second.bias")
+
+
 class _SameModuleTwice(nn.Module):
-    """A factorized and a dense layer, each registered under a second name too."""
+    """A factorized and a dense layer, each registered under two more names."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -477,10 +480,10 @@ class _SameModuleTwice(nn.Module):
         self.u = nn.Linear(96, 96)
         self.w = nn.Linear(96, 80)
         self.y = self.x  # the same module object: its entries are tied in the file
-        self.block = nn.Sequential(self.u)  # u again, deeper: "block.0"
+        self.block = nn.Sequential(self.x, self.u)  # both again, deeper
 
 
-def test_a_module_under_two_names_is_one_layer(
+def test_a_factorized_module_under_two_names_is_one_layer(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # the model's walker sees each module once, whatever its names; the file's tied entries
@@ -489,26 +492,34 @@ def test_a_module_under_two_names_is_one_layer(
     source = tmp_path / "twice.safetensors"
     rmtprune.save(model, source)
     assert _aliases(source) == {
-        "y.first.weight": "x.first.weight",
-        "y.second.weight": "x.second.weight",
-        "y.second.bias": "x.second.bias",
-        "block.0.weight": "u.weight",
-        "block.0.bias": "u.bias",
+        **{f"{n}.{k}": f"x.{k}" for n in ("y", "block.0") for k in _FACTORS},
+        "block.1.weight": "u.weight",
+        "block.1.bias": "u.bias",
     }
     out = tmp_path / "out.safetensors"
-    options = ["--criterion", "rank", "--rank", "12", "--assume-linear", "u", "w"]
+    options = ["--criterion", "rank", "--rank", "12", "--assume-linear", "u", "w", "block.1"]
     report = _run(capsys, ["prune", str(source), "-o", str(out), *options])
     rows = {r["name"]: (r["action"], r["rank_after"]) for r in report["layers"]}
-    assert rows == {"x": ("split", 12), "u": ("split", 12), "w": ("split", 12)}
-    in_memory, _ = rmtprune.prune(_SameModuleTwice(), criterion=rmtprune.FixedRank(12))
+    # the structure lists x once, so y and block.0 are x; a dense layer under two names
+    # cannot be told from two layers sharing their tensors, so u and block.1 are tied
+    assert rows == {
+        "x": ("split", 12),
+        "u": ("skipped", 96),
+        "block.1": ("skipped", 96),
+        "w": ("split", 12),
+    }
     assert report["params_before"] == sum(p.numel() for p in model.parameters())
-    assert report["params_after"] == sum(p.numel() for p in in_memory.parameters())
+    assert report["params_before"] - report["params_after"] == (40 - 12) * (96 + 96) + (
+        96 * 80 - 12 * (96 + 80)
+    )
+    in_memory, _ = rmtprune.prune(
+        _SameModuleTwice(), criterion=rmtprune.FixedRank(12), layers=["x", "w"]
+    )
     again = _SameModuleTwice()
     rmtprune.load(again, out)
-    assert again.x is again.y and again.block[0] is again.u
+    assert again.x is again.y is again.block[0] and again.block[1] is again.u
     for name in ("x", "u", "w"):
         for key, value in getattr(again, name).state_dict().items():
             assert torch.equal(value, getattr(in_memory, name).state_dict()[key]), (name, key)
-    # without typing the dense layers, each shared matrix is one analysed row all the same
-    report = _run(capsys, ["prune", str(source), "--dry-run"])
-    assert sorted(r["name"] for r in report["layers"]) == ["u", "w", "x"]
+    report = _run(capsys, ["prune", str(source), "--dry-run"])  # dense layers untyped
+    assert sorted(r["name"] for r in report["layers"]) == ["block.1", "u", "w", "x"]

@@ -386,7 +386,7 @@ def open_for_pruning(
         aliases = document["aliases"]
         tensors = {**tensors, **{a: tensors[t] for a, t in aliases.items() if t in tensors}}
         # a module under a second name is the module under its first: typed and shown once
-        same = module_aliases(tensors, aliases)
+        same = module_aliases(tensors, aliases, structure)
         shown = {k: tensors[k] for k in outside_modules(tensors, same)}
     kinds = classify_tensors(
         _shapes(shown), assume_linear=assume_linear, assume_conv2d=assume_conv2d, skip=structure

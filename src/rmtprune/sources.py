@@ -151,22 +151,31 @@ def _dense_layer(kind: str, weight: torch.Tensor, has_bias: bool) -> nn.Module:
     raise ValueError(f"a {weight.dim()}-D weight cannot be built as {kind}")
 
 
-def module_aliases(keys: Iterable[str], aliases: Mapping[str, str]) -> dict[str, str]:
-    """``{module name: name of the module it is}`` for modules registered under two names.
+def module_aliases(
+    keys: Iterable[str], aliases: Mapping[str, str], structure: Iterable[str]
+) -> dict[str, str]:
+    """``{module name: name of the module it is}`` for factorized modules saved under two names.
 
     A module reachable under two names (``model.y = model.x``) appears in a state dict
     under both; an rmtprune file stores its tensors once and records the second name's
     entries as tied (``aliases``: ``{entry: stored entry}``).  A name ``P`` is the module
-    ``Q`` when ``P.`` and ``Q.`` prefix the same entry suffixes and each pair is one stored
-    tensor.  Only the outermost such names are returned.
+    ``Q`` when ``P.`` and ``Q.`` prefix the same entry suffixes, each pair is one stored
+    tensor, and the file's ``structure`` (its factorized layer names) records a layer at or
+    inside ``Q`` but none at or inside ``P``: the structure lists each module once, so a
+    second factorized module holding the same tensors would be recorded too.  Dense layers
+    sharing every tensor look the same in a file whether they are one module or two (an
+    ``Embedding`` and a ``Linear`` tied together), so they are not merged.  Only the
+    outermost such names are returned.
 
-    >>> module_aliases(["x.weight", "x.bias", "w"], {"y.weight": "x.weight", "y.bias": "x.bias"})
+    >>> tied = {"y.first.weight": "x.first.weight", "y.second.weight": "x.second.weight"}
+    >>> module_aliases(["x.first.weight", "x.second.weight"], tied, ["x"])
     {'y': 'x'}
-    >>> module_aliases(["x.weight", "x.bias"], {"y.weight": "x.weight"})  # bias not shared
+    >>> module_aliases(["x.weight"], {"y.weight": "x.weight"}, [])  # dense: undecidable
     {}
     """
     names = set(keys) | set(aliases)
-    if not aliases:
+    recorded = tuple(f"{name}." for name in structure)
+    if not aliases or not recorded:
         return {}
     children: dict[str, set[str]] = {}
     for key in names:
@@ -188,6 +197,10 @@ def module_aliases(keys: Iterable[str], aliases: Mapping[str, str]) -> dict[str,
                 break  # inside a module already found
             if f"{first}.".startswith(f"{second}.") or f"{second}.".startswith(f"{first}."):
                 continue
+            if any(f"{first}.".startswith(r) or r.startswith(f"{first}.") for r in recorded):
+                continue  # a factorized layer of its own at or inside P, or P inside one
+            if not any(r.startswith(f"{second}.") for r in recorded):
+                continue  # nothing proves that P and Q are one module
             suffixes = children[first]
             if suffixes == children[second] and all(
                 stored(f"{first}.{x}") == stored(f"{second}.{x}") for x in suffixes
@@ -230,7 +243,7 @@ def build_shell(
     if missing:
         raise ValueError(f"tied entry {missing[0]!r} refers to a missing tensor")
     tensors = {**tensors, **{a: tensors[t] for a, t in aliases.items()}}
-    same = module_aliases(tensors, aliases)  # built once, registered under both names
+    same = module_aliases(tensors, aliases, structure)  # built once, under both names
     if same:
         tensors = {k: tensors[k] for k in outside_modules(tensors, same)}
         aliases = {a: aliases[a] for a in outside_modules(aliases, same)}
