@@ -21,6 +21,8 @@ written file (tensors, structure, digest) are those of pruning the loaded shell 
 the memory held is about one layer (with its float64 copy and SVD), not the model.
 A model-level criterion (``decide_model``, e.g. calibration) needs the whole model: the
 caller falls back to the in-memory route (:meth:`rmtprune.cli_inputs.PruneInput.prune`).
+``rmtprune analyze`` of such a file goes the same way (:func:`analyze_checkpoint_plan`): each
+layer is read, built and analysed alone, and its rows are those of the loaded shell.
 
 Example
 -------
