@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,7 @@ from rmtprune.checkpoint_analysis import (
     fit_layer,
     natural_key,
 )
+from rmtprune.checkpoint_progress import layer_cost
 from rmtprune.factorize.registry import get_adapter
 from rmtprune.hf import save_pretrained
 from rmtprune.hfdir import (
@@ -168,7 +170,10 @@ class PruneInput:
         exclude = [p for p in select.exclude if _matching(modules, p)]
         return dataclasses.replace(select, include=include, exclude=exclude)
 
-    def _untyped_rows(self, fit_kwargs: dict[str, Any]) -> list[LayerAnalysis]:
+    def _untyped_fits(
+        self, fit_kwargs: dict[str, Any]
+    ) -> list[tuple[str, float, Callable[[], LayerAnalysis]]]:
+        """``(name, cost, fit)`` of each requested untyped weight; a fit reads its tensors."""
         kinds = list(self.untyped)
         requested = fit_kwargs.pop("layers", None)
         if requested is not None:
@@ -177,9 +182,17 @@ class PruneInput:
         excluded = _patterns(fit_kwargs.pop("exclude", None) or ())
         kinds = [k for k in kinds if not any(_matching([k.name], p) for p in excluded)]
         return [
-            fit_layer(k, self.tensors[k.weight], self.tensors.get(k.bias or ""), **fit_kwargs)
+            (k.name, layer_cost(k.shape), functools.partial(self._fit, k, fit_kwargs))
             for k in kinds
         ]
+
+    def _fit(self, kind: LayerKind, fit_kwargs: Mapping[str, Any]) -> LayerAnalysis:
+        """The row of one untyped weight, its tensors read only now."""
+        bias = self.tensors.get(kind.bias or "")
+        return fit_layer(kind, self.tensors[kind.weight], bias, **fit_kwargs)
+
+    def _untyped_rows(self, fit_kwargs: dict[str, Any]) -> list[LayerAnalysis]:
+        return [fit() for _, _, fit in self._untyped_fits(fit_kwargs)]
 
     def analyze(self, progress: bool | None = None, **fit_kwargs: Any) -> ModelReport:
         """:func:`rmtprune.analyze` of the model plus the rows of the untyped weights."""
@@ -190,14 +203,18 @@ class PruneInput:
             **{k: given.pop(k) for k in ("min_dim", "min_params") if given.get(k) is not None},
         )
         if self.plan is not None:  # one layer read at a time (the model is a meta shell)
-            report = analyze_checkpoint_plan(
-                self.plan, self.walker_select(select), progress=progress, **given
+            report, extra = analyze_checkpoint_plan(
+                self.plan,
+                self.walker_select(select),
+                progress=progress,
+                extra=self._untyped_fits(dict(fit_kwargs)),
+                **given,
             )
         else:
             report = analyze(
                 self.model, select=self.walker_select(select), progress=progress, **given
             )
-        extra = self._untyped_rows(dict(fit_kwargs))
+            extra = self._untyped_rows(dict(fit_kwargs))
         if not extra:
             return report
         rows = sorted([*report.layers, *extra], key=lambda r: natural_key(r.name))

@@ -225,19 +225,27 @@ def _layout(
 
 
 def analyze_checkpoint_plan(
-    plan: StreamPlan, select: Select, *, progress: bool | None, **fit_kwargs: Any
-) -> ModelReport:
+    plan: StreamPlan,
+    select: Select,
+    *,
+    progress: bool | None,
+    extra: Sequence[tuple[str, float, Callable[[], Any]]] = (),
+    **fit_kwargs: Any,
+) -> tuple[ModelReport, list[Any]]:
     """:func:`rmtprune.analyze` of ``plan``'s shell, reading one layer at a time.
 
     ``select`` is the walker's selection (untyped weights already left out); the rows are
-    those of analysing the loaded shell in memory.
+    those of analysing the loaded shell in memory.  ``extra`` jobs ``(name, cost, call)``
+    (the untyped weights' fits) run after the layers under the same progress bar; their
+    results are returned beside the report.
     """
     anything = dataclasses.replace(select, include=None, exclude=())
     empty = analyze(ShellModel(), select=anything, **fit_kwargs)  # the arguments' checks
     chosen, picked, keys = _layout(plan, select)
     rows: dict[str, Any] = {}
     costs = [_cost(plan.shell.get_submodule(g)) if picked[g] else 0.0 for g in picked]
-    with CheckpointProgress(costs, enabled=progress) as bar:
+    done: list[Any] = []
+    with CheckpointProgress([*costs, *(c for _, c, _ in extra)], enabled=progress) as bar:
         for (group, names), cost in zip(picked.items(), costs, strict=True):
             if names:
                 layer = _load_layer(plan, group, keys[group])
@@ -246,7 +254,10 @@ def analyze_checkpoint_plan(
                 rows.update((row.name, row) for row in report.layers)
                 del layer
             bar.advance(group, cost)
-    return dataclasses.replace(empty, layers=tuple(rows[n] for n in chosen))
+        for name, cost, call in extra:
+            done.append(call())
+            bar.advance(name, cost)
+    return dataclasses.replace(empty, layers=tuple(rows[n] for n in chosen)), done
 
 
 def prune_checkpoint(
