@@ -191,9 +191,6 @@ class PruneInput:
         bias = self.tensors.get(kind.bias or "")
         return fit_layer(kind, self.tensors[kind.weight], bias, **fit_kwargs)
 
-    def _untyped_rows(self, fit_kwargs: dict[str, Any]) -> list[LayerAnalysis]:
-        return [fit() for _, _, fit in self._untyped_fits(fit_kwargs)]
-
     def analyze(self, progress: bool | None = None, **fit_kwargs: Any) -> ModelReport:
         """:func:`rmtprune.analyze` of the model plus the rows of the untyped weights."""
         given = dict(fit_kwargs)
@@ -202,19 +199,14 @@ class PruneInput:
             given.pop("exclude", None) or (),
             **{k: given.pop(k) for k in ("min_dim", "min_params") if given.get(k) is not None},
         )
+        walker, fits = self.walker_select(select), self._untyped_fits(dict(fit_kwargs))
         if self.plan is not None:  # one layer read at a time (the model is a meta shell)
             report, extra = analyze_checkpoint_plan(
-                self.plan,
-                self.walker_select(select),
-                progress=progress,
-                extra=self._untyped_fits(dict(fit_kwargs)),
-                **given,
+                self.plan, walker, progress=progress, extra=fits, **given
             )
         else:
-            report = analyze(
-                self.model, select=self.walker_select(select), progress=progress, **given
-            )
-            extra = self._untyped_rows(dict(fit_kwargs))
+            report = analyze(self.model, select=walker, progress=progress, **given)
+            extra = [fit() for _, _, fit in fits]
         if not extra:
             return report
         rows = sorted([*report.layers, *extra], key=lambda r: natural_key(r.name))
@@ -223,7 +215,8 @@ class PruneInput:
     def complete(self, report: PruneReport, *, bulk_keep: float, **fit_kwargs: Any) -> PruneReport:
         """``report`` of :func:`rmtprune.prune` on :attr:`model`, with a skipped row (and its
         analysis) for every untyped weight and the carried tensors counted in the totals."""
-        extra = [_skipped_row(row, bulk_keep) for row in self._untyped_rows(dict(fit_kwargs))]
+        fits = self._untyped_fits(dict(fit_kwargs))
+        extra = [_skipped_row(fit(), bulk_keep) for _, _, fit in fits]
         rows = (
             report.layers
             if not extra
