@@ -121,10 +121,18 @@ def test_fixed_rank_and_ratio_are_exact(layer: LayerView, r: int, q1: float, q2:
     assert FixedRank({"layer": r}).decide(layer).rank == min(r, layer.rank)
     left = FixedRank({"other": r}).decide(layer)
     assert left.rank == layer.rank and "not in the rank mapping" in left.reason
-    for q in (q1, q2):
-        assert FixedRatio(q).decide(layer).rank == min(max(1, math.floor(q * layer.p)), layer.rank)
+    for q in (q1, q2):  # the documented floor, which forgives 1e-12 of rounding error
+        wanted = max(1, math.floor(q * layer.p + 1e-12))
+        assert FixedRatio(q).decide(layer).rank == min(wanted, layer.rank)
     lo, hi = sorted((q1, q2))
     assert FixedRatio(lo).decide(layer).rank <= FixedRatio(hi).decide(layer).rank
+
+
+def test_fixed_ratio_keeps_the_count_a_decimal_fraction_names() -> None:
+    assert 0.29 * 100 < 29 and FixedRatio(0.29).decide(_view([1.0] * 100, (100, 100))).rank == 29
+    five = _view([1.0] * 5, (5, 5))
+    assert FixedRatio(0.9999999999999999).decide(five).rank == 5  # found by hypothesis
+    assert FixedRatio(0.999).decide(five).rank == 4
 
 
 @settings(max_examples=25, deadline=None)

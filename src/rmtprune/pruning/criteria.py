@@ -438,7 +438,9 @@ class FixedRank:
 class FixedRatio:
     """Keep ``max(1, ⌊fraction · p⌋)`` singular values, ``p = min(m, n)``.
 
-    ``fraction`` is a share of ``p``, not the aspect ratio ``γ`` of the glossary.
+    ``fraction`` is a share of ``p``, not the aspect ratio ``γ`` of the glossary.  The
+    product is floored after adding ``1e-12``, so that a fraction written in decimal keeps
+    the count it names (``0.29 · 100`` is ``28.999999999999996`` in floating point: 29 kept).
 
     >>> FixedRatio(0.25).fraction
     0.25
