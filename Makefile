@@ -36,8 +36,11 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# Two worker processes of one thread each (tests/conftest.py: one unit of work per test file,
+# the files sharing the session's smoke runs in one unit).
+XDIST := -n 2
 unit: setup
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(XDIST)
 
 # The examples in the docstrings of src/rmtprune (slow ones are marked +SKIP).
 doctest: setup
@@ -45,7 +48,7 @@ doctest: setup
 
 # The inner loop: no `slow` tests, one shared smoke run per experiment, stops at the first failure.
 test-fast: setup
-	$(BIN)/python -m pytest -q -x -m "not slow" -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -x -m "not slow" -p no:cacheprovider $(XDIST)
 
 test: lint typecheck unit doctest
 
