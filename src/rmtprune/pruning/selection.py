@@ -147,7 +147,7 @@ def _owners(model: nn.Module) -> dict[int, list[tuple[str, frozenset[int]]]]:
             if held is not None:
                 owners.setdefault(id(held), []).append((name, path))
         for leaf, child in module._modules.items():
-            if child is not None:
+            if child is not None and id(child) not in path:  # a cycle is walked once
                 walk(child, f"{name}.{leaf}" if name else leaf, path)
 
     walk(model, "", frozenset())
