@@ -212,16 +212,27 @@ def _write(writer: SafetensorsWriter | None, layer: nn.Module, outcome: _Outcome
     outcome.structure.update(describe_structure(layer))
 
 
-def _layout(
-    plan: StreamPlan, select: Select
-) -> tuple[list[str], dict[str, list[str]], dict[str, list[str]]]:
-    """The chosen layer names, and per outermost layer its chosen layers and state-dict keys."""
+@dataclass
+class _Layout:
+    """What one streamed pass works through: the chosen layer names in report order; per
+    outermost layer (in module order) its chosen layers, its state-dict keys and its cost;
+    and every state-dict key of the shell."""
+
+    chosen: list[str]
+    picked: dict[str, list[str]]
+    keys: dict[str, list[str]]
+    costs: dict[str, float]
+    state: list[str]
+
+
+def _layout(plan: StreamPlan, select: Select) -> _Layout:
     chosen = select.choose([name for name, _, _ in weight_layers(plan.shell)])
     groups = _groups(plan)
     state = list(plan.shell.state_dict())
     picked = {g: [n for n in chosen if _inside(n, g)] for g in groups}
     keys = {g: [k for k in state if k.startswith(f"{g}.")] for g in groups}
-    return chosen, picked, keys
+    costs = {g: _cost(plan.shell.get_submodule(g)) if picked[g] else 0.0 for g in groups}
+    return _Layout(chosen, picked, keys, costs, state)
 
 
 def analyze_checkpoint_plan(
@@ -241,23 +252,23 @@ def analyze_checkpoint_plan(
     """
     anything = dataclasses.replace(select, include=None, exclude=())
     empty = analyze(ShellModel(), select=anything, **fit_kwargs)  # the arguments' checks
-    chosen, picked, keys = _layout(plan, select)
+    layout = _layout(plan, select)
     rows: dict[str, Any] = {}
-    costs = [_cost(plan.shell.get_submodule(g)) if picked[g] else 0.0 for g in picked]
     done: list[Any] = []
-    with CheckpointProgress([*costs, *(c for _, c, _ in extra)], enabled=progress) as bar:
-        for (group, names), cost in zip(picked.items(), costs, strict=True):
+    costs = [*layout.costs.values(), *(c for _, c, _ in extra)]
+    with CheckpointProgress(costs, enabled=progress) as bar:
+        for group, names in layout.picked.items():
             if names:
-                layer = _load_layer(plan, group, keys[group])
+                layer = _load_layer(plan, group, layout.keys[group])
                 only = dataclasses.replace(select, include=names, exclude=())
                 report = analyze(layer, select=only, progress=False, **fit_kwargs)
                 rows.update((row.name, row) for row in report.layers)
                 del layer
-            bar.advance(group, cost)
+            bar.advance(group, layout.costs[group])
         for name, cost, call in extra:
             done.append(call())
             bar.advance(name, cost)
-    return dataclasses.replace(empty, layers=tuple(rows[n] for n in chosen)), done
+    return dataclasses.replace(empty, layers=tuple(rows[n] for n in layout.chosen)), done
 
 
 def prune_checkpoint(
@@ -280,21 +291,18 @@ def prune_checkpoint(
     """
     anything = dataclasses.replace(select, include=None, exclude=())
     prune(ShellModel(), criterion=criterion, select=anything, split=split, dry_run=True)  # checks
-    chosen, picked, keys = _layout(plan, select)
-    groups = list(picked)
-    state = list(plan.shell.state_dict())
+    layout = _layout(plan, select)
     outcome = _Outcome()
-    costs = [_cost(plan.shell.get_submodule(g)) if picked[g] else 0.0 for g in groups]
     with contextlib.ExitStack() as stack:
         writer = None
         if output is not None and not dry_run:
             writer = stack.enter_context(SafetensorsWriter(output, overwrite=overwrite))
-        bar = stack.enter_context(CheckpointProgress(costs, enabled=progress))
-        for group, cost in zip(groups, costs, strict=True):
-            if picked[group] or writer is not None:
-                layer = _load_layer(plan, group, keys[group])
-                if picked[group]:
-                    only = dataclasses.replace(select, include=picked[group], exclude=())
+        bar = stack.enter_context(CheckpointProgress(list(layout.costs.values()), enabled=progress))
+        for group, names in layout.picked.items():
+            if names or writer is not None:
+                layer = _load_layer(plan, group, layout.keys[group])
+                if names:
+                    only = dataclasses.replace(select, include=names, exclude=())
                     _, report = prune(
                         layer,
                         criterion=criterion,
@@ -307,12 +315,13 @@ def prune_checkpoint(
                     outcome.rows.update((row.name, row) for row in report.layers)
                 _write(writer, layer, outcome)
                 del layer
-            bar.advance(group, cost)
-        covered = {k for g in groups for k in keys[g]}
-        for key in state:
+            bar.advance(group, layout.costs[group])
+        covered = {k for keys in layout.keys.values() for k in keys}
+        for key in layout.state:
             if writer is not None and key not in covered:
                 writer.add(key, plan.tensors[key])
-        report = complete(_report(plan.shell, [outcome.rows[n] for n in chosen], dry_run))
+        rows = [outcome.rows[n] for n in layout.chosen]
+        report = complete(_report(plan.shell, rows, dry_run))
         if writer is not None:
             writer.commit(outcome.structure, outcome.aliases)
     return report
