@@ -154,9 +154,7 @@ def _owners(model: nn.Module) -> dict[int, list[tuple[str, frozenset[int]]]]:
     return owners
 
 
-def _shared_reason(
-    name: str, module: nn.Module, owners: dict[int, list[tuple[str, frozenset[int]]]]
-) -> str:
+def _shared_reason(module: nn.Module, owners: dict[int, list[tuple[str, frozenset[int]]]]) -> str:
     """Why ``module``'s weights cannot be pruned alone: a tensor of it is also held somewhere
     that is not reached through ``module`` itself (under any of its names)."""
     for p in module.parameters():
@@ -185,6 +183,6 @@ def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
             continue
         covered.append(name)
         # the adapter refuses e.g. MultiheadAttention's out_proj
-        reason = _shared_reason(name, mod, owners) or adapter.unsupported_reason(mod) or ""
+        reason = _shared_reason(mod, owners) or adapter.unsupported_reason(mod) or ""
         found.append((name, mod, reason))
     return found
