@@ -3,7 +3,7 @@
 Prints three plain tables (numbers for docs/benchmarks_bema.md):
 
 1. ``routes``: time of the eigenvalue computation by each route (NumPy/OpenBLAS
-   Gram, PyTorch/MKL Gram — the route used by :func:`rmtprune.spectrum.eigenvalues`
+   Gram, PyTorch/MKL Gram — the route used by :func:`rmtprune.rmt.spectrum.eigenvalues`
    —, SciPy ``svdvals``, PyTorch ``svdvals``), median of repeats, float64.
 2. ``fit``: ``BEMA().fit`` on a 3000 × 3000 float32 matrix against the eigenvalue
    computation alone, the fitting step alone (everything after the eigenvalues),
@@ -35,9 +35,9 @@ import scipy.linalg
 import torch
 from scipy import integrate, optimize, stats
 
-from rmtprune.estimators import BEMA
-from rmtprune.estimators.goodness_of_fit import gaussian_eigenvalues
-from rmtprune.spectrum import eigenvalues
+from rmtprune.rmt import BEMA
+from rmtprune.rmt.goodness_of_fit import gaussian_eigenvalues
+from rmtprune.rmt.spectrum import eigenvalues
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -93,7 +93,7 @@ def bench_routes(repeats: int) -> None:
         g = np.sort(gram_torch(A))
         err = abs(g[0] - s2[0]) / s2[0]
         print(f"| {shape[0]}×{shape[1]} | " + " | ".join(cells) + f" | {err:.1e} |")
-    print("(* the route used by rmtprune.spectrum.eigenvalues)")
+    print("(* the route used by rmtprune.rmt.spectrum.eigenvalues)")
 
 
 # ----------------------------------------------------------------------------- fit

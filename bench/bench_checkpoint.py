@@ -9,7 +9,7 @@ bfloat16), then, each in its own child process:
    left on stderr); its peak resident memory is the child's own high-water
    mark (``VmHWM``, which starts afresh at ``exec``);
 2. the *exact eigenvalue floor*: for every layer the analysis fitted, the time
-   of :func:`rmtprune.spectrum.eigenvalues` (Gram matrix in float64 and its
+   of :func:`rmtprune.rmt.spectrum.eigenvalues` (Gram matrix in float64 and its
    eigenvalues, the routine the analysis uses) on the float64 matrix already
    in memory; reading and upcasting are not timed.  The time depends only on
    the shape, so each distinct shape is timed on one of its layers (median of
@@ -23,7 +23,7 @@ is shared)::
     PYTHONPATH=src .venv/bin/python bench/bench_checkpoint.py --small    # seconds
 
 docs/pretrained.md ("Checkpoints on disk") records a run.  The test suite runs a
-few-MB version of the same code path (tests/test_checkpoint_bench.py).
+few-MB version of the same code path (tests/storage/test_reader_bench.py).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from safetensors.torch import save_file
 
 ANALYZE_SCRIPT = """
 import sys
-from rmtprune.cli import main
+from rmtprune.cli.app import main
 try:
     code = main(sys.argv[2:])
 finally:
@@ -58,8 +58,8 @@ sys.exit(code)
 FLOOR_SCRIPT = """
 import json, statistics, sys, time
 import torch
-from rmtprune.checkpoint import open_checkpoint
-from rmtprune.spectrum import eigenvalues
+from rmtprune.storage.reader import open_checkpoint
+from rmtprune.rmt.spectrum import eigenvalues
 directory, names, repeats = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 checkpoint = open_checkpoint(directory)
 by_shape = {}

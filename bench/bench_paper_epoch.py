@@ -23,9 +23,9 @@ import time
 import torch
 
 import rmtprune
-from rmtprune.experiments import get_config
-from rmtprune.experiments.baselines import count_parameters
-from rmtprune.training import Trainer
+from rmtprune.paper.experiments import get_config
+from rmtprune.paper.experiments.classification.baselines import count_parameters
+from rmtprune.paper.training import Trainer
 
 
 def _time_epoch(experiment: str, threads: int, data_dir: str | None) -> tuple[int, int, float]:

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 import rmtprune
-from rmtprune.distill import distill, docstring_sentences, mean_pooled
 from rmtprune.pruning.calibrated_prune import calibrated_prune
+from rmtprune.pruning.distill import distill, docstring_sentences, mean_pooled
 from rmtprune.pruning.outputs import OutputProbe
 from rmtprune.pruning.whitening import factorize_at
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import rmtprune
-from rmtprune.spectrum import eigenvalues
+from rmtprune.rmt.spectrum import eigenvalues
 
 
 def _median_time(fn: Callable[[], object], repeats: int) -> float:

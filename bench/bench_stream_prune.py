@@ -6,7 +6,7 @@ folder, then runs, each in its own child process, which prints its own peak resi
 (``VmHWM`` of ``/proc/self/status``, Linux; ``ru_maxrss`` is not used because a child's starts
 at its parent's resident size at the time of the fork):
 
-* ``import rmtprune.cli`` only (the interpreter, torch and rmtprune);
+* ``import rmtprune.cli.app`` only (the interpreter, torch and rmtprune);
 * ``rmtprune prune CKPT -o OUT --assume-linear '*' --quiet`` on a checkpoint of ONE such layer;
 * the same on the whole checkpoint, streamed (the route ``prune`` takes now);
 * the same on the whole checkpoint through the in-memory route it took before
@@ -19,7 +19,7 @@ fraction of the checkpoint.  Run once (the machine is shared)::
     PYTHONPATH=src .venv/bin/python bench/bench_stream_prune.py
     PYTHONPATH=src .venv/bin/python bench/bench_stream_prune.py --layers 4 --shape 256 512  # fast
 
-docs/pretrained.md ("Checkpoints on disk") records a run; tests/test_cli_stream_prune.py runs
+docs/pretrained.md ("Checkpoints on disk") records a run; tests/ondisk/test_stream_prune.py runs
 a smaller version of the same comparison.
 """
 
@@ -38,11 +38,11 @@ from safetensors.torch import save_file
 
 CHILD = """
 import functools, sys
-import rmtprune.cli, rmtprune.cli_inputs as inputs
+import rmtprune.cli.app, rmtprune.ondisk.inputs as inputs
 route, argv = sys.argv[1], sys.argv[2:]
 if route == "loaded":
     inputs.open_for_pruning = functools.partial(inputs.open_for_pruning, stream=False)
-status = rmtprune.cli.main(argv) if route != "import" else 0
+status = rmtprune.cli.app.main(argv) if route != "import" else 0
 with open("/proc/self/status") as fh:
     print(status, [int(s.split()[1]) * 1024 for s in fh if s.startswith("VmHWM")][0])
 """
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         size = write_checkpoint(many, args.layers, tuple(args.shape))
         options = ["--assume-linear", "*", "--quiet"]
         runs = {
-            "import rmtprune.cli only": peak("import", []),
+            "import rmtprune.cli.app only": peak("import", []),
             "prune, 1 layer": peak("streamed", ["prune", one, "-o", f"{one}.out", *options]),
             "prune, streamed (now)": peak(
                 "streamed", ["prune", many, "-o", f"{many}.streamed", *options]

@@ -5,7 +5,7 @@ Usage::
     PYTHONPATH=src python scripts/rerender_archive.py [--figures] [DIR ...]
 
 Each directory (default: every docs/results/<id> and docs/results/paper/<id> holding a
-classification run) is rendered by :func:`rmtprune.experiments.render_run` from its
+classification run) is rendered by :func:`rmtprune.paper.experiments.render_run` from its
 ``config.json`` and ``metrics.json``: metrics.json, metrics.csv, after_training.csv and
 report.md are rewritten; the figures are kept (``--figures`` draws the accuracy and
 parameter curves again; the spectra of archived runs were not stored).  Afterwards
@@ -19,8 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
-from rmtprune.experiments import list_experiments
-from rmtprune.experiments.runner import render_run
+from rmtprune.paper.experiments import list_experiments
+from rmtprune.paper.experiments.runner import render_run
 
 ROOT = Path(__file__).resolve().parents[1] / "docs" / "results"
 

@@ -7,7 +7,8 @@ Usage::
 The archived ``metrics.json`` holds every measured unit of the run (the final numbers of
 each solution, the loss along each line, the loss on each lattice), so the current code
 can write the report again without training: the units are stored in a temporary run
-directory of the same configuration, :func:`rmtprune.experiments.landscape.run` resumes
+directory of the same configuration, :func:`rmtprune.paper.experiments.analysis.landscape.run`
+resumes
 it (computing nothing: every unit is there; it loads the Fashion-MNIST evaluation subset
 from ``$RMTPRUNE_DATA``) and its files are copied back.  The original wall time is kept
 in ``metrics.json`` and in the header of ``report.md``.  Afterwards ``git diff
@@ -23,9 +24,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rmtprune.experiments import landscape
-from rmtprune.experiments.formats import write_json, write_text
-from rmtprune.experiments.rundir import UnitStore, normalize, prepare_analysis_dir
+from rmtprune.paper.experiments.analysis import landscape
+from rmtprune.paper.experiments.formats import write_json, write_text
+from rmtprune.paper.experiments.rundir import UnitStore, normalize, prepare_analysis_dir
 
 ROOT = Path(__file__).resolve().parents[1] / "docs" / "results" / "landscape"
 

@@ -1,7 +1,7 @@
 """How ``make test`` spreads the tests over two processes (``pytest -n 2``, pytest-xdist).
 
 Each test file is one unit of work, so a module-scoped fixture is built once per run, and
-the test files that use a session-wide smoke run of ``tests/experiments/conftest.py`` form
+the test files that use a session-wide smoke run of ``tests/paper/experiments/conftest.py`` form
 one unit together, so each smoke preset is still trained once.  (xdist's own
 ``--dist loadgroup`` marks do not reach its scheduler under pytest 9.2, which no longer reads
 the node id that xdist rewrites; a scheduler of our own decides instead.)  Without ``-n``
@@ -19,7 +19,7 @@ _HERE = Path(__file__).parent
 _SHARED_RUNS = ("smoke_runs", "regression_smoke")
 SHARED_FILES = frozenset(
     path.relative_to(_HERE.parent).as_posix()
-    for path in sorted((_HERE / "experiments").glob("test_*.py"))
+    for path in sorted((_HERE / "paper" / "experiments").rglob("test_*.py"))
     if any(name in path.read_text(encoding="utf-8") for name in _SHARED_RUNS)
 )
 

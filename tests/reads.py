@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from rmtprune.checkpoint import Checkpoint
+from rmtprune.storage.reader import Checkpoint
 
 
 def one_layer_at_a_time(

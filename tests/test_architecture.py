@@ -202,8 +202,8 @@ def private_imports() -> list[str]:
 
 
 def test_the_checker_sees_the_package() -> None:
-    assert "rmtprune" in MODULES and "rmtprune.cli" in MODULES
-    assert any(name.startswith("rmtprune.estimators") for name in MODULES)
+    assert "rmtprune" in MODULES and "rmtprune.cli.app" in MODULES
+    assert any(name.startswith("rmtprune.rmt") for name in MODULES)
 
 
 def test_the_checker_counts_code_lines_without_docstrings() -> None:

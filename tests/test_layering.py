@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import rmtprune
-from rmtprune.estimators import BEMA, GavishDonoho
+from rmtprune.rmt import BEMA, GavishDonoho
 
 _SCRIPT = """
 import json, sys, types
@@ -33,10 +33,10 @@ package = types.ModuleType("rmtprune")
 package.__path__ = [{package_dir!r}]
 sys.modules["rmtprune"] = package  # the subpackages run, the package __init__ does not
 import numpy as np
-from rmtprune.distributions.marchenko_pastur import marchenko_pastur
-from rmtprune.distributions.tracy_widom import tw_ppf
-from rmtprune.estimators import BEMA, GavishDonoho
-from rmtprune.spectrum import eigenvalues
+from rmtprune.rmt.marchenko_pastur import marchenko_pastur
+from rmtprune.rmt.tracy_widom import tw_ppf
+from rmtprune.rmt import BEMA, GavishDonoho
+from rmtprune.rmt.spectrum import eigenvalues
 rng = np.random.default_rng(3)
 W = rng.standard_normal((120, 200))
 W[:4] += 40.0 * rng.standard_normal((4, 1)) * rng.standard_normal((1, 200)) / 200**0.5

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 import rmtprune
-from rmtprune.distributions.marchenko_pastur import marchenko_pastur
+from rmtprune.rmt.marchenko_pastur import marchenko_pastur
 
 
 def _model() -> nn.Sequential:

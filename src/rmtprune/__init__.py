@@ -15,10 +15,7 @@ Examples
 True
 """
 
-from rmtprune._errors import DegenerateSpectrumWarning, InvalidFileError, UserCodeError
-from rmtprune.distributions.marchenko_pastur import marchenko_pastur, mp_edges
-from rmtprune.distributions.tracy_widom import tracy_widom
-from rmtprune.estimators import BEMA, GavishDonoho, NotFittedError
+from rmtprune._util.errors import DegenerateSpectrumWarning, InvalidFileError, UserCodeError
 from rmtprune.factorize import (
     LowRankConv1D,
     LowRankConv2d,
@@ -27,8 +24,7 @@ from rmtprune.factorize import (
     get_adapter,
     register_adapter,
 )
-from rmtprune.hf import from_pretrained, save_pretrained
-from rmtprune.io import load, save
+from rmtprune.hf.pretrained import from_pretrained, save_pretrained
 from rmtprune.plotting import plot_spectrum
 from rmtprune.pruning import schedules
 from rmtprune.pruning._guards import remove_parametrizations
@@ -47,7 +43,11 @@ from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
 from rmtprune.pruning.selection import Select
 from rmtprune.pruning.walker import analyze, prune
-from rmtprune.spectrum import eigenvalues, singular_values
+from rmtprune.rmt import BEMA, GavishDonoho, NotFittedError
+from rmtprune.rmt.marchenko_pastur import marchenko_pastur, mp_edges
+from rmtprune.rmt.spectrum import eigenvalues, singular_values
+from rmtprune.rmt.tracy_widom import tracy_widom
+from rmtprune.storage.format import load, save
 
 __version__ = "0.1.0"
 

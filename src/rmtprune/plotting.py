@@ -31,12 +31,12 @@ from matplotlib.figure import Figure
 from numpy.typing import NDArray
 from torch import nn
 
-from rmtprune._validation import check_int
-from rmtprune.distributions.marchenko_pastur import marchenko_pastur
+from rmtprune._util.validation import check_int
 from rmtprune.pruning.criteria import Criterion, MPCriterion
 from rmtprune.pruning.report import LayerAnalysis, ModelReport
 from rmtprune.pruning.selection import Select
 from rmtprune.pruning.walker import analyze, prune
+from rmtprune.rmt.marchenko_pastur import marchenko_pastur
 
 __all__ = [
     "SpectrumPlotData",
@@ -124,7 +124,8 @@ def spectrum_plot_data(
 
 SpectrumStyle = Literal["layer", "stage"]
 """How :func:`draw_spectrum` marks a spectrum: ``"layer"`` is :func:`plot_spectrum`'s look,
-``"stage"`` a panel of an experiment's spectrum figure (``rmtprune.experiments.plots``)."""
+``"stage"`` a panel of an experiment's spectrum figure
+(``rmtprune.paper.experiments.classification.plots``)."""
 
 
 def _draw_fit(ax: Axes, data: SpectrumPlotData, right: float, *, with_error: bool) -> None:

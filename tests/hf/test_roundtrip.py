@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import rmtprune
-from rmtprune.io import describe_structure
+from rmtprune.storage.format import describe_structure
 from tests.hf.helpers import FORCE_SPLIT, MODELS, output, transformers
 
 
@@ -277,7 +277,7 @@ def test_meta_build_leaves_other_threads_alone() -> None:
     """A model built in another thread while one thread loads gets real parameters."""
     import threading
 
-    from rmtprune.hf import parameters_on_meta
+    from rmtprune.hf.pretrained import parameters_on_meta
 
     original = nn.Module.register_parameter
     inside, built = threading.Event(), threading.Event()

@@ -112,4 +112,6 @@ def test_hf_round_trip_of_randomly_factorized_gpt2_is_exact(
         loaded = rmtprune.from_pretrained(transformers.GPT2LMHeadModel, directory)
     x = inputs()
     assert torch.equal(output(model, x), output(loaded, x))
-    assert rmtprune.io.describe_structure(model) == rmtprune.io.describe_structure(loaded)
+    assert rmtprune.storage.format.describe_structure(
+        model
+    ) == rmtprune.storage.format.describe_structure(loaded)

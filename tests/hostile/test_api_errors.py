@@ -18,11 +18,11 @@ from torch import nn
 
 import rmtprune
 from rmtprune import DegenerateSpectrumWarning, InvalidFileError
-from rmtprune._fileio import check_input_file
-from rmtprune.cli import main
-from rmtprune.data.datasets import read_cifar_batch
-from rmtprune.sources import read_tensors
-from rmtprune.training.checkpoint import load_checkpoint, save_checkpoint
+from rmtprune._util.fileio import check_input_file
+from rmtprune.cli.app import main
+from rmtprune.ondisk.sources import read_tensors
+from rmtprune.paper.data.datasets import read_cifar_batch
+from rmtprune.paper.training.state import load_checkpoint, save_checkpoint
 
 
 def _two_layers() -> nn.Sequential:
@@ -157,7 +157,7 @@ def test_checkpoint_truncated_malicious_and_foreign(tmp_path: Path) -> None:
 
 def test_checkpoint_disk_full_names_the_file(tmp_path: Path, monkeypatch) -> None:
     # before: "enforce fail at inline_container.cc" or a bare "[Errno 28]"
-    from rmtprune.training import checkpoint as module
+    from rmtprune.paper.training import state as module
 
     def full(obj: object, fh: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -191,8 +191,8 @@ def test_damaged_cifar_batch_names_the_file(tmp_path: Path) -> None:
 
 
 def test_resume_refusal_speaks_the_command_line(tmp_path: Path) -> None:
-    from rmtprune.experiments.registry import get_config
-    from rmtprune.experiments.rundir import prepare_run_dir
+    from rmtprune.paper.experiments.registry import get_config
+    from rmtprune.paper.experiments.rundir import prepare_run_dir
 
     config = get_config("fc-mnist", "smoke")
     (tmp_path / "config.json").write_text(json.dumps({"config": config.to_dict()}))

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 import rmtprune
-from rmtprune import cli, cli_inputs
-from rmtprune.cli import main
+from rmtprune.cli import app as cli
+from rmtprune.cli.app import main
+from rmtprune.ondisk import inputs as cli_inputs
 
 
 def _model() -> nn.Sequential:
@@ -237,12 +238,12 @@ def test_safetensors_disk_full_names_the_output(
     # before: "No space left on device" as a SafetensorError traceback
     from safetensors import SafetensorError
 
-    import rmtprune.io
+    import rmtprune.storage.format
 
     def full(*args: object, **kwargs: object) -> None:
         raise SafetensorError("Error while serializing: I/O error: No space left on device")
 
-    monkeypatch.setattr(rmtprune.io, "save_file", full)
+    monkeypatch.setattr(rmtprune.storage.format, "save_file", full)
     out = tmp_path / "p.safetensors"
     report = tmp_path / "r.json"
     state_dict = tmp_path / "w.pt"  # loaded whole, saved by rmtprune.save

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import rmtprune
-from rmtprune.cli import main
+from rmtprune.cli.app import main
 
 FILES = ("good.safetensors", "bad.pt", "missing.safetensors", "dir", "out/p.safetensors")
 TOKENS = st.sampled_from(

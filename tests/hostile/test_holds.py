@@ -81,7 +81,7 @@ def _reproduce(out: Path) -> subprocess.Popen[bytes]:
     if data.is_dir():
         env.setdefault("RMTPRUNE_DATA", str(data))
     argv = ["reproduce", "fc-mnist", "--preset", "smoke", "--seeds", "1", "--out", str(out)]
-    cmd = [sys.executable, "-m", "rmtprune.cli", *argv, "--quiet"]
+    cmd = [sys.executable, "-m", "rmtprune.cli.app", *argv, "--quiet"]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

@@ -20,11 +20,11 @@ from torch import nn
 
 import rmtprune
 from rmtprune import InvalidFileError
-from rmtprune._metadata import MAX_DEPTH, check_structure, parse_document
-from rmtprune.cli import main
+from rmtprune.cli.app import main
 from rmtprune.factorize import LowRankLinear
-from rmtprune.safetensors_writer import payload_digest
-from rmtprune.sources import load_model
+from rmtprune.ondisk.sources import load_model
+from rmtprune.storage.metadata import MAX_DEPTH, check_structure, parse_document
+from rmtprune.storage.writer import payload_digest
 
 TENSORS = {
     "fc.first.weight": torch.zeros(2, 4),
@@ -226,7 +226,7 @@ def test_fuzz_structure_entries_valid_or_clean_error(name: str, entry: Any) -> N
 def load_model_from(
     name: str, entry: dict[str, Any], tensors: dict[str, torch.Tensor]
 ) -> nn.Module:
-    from rmtprune.sources import build_shell
+    from rmtprune.ondisk.sources import build_shell
 
     return build_shell(
         {k: v for k, v in tensors.items() if k.startswith(name + ".")}, {name: entry}

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import rmtprune
-from rmtprune._progress import progress_enabled, resolve
-from rmtprune.cli import main
+from rmtprune._util.progress import progress_enabled, resolve
+from rmtprune.cli.app import main
 
 SRC = str(Path(rmtprune.__file__).resolve().parents[1])
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import rmtprune
-from rmtprune.cli import main
+from rmtprune.cli.app import main
 from rmtprune.pruning.calibrated_prune import calibrated_prune
 from rmtprune.pruning.calibration import Calibrated
 from rmtprune.pruning.criteria import ModelCriterion, RankDecision
@@ -502,7 +502,7 @@ def test_minilm_guard_holds_on_held_out_sentences(tmp_path) -> None:
     """The real pretrained model (optional package): the guarantee on held-out sentences."""
     minilm = pytest.importorskip("all_minilm_l6_v2")
     transformers = pytest.importorskip("transformers")
-    from rmtprune.distill import docstring_sentences
+    from rmtprune.pruning.distill import docstring_sentences
 
     path = minilm.extract_model(str(tmp_path))
     model = transformers.AutoModel.from_pretrained(str(path)).eval()

@@ -25,8 +25,8 @@ from rmtprune import (
     RankDecision,
     Select,
 )
-from rmtprune.estimators.bema import MIN_WINDOW, bulk_window
 from rmtprune.pruning.criteria import kept_rank
+from rmtprune.rmt.bema import MIN_WINDOW, bulk_window
 
 FAST = settings(max_examples=60, deadline=None)
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from rmtprune import SpectralPruner, rebuild_optimizer, schedules
-from rmtprune.io import apply_structure, describe_structure
+from rmtprune.storage.format import apply_structure, describe_structure
 
 
 def _data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

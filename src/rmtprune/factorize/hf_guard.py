@@ -41,7 +41,7 @@ from typing import Any
 
 from torch import nn
 
-from rmtprune._fileio import atomic_write_bytes
+from rmtprune._util.fileio import atomic_write_bytes
 from rmtprune.factorize.lowrank import LowRankModule
 
 __all__ = [

@@ -44,7 +44,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
-from rmtprune._validation import check_int
+from rmtprune._util.validation import check_int
 from rmtprune.factorize._lowrank_base import LowRankModule, check_factors, tensor_attr
 from rmtprune.factorize.lowrank_embedding import LowRankEmbedding
 

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rmtprune._validation import check_int
+from rmtprune._util.validation import check_int
 from rmtprune.factorize._lowrank_base import LowRankModule, check_factors
 
 __all__ = ["LowRankEmbedding"]

@@ -80,7 +80,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from rmtprune._validation import check_int
+from rmtprune._util.validation import check_int
 
 __all__ = ["GRAM_CONDITION_LIMIT", "svd_factors", "truncated_svd"]
 

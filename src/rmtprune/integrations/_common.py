@@ -13,9 +13,9 @@ from typing import Any
 
 from torch import nn
 
-from rmtprune.io import apply_structure, describe_structure
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import PruneReport
+from rmtprune.storage.format import apply_structure, describe_structure
 
 __all__ = [
     "RECORD_VERSION",

@@ -32,10 +32,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rmtprune.io import apply_structure, describe_structure
 from rmtprune.pruning.optim import optimizer_list, update_optimizer
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import PruneReport
+from rmtprune.storage.format import apply_structure, describe_structure
 
 __all__ = ["prune_step", "rewrap"]
 

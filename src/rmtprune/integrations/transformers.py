@@ -46,7 +46,7 @@ from rmtprune.integrations._common import (
     make_pruner,
     make_record,
 )
-from rmtprune.io import describe_structure
+from rmtprune.storage.format import describe_structure
 
 __all__ = ["RECORD_FILE", "SpectralPruningCallback", "restore_structure"]
 

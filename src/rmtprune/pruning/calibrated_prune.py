@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from rmtprune._validation import param_error
+from rmtprune._util.validation import param_error
 from rmtprune.pruning.calibration import Calibrated
 from rmtprune.pruning.outputs import as_batches
 from rmtprune.pruning.report import PruneReport

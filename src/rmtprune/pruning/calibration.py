@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rmtprune._validation import check_int, check_real, param_error
+from rmtprune._util.validation import check_int, check_real, param_error
 from rmtprune.factorize.registry import LayerAdapter, get_adapter, set_submodule
 from rmtprune.pruning.criteria import LayerView, RankDecision
 from rmtprune.pruning.outputs import OutputProbe, as_batches, split_batches

@@ -56,10 +56,10 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from rmtprune._validation import check_int, check_real
-from rmtprune.estimators.bema import BEMA
-from rmtprune.estimators.thresholds import GavishDonoho
-from rmtprune.spectrum import eigenvalues as spectrum_eigenvalues
+from rmtprune._util.validation import check_int, check_real
+from rmtprune.rmt.bema import BEMA
+from rmtprune.rmt.spectrum import eigenvalues as spectrum_eigenvalues
+from rmtprune.rmt.thresholds import GavishDonoho
 
 __all__ = [
     "Criterion",

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rmtprune._progress import track
-from rmtprune._validation import check_int
+from rmtprune._util.progress import track
+from rmtprune._util.validation import check_int
+from rmtprune.factorize.params import count_parameters
 from rmtprune.factorize.registry import LayerAdapter, get_adapter
-from rmtprune.models.params import count_parameters
 from rmtprune.pruning._guards import (
     check_layer_names,
     frozen_parametrizations,
@@ -44,7 +44,7 @@ from rmtprune.pruning._guards import (
 )
 from rmtprune.pruning.criteria import LayerView
 from rmtprune.pruning.selection import Select, weight_layers
-from rmtprune.spectrum import eigenvalues, numerical_rank
+from rmtprune.rmt.spectrum import eigenvalues, numerical_rank
 
 __all__ = ["Candidate", "candidate_layers", "collect", "count_parameters"]
 

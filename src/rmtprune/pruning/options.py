@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rmtprune._validation import check_int, check_real
+from rmtprune._util.validation import check_int, check_real
 from rmtprune.pruning.criteria import Criterion, LayerCriterion, ModelCriterion, MPCriterion
 from rmtprune.pruning.selection import Select
 

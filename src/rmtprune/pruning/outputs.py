@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rmtprune._validation import check_real
+from rmtprune._util.validation import check_real
 
 __all__ = [
     "OutputProbe",

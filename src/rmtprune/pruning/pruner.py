@@ -18,8 +18,8 @@ from typing import Any
 
 from torch import nn
 
-from rmtprune._progress import progress_enabled
-from rmtprune._validation import check_int, param_error
+from rmtprune._util.progress import progress_enabled
+from rmtprune._util.validation import check_int, param_error
 from rmtprune.pruning._guards import frozen_parametrizations
 from rmtprune.pruning.criteria import Criterion, FitCutoff
 from rmtprune.pruning.layers import count_parameters

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rmtprune._fileio import atomic_write_bytes
+from rmtprune._util.fileio import atomic_write_bytes
 
 __all__ = ["LayerAnalysis", "LayerPruneResult", "ModelReport", "PruneReport"]
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from rmtprune._validation import check_int, check_real, param_error
+from rmtprune._util.validation import check_int, check_real, param_error
 
 __all__ = [
     "AllBulkAtEnd",

@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-from rmtprune._validation import check_int
+from rmtprune._util.validation import check_int
 from rmtprune.factorize.registry import get_adapter
 
 __all__ = ["DEFAULT_MIN_DIM", "DEFAULT_MIN_PARAMS", "Patterns", "Select", "weight_layers"]

@@ -36,8 +36,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from rmtprune._progress import track
-from rmtprune._validation import param_error
+from rmtprune._util.progress import track
+from rmtprune._util.validation import param_error
 from rmtprune.pruning._guards import apply_rank, copy_model, frozen_parametrizations
 from rmtprune.pruning.calibration import Calibrated
 from rmtprune.pruning.criteria import (

@@ -1,0 +1,468 @@
+"""Command line: a thin layer over the public API (no logic beyond parsing and printing)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rmtprune.cli.experiments import (
+    add_demo_parser,
+    add_reproduce_parser,
+    cmd_demo,
+    cmd_reproduce,
+)
+from rmtprune.pruning.criteria import Energy
+from rmtprune.pruning.selection import DEFAULT_MIN_DIM, DEFAULT_MIN_PARAMS
+
+if TYPE_CHECKING:
+    from rmtprune.pruning.criteria import Criterion, MPCriterion
+    from rmtprune.pruning.report import ModelReport, PruneReport
+    from rmtprune.pruning.selection import Select
+
+__all__ = ["CRITERIA", "build_parser", "main"]
+
+CRITERIA = {
+    "mp": "MPCriterion",
+    "gavish-donoho": "GavishDonohoCriterion",
+    "energy": "Energy",
+    "rank": "FixedRank",
+    "ratio": "FixedRatio",
+}
+"""``--criterion`` choices and the :mod:`rmtprune.pruning.criteria` class each stands for."""
+
+
+def _add_fit_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("spectral fit")
+    g.add_argument(
+        "--alpha",
+        type=float,
+        default=0.25,
+        help="BEMA trimming fraction in (0, 0.5) (default: %(default)s)",
+    )
+    g.add_argument(
+        "--beta",
+        type=float,
+        default=0.1,
+        help="BEMA tail level in (0, 1): false-spike rate per layer (default: %(default)s)",
+    )
+    g.add_argument(
+        "--fit-cutoff",
+        type=float,
+        default=0.05,
+        help="largest fit statistic D for a layer to count as MP-like (default: %(default)s)",
+    )
+    g.add_argument(
+        "--conv-fit-cutoff",
+        type=float,
+        default=None,
+        help="separate cutoff for Conv2d layers (the authors used 0.6)",
+    )
+    g.add_argument(
+        "--layers",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="only these layers (names or fnmatch patterns such as 'encoder.*')",
+    )
+    g.add_argument(
+        "--exclude",
+        nargs="+",
+        default=None,
+        metavar="PATTERN",
+        help="leave out these layers (names or fnmatch patterns such as 'lm_head' or '*.out_proj')",
+    )
+    g.add_argument(
+        "--min-dim",
+        type=int,
+        default=DEFAULT_MIN_DIM,
+        help="skip layers with min(m, n) below this (default: %(default)s)",
+    )
+    g.add_argument(
+        "--min-params",
+        type=int,
+        default=DEFAULT_MIN_PARAMS,
+        help="skip layers with fewer than this many weight entries (default: %(default)s)",
+    )
+
+
+def _add_criterion_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("rank criterion")
+    g.add_argument(
+        "--criterion",
+        choices=tuple(CRITERIA),
+        default="mp",
+        help="how many singular values each layer keeps: mp (spikes + --bulk-keep of the "
+        "bulk, the paper's rule), gavish-donoho (optimal hard threshold), energy (--energy of "
+        "sum s^2), rank (--rank values), ratio (--ratio of min(m, n)) (default: %(default)s)",
+    )
+    g.add_argument(
+        "--bulk-keep",
+        type=float,
+        default=0.0,
+        help="mp: fraction of the bulk singular values kept, in [0, 1] (default: %(default)s)",
+    )
+    g.add_argument(
+        "--energy",
+        type=float,
+        default=None,
+        help=f"energy: fraction of sum s^2 kept, in (0, 1] (default: {Energy().energy:g})",
+    )
+    g.add_argument("--rank", type=int, default=None, help="rank: singular values kept per layer")
+    g.add_argument(
+        "--ratio", type=float, default=None, help="ratio: fraction of min(m, n) kept, in (0, 1]"
+    )
+    g.add_argument(
+        "--min-rank",
+        type=int,
+        default=None,
+        help="mp, gavish-donoho: never keep fewer singular values than this",
+    )
+
+
+def _add_source_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "source",
+        nargs="?",
+        default=None,
+        metavar="PATH",
+        help="weights: a Hugging Face model directory (config.json + safetensors, sharded "
+        "or not), an rmtprune .safetensors file, a plain .safetensors state dict, a "
+        "*.safetensors.index.json, or a PyTorch state dict (.pt/.pth, weights_only=True)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="PACKAGE.MODULE:FACTORY",
+        help="build the exact model by calling this factory (no arguments), then load FILE into it",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        metavar="FILE",
+        help="same as the positional FILE (for use with --model)",
+    )
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="PATH",
+        help="write the report as JSON to PATH (or to stdout with no PATH)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar over the layers (the walker's tqdm bar, or the bar of a streamed "
+        "checkpoint analysis); default: when stderr is a terminal",
+    )
+    _add_checkpoint_options(p)
+
+
+def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("checkpoints without a model (see docs/pretrained.md)")
+    g.add_argument(
+        "--no-model",
+        action="store_true",
+        help="do not build the Hugging Face architecture even if transformers is installed: "
+        "weights of unknown type are analysed but not pruned",
+    )
+    g.add_argument(
+        "--assume-linear",
+        nargs="+",
+        default=(),
+        metavar="PATTERN",
+        help="without a model, treat the 2-D weights of these layers (names or fnmatch "
+        "patterns) as nn.Linear so they can be pruned; never embeddings, norms, positions",
+    )
+    g.add_argument(
+        "--assume-conv2d",
+        nargs="+",
+        default=(),
+        metavar="PATTERN",
+        help="without a model, treat the 4-D weights of these layers as nn.Conv2d (groups=1)",
+    )
+
+
+def _source_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "model": args.model,
+        "no_model": args.no_model,
+        "assume_linear": tuple(args.assume_linear),
+        "assume_conv2d": tuple(args.assume_conv2d),
+    }
+
+
+def _add_spectral_commands(sub: Any) -> None:
+    """The ``analyze`` and ``prune`` subcommands."""
+    a = sub.add_parser(
+        "analyze",
+        help="fit the Marchenko–Pastur law to every weight layer",
+        description="Fit BEMA to every weight layer and print one row per layer.",
+    )
+    _add_source_options(a)
+    _add_fit_options(a)
+
+    p = sub.add_parser(
+        "prune",
+        help="remove the noise part of MP-like layers and save the result",
+        description="Truncate every selected layer to the rank its criterion keeps (default: "
+        "the paper's rule, SPEC section 4: spikes plus --bulk-keep of the bulk of MP-like "
+        "layers) and save the model in rmtprune's format (safetensors + structure).",
+    )
+    _add_source_options(p)
+    _add_fit_options(p)
+    _add_criterion_options(p)
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        metavar="OUT",
+        help="the pruned model: .safetensors, or a directory for a model directory input "
+        "(rmtprune.save_pretrained); required unless --dry-run",
+    )
+    p.add_argument(
+        "--split",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="split a layer into two factors: when it saves parameters (auto), "
+        "always, or never (default: auto)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="report what would be done and write nothing"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rmtprune`` argument parser (documented in ``rmtprune --help``)."""
+    parser = argparse.ArgumentParser(
+        prog="rmtprune",
+        description="Random-matrix-theory spectral analysis and pruning of PyTorch models.",
+    )
+    from rmtprune import __version__
+
+    parser.add_argument("--version", action="version", version=f"rmtprune {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="on an error, also print the traceback"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_spectral_commands(sub)
+    add_reproduce_parser(sub)
+    add_demo_parser(sub)
+    return parser
+
+
+def _select(args: argparse.Namespace) -> Select:
+    import rmtprune
+
+    return rmtprune.Select(args.layers, args.exclude, args.min_dim, args.min_params)
+
+
+def _mp(
+    args: argparse.Namespace, bulk_keep: float = 0.0, min_rank: int | None = None
+) -> MPCriterion:
+    from rmtprune.pruning.options import resolve_criterion
+
+    given = {"bulk_keep": bulk_keep, "min_rank": min_rank, "alpha": args.alpha}
+    given.update(beta=args.beta, fit_cutoff=_fit_cutoff(args))
+    # the older keywords' check names the command: "The 'alpha' parameter of analyze ..."
+    return resolve_criterion(None, given, args.command)  # type: ignore[return-value]
+
+
+def _fit_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    """The fit and selection keywords of a streamed analysis and of the untyped weights."""
+    kw: dict[str, object] = {"alpha": args.alpha, "beta": args.beta, "layers": args.layers}
+    kw.update(fit_cutoff=_fit_cutoff(args), exclude=args.exclude, min_dim=args.min_dim)
+    return {**kw, "min_params": args.min_params}
+
+
+def _fit_cutoff(args: argparse.Namespace) -> object:
+    from torch import nn
+
+    if args.conv_fit_cutoff is None:
+        return args.fit_cutoff
+    return {nn.Conv2d: args.conv_fit_cutoff, object: args.fit_cutoff}
+
+
+def _criterion(args: argparse.Namespace) -> Criterion:
+    import rmtprune
+
+    own = {"energy": "energy", "rank": "rank", "ratio": "ratio"}
+    for option, name in own.items():
+        if getattr(args, option) is not None and args.criterion != name:
+            raise ValueError(f"--{option} applies to --criterion {name} only")
+    if args.criterion == "mp":
+        return _mp(args, args.bulk_keep, args.min_rank)
+    if args.criterion == "gavish-donoho":
+        return rmtprune.GavishDonohoCriterion(min_rank=args.min_rank)
+    if args.criterion == "energy":
+        return Energy() if args.energy is None else Energy(args.energy)
+    value = getattr(args, args.criterion)
+    if value is None:
+        raise ValueError(f"--criterion {args.criterion} needs --{args.criterion}")
+    return rmtprune.FixedRank(value) if args.criterion == "rank" else rmtprune.FixedRatio(value)
+
+
+def _emit_json(report: ModelReport | PruneReport, target: str) -> None:
+    if target == "-":
+        print(report.to_json())
+    else:
+        report.to_json(target)  # atomic write
+
+
+def _weights(args: argparse.Namespace) -> str:
+    weights = args.weights or args.source
+    if weights is None:
+        raise ValueError("give the weights PATH (positional or --weights)")
+    if args.weights and args.source and args.weights != args.source:
+        raise ValueError("give the weights once (positional PATH or --weights)")
+    return str(weights)
+
+
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from rmtprune.ondisk.inputs import open_for_pruning
+
+    return open_for_pruning(_weights(args), **_source_kwargs(args))  # type: ignore[arg-type]
+
+
+def _progress(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet and not (args.json == "-"):
+        print(message, file=sys.stderr, flush=True)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Check every output path before any work starts (see ``rmtprune._util.fileio``)."""
+    from rmtprune._util.fileio import check_output_dir, check_output_file
+    from rmtprune.ondisk.inputs import writes_directory
+
+    output = getattr(args, "output", None)
+    if output is not None and not getattr(args, "dry_run", False):
+        if writes_directory(_weights(args), args.model, args.no_model):  # a model directory
+            if Path(output).exists() and not args.overwrite:
+                raise FileExistsError(
+                    f"-o/--output {output} exists; pass --overwrite to replace it"
+                )
+            check_output_dir(output, what="-o/--output")
+        else:
+            check_output_file(
+                output,
+                what="-o/--output",
+                overwrite=args.overwrite,
+                overwrite_hint="pass --overwrite",
+            )
+    if args.json not in (None, "-"):
+        check_output_file(args.json, what="--json", overwrite=True, overwrite_hint="")
+    json_path = None if args.json in (None, "-") else Path(args.json).resolve()
+    inputs = {Path(p).resolve() for p in (args.source, args.weights) if p is not None}
+    if json_path is not None and output is not None and json_path == Path(output).resolve():
+        raise ValueError(f"--json and -o/--output both name {output}; give two different files")
+    if json_path is not None and json_path in inputs:
+        raise ValueError(f"--json {args.json} is the input weights file; give another path")
+
+
+def _bar(args: argparse.Namespace) -> bool | None:
+    """``--progress``/``--no-progress``; ``--quiet`` or JSON on stdout turn the bar off."""
+    return False if args.quiet or args.json == "-" else args.progress
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from rmtprune.ondisk.inputs import analyze_source
+
+    _check_outputs(args)
+    weights = _weights(args)
+    _progress(args, "fitting the spectrum of each layer ...")
+    report = analyze_source(
+        weights,
+        progress=_bar(args),
+        **{**_source_kwargs(args), **_fit_kwargs(args)},  # type: ignore[arg-type]
+    )
+    if args.json is not None:
+        _emit_json(report, args.json)
+    if args.json != "-":
+        print(report.to_markdown())
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    if args.output is None and not args.dry_run:
+        raise ValueError("-o/--output is required unless --dry-run")
+    _check_outputs(args)
+    source = _load(args)
+    split = {"auto": "auto", "always": True, "never": False}[args.split]
+    _progress(args, "fitting and pruning each layer ...")
+    report = source.prune(
+        _criterion(args),
+        _select(args),
+        split=split,
+        dry_run=args.dry_run,
+        output=args.output,
+        overwrite=args.overwrite,
+        progress=_bar(args),
+        bulk_keep=args.bulk_keep,
+        **_fit_kwargs(args),
+    )
+    if not args.dry_run:  # written before the report: no report is left behind if saving fails
+        _progress(args, f"saved {args.output}")
+    if args.json is not None:
+        _emit_json(report, args.json)
+    if args.json != "-":
+        print(report.to_markdown())
+    return 0
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, but a usage error prints one line (argparse's last)."""
+    from rmtprune._util.errors import one_line
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return parser.parse_args(argv)
+    except SystemExit as exc:
+        text = captured.getvalue()
+        start = text.rfind("\nrmtprune", 0, text.rfind(": error: ")) + 1  # after the usage
+        if exc.code not in (0, None) and text.strip():
+            print(f"{one_line(text[start:])} (see rmtprune --help)", file=sys.stderr)
+        else:
+            sys.stderr.write(captured.getvalue())
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rmtprune`` command.
+
+    Every expected failure ends with one line on stderr naming the file or parameter and
+    exit status 2 (130 after Ctrl-C, 1 for an unexpected error); ``--debug`` (anywhere on
+    the command line) prints the traceback as well.
+    """
+    from rmtprune._util.errors import describe_error
+
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list
+    args = _parse(build_parser(), [a for a in args_list if a != "--debug"])
+    handlers = {
+        "analyze": _cmd_analyze,
+        "prune": _cmd_prune,
+        "reproduce": cmd_reproduce,
+        "demo": cmd_demo,
+    }
+    try:
+        return handlers[args.command](args)
+    except (Exception, KeyboardInterrupt) as exc:
+        if debug:
+            traceback.print_exc()
+        message, status = describe_error(exc)
+        print(f"rmtprune {args.command}: error: {message}", file=sys.stderr)
+        return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

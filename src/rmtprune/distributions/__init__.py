@@ -1,1 +1,0 @@
-"""Probability laws of random-matrix theory (NumPy/SciPy only, no torch)."""

@@ -1,0 +1,22 @@
+"""Estimators of the noise level and bulk edge of weight spectra, and fit tests.
+
+- :class:`BEMA`: bulk-edge matching (Ke, Ma & Lin; SPEC section 2).
+- :class:`GavishDonoho`: the optimal hard threshold of Gavish & Donoho (2014).
+- :func:`fit_statistic`: the goodness-of-fit statistic ``D`` (SPEC section 3).
+
+Example
+-------
+>>> import numpy as np
+>>> from rmtprune.rmt import BEMA, GavishDonoho
+>>> W = np.random.default_rng(0).standard_normal((300, 600))
+>>> BEMA().fit(W).n_spikes_, GavishDonoho().fit(W).n_spikes_
+(0, 0)
+"""
+
+from __future__ import annotations
+
+from rmtprune.rmt.bema import BEMA, BEMAResult, NotFittedError
+from rmtprune.rmt.goodness_of_fit import fit_statistic
+from rmtprune.rmt.thresholds import GavishDonoho
+
+__all__ = ["BEMA", "BEMAResult", "GavishDonoho", "NotFittedError", "fit_statistic"]
