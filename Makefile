@@ -46,9 +46,11 @@ unit: setup
 doctest: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider --doctest-modules src/rmtprune
 
-# The inner loop: no `slow` tests, one shared smoke run per experiment, stops at the first failure.
+# The inner loop: unit tests only (no `slow` tests, no `stack` tests: the experiments' smoke runs
+# and the Lightning / HF Trainer / transformers tests, marked by directory in tests/conftest.py);
+# stops at the first failure.  `make test` runs everything.
 test-fast: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -x -m "not slow" -p no:cacheprovider $(XDIST)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -x -m "not slow and not stack" -p no:cacheprovider $(XDIST)
 
 test: lint typecheck unit doctest
 

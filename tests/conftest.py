@@ -39,3 +39,24 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return unit_of_work(nodeid)
 
     return ByFile(config, log)
+
+
+# The stacks: tests that train the experiments' smoke runs or build models of the real training
+# and Hugging Face stacks.  `make test` runs them; `make test-fast` (the inner loop) leaves them out.
+STACK_DIRS = ("tests/paper/experiments/", "tests/integrations/", "tests/hf/")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "stack: experiment smoke runs, Lightning / HF Trainer / transformers models (set by "
+        "directory in tests/conftest.py); run by make test, deselected by make test-fast",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(str(config.rootpath))
+    for item in items:
+        where = Path(str(item.path)).relative_to(root).as_posix()
+        if where.startswith(STACK_DIRS):
+            item.add_marker(pytest.mark.stack)
