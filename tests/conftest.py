@@ -42,7 +42,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 # The stacks: tests that train the experiments' smoke runs or build models of the real training
-# and Hugging Face stacks.  `make test` runs them; `make test-fast` (the inner loop) leaves them out.
+# and Hugging Face stacks: `make test` runs them, `make test-fast` (the inner loop) does not.
 STACK_DIRS = ("tests/paper/experiments/", "tests/integrations/", "tests/hf/")
 
 
