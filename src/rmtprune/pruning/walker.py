@@ -296,7 +296,7 @@ def prune(
     calibration: Iterable[Any] | None = None,
     max_output_change: float | None = None,
 ) -> tuple[nn.Module, PruneReport]:
-    """Truncate every selected layer to the rank its criterion keeps (SPEC section 4).
+    """Truncate every selected layer to the rank its criterion keeps (docs/method.md section 4).
 
     The default criterion is the paper's rule, :class:`MPCriterion`: fit BEMA, test
     the fit, and if the bulk is MP-like keep the ``k`` spikes plus
