@@ -1,6 +1,6 @@
 """The model walker: find a model's weight layers, ask a criterion for ranks, prune.
 
-Three roles are kept apart (STYLE.md): the rank criterion
+Three roles are kept apart (after Torch-Pruning): the rank criterion
 (:mod:`rmtprune.pruning.criteria`; default the paper's :class:`MPCriterion`), the
 surgery per layer type (adapters in :mod:`rmtprune.factorize.registry`), and this
 walker, which visits the layers a :class:`rmtprune.Select` picks, asks the other
