@@ -1,7 +1,7 @@
 """Layer surgery: factorized layers, per-layer-type adapters and truncated SVDs.
 
-The pruning engine has three roles (STYLE.md): a rank criterion chooses how many singular
-values to keep, the adapters registered here rebuild one layer from the kept singular
+The pruning engine has three roles (after Torch-Pruning): a rank criterion chooses how many
+singular values to keep, the adapters registered here rebuild one layer from the kept singular
 triplets, and the model walker (``rmtprune.pruning``) visits the layers.
 
 Example

@@ -1,12 +1,13 @@
 """The base class of the per-layer-type adapters, :class:`LayerAdapter`, and shared helpers.
 
-An adapter knows, for one layer type, how to read the layer's ``m × n`` weight matrix (SPEC
-section 1), how many parameters the layer and its replacements have, and how to build the
-replacement of the layer from the kept singular triplets ``U_r diag(s_r) Vh_r``: either one
-dense layer, or the square-root split of SPEC section 4, ``W₁ = diag(√s_r) Vh_r`` (no bias)
-followed by ``W₂ = U_r diag(√s_r)`` (with the bias).  The adapters themselves are in
-:mod:`rmtprune.factorize.dense_adapters` and :mod:`rmtprune.factorize.lowrank_adapters`; the
-registry that maps layer types to them is :mod:`rmtprune.factorize.registry`.
+An adapter knows, for one layer type, how to read the layer's ``m × n`` weight matrix
+(docs/method.md section 1), how many parameters the layer and its replacements have, and how to
+build the replacement of the layer from the kept singular triplets ``U_r diag(s_r) Vh_r``:
+either one dense layer, or the square-root split of docs/method.md section 4,
+``W₁ = diag(√s_r) Vh_r`` (no bias) followed by ``W₂ = U_r diag(√s_r)`` (with the bias).
+The adapters themselves are in :mod:`rmtprune.factorize.dense_adapters` and
+:mod:`rmtprune.factorize.lowrank_adapters`; the registry that maps layer types to them is
+:mod:`rmtprune.factorize.registry`.
 
 Example
 -------

@@ -1,6 +1,6 @@
 """Adapters for dense layers: ``nn.Linear``, HF ``Conv1D``, ``nn.Conv2d`` and ``nn.Embedding``.
 
-Each reads its layer as an ``m × n`` matrix (SPEC section 1) and rebuilds it from kept
+Each reads its layer as an ``m × n`` matrix (docs/method.md section 1) and rebuilds it from kept
 singular triplets, either as one dense layer of the same type or as the factorized layer that
 looks like it (:class:`LowRankLinear`, :class:`LowRankConv1D`, :class:`LowRankConv2d`,
 :class:`LowRankEmbedding`).

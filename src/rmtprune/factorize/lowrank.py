@@ -1,6 +1,6 @@
 """Factorized (low-rank) replacements for ``nn.Linear``, Hugging Face ``Conv1D`` and ``nn.Conv2d``.
 
-A layer with ``m × n`` weight matrix ``W`` (SPEC section 1) and rank-``r`` approximation
+A layer with ``m × n`` weight matrix ``W`` (docs/method.md section 1) and rank-``r`` approximation
 ``W ≈ W₂ W₁`` becomes two layers applied one after the other with no activation between
 them: ``first`` computes ``W₁ x`` (``r × n``, no bias) and ``second`` computes
 ``W₂ (W₁ x) + b`` (``m × r``, carrying the original bias).  This costs ``r (m + n)``
@@ -217,7 +217,7 @@ class LowRankConv2d(LowRankModule):
 
     ``first`` is ``nn.Conv2d(in_channels, rank, kernel_size, stride, padding, dilation,
     groups=1, bias=False, padding_mode)``; ``second`` is ``nn.Conv2d(rank, out_channels, 1,
-    bias=bias)``.  In matrix form (SPEC section 1) ``n = in_channels · kh · kw`` and
+    bias=bias)``.  In matrix form (docs/method.md section 1) ``n = in_channels · kh · kw`` and
     ``m = out_channels``; :attr:`in_features` and :attr:`out_features` are these ``n`` and
     ``m``.
 

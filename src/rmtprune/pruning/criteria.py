@@ -26,7 +26,7 @@ greedily over per-layer sensitivities).  The walker calls ``decide_model`` when 
 criterion has it, else ``decide`` per layer; a layer missing from the mapping is
 left unchanged.  Either kind is passed as ``prune(model, criterion=...)``.
 
-Criteria here: :class:`MPCriterion` (the paper's rule, SPEC section 4: BEMA
+Criteria here: :class:`MPCriterion` (the paper's rule, docs/method.md section 4: BEMA
 spikes plus a fraction ``bulk_keep`` of the bulk, after the fit test),
 :class:`GavishDonohoCriterion`, :class:`Energy`, :class:`FixedRank`,
 :class:`FixedRatio`.  :class:`SpectralPruner` schedules the ``bulk_keep`` of a
@@ -180,7 +180,8 @@ Criterion = LayerCriterion | ModelCriterion
 def kept_rank(
     n_spikes: int, p: int, bulk_keep: float, *, current_rank: int, min_rank: int | None = None
 ) -> int:
-    """SPEC section 4: ``r = k + ⌊f (p − k)⌋``, floored at ``min_rank``, capped at the current rank.
+    """``r = k + ⌊f (p − k)⌋`` (docs/method.md section 4), floored at ``min_rank``, capped at the
+    current rank.
 
     >>> kept_rank(3, 100, 0.5, current_rank=100)
     51
@@ -214,7 +215,7 @@ def _min_rank(min_rank: Any, owner: str) -> int | None:
 
 @dataclass(frozen=True)
 class MPCriterion:
-    """The paper's rule (SPEC sections 2–4): BEMA spikes plus a fraction of the bulk.
+    """The paper's rule (docs/method.md sections 2–4): BEMA spikes plus a fraction of the bulk.
 
     Fit BEMA (``alpha``, ``beta``) to the layer's real eigenvalues; if the fit
     statistic ``D`` exceeds ``fit_cutoff`` the bulk is not MP-like and the layer

@@ -1,7 +1,7 @@
 """Prune while distilling: a pretrained model taught by its own frozen original.
 
-The paper prunes *while training* (SPEC section 5): the bulk is removed gradually and training
-in between repairs what each step broke.  A pretrained model has no training data at hand,
+The paper prunes *while training* (docs/method.md section 5): the bulk is removed gradually and
+training in between repairs what each step broke.  A pretrained model has no training data at hand,
 but it has itself: :func:`distill` trains a *student* (the model being pruned on a schedule by
 :class:`rmtprune.SpectralPruner`) to reproduce the outputs of a *teacher* (the original,
 frozen) on unlabeled inputs.  The default loss, :func:`embedding_loss`, compares the first

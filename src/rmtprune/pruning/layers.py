@@ -74,7 +74,7 @@ class Candidate:
 
 
 def _shape_or_none(module: nn.Module) -> tuple[int, int]:
-    """The ``(m, n)`` of SPEC section 1 for any module with a weight of 2+ dims, else (0, 0)."""
+    """``(m, n)`` (docs/method.md section 1) of a module with a weight of 2+ dims, else (0, 0)."""
     adapter = get_adapter(module)
     if adapter is not None:
         try:

@@ -1,4 +1,4 @@
-"""Pruning while training (SPEC section 5).
+"""Pruning while training (docs/method.md section 5).
 
 Example
 -------

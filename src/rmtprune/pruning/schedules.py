@@ -3,7 +3,7 @@
 A schedule is a frozen dataclass whose call ``schedule(epoch) -> f`` is a pure
 function of the epoch with ``f`` in ``[0, 1]``: the fraction of the bulk (the
 singular values under the noise edge) that a pruning step at that epoch keeps
-(SPEC section 5).  Schedules serialise to plain dictionaries with
+(docs/method.md section 5).  Schedules serialise to plain dictionaries with
 :func:`schedule_to_dict` and back with :func:`schedule_from_dict`, so a
 :class:`~rmtprune.SpectralPruner` can be saved and resumed.
 
@@ -55,7 +55,7 @@ class Linear:
     """The authors' schedule ``f(e) = max(0, 1 - e / T)`` with ``T = total_epochs``.
 
     With ``T = 300`` (the paper) a 20-epoch run keeps over 93 % of the bulk; for
-    short runs choose ``T`` near ``0.75 × epochs`` (SPEC section 5).
+    short runs choose ``T`` near ``0.75 × epochs`` (docs/method.md section 5).
     """
 
     total_epochs: float = 300.0

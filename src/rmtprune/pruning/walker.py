@@ -1,6 +1,6 @@
 """The model walker: find a model's weight layers, ask a criterion for ranks, prune.
 
-Three roles are kept apart (STYLE.md): the rank criterion
+Three roles are kept apart (after Torch-Pruning): the rank criterion
 (:mod:`rmtprune.pruning.criteria`; default the paper's :class:`MPCriterion`), the
 surgery per layer type (adapters in :mod:`rmtprune.factorize.registry`), and this
 walker, which visits the layers a :class:`rmtprune.Select` picks, asks the other
@@ -296,7 +296,7 @@ def prune(
     calibration: Iterable[Any] | None = None,
     max_output_change: float | None = None,
 ) -> tuple[nn.Module, PruneReport]:
-    """Truncate every selected layer to the rank its criterion keeps (SPEC section 4).
+    """Truncate every selected layer to the rank its criterion keeps (docs/method.md section 4).
 
     The default criterion is the paper's rule, :class:`MPCriterion`: fit BEMA, test
     the fit, and if the bulk is MP-like keep the ``k`` spikes plus

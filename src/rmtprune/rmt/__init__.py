@@ -1,8 +1,8 @@
 """Estimators of the noise level and bulk edge of weight spectra, and fit tests.
 
-- :class:`BEMA`: bulk-edge matching (Ke, Ma & Lin; SPEC section 2).
+- :class:`BEMA`: bulk-edge matching (Ke, Ma & Lin; docs/method.md section 2).
 - :class:`GavishDonoho`: the optimal hard threshold of Gavish & Donoho (2014).
-- :func:`fit_statistic`: the goodness-of-fit statistic ``D`` (SPEC section 3).
+- :func:`fit_statistic`: the goodness-of-fit statistic ``D`` (docs/method.md section 3).
 
 Example
 -------

@@ -1,6 +1,6 @@
 """BEMA: noise level ``sigma2`` and bulk edge ``lambda_plus`` of a weight spectrum.
 
-The bulk-edge matching estimator of Ke, Ma & Lin, exactly as SPEC section 2:
+The bulk-edge matching estimator of Ke, Ma & Lin, exactly as docs/method.md section 2:
 a least-squares fit through the origin of the middle order statistics of the
 spectrum against the quantiles of ``MP(ratio, 1)``, then the edge with a
 Tracy–Widom margin.  The Marchenko–Pastur quantiles come from the closed-form
@@ -68,7 +68,7 @@ def _tw_quantile(level: float) -> float:
 
 
 def tw_corrected_edge(sigma2: float, ratio: float, size: int, beta: float) -> float:
-    """The bulk edge with a Tracy–Widom margin (SPEC section 2, step 5); its one home.
+    """The bulk edge with a Tracy–Widom margin (docs/method.md section 2, step 5); its one home.
 
     ``σ² [(1+√γ)² + t_{1−β} N^(−2/3) γ^(−1/6) (1+√γ)^(4/3)]`` with ``t_{1−β}`` the ``1 − β``
     quantile of ``TW₁``, ``γ = ratio`` and ``N = size = max(m, n)``.  On pure noise of
@@ -182,7 +182,7 @@ class BEMAResult:
 class BEMA:
     """Bulk-edge matching estimator of the noise level and the bulk edge (Ke, Ma & Lin).
 
-    The steps are those of SPEC section 2, for the ascending eigenvalues
+    The steps are those of docs/method.md section 2, for the ascending eigenvalues
     ``λ_(0) ≤ … ≤ λ_(p−1)`` (``λ = s²/N``) of an ``m × n`` matrix:
 
     1. window ``k = ⌊αp⌋, …, ⌊(1−α)p⌋ − 1``;
@@ -220,7 +220,7 @@ class BEMA:
     n_spikes_ : int
         Number of real eigenvalues above ``lambda_plus_`` (the estimated signal rank).
     fit_error_ : float
-        The goodness-of-fit statistic ``D`` of SPEC section 3 on the window.
+        The goodness-of-fit statistic ``D`` of docs/method.md section 3 on the window.
     window_ : tuple of int
         ``(start, stop)`` indices of the order statistics used.
     tw_quantile_ : float

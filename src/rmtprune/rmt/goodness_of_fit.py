@@ -1,4 +1,4 @@
-"""Does the bulk of a spectrum look like Marchenko–Pastur? (SPEC section 3)
+"""Does the bulk of a spectrum look like Marchenko–Pastur? (docs/method.md section 3)
 
 The statistic is a Kolmogorov distance restricted to BEMA's bulk window,
 

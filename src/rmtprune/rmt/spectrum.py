@@ -1,24 +1,19 @@
 """Spectrum of a weight matrix: singular values and eigenvalues ``λ_i = s_i² / N``.
 
 The eigenvalues of an ``m × n`` weight ``W`` are the ``p = min(m, n)`` non-zero
-eigenvalues of ``W Wᵀ / N`` with ``N = max(m, n)`` (SPEC section 1), computed in
+eigenvalues of ``W Wᵀ / N`` with ``N = max(m, n)`` (docs/method.md section 1), computed in
 float64 on the CPU whatever the dtype and device of ``W``.
 
-How they are computed (measured, see ``docs/benchmarks_bema.md``)
-------------------------------------------------------------------
+How they are computed
+---------------------
 The default route forms the smaller Gram matrix (``Wᵀ W`` or ``W Wᵀ``, ``p × p``)
-in float64 and takes its eigenvalues with ``torch.linalg.eigvalsh`` (LAPACK
-``syevd`` from the MKL that ships with PyTorch).  For large layers it was the
-fastest route measured: 1.36 s for a 3000 × 3000 matrix on one core, against
-2.21 s (NumPy/OpenBLAS Gram route), 1.91 s (``torch.linalg.svdvals``) and 6.77 s
-(``scipy.linalg.svdvals``).  For layers of a few hundred to a thousand rows the
-NumPy Gram route is 5–25 % faster on one core (milliseconds), not worth a second
-code path.
+in float64 and takes its eigenvalues with ``torch.linalg.eigvalsh``: the fastest route
+measured for the large layers that dominate the cost (timings of every route in
+docs/benchmarks_bema.md, section 1).
 
 The price is precision at the bottom of the spectrum: the Gram route has an
 absolute error of about ``eps · λ_max``, so an eigenvalue ``c · λ_max`` carries a
-relative error of at most about ``eps / c`` (measured: 4e-9 at ``c ≈ 6e-9``, the smallest
-value of a 3000 × 3000 Gaussian matrix), and exact zeros may come out as tiny
+relative error of at most about ``eps / c``, and exact zeros may come out as tiny
 negative numbers, which are clipped to 0.  BEMA never looks there (its bulk
 window starts at the ``⌊αp⌋``-th value); pass ``method="svd"`` when the small
 values themselves matter.

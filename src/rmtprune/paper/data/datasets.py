@@ -3,7 +3,7 @@
 Where the files live is :mod:`rmtprune.paper.data.layout`, how they are decoded
 :mod:`rmtprune.paper.data.readers`.  Images come back as float32 tensors of shape
 ``(N, C, H, W)``, scaled to ``[0, 1]`` and then normalised ``(x - 0.5) / 0.5``
-(SPEC section 6), labels as int64.  The decoded uint8 arrays are cached in-process,
+(docs/method.md section 6), labels as int64.  The decoded uint8 arrays are cached in-process,
 keyed on the files' paths, sizes and modification times, because experiments load
 the same data many times.
 

@@ -1,4 +1,4 @@
-"""Reproductions of the paper's classification experiments (SPEC sections 5 and 6).
+"""Reproductions of the paper's classification experiments (docs/method.md sections 5 and 6).
 
 ``reproduce("fc-fashion", preset="small")`` trains a normal and a pruned arm per
 seed from identical initial weights, prunes the trained normal network after

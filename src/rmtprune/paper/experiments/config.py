@@ -1,4 +1,4 @@
-"""Configuration of one classification experiment (SPEC sections 5 and 6).
+"""Configuration of one classification experiment (docs/method.md sections 5 and 6).
 
 :class:`ExperimentConfig` is a frozen dataclass whose defaults are the paper's
 common settings: SGD with momentum 0.9, learning rate 0.02, batch 128, the
@@ -11,7 +11,7 @@ second one (see :mod:`rmtprune.paper.experiments.registry`).
 Both arms of a run get the same :meth:`ExperimentConfig.train_config`: same
 seed (so the same data order and dropout draws), same learning-rate schedule.
 The authors multiplied the learning rate by 0.96 at each pruning step; here
-both arms get that decay, applied after every pruning epoch (SPEC section 5:
+both arms get that decay, applied after every pruning epoch (docs/method.md section 5:
 "in a fair comparison both arms get the same learning-rate schedule").
 
 Example
@@ -83,7 +83,7 @@ class ExperimentConfig:
     init : str
         Initialisation scheme (:data:`rmtprune.paper.models.SCHEMES`).
     epochs, batch_size, lr, momentum, l1, l2 : int, int, float, float, float, float
-        Training hyper-parameters (SPEC section 6).
+        Training hyper-parameters (docs/method.md section 6).
     lr_decay : float
         Learning-rate factor applied to both arms after every pruning epoch.
     train_subset, test_subset : int or None

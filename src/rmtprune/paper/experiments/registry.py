@@ -6,7 +6,7 @@ overrides on top:
 
 ``paper``
     The paper's scale: full data, the paper's widths (FC ``[·, 3000, 3000, 3000, 10]``,
-    CNN channels ``[32, 64, 128, 256, 512]`` + FC 1000).  SPEC does not state the
+    CNN channels ``[32, 64, 128, 256, 512]`` + FC 1000).  The paper does not state the
     number of epochs; we use 40 for the fully connected networks and 20 for the CNN,
     with ``T = 0.75 × epochs`` (the authors' ``T = 300`` would keep 87 % of the bulk
     after 40 epochs; pass ``schedule_epochs=300`` to reproduce it literally).

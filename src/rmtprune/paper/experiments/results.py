@@ -348,7 +348,7 @@ class RunResult:
     summary : tuple of SummaryRow
         Comparison table (dense, pruned, each method before/after fine-tuning).
     claims : tuple of ClaimVerdict
-        What the numbers say about each claim of SPEC section 6.
+        What the numbers say about each claim of docs/method.md section 6.
     figures : tuple of pathlib.Path
         PNG files written.
     wall_time : float

@@ -1,11 +1,11 @@
-"""The convolutional network of the paper (SPEC section 6, experiments cnn-mnist / cnn-fashion).
+"""The paper's convolutional network (docs/method.md section 6; experiments cnn-mnist, cnn-fashion).
 
 Five 3×3 convolutions without padding (channels 32, 64, 128, 256, 512), each
 followed by ReLU and BatchNorm; 2×2 max-pooling after the 3rd and the 5th
 convolution, each pooling followed by dropout (p = 0.35); then the classifier
 ``Linear(flat, 1000) → BatchNorm1d → ReLU → Dropout → Linear(1000, 10)`` and
 ``log_softmax`` over the classes (dim 1).  Dropout is a module, so it is off
-in ``eval()`` mode (the authors' notebook kept it on, SPEC section 8).
+in ``eval()`` mode (the authors' notebook kept it on, docs/method.md section 8).
 
 For 28×28 inputs the spatial size goes 26, 24, 22 → 11, 9, 7 → 3, so the
 flattened size is ``512 · 3 · 3 = 4608``.

@@ -1,4 +1,4 @@
-"""Fully connected networks of the paper (SPEC section 6).
+"""Fully connected networks of the paper (docs/method.md section 6).
 
 ``FullyConnected([784, 3000, 3000, 3000, 10])`` is the network of experiments
 fc-mnist and fc-fashion: the input is flattened, Linear layers alternate with

@@ -1,4 +1,4 @@
-"""Weight initialisations of the paper's experiments (SPEC sections 6 and E.2).
+"""Weight initialisations of the paper's experiments (docs/method.md section 6; paper appendix E.2).
 
 Weights of Linear and convolution layers are drawn from a seeded
 ``torch.Generator``; biases are set to 0; normalisation layers are reset

@@ -63,7 +63,7 @@ RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_threads", "eval_batch_si
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of one training run (defaults: SPEC section 6).
+    """Hyper-parameters of one training run (defaults: docs/method.md section 6).
 
     Parameters
     ----------

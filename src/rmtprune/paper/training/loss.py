@@ -1,4 +1,4 @@
-"""The training objective of the paper (SPEC section 6) and evaluation.
+"""The training objective of the paper (docs/method.md section 6) and evaluation.
 
 ``paper_loss = NLL(log_probs, target) + l1 · Σ|θ| + l2 · Σθ²`` over all the
 parameters given, with ``l1 = l2 = 5e-6`` by default.  :func:`evaluate` gives

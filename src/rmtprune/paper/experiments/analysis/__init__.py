@@ -1,2 +1,2 @@
 """The analysis family: initialisations, regression, theory and the loss landscape
-(SPEC sections 7-10), each a run directory of resumable units."""
+(docs/method.md sections 6 and 7), each a run directory of resumable units."""

@@ -1,4 +1,4 @@
-"""Experiment ``theory``: the BBP picture of ``W = S + R`` and the bound of SPEC section 7.
+"""Experiment ``theory``: the BBP picture of ``W = S + R``, the bound of docs/method.md section 7.
 
 Part (a), synthetic ``W = S + R``.  ``W`` is ``m × N`` with ``m = round(ratio · N)``
 (``ratio = γ = 0.5``), ``R`` has i.i.d. ``N(0, 1/N)`` entries (``σ² = 1/N``, ``σ√N = 1``),
@@ -12,7 +12,7 @@ their BBP locations; the distance of the pruned matrix ``W′`` (:func:`rmtprune
 ``N`` is the error per entry and the fraction of the noise left (log-log slopes fitted).  A
 sweep shows ``lambda_plus`` against ``alpha`` (``beta = 0.5``) and ``beta`` (``alpha = 0.25``).
 
-Part (b), the network ``X(s) = W₃ λ(W₂ λ(W₁ s))`` of SPEC section 7 (no biases,
+Part (b), the network ``X(s) = W₃ λ(W₂ λ(W₁ s))`` of docs/method.md section 7 (no biases,
 ``784 → N → N → 10``).  It is trained on Fashion-MNIST with ``W₂ = S₂`` constrained to rank
 ``signal_rank``; then ``R₂`` with i.i.d. ``N(0, g/N)`` entries, independent of everything
 else (the theorem's setting), is added: ``W₂ = S₂ + R₂``.  Per test sample: the margin

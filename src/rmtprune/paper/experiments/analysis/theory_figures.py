@@ -1,5 +1,5 @@
 """The figures of the ``theory`` experiment: the spectrum of W = S + R, the synthetic
-panels (BEMA edge, distances to S, α/β sweep) and the bound of SPEC section 7 per network.
+panels (BEMA edge, distances to S, α/β sweep) and the bound of docs/method.md section 7 per network.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Part (b) of the ``theory`` experiment: the three-layer network of SPEC section 7.
+"""Part (b) of the ``theory`` experiment: the three-layer network of docs/method.md section 7.
 
 ``X(s) = W₃ λ(W₂ λ(W₁ s))`` (no biases, ``784 → N → N → 10``) is trained on Fashion-MNIST
 with ``W₂ = S₂`` constrained to rank ``signal_rank``; ``R₂`` with i.i.d. ``N(0, g/N)``
@@ -114,7 +114,7 @@ def classification_margin(outputs: torch.Tensor, labels: torch.Tensor) -> torch.
 
 @dataclass(frozen=True)
 class BoundCheck:
-    """Per-sample quantities of SPEC section 7 for one perturbed ``W₂`` (arrays of length n).
+    """Per-sample quantities of docs/method.md section 7 for one perturbed ``W₂`` (length-n arrays).
 
     ``margin``: ``δX(s)`` with ``S₂``; ``change``: ``‖X(s; S₂) − X(s; W₂)‖_∞``;
     ``in_band``: ``|δX(s)| ≤ 2τ(s)``; ``flipped``: correct with one of ``S₂``, ``W₂`` only;

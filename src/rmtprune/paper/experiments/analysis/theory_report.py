@@ -170,7 +170,8 @@ def synthetic_verdicts(
 
 
 def network_verdicts(networks: Sequence[NetworkRecord]) -> list[ClaimVerdict]:
-    """The three verdicts of part (b): the SPEC §7 bound, the accuracy band, the pruned W₂′."""
+    """The three verdicts of part (b): the bound (docs/method.md section 7), the accuracy band,
+    the pruned W₂′."""
     V = ClaimVerdict.from_holds
 
     def each(fmt: str) -> str:

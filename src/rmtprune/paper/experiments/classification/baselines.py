@@ -5,7 +5,7 @@ the test set right after pruning, then fine-tuned for the same number of
 epochs (constant learning rate, the run's last one) and evaluated again:
 
 ``mp-oneshot``
-    :func:`rmtprune.prune` once with ``bulk_keep = 0`` (SPEC section 5, last
+    :func:`rmtprune.prune` once with ``bulk_keep = 0`` (docs/method.md section 5, last
     paragraph); its size is whatever the spectra give.
 ``magnitude``
     Global magnitude pruning: the ``k`` weights of smallest absolute value over all

@@ -1,4 +1,4 @@
-"""Summary rows and the verdict on each claim of SPEC section 6, from a run's results.
+"""Summary rows and the verdict on each claim of docs/method.md section 6, from a run's results.
 
 These functions read results only.  They state, for each claim of the paper, what
 the numbers of the run say, agreeing or not:
@@ -207,7 +207,7 @@ def _fc_verdict(
 def assess_claims(
     config: ExperimentConfig, seeds: Sequence[SeedResult]
 ) -> tuple[ClaimVerdict, ...]:
-    """Verdict and numbers for each claim of SPEC section 6 (see the module docstring)."""
+    """Verdict and numbers for each claim of docs/method.md section 6 (see the module docstring)."""
     rows = summarize(seeds)
     normal, pruned = rows[0], rows[1]
     cmp_ = paired_comparison(pruned.accuracies, normal.accuracies)

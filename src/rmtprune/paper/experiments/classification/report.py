@@ -1,6 +1,6 @@
 """The report files of a classification run: Markdown, HTML, metrics JSON and CSV.
 
-The tables and the verdict on each claim of SPEC section 6 come from
+The tables and the verdict on each claim of docs/method.md section 6 come from
 :mod:`rmtprune.paper.experiments.classification.claims`; this module renders them with the figures
 into
 ``report.md`` and, through the one HTML renderer of
