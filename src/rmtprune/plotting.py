@@ -126,7 +126,7 @@ SpectrumStyle = Literal["layer", "stage"]
 
 
 def _draw_fit(ax: Axes, data: SpectrumPlotData, right: float, *, with_error: bool) -> None:
-    if not math.isfinite(data.sigma2):
+    if not data.fit.fitted:
         return
     x = np.linspace(right * 1e-3, right, 400)
     label = f"MP(γ={data.ratio:.3g}, σ²={data.sigma2:.3g})"
