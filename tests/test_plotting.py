@@ -59,11 +59,12 @@ def test_plot_from_a_report_and_errors() -> None:
     assert out is ax and ax.get_xlim() == (0.0, 2.0)
     assert "kept rank 7" in [t.get_text() for t in ax.get_legend().get_texts()]
     restored = rmtprune.ModelReport(
-        tuple(rmtprune.LayerAnalysis(**r.to_dict() | {"shape": tuple(r.shape)}) for r in report),
+        tuple(rmtprune.LayerAnalysis.from_dict(r.to_dict()) for r in report),
         report.alpha,
         report.beta,
         report.fit_cutoff,
     )
+    assert restored["0"] == report["0"] and restored["0"].eigenvalues is None
     with pytest.raises(ValueError, match="holds no eigenvalues"):
         rmtprune.plot_spectrum(restored, "0")
     with pytest.raises(ValueError, match="needs a model, not a report"):

@@ -36,6 +36,7 @@ from rmtprune.pruning.criteria import Criterion, MPCriterion
 from rmtprune.pruning.report import LayerAnalysis, ModelReport
 from rmtprune.pruning.selection import Select
 from rmtprune.pruning.walker import analyze, prune
+from rmtprune.rmt.fit import FitAttributes, SpectralFit
 from rmtprune.rmt.marchenko_pastur import marchenko_pastur
 
 __all__ = [
@@ -48,20 +49,19 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class SpectrumPlotData:
+class SpectrumPlotData(FitAttributes):
     """What :func:`plot_spectrum` draws for one layer.
 
-    ``eigenvalues`` are the layer's real eigenvalues (the top ``rank``), ascending.
+    ``eigenvalues`` are the layer's real eigenvalues (the top ``rank``), ascending;
+    ``fit`` is the layer's :class:`~rmtprune.rmt.fit.SpectralFit` (its values read as
+    attributes too: ``data.sigma2``).
     """
 
     layer: str
     shape: tuple[int, int]
     ratio: float
     rank: int
-    sigma2: float
-    lambda_plus: float
-    n_spikes: int | None
-    fit_error: float
+    fit: SpectralFit
     eigenvalues: NDArray[np.float64]
     kept_rank: int | None = None
 
@@ -77,10 +77,7 @@ class SpectrumPlotData:
             (int(row.shape[0]), int(row.shape[1])),
             float(row.ratio),
             int(row.rank),
-            float(row.sigma2),
-            float(row.lambda_plus),
-            row.n_spikes,
-            float(row.fit_error),
+            row.fit,
             lam[lam.size - int(row.rank) :],
             kept_rank,
         )
@@ -129,7 +126,7 @@ SpectrumStyle = Literal["layer", "stage"]
 
 
 def _draw_fit(ax: Axes, data: SpectrumPlotData, right: float, *, with_error: bool) -> None:
-    if not math.isfinite(data.sigma2):
+    if not data.fit.fitted:
         return
     x = np.linspace(right * 1e-3, right, 400)
     label = f"MP(γ={data.ratio:.3g}, σ²={data.sigma2:.3g})"

@@ -12,6 +12,7 @@ from torch import nn
 
 import rmtprune
 from rmtprune.factorize.lowrank import LowRankConv2d, LowRankLinear
+from rmtprune.pruning.layers import candidate_layers
 from rmtprune.pruning.walker import analyze, kept_rank, prune
 
 
@@ -300,6 +301,29 @@ def test_report_exports() -> None:
     md = report.to_markdown()
     assert "| name |" in md and "80×100" in md
     assert rmtprune.__name__ == "rmtprune"
+
+
+def test_analysis_and_prune_rows_hold_the_criterion_fit() -> None:
+    _, weight = _signal_plus_noise(120, 240, [4.0, 6.0], seed=11)
+    model = nn.Sequential(_linear_with(weight))
+    crit = rmtprune.MPCriterion(bulk_keep=0.0)
+    (view,) = candidate_layers(model)
+    fit = crit.decide(view).fit
+    assert fit is not None and fit.n_spikes == 2 and fit.mp_like  # two spikes of strength > 1
+    row = analyze(model, criterion=crit)["0"]
+    _, report = prune(model, criterion=crit, dry_run=True)
+    assert row.fit == report["0"].fit == fit
+    assert (row.sigma2, row.mp_like, report["0"].n_spikes) == (fit.sigma2, True, 2)
+    assert list(row.to_dict()) == [
+        *("name", "layer_type", "shape", "params", "ratio", "rank", "status", "reason"),
+        *("sigma2", "lambda_plus", "threshold", "n_spikes", "fit_error", "mp_like"),
+    ]
+    assert list(report["0"].to_dict()) == [
+        *("name", "layer_type", "shape", "action", "rank_before", "rank_after", "n_spikes"),
+        *("bulk_keep", "params_before", "params_after", "split", "reason"),
+        *("sigma2", "lambda_plus", "fit_error"),
+    ]
+    assert rmtprune.LayerAnalysis.from_dict(row.to_dict()) == row
 
 
 def test_known_rank_of_a_truncated_dense_layer_trained_further() -> None:

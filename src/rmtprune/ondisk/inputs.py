@@ -332,15 +332,12 @@ def _skipped_row(row: LayerAnalysis, bulk_keep: float) -> LayerPruneResult:
         action="skipped",
         rank_before=row.rank,
         rank_after=row.rank,
-        n_spikes=row.n_spikes,
         bulk_keep=bulk_keep,
         params_before=row.params,
         params_after=row.params,
         split=False,
         reason=row.reason,
-        sigma2=row.sigma2,
-        lambda_plus=row.lambda_plus,
-        fit_error=row.fit_error,
+        fit=row.fit,
     )
 
 

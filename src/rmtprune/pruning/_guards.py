@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,9 +41,7 @@ from torch.nn.utils.weight_norm import WeightNorm
 
 from rmtprune.factorize.registry import get_adapter, set_submodule
 from rmtprune.factorize.svd import truncated_svd
-
-if TYPE_CHECKING:
-    from rmtprune.pruning.layers import Candidate
+from rmtprune.pruning.candidate import Candidate
 
 __all__ = [
     "apply_rank",

@@ -15,7 +15,8 @@ name, module, ``(m, n)``, the ascending eigenvalues ``λ = s²/N`` (float64, all
 rank and its effective weight matrix.  The :class:`RankDecision` holds the kept
 rank (in ``[1, layer.rank]``), a human-readable ``reason`` that reaches the
 report row, ``skip=True`` when the criterion refuses the layer (for example a
-bulk that is not MP-like), and optionally the :class:`SpectralFit` it made.
+bulk that is not MP-like), and optionally the fit it made
+(:class:`rmtprune.rmt.fit.SpectralFit`, the one record of a fit, which the report rows hold).
 
 A *model-level criterion* has instead
 ``decide_model(model, layers: Sequence[LayerView]) -> Mapping[str, RankDecision]``
@@ -58,6 +59,7 @@ from torch import nn
 
 from rmtprune._util.validation import check_int, check_real
 from rmtprune.rmt.bema import BEMA
+from rmtprune.rmt.fit import SpectralFit
 from rmtprune.rmt.spectrum import eigenvalues as spectrum_eigenvalues
 from rmtprune.rmt.thresholds import GavishDonoho
 
@@ -120,18 +122,6 @@ class LayerView:
     def singular_values(self) -> FloatArray:
         """``sqrt(N λ)``, descending."""
         return np.sqrt(self.eigenvalues[::-1] * max(self.shape))
-
-
-@dataclass(frozen=True)
-class SpectralFit:
-    """A criterion's fit of a layer's spectrum (the numbers a report row shows)."""
-
-    sigma2: float = math.nan
-    lambda_plus: float = math.nan
-    threshold: float = math.nan
-    n_spikes: int | None = None
-    fit_error: float = math.nan
-    mp_like: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -275,14 +265,8 @@ class MPCriterion:
         except ValueError as exc:
             return f"cannot fit the bulk: {exc}"
         cutoff = _cutoff_for(layer.module, self.fit_cutoff)
-        return SpectralFit(
-            sigma2=float(bema.sigma2_),
-            lambda_plus=float(bema.lambda_plus_),
-            threshold=float(bema.threshold_),
-            n_spikes=int(bema.n_spikes_),
-            fit_error=float(bema.fit_error_),
-            mp_like=bool(bema.fit_error_ <= cutoff),
-        )
+        fit = bema.summary().fit
+        return replace(fit, mp_like=bool(fit.fit_error <= cutoff))
 
     def not_mp_reason(self, layer: LayerView, fit: SpectralFit) -> str:
         """The report's reason for a layer whose bulk fails the fit test."""

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -35,42 +34,19 @@ from torch import nn
 from rmtprune._util.progress import track
 from rmtprune._util.validation import check_int
 from rmtprune.factorize.params import count_parameters
-from rmtprune.factorize.registry import LayerAdapter, get_adapter
+from rmtprune.factorize.registry import get_adapter
 from rmtprune.pruning._guards import (
     check_layer_names,
     frozen_parametrizations,
     parametrization_reason,
     weight_skip_reason,
 )
+from rmtprune.pruning.candidate import Candidate
 from rmtprune.pruning.criteria import LayerView
 from rmtprune.pruning.selection import Select, weight_layers
 from rmtprune.rmt.spectrum import eigenvalues, numerical_rank
 
 __all__ = ["Candidate", "candidate_layers", "collect", "count_parameters"]
-
-
-@dataclass(frozen=True, eq=False)
-class Candidate:
-    """One selected weight layer: its view when eligible, else the reason it is skipped.
-
-    ``rank`` is the current rank (0 when unknown); ``view`` is ``None`` exactly when
-    ``reason`` is set.
-    """
-
-    name: str
-    module: nn.Module
-    adapter: LayerAdapter | None
-    shape: tuple[int, int]
-    params: int
-    ratio: float
-    rank: int
-    reason: str = ""
-    view: LayerView | None = None
-
-    @property
-    def layer_type(self) -> str:
-        """The module's class name."""
-        return type(self.module).__name__
 
 
 def _shape_or_none(module: nn.Module) -> tuple[int, int]:

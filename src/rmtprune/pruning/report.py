@@ -11,11 +11,12 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rmtprune._util.fileio import atomic_write_bytes
+from rmtprune.rmt.fit import FIT_FIELDS, FitAttributes, SpectralFit
 
 __all__ = ["LayerAnalysis", "LayerPruneResult", "ModelReport", "PruneReport"]
 
@@ -102,17 +103,19 @@ class _Table:
         return _markdown_table(self._columns, rows)
 
 
-def _row_to_dict(row: Any) -> dict[str, Any]:
-    d = {f.name: getattr(row, f.name) for f in dataclasses.fields(row) if f.compare}
+def _row_to_dict(row: Any, keys: Sequence[str]) -> dict[str, Any]:
+    d = {k: getattr(row, k) for k in keys}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 @dataclass(frozen=True)
-class LayerAnalysis:
+class LayerAnalysis(FitAttributes):
     """One weight layer as seen by :func:`rmtprune.analyze`.
 
     ``status`` is ``"ok"`` for a fitted layer; otherwise ``"skipped"`` and
     ``reason`` says why (too small, non-finite weights, unsupported type, ...).
+    ``fit`` is the layer's :class:`~rmtprune.rmt.fit.SpectralFit` (not known: NaN,
+    ``None``); its values read as attributes too (``row.sigma2``, ``row.mp_like``).
     ``eigenvalues`` (ascending ``λ = s²/N``, fitted rows of :func:`rmtprune.analyze`
     only) is kept for :func:`rmtprune.plot_spectrum`; it is not part of ``to_dict()``,
     the JSON or equality.
@@ -126,17 +129,23 @@ class LayerAnalysis:
     rank: int
     status: str
     reason: str = ""
-    sigma2: float = math.nan
-    lambda_plus: float = math.nan
-    threshold: float = math.nan
-    n_spikes: int | None = None
-    fit_error: float = math.nan
-    mp_like: bool | None = None
+    fit: SpectralFit = dataclasses.field(default_factory=SpectralFit)
     eigenvalues: Any = dataclasses.field(default=None, repr=False, compare=False)
 
+    _keys = ("name", "layer_type", "shape", "params", "ratio", "rank", "status", "reason")
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary of the row."""
-        return _row_to_dict(self)
+        """Plain dictionary of the row (the fit's values in place of ``fit``)."""
+        return _row_to_dict(self, self._keys + FIT_FIELDS)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> LayerAnalysis:
+        """The row of a :meth:`to_dict` (or its JSON: ``None`` is NaN), without eigenvalues."""
+        head = {k: values[k] for k in cls._keys if k in values}
+        head["shape"] = tuple(head["shape"])
+        ratio = head["ratio"]
+        head["ratio"] = math.nan if ratio is None else float(ratio)
+        return cls(**head, fit=SpectralFit.from_dict(values))
 
 
 @dataclass(frozen=True)
@@ -169,12 +178,15 @@ class ModelReport(_Table):
 
 
 @dataclass(frozen=True)
-class LayerPruneResult:
+class LayerPruneResult(FitAttributes):
     """What :func:`rmtprune.prune` did (or, in a dry run, would do) to one layer.
 
     ``action`` is one of ``"split"`` (replaced by two factors), ``"truncated"``
     (one layer of lower rank), ``"unchanged"`` (fitted, nothing to remove) or
-    ``"skipped"`` (not fitted or not MP-like; ``reason`` says why).
+    ``"skipped"`` (not fitted or not MP-like; ``reason`` says why).  ``fit`` is the
+    criterion's :class:`~rmtprune.rmt.fit.SpectralFit` of the layer (``SpectralFit()``
+    when it made none); ``n_spikes``, ``sigma2``, ``lambda_plus`` and ``fit_error`` are
+    its values, and the ones the row shows.
     """
 
     name: str
@@ -183,19 +195,34 @@ class LayerPruneResult:
     action: str
     rank_before: int
     rank_after: int
-    n_spikes: int | None
     bulk_keep: float
     params_before: int
     params_after: int
     split: bool
     reason: str = ""
-    sigma2: float = math.nan
-    lambda_plus: float = math.nan
-    fit_error: float = math.nan
+    fit: SpectralFit = dataclasses.field(default_factory=SpectralFit)
+
+    _keys = (
+        "name",
+        "layer_type",
+        "shape",
+        "action",
+        "rank_before",
+        "rank_after",
+        "n_spikes",
+        "bulk_keep",
+        "params_before",
+        "params_after",
+        "split",
+        "reason",
+        "sigma2",
+        "lambda_plus",
+        "fit_error",
+    )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary of the row."""
-        return _row_to_dict(self)
+        """Plain dictionary of the row (the fit's values it shows in place of ``fit``)."""
+        return _row_to_dict(self, self._keys)
 
 
 @dataclass(frozen=True)

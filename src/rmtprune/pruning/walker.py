@@ -78,18 +78,8 @@ def _analysis_row(c: Candidate, criterion: MPCriterion) -> LayerAnalysis:
     fit = criterion.fit(c.view)
     if isinstance(fit, str):
         return LayerAnalysis(*head, "skipped", fit)
-    return LayerAnalysis(
-        *head,
-        "ok",
-        "" if fit.mp_like else criterion.not_mp_reason(c.view, fit),
-        sigma2=fit.sigma2,
-        lambda_plus=fit.lambda_plus,
-        threshold=fit.threshold,
-        n_spikes=fit.n_spikes,
-        fit_error=fit.fit_error,
-        mp_like=fit.mp_like,
-        eigenvalues=c.view.eigenvalues,
-    )
+    reason = "" if fit.mp_like else criterion.not_mp_reason(c.view, fit)
+    return LayerAnalysis(*head, "ok", reason, fit, eigenvalues=c.view.eigenvalues)
 
 
 def analyze(
@@ -244,11 +234,8 @@ def _prune_row(
         "shape": c.shape,
         "bulk_keep": bulk_keep,
         "params_before": c.params,
-        "sigma2": fit.sigma2,
-        "lambda_plus": fit.lambda_plus,
-        "fit_error": fit.fit_error,
+        "fit": fit,
         "rank_before": rank,
-        "n_spikes": fit.n_spikes,
     }
     if decision is None or decision.skip or decision.rank >= rank:
         action = "unchanged" if decision is not None and not decision.skip else "skipped"

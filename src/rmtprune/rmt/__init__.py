@@ -1,8 +1,10 @@
-"""Estimators of the noise level and bulk edge of weight spectra, and fit tests.
+"""Random-matrix theory: the MP and TW laws, estimators of the noise level and bulk edge of weight
+spectra, fit tests, and spectra of weight matrices (NumPy/SciPy; torch only if installed).
 
 - :class:`BEMA`: bulk-edge matching (Ke, Ma & Lin; docs/method.md section 2).
 - :class:`GavishDonoho`: the optimal hard threshold of Gavish & Donoho (2014).
 - :func:`fit_statistic`: the goodness-of-fit statistic ``D`` (docs/method.md section 3).
+- :class:`SpectralFit`: the one record of a fit, held by every result that shows one.
 
 Example
 -------
@@ -16,7 +18,15 @@ Example
 from __future__ import annotations
 
 from rmtprune.rmt.bema import BEMA, BEMAResult, NotFittedError
+from rmtprune.rmt.fit import SpectralFit
 from rmtprune.rmt.goodness_of_fit import fit_statistic
 from rmtprune.rmt.thresholds import GavishDonoho
 
-__all__ = ["BEMA", "BEMAResult", "GavishDonoho", "NotFittedError", "fit_statistic"]
+__all__ = [
+    "BEMA",
+    "BEMAResult",
+    "GavishDonoho",
+    "NotFittedError",
+    "SpectralFit",
+    "fit_statistic",
+]

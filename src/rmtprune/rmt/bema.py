@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -31,6 +31,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from rmtprune._util.errors import DegenerateSpectrumWarning
 from rmtprune._util.validation import check_int, check_real
+from rmtprune.rmt.fit import FIT_FIELDS, FitAttributes, SpectralFit
 from rmtprune.rmt.goodness_of_fit import (
     check_eigenvalues,
     check_shape,
@@ -154,20 +155,18 @@ def _min_rank(alpha: float) -> int:
 
 
 @dataclass(frozen=True)
-class BEMAResult:
+class BEMAResult(FitAttributes):
     """A fitted BEMA as plain values (one report row).
 
-    Attributes mirror those of :class:`BEMA` without the trailing underscore;
-    ``rank`` is the number of real eigenvalues (``p`` when the spectrum is full).
+    ``fit`` is the :class:`~rmtprune.rmt.fit.SpectralFit` (``mp_like`` is ``None``: BEMA
+    alone tests nothing); its values read as attributes too (``result.sigma2``), so the
+    attributes mirror those of :class:`BEMA` without the trailing underscore.  ``rank`` is
+    the number of real eigenvalues (``p`` when the spectrum is full).
     """
 
     shape: tuple[int, int]
     ratio: float
-    sigma2: float
-    lambda_plus: float
-    threshold: float
-    n_spikes: int
-    fit_error: float
+    fit: SpectralFit
     window: tuple[int, int]
     tw_quantile: float
     rank: int
@@ -175,8 +174,11 @@ class BEMAResult:
     beta: float
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain ``dict`` of the fields (JSON-friendly)."""
-        return asdict(self)
+        """Plain ``dict`` of the values (JSON-friendly), the fit's in place of ``fit``."""
+        head = {"shape": self.shape, "ratio": self.ratio}
+        fit = {k: getattr(self.fit, k) for k in FIT_FIELDS if k != "mp_like"}
+        tail = {k: getattr(self, k) for k in ("window", "tw_quantile", "rank", "alpha", "beta")}
+        return head | fit | tail
 
 
 class BEMA:
@@ -466,11 +468,13 @@ class BEMA:
         return BEMAResult(
             shape=self.shape_,
             ratio=self.ratio_,
-            sigma2=self.sigma2_,
-            lambda_plus=self.lambda_plus_,
-            threshold=self.threshold_,
-            n_spikes=self.n_spikes_,
-            fit_error=self.fit_error_,
+            fit=SpectralFit(
+                sigma2=float(self.sigma2_),
+                lambda_plus=float(self.lambda_plus_),
+                threshold=float(self.threshold_),
+                n_spikes=int(self.n_spikes_),
+                fit_error=float(self.fit_error_),
+            ),
             window=self.window_,
             tw_quantile=self.tw_quantile_,
             rank=self.rank_,

@@ -82,3 +82,10 @@ def test_a_snapshot_round_trips_through_its_plot_data() -> None:
     assert again == snap
     assert SpectrumSnapshot.from_dict(snap.to_dict()) == snap
     assert snap.plot_data().kept_rank is None
+    row = rmtprune.analyze(_model())["0"]
+    assert (snap.sigma2, snap.lambda_plus, snap.n_spikes) == (row.sigma2, row.lambda_plus, 2)
+    assert snap.fit.mp_like is None and row.mp_like  # spectra.json keeps the values, no verdict
+    assert list(snap.to_dict()) == [
+        *("stage", "layer", "shape", "ratio", "rank"),
+        *("sigma2", "lambda_plus", "n_spikes", "fit_error", "eigenvalues"),
+    ]

@@ -14,7 +14,6 @@ claim verdicts.  Each has ``to_dict()``; ``metrics.json`` is ``RunResult``'s.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from rmtprune.paper.experiments.config import ExperimentConfig
 from rmtprune.paper.training import History
 from rmtprune.plotting import SpectrumPlotData
 from rmtprune.pruning.report import LayerAnalysis
+from rmtprune.rmt.fit import FitAttributes, SpectralFit
 
 __all__ = [
     "ArmResult",
@@ -43,14 +43,19 @@ __all__ = [
 ]
 
 
+_STORED_FIT = ("sigma2", "lambda_plus", "n_spikes", "fit_error")
+"""What a run's ``spectra.json`` keeps of a layer's fit."""
+
+
 @dataclass(frozen=True)
-class SpectrumSnapshot:
+class SpectrumSnapshot(FitAttributes):
     """Eigenvalues of one layer at one moment, with the BEMA fit.
 
     ``eigenvalues`` holds the ``rank`` non-zero eigenvalues (ascending) of the
     ``m × n`` weight; the layer has ``p = min(m, n)`` in all, the others being the
     zeros left by pruning.  It is :class:`rmtprune.plotting.SpectrumPlotData` with a
-    stage, stored in a run's ``spectra.json`` (:meth:`of`, :meth:`plot_data`).
+    stage, stored in a run's ``spectra.json`` (:meth:`of`, :meth:`plot_data`); ``fit``
+    holds the values stored (``sigma2``, ``lambda_plus``, ``n_spikes``, ``fit_error``).
     """
 
     stage: str
@@ -58,10 +63,7 @@ class SpectrumSnapshot:
     shape: tuple[int, int]
     ratio: float
     rank: int
-    sigma2: float
-    lambda_plus: float
-    n_spikes: int | None
-    fit_error: float
+    fit: SpectralFit
     eigenvalues: tuple[float, ...]
 
     @classmethod
@@ -73,24 +75,20 @@ class SpectrumSnapshot:
             data.shape,
             data.ratio,
             data.rank,
-            data.sigma2,
-            data.lambda_plus,
-            data.n_spikes,
-            data.fit_error,
+            SpectralFit(**{k: getattr(data.fit, k) for k in _STORED_FIT}),
             tuple(float(x) for x in data.eigenvalues),
         )
 
     def plot_data(self) -> SpectrumPlotData:
         """What :func:`rmtprune.plotting.draw_spectrum` draws of this snapshot."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        del values["stage"]
-        values["eigenvalues"] = np.asarray(self.eigenvalues, dtype=np.float64)
-        return SpectrumPlotData(**values)
+        lam = np.asarray(self.eigenvalues, dtype=np.float64)
+        return SpectrumPlotData(self.layer, self.shape, self.ratio, self.rank, self.fit, lam)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (NaN as None)."""
-        out = dataclasses.asdict(self)
-        out["shape"] = list(self.shape)
+        out: dict[str, Any] = {"stage": self.stage, "layer": self.layer}
+        out |= {"shape": list(self.shape), "ratio": self.ratio, "rank": self.rank}
+        out |= {k: getattr(self.fit, k) for k in _STORED_FIT}
         out["eigenvalues"] = list(self.eigenvalues)
         for key in ("sigma2", "lambda_plus", "fit_error", "ratio"):
             if isinstance(out[key], float) and not math.isfinite(out[key]):
@@ -100,12 +98,16 @@ class SpectrumSnapshot:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SpectrumSnapshot:
         """Inverse of :meth:`to_dict`."""
-        v = dict(values)
-        for key in ("sigma2", "lambda_plus", "fit_error", "ratio"):
-            v[key] = math.nan if v[key] is None else float(v[key])
-        v["shape"] = tuple(v["shape"])
-        v["eigenvalues"] = tuple(float(x) for x in v["eigenvalues"])
-        return cls(**v)
+        ratio = values["ratio"]
+        return cls(
+            values["stage"],
+            values["layer"],
+            tuple(values["shape"]),
+            math.nan if ratio is None else float(ratio),
+            values["rank"],
+            SpectralFit.from_dict({k: values[k] for k in _STORED_FIT}),
+            tuple(float(x) for x in values["eigenvalues"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -231,11 +233,7 @@ def _float(value: Any) -> float:
 
 def layer_from_dict(values: dict[str, Any]) -> LayerAnalysis:
     """A :class:`LayerAnalysis` from its ``to_dict()`` (``None`` → NaN)."""
-    v = dict(values)
-    v["shape"] = tuple(v["shape"])
-    for key in ("ratio", "sigma2", "lambda_plus", "threshold", "fit_error"):
-        v[key] = float("nan") if v[key] is None else float(v[key])
-    return LayerAnalysis(**v)
+    return LayerAnalysis.from_dict(values)
 
 
 @dataclass(frozen=True)
