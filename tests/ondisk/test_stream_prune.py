@@ -339,6 +339,33 @@ def test_a_model_level_criterion_loads_the_model_whole(
     _assert_same_file(out, tmp_path / "q.safetensors")
 
 
+def test_a_model_level_criterion_refuses_an_input_opened_to_stream(plain: Path) -> None:
+    class EveryLayerAtOnce:
+        def decide_model(self, model: nn.Module, layers: Sequence[LayerView]) -> dict[str, Any]:
+            raise AssertionError("never asked")
+
+    source = cli_inputs.open_input(cli_inputs.plan_input(plain, assume_linear=["enc.*"]))
+    assert source.plan is not None
+    with pytest.raises(ValueError, match=r"'criterion' parameter of prune_input is model-level"):
+        cli_inputs.prune_input(source, EveryLayerAtOnce(), rmtprune.Select(), dry_run=True)
+
+
+@pytest.mark.parametrize(
+    "criterion", [["--criterion", "rank", "--rank", "8"], ["--bulk-keep", "0.2"]]
+)
+def test_every_row_carries_the_criterion_bulk_keep(
+    plain: Path, capsys: pytest.CaptureFixture[str], criterion: list[str]
+) -> None:
+    # bulk_keep used to travel beside the criterion: the untyped weights' rows said 0.0 (the
+    # --bulk-keep default) where the walker's rows of a rank criterion say NaN (JSON null)
+    report = _run(
+        capsys, ["prune", str(plain), "--assume-linear", "enc.*", *criterion, "--dry-run"]
+    )
+    kept = {r["name"]: r["bulk_keep"] for r in report["layers"]}
+    assert {"enc.0", "head", "tok_embed"} <= set(kept)  # typed and untyped rows
+    assert set(kept.values()) == ({None} if "rank" in criterion else {0.2})
+
+
 @pytest.mark.parametrize("command", ["analyze", "prune"])
 @pytest.mark.parametrize("kind", ["plain", "rmtprune", "sharded"])
 def test_every_header_is_read_once(

@@ -385,19 +385,19 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    from rmtprune.ondisk.inputs import prune_input
+    from rmtprune.ondisk.inputs import open_input, prune_input
 
     if args.output is None and not args.dry_run:
         raise ValueError("-o/--output is required unless --dry-run")
     plan = _plan(args)
     _check_outputs(args, plan)
-    criterion, select = _criterion(args), _select(args)
+    source = open_input(plan)  # the command line's criteria all decide one layer at a time
     split = {"auto": "auto", "always": True, "never": False}[args.split]
     _progress(args, "fitting and pruning each layer ...")
     report = prune_input(
-        plan,
-        criterion,
-        select,
+        source,
+        _criterion(args),
+        _select(args),
         split=split,  # type: ignore[arg-type]
         dry_run=args.dry_run,
         output=args.output,

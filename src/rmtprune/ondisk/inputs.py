@@ -80,6 +80,7 @@ from rmtprune.ondisk.prune import (
     fit_shell_layers,
     meta_shell,
     prune_checkpoint,
+    skipped_row,
 )
 from rmtprune.ondisk.sources import (
     load_model,
@@ -90,7 +91,7 @@ from rmtprune.ondisk.sources import (
 )
 from rmtprune.pruning.criteria import Criterion, ModelCriterion, MPCriterion
 from rmtprune.pruning.options import check_criterion
-from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
+from rmtprune.pruning.report import LayerAnalysis, ModelReport, PruneReport
 from rmtprune.pruning.selection import Select, matches
 from rmtprune.pruning.walker import SplitMode, analyze, prune
 from rmtprune.storage.format import save
@@ -98,7 +99,15 @@ from rmtprune.storage.inputs import read_document
 from rmtprune.storage.metadata import check_module_names
 from rmtprune.storage.reader import Checkpoint, is_safetensors_file, open_checkpoint
 
-__all__ = ["InputPlan", "Route", "analyze_input", "plan_input", "prune_input"]
+__all__ = [
+    "InputPlan",
+    "OpenInput",
+    "Route",
+    "analyze_input",
+    "open_input",
+    "plan_input",
+    "prune_input",
+]
 
 PathLike = str | os.PathLike[str]
 Route = Literal["factory", "model directory", "checkpoint", "state dict"]
@@ -116,7 +125,7 @@ _SAFETENSORS_DTYPE = {
 class InputPlan:
     """The input of ``rmtprune analyze|prune`` and its route, from :func:`plan_input`.
 
-    Nothing is read yet.  ``stream=False`` reads a safetensors checkpoint whole instead of
+    No header is read yet.  ``stream=False`` reads a safetensors checkpoint whole instead of
     one layer at a time (the reference the streamed route is tested against).
     """
 
@@ -164,11 +173,15 @@ def plan_input(
 
 
 @dataclass
-class _Opened:
-    """An opened input: the model the walker works on plus the weights it holds only as
-    tensors.  ``untyped`` are the weight matrices of unknown type (buffers of the shell
-    model), analysed and reported but never pruned.  With a ``plan`` the model is a
-    ``meta``-device shell and ``tensors`` are read from disk on access."""
+class OpenInput:
+    """An input opened by :func:`open_input`: the model the walker works on plus the weights
+    it holds only as tensors.
+
+    ``untyped`` are the weight matrices of unknown type (buffers of the shell model),
+    analysed and reported but never pruned; ``directory`` says that the result is written as
+    a model directory.  With a ``plan`` the model is a ``meta``-device shell, ``tensors`` are
+    read from disk on access and :func:`prune_input` streams.
+    """
 
     model: nn.Module
     path: str
@@ -179,11 +192,11 @@ class _Opened:
     plan: StreamPlan | None = None
 
 
-def _typed_names(opened: _Opened) -> list[str]:
+def _typed_names(opened: OpenInput) -> list[str]:
     return [n for n, m in opened.model.named_modules() if n and get_adapter(m) is not None]
 
 
-def _known(opened: _Opened, patterns: Sequence[str], param: str) -> None:
+def _known(opened: OpenInput, patterns: Sequence[str], param: str) -> None:
     """Every pattern matches a layer or an untyped weight (else the walker's error)."""
     modules, untyped = _typed_names(opened), [k.name for k in opened.untyped]
     for pattern in patterns:
@@ -194,7 +207,7 @@ def _known(opened: _Opened, patterns: Sequence[str], param: str) -> None:
             )
 
 
-def _walker_select(opened: _Opened, select: Select) -> Select:
+def _walker_select(opened: OpenInput, select: Select) -> Select:
     """``select`` for the walker: its patterns less those that only name untyped weights."""
     if not opened.untyped:
         return select
@@ -208,7 +221,7 @@ def _walker_select(opened: _Opened, select: Select) -> Select:
     return replace(select, include=include, exclude=exclude)
 
 
-def _untyped_kinds(opened: _Opened, select: Select) -> list[LayerKind]:
+def _untyped_kinds(opened: OpenInput, select: Select) -> list[LayerKind]:
     """The untyped weights ``select`` names (all when it names none), less those excluded."""
     kinds = list(opened.untyped)
     if select.include is not None:
@@ -216,7 +229,9 @@ def _untyped_kinds(opened: _Opened, select: Select) -> list[LayerKind]:
     return [k for k in kinds if not matches(k.name, select.exclude)]
 
 
-def _fit(opened: _Opened, kind: LayerKind, criterion: MPCriterion, select: Select) -> LayerAnalysis:
+def _fit(
+    opened: OpenInput, kind: LayerKind, criterion: MPCriterion, select: Select
+) -> LayerAnalysis:
     """The row of one untyped weight, its tensors read only now."""
     bias = opened.tensors.get(kind.bias or "")
     return fit_layer(kind, opened.tensors[kind.weight], bias, criterion, select)
@@ -266,7 +281,7 @@ def analyze_input(
             kinds = select_kinds(kinds, select)
             rows = fit_checkpoint_layers(checkpoint, kinds, criterion, select, progress=progress)
             return model_report(rows, criterion)
-    opened = _open(plan, checkpoint, plan.stream)
+    opened = _open(plan, checkpoint, whole=False)
     walker, untyped = _walker_select(opened, select), _untyped_kinds(opened, select)
     if opened.plan is not None:  # one layer read at a time (the model is a meta shell)
         found, extra = fit_shell_layers(opened.plan, walker, criterion, untyped, progress=progress)
@@ -276,8 +291,18 @@ def analyze_input(
     return model_report(_merged(found, extra), criterion)
 
 
+def open_input(plan: InputPlan, *, whole: bool = False) -> OpenInput:
+    """Open the input of ``plan`` for :func:`prune_input` (a safetensors header is read once).
+
+    A safetensors checkpoint is streamed unless ``whole`` (or ``plan.stream=False``): a
+    model-level criterion (``decide_model``) sees every layer at once, so it needs it whole.
+    """
+    checkpoint = open_checkpoint(plan.path) if plan.route == "checkpoint" else None
+    return _open(plan, checkpoint, whole=whole)
+
+
 def prune_input(
-    plan: InputPlan,
+    source: InputPlan | OpenInput,
     criterion: Criterion,
     select: Select,
     *,
@@ -287,12 +312,14 @@ def prune_input(
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> PruneReport:
-    """What ``rmtprune prune`` does: :func:`rmtprune.prune` of the input of ``plan`` with
-    ``criterion`` and ``select``, a skipped row (and its analysis) for every untyped weight,
-    the carried tensors counted in the totals, and ``output`` written (unless ``dry_run``).
+    """What ``rmtprune prune`` does: :func:`rmtprune.prune` of ``source`` (a plan, or the input
+    :func:`open_input` opened) with ``criterion`` and ``select``, a skipped row (and its
+    analysis) for every untyped weight, the carried tensors counted in the totals, and
+    ``output`` written (unless ``dry_run``).
 
     A checkpoint is pruned one layer at a time; a model-level criterion (``decide_model``)
-    sees every layer at once, so then the input is opened whole.
+    sees every layer at once, so a plan is then opened whole (an input opened to stream is
+    refused).
     """
     _check(criterion, select, "prune_input")
     if split not in ("auto", True, False):
@@ -302,15 +329,20 @@ def prune_input(
             "The 'output' parameter of prune_input is required unless dry_run=True. "
             "Got None instead."
         )
-    checkpoint = open_checkpoint(plan.path) if plan.route == "checkpoint" else None
-    opened = _open(plan, checkpoint, plan.stream and not isinstance(criterion, ModelCriterion))
+    whole = isinstance(criterion, ModelCriterion)
+    opened = open_input(source, whole=whole) if isinstance(source, InputPlan) else source
+    if whole and opened.plan is not None:
+        raise ValueError(
+            f"The 'criterion' parameter of prune_input is model-level ({criterion!r}): it needs "
+            "the input whole; open it with open_input(plan, whole=True)."
+        )
     walker = _walker_select(opened, select)
     if opened.plan is not None and output is not None and not dry_run:
         _check_output(opened, output, opened.plan.tensors.checkpoint.files())  # no shard lost
     fit = criterion if isinstance(criterion, MPCriterion) else MPCriterion()
     bulk_keep = float(getattr(criterion, "bulk_keep", math.nan))  # as the walker's rows
     untyped = _untyped_kinds(opened, select)
-    extra = [_skipped_row(_fit(opened, kind, fit, select), bulk_keep) for kind in untyped]
+    extra = [skipped_row(_fit(opened, kind, fit, select), bulk_keep) for kind in untyped]
     if opened.plan is not None:
         return prune_checkpoint(
             opened.plan,
@@ -339,7 +371,7 @@ def prune_input(
     return report
 
 
-def _check_output(opened: _Opened, output: PathLike, inputs: Sequence[str] = ()) -> None:
+def _check_output(opened: OpenInput, output: PathLike, inputs: Sequence[str] = ()) -> None:
     """Refuse to write ``output`` over the input or one of its files (shards)."""
     target = os.path.realpath(os.fspath(output))
     if target == os.path.realpath(opened.path):
@@ -351,7 +383,7 @@ def _check_output(opened: _Opened, output: PathLike, inputs: Sequence[str] = ())
         )
 
 
-def _save(opened: _Opened, model: nn.Module, output: PathLike, *, overwrite: bool) -> None:
+def _save(opened: OpenInput, model: nn.Module, output: PathLike, *, overwrite: bool) -> None:
     """Write the pruned ``model``: a model directory for a directory input, else one file."""
     _check_output(opened, output)
     if opened.directory:
@@ -363,26 +395,6 @@ def _save(opened: _Opened, model: nn.Module, output: PathLike, *, overwrite: boo
         save_pretrained(model, output, overwrite=overwrite)
     else:
         save(model, output, overwrite=overwrite)
-
-
-def _skipped_row(row: LayerAnalysis, bulk_keep: float) -> LayerPruneResult:
-    return LayerPruneResult(
-        name=row.name,
-        layer_type=row.layer_type,
-        shape=row.shape,
-        action="skipped",
-        rank_before=row.rank,
-        rank_after=row.rank,
-        n_spikes=row.n_spikes,
-        bulk_keep=bulk_keep,
-        params_before=row.params,
-        params_after=row.params,
-        split=False,
-        reason=row.reason,
-        sigma2=row.sigma2,
-        lambda_plus=row.lambda_plus,
-        fit_error=row.fit_error,
-    )
 
 
 def _shapes(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -404,13 +416,13 @@ def _carried(shell: nn.Module) -> int:
     return sum(b.numel() for b in shell.buffers() if b.is_floating_point() and id(b) not in params)
 
 
-def _open(plan: InputPlan, checkpoint: Checkpoint | None, stream: bool) -> _Opened:
+def _open(plan: InputPlan, checkpoint: Checkpoint | None, *, whole: bool) -> OpenInput:
     """Open the input of ``plan`` (``checkpoint``: its headers, already read) for the walker."""
     if plan.route == "factory":
-        return _Opened(load_model(plan.path, model=plan.model), plan.path)
+        return OpenInput(load_model(plan.path, model=plan.model), plan.path)
     if plan.route == "model directory":
-        return _Opened(load_model_directory(plan.path), plan.path, directory=True)
-    if checkpoint is not None and stream:
+        return OpenInput(load_model_directory(plan.path), plan.path, directory=True)
+    if checkpoint is not None and plan.stream and not whole:
         streamed = _open_streamed(plan, checkpoint)
         if streamed is not None:
             return streamed
@@ -440,12 +452,12 @@ def _open(plan: InputPlan, checkpoint: Checkpoint | None, stream: bool) -> _Open
         named = checkpoint.path
     shell = load_shell(tensors, document, named, dense=dense)
     untyped = tuple(k for k in kinds if not k.typed)
-    return _Opened(
+    return OpenInput(
         shell, plan.path, untyped=untyped, tensors=tensors, carried_params=_carried(shell)
     )
 
 
-def _open_streamed(plan: InputPlan, checkpoint: Checkpoint) -> _Opened | None:
+def _open_streamed(plan: InputPlan, checkpoint: Checkpoint) -> OpenInput | None:
     """:func:`_open` of a safetensors checkpoint without reading its weights (only an
     rmtprune file's digest is computed, one tensor at a time); ``None`` where only the
     in-memory route reproduces what the loader does."""
@@ -472,7 +484,7 @@ def _open_streamed(plan: InputPlan, checkpoint: Checkpoint) -> _Opened | None:
     if stream_plan is None:
         return None
     untyped = tuple(k for k in kinds if not k.typed)
-    return _Opened(
+    return OpenInput(
         stream_plan.shell,
         plan.path,
         untyped=untyped,

@@ -79,6 +79,7 @@ __all__ = [
     "fit_shell_layers",
     "meta_shell",
     "prune_checkpoint",
+    "skipped_row",
 ]
 
 
@@ -289,6 +290,27 @@ def complete_report(
         layers=rows,
         params_before=report.params_before + carried,
         params_after=report.params_after + carried,
+    )
+
+
+def skipped_row(row: LayerAnalysis, bulk_keep: float) -> LayerPruneResult:
+    """The prune row of a weight the walker does not see (analysed, never pruned)."""
+    return LayerPruneResult(
+        name=row.name,
+        layer_type=row.layer_type,
+        shape=row.shape,
+        action="skipped",
+        rank_before=row.rank,
+        rank_after=row.rank,
+        n_spikes=row.n_spikes,
+        bulk_keep=bulk_keep,
+        params_before=row.params,
+        params_after=row.params,
+        split=False,
+        reason=row.reason,
+        sigma2=row.sigma2,
+        lambda_plus=row.lambda_plus,
+        fit_error=row.fit_error,
     )
 
 
