@@ -335,13 +335,14 @@ def _progress(args: argparse.Namespace, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _check_outputs(args: argparse.Namespace, plan: InputPlan) -> None:
-    """Check every output path before any work starts (see ``rmtprune._util.fileio``)."""
+def _check_outputs(args: argparse.Namespace, plan: InputPlan | None) -> None:
+    """Check every output path before any work starts (see ``rmtprune._util.fileio``);
+    ``plan`` (the input's route) says whether ``-o`` is a model directory."""
     from rmtprune._util.fileio import check_output_dir, check_output_file
 
     output = getattr(args, "output", None)
     if output is not None and not getattr(args, "dry_run", False):
-        if plan.writes_directory:
+        if plan is not None and plan.writes_directory:
             if Path(output).exists() and not args.overwrite:
                 raise FileExistsError(
                     f"-o/--output {output} exists; pass --overwrite to replace it"
@@ -372,11 +373,10 @@ def _bar(args: argparse.Namespace) -> bool | None:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from rmtprune.ondisk.inputs import analyze_input
 
-    plan = _plan(args)
-    _check_outputs(args, plan)
-    criterion, select = _mp(args), _select(args)
+    _check_outputs(args, None)  # analyze writes no model
     _progress(args, "fitting the spectrum of each layer ...")
-    report = analyze_input(plan, criterion, select, progress=_bar(args))
+    plan = _plan(args)
+    report = analyze_input(plan, _mp(args), _select(args), progress=_bar(args))
     if args.json is not None:
         _emit_json(report, args.json)
     if args.json != "-":
