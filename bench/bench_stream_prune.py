@@ -10,7 +10,7 @@ at its parent's resident size at the time of the fork):
 * ``rmtprune prune CKPT -o OUT --assume-linear '*' --quiet`` on a checkpoint of ONE such layer;
 * the same on the whole checkpoint, streamed (the route ``prune`` takes now);
 * the same on the whole checkpoint through the in-memory route it took before
-  (``open_for_pruning(..., stream=False)``: every tensor read, the shell model loaded,
+  (``plan_input(..., stream=False)``: every tensor read, the shell model loaded,
   ``rmtprune.prune``, ``rmtprune.save``).
 
 It prints a Markdown table: peak RSS, its growth over the one-layer run and that growth as a
@@ -41,7 +41,7 @@ import functools, sys
 import rmtprune.cli.app, rmtprune.ondisk.inputs as inputs
 route, argv = sys.argv[1], sys.argv[2:]
 if route == "loaded":
-    inputs.open_for_pruning = functools.partial(inputs.open_for_pruning, stream=False)
+    inputs.plan_input = functools.partial(inputs.plan_input, stream=False)
 status = rmtprune.cli.app.main(argv) if route != "import" else 0
 with open("/proc/self/status") as fh:
     print(status, [int(s.split()[1]) * 1024 for s in fh if s.startswith("VmHWM")][0])

@@ -182,3 +182,24 @@ def test_reproduce_lists_every_experiment(capsys: pytest.CaptureFixture[str]) ->
         "regression",
         "landscape",
     ]
+
+
+@pytest.mark.parametrize("command", ["analyze", "prune"])
+def test_an_option_is_checked_once_whatever_the_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    # the options used to be checked where each route happened to build its Select: a
+    # safetensors file said "parameter of analyze", a .pt state dict "parameter of Select"
+    streamed, loaded = tmp_path / "m.safetensors", tmp_path / "m.pt"
+    rmtprune.save(_model(), streamed)
+    torch.save(_model().state_dict(), loaded)
+    lines = []
+    for path in (streamed, loaded):
+        argv = [command, str(path), "--min-dim", "0", "--quiet"]
+        assert main([*argv, "--dry-run"] if command == "prune" else argv) == 2
+        lines.append(capsys.readouterr().err)
+    expected = (
+        f"rmtprune {command}: error: The 'min_dim' parameter of {command} must be an int >= 1. "
+        "Got 0 instead.\n"
+    )
+    assert lines == [expected, expected]

@@ -134,8 +134,7 @@ def test_keyboard_interrupt_exits_130_with_one_line(weights: Path, capsys, monke
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    for name in ("analyze", "analyze_checkpoint", "analyze_checkpoint_plan"):  # every route
-        monkeypatch.setattr(cli_inputs, name, interrupted)
+    monkeypatch.setattr(cli_inputs, "analyze_input", interrupted)  # the one entry point
     assert main(["analyze", str(weights), "--quiet"]) == 130
     _one_error_line(capsys, "interrupted")
 
@@ -146,8 +145,7 @@ def test_unexpected_error_is_one_line_and_debug_shows_the_traceback(
     def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("boom")
 
-    for name in ("analyze", "analyze_checkpoint", "analyze_checkpoint_plan"):  # every route
-        monkeypatch.setattr(cli_inputs, name, broken)
+    monkeypatch.setattr(cli_inputs, "analyze_input", broken)  # the one entry point
     assert main(["analyze", str(weights), "--quiet"]) == 1
     _one_error_line(capsys, "ZeroDivisionError", "boom", "--debug")
     assert main(["analyze", str(weights), "--quiet", "--debug"]) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -37,6 +38,33 @@ def test_analyze_and_prune_show_a_bar_only_when_asked(capsys: pytest.CaptureFixt
     with progress_enabled(True):
         rmtprune.analyze(_model(), progress=False)
     assert capsys.readouterr().err == ""
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_checkpoint_bar_follows_the_one_progress_choice() -> None:
+    # the streamed checkpoint routes decide on and off like the walker's bars: the enclosing
+    # progress_enabled(...) choice first, then whether the stream is a terminal
+    from rmtprune.ondisk.progress import CheckpointProgress
+
+    def shown(stream: io.StringIO, enabled: bool | None = None) -> str:
+        with CheckpointProgress([1.0, 3.0], enabled=enabled, stream=stream, use_tqdm=False) as bar:
+            bar.advance("fc1", 1.0)
+            bar.advance("fc2", 3.0)
+        return stream.getvalue()
+
+    assert shown(_Terminal()).splitlines()[0].startswith("[1/2]  25% fc1")
+    assert shown(io.StringIO()) == ""
+    with progress_enabled(False):
+        assert shown(_Terminal()) == ""
+        assert shown(_Terminal(), enabled=True).count("\n") == 2  # an explicit choice wins
+    with progress_enabled(True):
+        assert shown(io.StringIO()).splitlines()[1].startswith("[2/2] 100% fc2")
+    with pytest.raises(TypeError, match="'progress' parameter"):
+        CheckpointProgress([1.0], enabled="yes")  # type: ignore[arg-type]
 
 
 def test_pruner_step_bar(capsys: pytest.CaptureFixture[str]) -> None:

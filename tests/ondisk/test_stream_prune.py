@@ -1,6 +1,6 @@
 """``rmtprune prune`` of safetensors checkpoints without a model streams one layer at a time.
 
-The reference is the in-memory route it replaces (``open_for_pruning(..., stream=False)``:
+The reference is the in-memory route it replaces (``plan_input(..., stream=False)``:
 every tensor read, the shell model loaded, ``rmtprune.prune``, ``rmtprune.save``), run with
 the same command line.  The written files must hold the same tensors (names, dtypes, bytes),
 the same header layout and the same metadata (structure, tied entries, digest); the reports
@@ -11,6 +11,7 @@ normalised.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import json
@@ -33,10 +34,10 @@ from rmtprune.cli.app import main
 from rmtprune.factorize import LowRankLinear
 from rmtprune.ondisk import inputs as cli_inputs
 from rmtprune.ondisk.sources import load_model
-from rmtprune.pruning.criteria import LayerView, RankDecision
+from rmtprune.pruning.criteria import LayerView, MPCriterion, RankDecision
 from tests.reads import one_layer_at_a_time
 
-_OPEN = cli_inputs.open_for_pruning  # the real one, whatever a test patches
+_PLAN = cli_inputs.plan_input  # the real one, whatever a test patches
 
 
 def _noise(m: int, n: int, seed: int, spikes: int = 3) -> torch.Tensor:
@@ -149,12 +150,12 @@ def _both(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(cli_inputs, "prune_checkpoint", spy)
-    monkeypatch.setattr(cli_inputs, "open_for_pruning", _OPEN)  # streams by default
+    monkeypatch.setattr(cli_inputs, "plan_input", _PLAN)  # streams by default
     writes = [] if out is None else ["-o", str(out / "streamed.safetensors")]
     first = _run(capsys, ["prune", str(source), *options, *writes])
     assert streamed == [1]
-    loading = functools.partial(_OPEN, stream=False)
-    monkeypatch.setattr(cli_inputs, "open_for_pruning", loading)
+    loading = functools.partial(_PLAN, stream=False)
+    monkeypatch.setattr(cli_inputs, "plan_input", loading)
     writes = [] if out is None else ["-o", str(out / "loaded.safetensors")]
     second = _run(capsys, ["prune", str(source), *options, *writes])
     assert streamed == [1]  # the reference did not stream
@@ -297,7 +298,24 @@ def test_tied_entries_stay_tied_and_their_layers_are_not_pruned(
     assert again.c.rank == 12 and again.dense.rank == 12  # type: ignore[union-attr]
 
 
-def test_a_model_level_criterion_loads_the_model_whole(plain: Path, tmp_path: Path) -> None:
+def _header_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """How often the header of each safetensors file is parsed, from now on."""
+    import rmtprune.storage.reader as reader
+
+    counts: dict[str, int] = {}
+    real = reader._read_header
+
+    def counting(path: str) -> Any:
+        counts[os.path.realpath(path)] = counts.get(os.path.realpath(path), 0) + 1
+        return real(path)
+
+    monkeypatch.setattr(reader, "_read_header", counting)
+    return counts
+
+
+def test_a_model_level_criterion_loads_the_model_whole(
+    plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     class EveryLayerAtOnce:
         def decide_model(
             self, model: nn.Module, layers: Sequence[LayerView]
@@ -305,18 +323,68 @@ def test_a_model_level_criterion_loads_the_model_whole(plain: Path, tmp_path: Pa
             assert isinstance(model, nn.Module) and next(model.parameters()).device.type == "cpu"
             return {v.name: RankDecision(min(4, v.rank), "four") for v in layers}
 
-    source = cli_inputs.open_for_pruning(plain, assume_linear=["enc.*"])
-    assert source.plan is not None  # would stream ...
+    plan = cli_inputs.plan_input(plain, assume_linear=["enc.*"])
+    assert plan.stream and plan.route == "checkpoint"  # would stream ...
     out = tmp_path / "p.safetensors"
-    report = source.prune(EveryLayerAtOnce(), rmtprune.Select(), split="auto", dry_run=False,
-                          output=out)  # fmt: skip
+    reads = _header_reads(monkeypatch)
+    report = cli_inputs.prune_input(plan, EveryLayerAtOnce(), rmtprune.Select(), output=out)
+    assert reads == {os.path.realpath(plain): 1}  # ... but is opened once, in memory
+    monkeypatch.undo()
     pruned = [(r.name, r.rank_after) for r in report.layers if r.action != "skipped"]
     assert pruned == [("enc.0", 4), ("enc.1", 4)]
-    loaded = cli_inputs.open_for_pruning(plain, assume_linear=["enc.*"], stream=False)
-    reference = loaded.prune(EveryLayerAtOnce(), rmtprune.Select(), split="auto", dry_run=False,
-                             output=tmp_path / "q.safetensors")  # fmt: skip
+    loaded = dataclasses.replace(plan, stream=False)
+    reference = cli_inputs.prune_input(loaded, EveryLayerAtOnce(), rmtprune.Select(),
+                                       output=tmp_path / "q.safetensors")  # fmt: skip
     assert report.to_json() == reference.to_json()
     _assert_same_file(out, tmp_path / "q.safetensors")
+
+
+def test_a_model_level_criterion_refuses_an_input_opened_to_stream(plain: Path) -> None:
+    class EveryLayerAtOnce:
+        def decide_model(self, model: nn.Module, layers: Sequence[LayerView]) -> dict[str, Any]:
+            raise AssertionError("never asked")
+
+    source = cli_inputs.open_input(cli_inputs.plan_input(plain, assume_linear=["enc.*"]))
+    assert source.plan is not None
+    with pytest.raises(ValueError, match=r"'criterion' parameter of prune_input is model-level"):
+        cli_inputs.prune_input(source, EveryLayerAtOnce(), rmtprune.Select(), dry_run=True)
+
+
+@pytest.mark.parametrize(
+    "criterion", [["--criterion", "rank", "--rank", "8"], ["--bulk-keep", "0.2"]]
+)
+def test_every_row_carries_the_criterion_bulk_keep(
+    plain: Path, capsys: pytest.CaptureFixture[str], criterion: list[str]
+) -> None:
+    # bulk_keep used to travel beside the criterion: the untyped weights' rows said 0.0 (the
+    # --bulk-keep default) where the walker's rows of a rank criterion say NaN (JSON null)
+    report = _run(
+        capsys, ["prune", str(plain), "--assume-linear", "enc.*", *criterion, "--dry-run"]
+    )
+    kept = {r["name"]: r["bulk_keep"] for r in report["layers"]}
+    assert {"enc.0", "head", "tok_embed"} <= set(kept)  # typed and untyped rows
+    assert set(kept.values()) == ({None} if "rank" in criterion else {0.2})
+
+
+@pytest.mark.parametrize("command", ["analyze", "prune"])
+@pytest.mark.parametrize("kind", ["plain", "rmtprune", "sharded"])
+def test_every_header_is_read_once(
+    plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, kind: str
+) -> None:
+    # the route used to be decided twice: `analyze` of an rmtprune file read its header, then
+    # read it again to open the file for the walker
+    source = plain
+    if kind == "rmtprune":
+        source = tmp_path / "factorized.safetensors"
+        rmtprune.save(_Factorized(), source)
+    elif kind == "sharded":
+        (tmp_path / "shards").mkdir()
+        source = _write_sharded(tmp_path / "shards", _plain_tensors(), 2)
+    reads = _header_reads(monkeypatch)
+    out = ["-o", str(tmp_path / "out.safetensors")] if command == "prune" else []
+    assert main([command, str(source), "--assume-linear", "dense", "enc.*", *out, "--quiet"]) == 0
+    files = 2 if kind == "sharded" else 1
+    assert len(reads) == files and set(reads.values()) == {1}, reads
 
 
 def test_reads_one_layer_at_a_time(
@@ -340,11 +408,13 @@ def test_analyze_of_an_rmtprune_file_reads_one_layer_at_a_time(
     source = tmp_path / "factorized.safetensors"
     rmtprune.save(_Factorized(), source)
     reads = one_layer_at_a_time(monkeypatch, lambda name: name.split(".")[0])
-    report = cli_inputs.analyze_source(source, assume_linear=["dense"], layers=["a", "c", "dense"])
+    plan = cli_inputs.plan_input(source, assume_linear=["dense"])
+    select = rmtprune.Select(include=["a", "c", "dense"])
+    report = cli_inputs.analyze_input(plan, MPCriterion(), select)
     assert set(reads) >= {"a.first.weight", "c.second.weight", "dense.weight"}
     monkeypatch.undo()
-    whole = cli_inputs.open_for_pruning(source, assume_linear=["dense"], stream=False)
-    reference = whole.analyze(layers=["a", "c", "dense"])
+    whole = dataclasses.replace(plan, stream=False)
+    reference = cli_inputs.analyze_input(whole, MPCriterion(), select)
     assert [(r.name, r.status, r.rank) for r in report] == [
         ("a", "ok", 40),
         ("c", "ok", 48),
@@ -366,7 +436,7 @@ def test_bad_inputs_keep_their_errors(
     corrupt.write_bytes(bytes(data))
     messages = []
     for stream in (True, False):
-        monkeypatch.setattr(cli_inputs, "open_for_pruning", functools.partial(_OPEN, stream=stream))
+        monkeypatch.setattr(cli_inputs, "plan_input", functools.partial(_PLAN, stream=stream))
         out = tmp_path / "out.safetensors"
         assert main(["prune", str(corrupt), "-o", str(out), "--quiet"]) == 2
         messages.append(capsys.readouterr().err.strip())

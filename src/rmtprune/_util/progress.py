@@ -1,5 +1,9 @@
 """Progress bars over layers, shown with ``tqdm`` when it is installed and wanted.
 
+The one progress mechanism of the package: :func:`track` wraps the walker's loops, and the
+time-left report of a checkpoint streamed from disk
+(:class:`rmtprune.ondisk.progress.CheckpointProgress`) takes its on/off choice from
+:func:`resolve` and its bar from :func:`open_bar`.
 A bar is shown when asked for (``progress=True``), never with ``progress=False``, and by default
 (``None``) only when standard error is a terminal.  Without ``tqdm`` installed (it is the
 ``progress`` extra: ``pip install rmtprune[progress]``) there is never a bar and nothing fails.
@@ -19,16 +23,17 @@ import contextlib
 import contextvars
 import sys
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TextIO, TypeVar
 
-__all__ = ["progress_enabled", "resolve", "track"]
+__all__ = ["open_bar", "progress_enabled", "resolve", "track"]
 
 _T = TypeVar("_T")
 _CHOICE: contextvars.ContextVar[bool | None] = contextvars.ContextVar("progress", default=None)
 
 
-def resolve(progress: bool | None = None) -> bool:
-    """Whether to show a bar: ``progress`` if given, else the enclosing choice, else a TTY test.
+def resolve(progress: bool | None = None, stream: TextIO | None = None) -> bool:
+    """Whether to show a bar: ``progress`` if given, else the enclosing choice, else whether
+    ``stream`` (default: standard error) is a terminal.
 
     >>> resolve(False), resolve(True)
     (False, True)
@@ -40,7 +45,7 @@ def resolve(progress: bool | None = None) -> bool:
     if progress is None:
         progress = _CHOICE.get()
     if progress is None:
-        stream = sys.stderr
+        stream = sys.stderr if stream is None else stream
         progress = bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
     return progress
 
@@ -63,8 +68,14 @@ def track(
     """``iterable`` wrapped in a ``tqdm`` bar on standard error when :func:`resolve` says so."""
     if not resolve(progress):
         return iterable
+    bar = open_bar(iterable, desc=desc, total=total, unit="layer", leave=False, file=sys.stderr)
+    return iterable if bar is None else bar
+
+
+def open_bar(iterable: Iterable[Any] | None = None, **options: Any) -> Any:
+    """A ``tqdm`` bar (``tqdm.auto``) with ``options``, or ``None`` when tqdm is not installed."""
     try:
         from tqdm.auto import tqdm
     except ImportError:  # the optional extra is not installed: no bar
-        return iterable
-    return tqdm(iterable, desc=desc, total=total, unit="layer", leave=False, file=sys.stderr)
+        return None
+    return tqdm(iterable, **options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import sys
 import traceback
@@ -21,6 +22,7 @@ from rmtprune.pruning.criteria import Energy
 from rmtprune.pruning.selection import DEFAULT_MIN_DIM, DEFAULT_MIN_PARAMS
 
 if TYPE_CHECKING:
+    from rmtprune.ondisk.inputs import InputPlan
     from rmtprune.pruning.criteria import Criterion, MPCriterion
     from rmtprune.pruning.report import ModelReport, PruneReport
     from rmtprune.pruning.selection import Select
@@ -191,15 +193,6 @@ def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _source_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    return {
-        "model": args.model,
-        "no_model": args.no_model,
-        "assume_linear": tuple(args.assume_linear),
-        "assume_conv2d": tuple(args.assume_conv2d),
-    }
-
-
 def _add_spectral_commands(sub: Any) -> None:
     """The ``analyze`` and ``prune`` subcommands."""
     a = sub.add_parser(
@@ -261,9 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _select(args: argparse.Namespace) -> Select:
-    import rmtprune
+    """The one :class:`Select` of the command (checked as ``rmtprune.analyze`` checks it:
+    "The 'min_dim' parameter of prune ...")."""
+    from rmtprune.pruning.options import resolve_select
 
-    return rmtprune.Select(args.layers, args.exclude, args.min_dim, args.min_params)
+    given = {"layers": args.layers, "min_dim": args.min_dim, "min_params": args.min_params}
+    select = resolve_select(None, given, args.command)
+    return dataclasses.replace(select, exclude=args.exclude or ())
 
 
 def _mp(
@@ -275,13 +272,6 @@ def _mp(
     given.update(beta=args.beta, fit_cutoff=_fit_cutoff(args))
     # the older keywords' check names the command: "The 'alpha' parameter of analyze ..."
     return resolve_criterion(None, given, args.command)  # type: ignore[return-value]
-
-
-def _fit_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    """The fit and selection keywords of a streamed analysis and of the untyped weights."""
-    kw: dict[str, object] = {"alpha": args.alpha, "beta": args.beta, "layers": args.layers}
-    kw.update(fit_cutoff=_fit_cutoff(args), exclude=args.exclude, min_dim=args.min_dim)
-    return {**kw, "min_params": args.min_params}
 
 
 def _fit_cutoff(args: argparse.Namespace) -> object:
@@ -327,10 +317,17 @@ def _weights(args: argparse.Namespace) -> str:
     return str(weights)
 
 
-def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from rmtprune.ondisk.inputs import open_for_pruning
+def _plan(args: argparse.Namespace) -> InputPlan:
+    """The input and its route, decided once (:func:`rmtprune.ondisk.inputs.plan_input`)."""
+    from rmtprune.ondisk.inputs import plan_input
 
-    return open_for_pruning(_weights(args), **_source_kwargs(args))  # type: ignore[arg-type]
+    return plan_input(
+        _weights(args),
+        model=args.model,
+        no_model=args.no_model,
+        assume_linear=args.assume_linear,
+        assume_conv2d=args.assume_conv2d,
+    )
 
 
 def _progress(args: argparse.Namespace, message: str) -> None:
@@ -338,14 +335,14 @@ def _progress(args: argparse.Namespace, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
-    """Check every output path before any work starts (see ``rmtprune._util.fileio``)."""
+def _check_outputs(args: argparse.Namespace, plan: InputPlan | None) -> None:
+    """Check every output path before any work starts (see ``rmtprune._util.fileio``);
+    ``plan`` (the input's route) says whether ``-o`` is a model directory."""
     from rmtprune._util.fileio import check_output_dir, check_output_file
-    from rmtprune.ondisk.inputs import writes_directory
 
     output = getattr(args, "output", None)
     if output is not None and not getattr(args, "dry_run", False):
-        if writes_directory(_weights(args), args.model, args.no_model):  # a model directory
+        if plan is not None and plan.writes_directory:
             if Path(output).exists() and not args.overwrite:
                 raise FileExistsError(
                     f"-o/--output {output} exists; pass --overwrite to replace it"
@@ -374,16 +371,12 @@ def _bar(args: argparse.Namespace) -> bool | None:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from rmtprune.ondisk.inputs import analyze_source
+    from rmtprune.ondisk.inputs import analyze_input
 
-    _check_outputs(args)
-    weights = _weights(args)
+    _check_outputs(args, None)  # analyze writes no model
     _progress(args, "fitting the spectrum of each layer ...")
-    report = analyze_source(
-        weights,
-        progress=_bar(args),
-        **{**_source_kwargs(args), **_fit_kwargs(args)},  # type: ignore[arg-type]
-    )
+    plan = _plan(args)
+    report = analyze_input(plan, _mp(args), _select(args), progress=_bar(args))
     if args.json is not None:
         _emit_json(report, args.json)
     if args.json != "-":
@@ -392,22 +385,24 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
+    from rmtprune.ondisk.inputs import open_input, prune_input
+
     if args.output is None and not args.dry_run:
         raise ValueError("-o/--output is required unless --dry-run")
-    _check_outputs(args)
-    source = _load(args)
+    plan = _plan(args)
+    _check_outputs(args, plan)
+    source = open_input(plan)  # the command line's criteria all decide one layer at a time
     split = {"auto": "auto", "always": True, "never": False}[args.split]
     _progress(args, "fitting and pruning each layer ...")
-    report = source.prune(
+    report = prune_input(
+        source,
         _criterion(args),
         _select(args),
-        split=split,
+        split=split,  # type: ignore[arg-type]
         dry_run=args.dry_run,
         output=args.output,
         overwrite=args.overwrite,
         progress=_bar(args),
-        bulk_keep=args.bulk_keep,
-        **_fit_kwargs(args),
     )
     if not args.dry_run:  # written before the report: no report is left behind if saving fails
         _progress(args, f"saved {args.output}")

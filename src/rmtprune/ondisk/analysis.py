@@ -20,21 +20,26 @@ is a weight matrix to analyse; its layer name is the tensor name without
 
 Streaming
 ---------
-:func:`analyze_checkpoint` reads one layer's tensors, fits them and lets them
+:func:`fit_checkpoint_layers` reads one layer's tensors, fits them and lets them
 go before reading the next, so the memory held is that of the largest layer
 (in float64, plus its ``p × p`` Gram matrix), not of the model.  Half-precision
-storage (float16, bfloat16, float8) is upcast to float64 per tensor.
+storage (float16, bfloat16, float8) is upcast to float64 per tensor.  It is a step
+of :func:`rmtprune.ondisk.inputs.analyze_input`, the one entry point for files.
 
 Example
 -------
 >>> import os, tempfile, torch
 >>> from safetensors.torch import save_file
+>>> from rmtprune.pruning.criteria import MPCriterion
+>>> from rmtprune.pruning.selection import Select
 >>> from rmtprune.storage.reader import open_checkpoint
 >>> _ = torch.manual_seed(0)
 >>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")
 >>> save_file({"fc.weight": torch.randn(200, 300), "embed.weight": torch.randn(500, 64)}, path)
->>> report = analyze_checkpoint(open_checkpoint(path), assume_linear=["*"], progress=False)
->>> [(r.name, r.layer_type, r.mp_like) for r in report]
+>>> checkpoint = open_checkpoint(path)
+>>> kinds = classify_tensors(checkpoint_shapes(checkpoint), assume_linear=["*"])
+>>> rows = fit_checkpoint_layers(checkpoint, kinds, MPCriterion(), Select(), progress=False)
+>>> [(r.name, r.layer_type, r.mp_like) for r in rows]
 [('embed', 'unknown 2-D', True), ('fc', 'Linear', True)]
 """
 
@@ -42,7 +47,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import fnmatch
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,16 +58,20 @@ from torch import nn
 
 from rmtprune.factorize.registry import get_adapter
 from rmtprune.ondisk.progress import CheckpointProgress, layer_cost
+from rmtprune.pruning.criteria import MPCriterion
 from rmtprune.pruning.report import LayerAnalysis, ModelReport
+from rmtprune.pruning.selection import Select, matches
 from rmtprune.pruning.walker import analyze
 from rmtprune.storage.reader import Checkpoint
 
 __all__ = [
     "NEVER_LINEAR",
     "LayerKind",
-    "analyze_checkpoint",
+    "checkpoint_shapes",
     "classify_tensors",
+    "fit_checkpoint_layers",
     "fit_layer",
+    "model_report",
     "natural_key",
     "select_kinds",
 ]
@@ -102,10 +111,6 @@ class _Holder(nn.Module):
         raise RuntimeError("a holder of checkpoint layers has no forward pass")
 
 
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
 def _stand_in(shape: tuple[int, ...], has_bias: bool) -> nn.Module:
     with torch.device("meta"):
         if len(shape) == 2:
@@ -140,7 +145,7 @@ def _unknown_kind(
             )
         why = "name says embedding/norm/position: never treated as a Linear layer"
         return LayerKind(layer, weight, bias, shape, stand_in, f"unknown {dims}-D", False, why)
-    if weight.endswith(".weight") and _matches(layer, assumed):
+    if weight.endswith(".weight") and matches(layer, assumed):
         return LayerKind(layer, weight, bias, shape, stand_in, type(stand_in).__name__, True)
     option = "--assume-linear" if dims == 2 else "--assume-conv2d"
     why = f"layer type unknown without the model: analysed, not pruned (pass {option} to prune it)"
@@ -224,15 +229,19 @@ def _upcast(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def fit_layer(
-    kind: LayerKind, weight: torch.Tensor, bias: torch.Tensor | None = None, **fit_kwargs: Any
+    kind: LayerKind,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    criterion: MPCriterion,
+    select: Select,
 ) -> LayerAnalysis:
     """The :func:`rmtprune.analyze` row of one layer, built from its tensors.
 
     The layer is a copy of ``kind.module`` holding ``weight`` (upcast to
-    float64 when stored in half precision) and ``bias``; ``fit_kwargs`` are
-    those of :func:`rmtprune.analyze` (``alpha``, ``beta``, ``fit_cutoff``, ...).
-    For a weight whose type is unknown the row's ``layer_type`` and ``reason``
-    say so.
+    float64 when stored in half precision) and ``bias``, analysed with ``criterion``
+    (its ``alpha``, ``beta``, ``fit_cutoff``) and the size floors of ``select`` (its
+    names were applied before).  For a weight whose type is unknown the row's
+    ``layer_type`` and ``reason`` say so.
     """
     module = copy.deepcopy(kind.module)
     module._parameters["weight"] = nn.Parameter(_upcast(weight), requires_grad=False)
@@ -240,39 +249,36 @@ def fit_layer(
         module._parameters["bias"] = nn.Parameter(_upcast(bias), requires_grad=False)
     holder = _Holder()
     _place(holder, kind.name, module)
-    row = analyze(holder, **fit_kwargs)[kind.name]
+    floors = Select(min_dim=select.min_dim, min_params=select.min_params)
+    row = analyze(holder, criterion=criterion, select=floors)[kind.name]
     if kind.typed and kind.layer_type == type(kind.module).__name__:
         return row
     reason = kind.reason if not row.reason else f"{kind.reason}; {row.reason}"
     return dataclasses.replace(row, layer_type=kind.layer_type, reason=reason)
 
 
-def select_kinds(
-    kinds: list[LayerKind],
-    layers: Sequence[str] | str | None,
-    exclude: Sequence[str] | str | None = None,
-) -> list[LayerKind]:
-    """The kinds whose layer names match ``layers`` (names or fnmatch patterns; all when None)
-    and none of ``exclude``; a pattern that matches no weight is an error."""
+def select_kinds(kinds: list[LayerKind], select: Select) -> list[LayerKind]:
+    """The kinds whose layer names match ``select.include`` (names or fnmatch patterns; all
+    when None) and none of ``select.exclude``; a pattern that matches no weight is an error."""
     names = [k.name for k in kinds]
-    dropped = [exclude] if isinstance(exclude, str) else list(exclude or ())
+    dropped = list(select.exclude)
     for pattern in dropped:
-        if not any(_matches(n, [pattern]) for n in names):
+        if not any(matches(n, [pattern]) for n in names):
             raise ValueError(
                 f"The 'exclude' parameter names {pattern!r}, which matches no weight in the "
                 f"checkpoint. Valid names: {names}"
             )
-    kinds = [k for k in kinds if not _matches(k.name, dropped)]
-    if layers is None:
+    kinds = [k for k in kinds if not matches(k.name, dropped)]
+    if select.include is None:
         return kinds
-    patterns = [layers] if isinstance(layers, str) else list(layers)
+    patterns = list(select.include)
     for pattern in patterns:
-        if not any(_matches(n, [pattern]) for n in names):
+        if not any(matches(n, [pattern]) for n in names):
             raise ValueError(
                 f"The 'layers' parameter names {pattern!r}, which matches no weight in the "
                 f"checkpoint. Valid names: {names}"
             )
-    return [k for k in kinds if _matches(k.name, patterns)]
+    return [k for k in kinds if matches(k.name, patterns)]
 
 
 def _needs_data(kind: LayerKind) -> bool:
@@ -280,56 +286,50 @@ def _needs_data(kind: LayerKind) -> bool:
     return not kind.typed or get_adapter(kind.module) is not None
 
 
-def analyze_checkpoint(
-    checkpoint: Checkpoint,
-    *,
-    architecture: nn.Module | None = None,
-    assume_linear: Sequence[str] = (),
-    assume_conv2d: Sequence[str] = (),
-    progress: bool | None = None,
-    **fit_kwargs: Any,
-) -> ModelReport:
-    """:func:`rmtprune.analyze` of a checkpoint on disk, reading one layer at a time.
+def checkpoint_shapes(checkpoint: Checkpoint) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{tensor name: (shape, dtype)}`` of ``checkpoint``, for :func:`classify_tensors`."""
+    infos = {name: checkpoint.info(name) for name in checkpoint.names()}
+    return {name: (info.shape, info.dtype) for name, info in infos.items()}
 
-    Parameters
-    ----------
-    checkpoint : Checkpoint
-        From :func:`rmtprune.storage.reader.open_checkpoint`.
-    architecture, assume_linear, assume_conv2d
-        As in :func:`classify_tensors`.
-    progress : bool, optional
-        Progress on stderr: ``None`` when stderr is a terminal, ``True`` always.
-    **fit_kwargs
-        Passed to :func:`rmtprune.analyze` (``alpha``, ``beta``, ``fit_cutoff``,
-        ``layers``, ``min_dim``, ``min_params``).
 
-    Returns
-    -------
-    ModelReport
-        One row per weight matrix, in the order of :func:`classify_tensors`.
-    """
-    layers = fit_kwargs.pop("layers", None)
-    exclude = fit_kwargs.pop("exclude", None)
-    empty = analyze(_Holder(), **fit_kwargs)  # checks the parameters before any reading
-    shapes = {n: (checkpoint.info(n).shape, checkpoint.info(n).dtype) for n in checkpoint.names()}
-    kinds = classify_tensors(
-        shapes,
-        architecture=architecture,
-        assume_linear=assume_linear,
-        assume_conv2d=assume_conv2d,
+def model_report(rows: Sequence[LayerAnalysis], criterion: MPCriterion) -> ModelReport:
+    """The :class:`ModelReport` of ``rows`` fitted with ``criterion`` (as :func:`rmtprune.analyze`
+    heads it: ``fit_cutoff`` is NaN when it differs by layer type)."""
+    cutoff = criterion.fit_cutoff
+    return ModelReport(
+        tuple(rows),
+        criterion.alpha,
+        criterion.beta,
+        math.nan if isinstance(cutoff, Mapping) else float(cutoff),
     )
-    kinds = select_kinds(kinds, layers, exclude)
+
+
+def fit_checkpoint_layers(
+    checkpoint: Checkpoint,
+    kinds: Sequence[LayerKind],
+    criterion: MPCriterion,
+    select: Select,
+    *,
+    progress: bool | None,
+) -> list[LayerAnalysis]:
+    """The rows of ``kinds`` (from :func:`classify_tensors` and :func:`select_kinds`), reading
+    one layer of ``checkpoint`` at a time (see the module docstring).
+
+    ``criterion`` and ``select``'s size floors are those of :func:`fit_layer`; ``progress``
+    on stderr as :class:`rmtprune.ondisk.progress.CheckpointProgress` shows it.
+    """
     costs = [layer_cost(k.shape) if _needs_data(k) else 0.0 for k in kinds]
     rows: list[LayerAnalysis] = []
     with CheckpointProgress(costs, enabled=progress) as bar:
         for kind, cost in zip(kinds, costs, strict=True):
             if not _needs_data(kind):  # the walker reports it as unsupported without reading it
-                rows.append(fit_layer(kind, torch.empty(kind.shape, device="meta"), **fit_kwargs))
+                meta = torch.empty(kind.shape, device="meta")
+                rows.append(fit_layer(kind, meta, None, criterion, select))
                 bar.advance(kind.name, cost)
                 continue
             weight = checkpoint.read(kind.weight)
             bias = checkpoint.read(kind.bias) if kind.bias is not None else None
-            rows.append(fit_layer(kind, weight, bias, **fit_kwargs))
+            rows.append(fit_layer(kind, weight, bias, criterion, select))
             del weight, bias
             bar.advance(kind.name, cost)
-    return dataclasses.replace(empty, layers=tuple(rows))
+    return rows

@@ -1,18 +1,22 @@
 """What ``rmtprune analyze`` and ``rmtprune prune`` work on: files, shards and model directories.
 
-The input is resolved in this order:
+:func:`plan_input` looks at the input once and decides its route (an :class:`InputPlan`);
+:func:`analyze_input` and :func:`prune_input` are the one entry point of each command for
+files: they take the plan, one :class:`~rmtprune.pruning.criteria.MPCriterion` (or any
+criterion, for ``prune``) and one :class:`~rmtprune.pruning.selection.Select`, open the
+input once (a safetensors header is parsed once) and return the report.  The routes:
 
-1. ``--model package.module:factory``: the factory's model, with the weights
-   (any accepted file, a sharded index or a model directory) loaded into it.
-2. A Hugging Face model directory (``config.json`` + safetensors, sharded or
-   not) with ``transformers`` installed and without ``--no-model``: the real
+1. ``"factory"`` (``--model package.module:factory``): the factory's model, with the
+   weights (any accepted file, a sharded index or a model directory) loaded into it.
+2. ``"model directory"``: a Hugging Face model directory (``config.json`` + safetensors,
+   sharded or not) with ``transformers`` installed and without ``--no-model``: the real
    architecture (``config.json``'s ``architectures``), ``local_files_only``.
    ``prune`` loads the model and writes a model directory;
    ``analyze`` builds the architecture on the ``meta`` device only, for the
    layer types, and reads the weights one tensor at a time.
-3. Anything else (a ``.safetensors`` file, a ``.pt`` state dict, a directory
-   or index without transformers or with ``--no-model``): no layer type is
-   guessed (:mod:`rmtprune.ondisk.analysis`).  Every weight matrix is
+3. ``"checkpoint"`` and ``"state dict"``: anything else (a ``.safetensors`` file, an index or
+   a directory without transformers or with ``--no-model``; a ``.pt`` state dict): no layer
+   type is guessed (:mod:`rmtprune.ondisk.analysis`).  Every weight matrix is
    analysed; only the factorized layers recorded in an rmtprune file and the
    weights the user names with ``assume_linear`` / ``assume_conv2d`` can be
    pruned, never a weight whose name says embedding, norm or position.
@@ -24,28 +28,32 @@ Example
 -------
 >>> import os, tempfile, torch
 >>> from safetensors.torch import save_file
+>>> from rmtprune.pruning.criteria import MPCriterion
+>>> from rmtprune.pruning.selection import Select
 >>> _ = torch.manual_seed(0)
 >>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")
 >>> save_file({"fc.weight": torch.randn(200, 300), "pos_embed.weight": torch.randn(64, 300)}, path)
->>> source = open_for_pruning(path, assume_linear=["*"])
->>> [k.name for k in source.untyped], source.walker_layers(None)
-(['pos_embed'], None)
+>>> plan = plan_input(path, assume_linear=["*"])
+>>> plan.route, plan.writes_directory
+('checkpoint', False)
+>>> report = analyze_input(plan, MPCriterion(), Select(), progress=False)
+>>> [(row.name, row.layer_type) for row in report]
+[('fc', 'Linear'), ('pos_embed', 'unknown 2-D')]
 """
 
 from __future__ import annotations
 
-import dataclasses
-import fnmatch
-import functools
+import math
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import torch
 from torch import nn
 
 from rmtprune._util.fileio import check_input_file
+from rmtprune._util.validation import param_error
 from rmtprune.factorize.registry import get_adapter
 from rmtprune.hf.directory import (
     build_architecture,
@@ -57,18 +65,22 @@ from rmtprune.hf.directory import (
 from rmtprune.hf.pretrained import save_pretrained
 from rmtprune.ondisk.analysis import (
     LayerKind,
-    analyze_checkpoint,
+    checkpoint_shapes,
     classify_tensors,
+    fit_checkpoint_layers,
     fit_layer,
+    model_report,
     natural_key,
+    select_kinds,
 )
-from rmtprune.ondisk.progress import layer_cost
 from rmtprune.ondisk.prune import (
     CheckpointTensors,
     StreamPlan,
-    analyze_checkpoint_plan,
+    complete_report,
+    fit_shell_layers,
     meta_shell,
     prune_checkpoint,
+    skipped_row,
 )
 from rmtprune.ondisk.sources import (
     load_model,
@@ -77,18 +89,29 @@ from rmtprune.ondisk.sources import (
     outside_modules,
     read_tensors,
 )
-from rmtprune.pruning.criteria import ModelCriterion
-from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
-from rmtprune.pruning.selection import Select
+from rmtprune.pruning.criteria import Criterion, ModelCriterion, MPCriterion
+from rmtprune.pruning.options import check_criterion
+from rmtprune.pruning.report import LayerAnalysis, ModelReport, PruneReport
+from rmtprune.pruning.selection import Select, matches
 from rmtprune.pruning.walker import SplitMode, analyze, prune
 from rmtprune.storage.format import save
 from rmtprune.storage.inputs import read_document
 from rmtprune.storage.metadata import check_module_names
-from rmtprune.storage.reader import is_safetensors_file, open_checkpoint
+from rmtprune.storage.reader import Checkpoint, is_safetensors_file, open_checkpoint
 
-__all__ = ["PruneInput", "analyze_source", "open_for_pruning"]
+__all__ = [
+    "InputPlan",
+    "OpenInput",
+    "Route",
+    "analyze_input",
+    "open_input",
+    "plan_input",
+    "prune_input",
+]
 
 PathLike = str | os.PathLike[str]
+Route = Literal["factory", "model directory", "checkpoint", "state dict"]
+"""How an input is read (module docstring, steps 1–3)."""
 
 _SAFETENSORS_DTYPE = {
     torch.float64: "F64",
@@ -98,39 +121,66 @@ _SAFETENSORS_DTYPE = {
 }
 
 
-def _streamable(path: str) -> bool:
-    """Whether ``path`` is a safetensors checkpoint (file, index or directory)."""
-    return os.path.isdir(path) or path.endswith(".index.json") or is_safetensors_file(path)
+@dataclass(frozen=True)
+class InputPlan:
+    """The input of ``rmtprune analyze|prune`` and its route, from :func:`plan_input`.
+
+    No header is read yet.  ``stream=False`` reads a safetensors checkpoint whole instead of
+    one layer at a time (the reference the streamed route is tested against).
+    """
+
+    path: str
+    route: Route
+    model: str | None = None
+    assume_linear: tuple[str, ...] = ()
+    assume_conv2d: tuple[str, ...] = ()
+    stream: bool = True
+
+    @property
+    def writes_directory(self) -> bool:
+        """Whether ``rmtprune prune`` writes a model directory (not one file)."""
+        return self.route == "model directory"
 
 
-def _model_route(path: str, model: str | None, no_model: bool) -> bool:
-    """Whether the real Hugging Face architecture is used for ``path``."""
-    return model is None and not no_model and is_model_directory(path) and transformers_available()
+def plan_input(
+    path: PathLike,
+    *,
+    model: str | None = None,
+    no_model: bool = False,
+    assume_linear: Sequence[str] = (),
+    assume_conv2d: Sequence[str] = (),
+    stream: bool = True,
+) -> InputPlan:
+    """Decide the route of ``path`` (module docstring); a missing or unreadable file is named.
 
-
-def writes_directory(path: PathLike, model: str | None, no_model: bool) -> bool:
-    """Whether ``rmtprune prune`` of ``path`` writes a model directory (not one file)."""
-    return _model_route(os.fspath(path), model, no_model)
-
-
-def _patterns(requested: Sequence[str] | str) -> list[str]:
-    return [requested] if isinstance(requested, str) else list(requested)
-
-
-def _matching(names: Sequence[str], pattern: str) -> bool:
-    return any(n == pattern or fnmatch.fnmatchcase(n, pattern) for n in names)
+    ``model`` is ``"package.module:factory"``; ``no_model`` keeps a model directory from
+    being built with transformers; ``assume_linear`` / ``assume_conv2d`` name the weights of
+    unknown type to treat as ``nn.Linear`` / ``nn.Conv2d``.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        check_input_file(path, what="weights file")  # missing or unreadable: named, one line
+    route: Route
+    if model is not None:
+        route = "factory"
+    elif not no_model and is_model_directory(path) and transformers_available():
+        route = "model directory"
+    elif os.path.isdir(path) or path.endswith(".index.json") or is_safetensors_file(path):
+        route = "checkpoint"
+    else:
+        route = "state dict"
+    return InputPlan(path, route, model, tuple(assume_linear), tuple(assume_conv2d), stream)
 
 
 @dataclass
-class PruneInput:
-    """A model to prune plus the weights it holds only as tensors (see :func:`open_for_pruning`).
+class OpenInput:
+    """An input opened by :func:`open_input`: the model the walker works on plus the weights
+    it holds only as tensors.
 
-    ``model`` is what :func:`rmtprune.prune` works on; ``untyped`` are the weight
-    matrices of unknown type (buffers of the shell model), analysed and reported
-    but never pruned; ``directory`` says that the result is written as a model
-    directory rather than one file.  With a ``plan`` the model is a ``meta``-device
-    shell, ``tensors`` are read from disk on access and :meth:`prune` streams
-    (:mod:`rmtprune.ondisk.prune`); ``options`` are those of :func:`open_for_pruning`.
+    ``untyped`` are the weight matrices of unknown type (buffers of the shell model),
+    analysed and reported but never pruned; ``directory`` says that the result is written as
+    a model directory.  With a ``plan`` the model is a ``meta``-device shell, ``tensors`` are
+    read from disk on access and :func:`prune_input` streams.
     """
 
     model: nn.Module
@@ -140,205 +190,211 @@ class PruneInput:
     tensors: Mapping[str, torch.Tensor] = field(default_factory=dict)
     carried_params: int = 0
     plan: StreamPlan | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
 
-    def walker_layers(
-        self, requested: Sequence[str] | str | None, param: str = "layers"
-    ) -> list[str] | None:
-        """The ``layers`` argument for the walker: ``requested`` less what only names untyped
-        weights (an error for a pattern that matches nothing at all)."""
-        if requested is None or not self.untyped:
-            return None if requested is None else list(_patterns(requested))
-        patterns = _patterns(requested)
-        modules = [n for n, m in self.model.named_modules() if n and get_adapter(m) is not None]
-        untyped = [k.name for k in self.untyped]
-        for pattern in patterns:
-            if not _matching(modules, pattern) and not _matching(untyped, pattern):
-                raise ValueError(
-                    f"The {param!r} parameter names {pattern!r}, which matches no weight layer. "
-                    f"Valid names: {sorted(set(modules) | set(untyped))}"
-                )
-        return [p for p in patterns if _matching(modules, p)]
 
-    def walker_select(self, select: Select) -> Select:
-        """``select`` for the walker: its patterns less those that only name untyped weights."""
-        include = self.walker_layers(select.include)
-        if not self.untyped or not select.exclude:
-            return dataclasses.replace(select, include=include)
-        modules = [n for n, m in self.model.named_modules() if n and get_adapter(m) is not None]
-        self.walker_layers(select.exclude, "exclude")  # a pattern matching nothing is an error
-        exclude = [p for p in select.exclude if _matching(modules, p)]
-        return dataclasses.replace(select, include=include, exclude=exclude)
+def _typed_names(opened: OpenInput) -> list[str]:
+    return [n for n, m in opened.model.named_modules() if n and get_adapter(m) is not None]
 
-    def _untyped_fits(
-        self, fit_kwargs: dict[str, Any]
-    ) -> list[tuple[str, float, Callable[[], LayerAnalysis]]]:
-        """``(name, cost, fit)`` of each requested untyped weight; a fit reads its tensors."""
-        kinds = list(self.untyped)
-        requested = fit_kwargs.pop("layers", None)
-        if requested is not None:
-            patterns = _patterns(requested)
-            kinds = [k for k in kinds if any(_matching([k.name], p) for p in patterns)]
-        excluded = _patterns(fit_kwargs.pop("exclude", None) or ())
-        kinds = [k for k in kinds if not any(_matching([k.name], p) for p in excluded)]
-        return [
-            (k.name, layer_cost(k.shape), functools.partial(self._fit, k, fit_kwargs))
-            for k in kinds
-        ]
 
-    def _fit(self, kind: LayerKind, fit_kwargs: Mapping[str, Any]) -> LayerAnalysis:
-        """The row of one untyped weight, its tensors read only now."""
-        bias = self.tensors.get(kind.bias or "")
-        return fit_layer(kind, self.tensors[kind.weight], bias, **fit_kwargs)
-
-    def analyze(self, progress: bool | None = None, **fit_kwargs: Any) -> ModelReport:
-        """:func:`rmtprune.analyze` of the model plus the rows of the untyped weights."""
-        given = dict(fit_kwargs)
-        select = Select(
-            given.pop("layers", None),
-            given.pop("exclude", None) or (),
-            **{k: given.pop(k) for k in ("min_dim", "min_params") if given.get(k) is not None},
-        )
-        walker, fits = self.walker_select(select), self._untyped_fits(dict(fit_kwargs))
-        if self.plan is not None:  # one layer read at a time (the model is a meta shell)
-            report, extra = analyze_checkpoint_plan(
-                self.plan, walker, progress=progress, extra=fits, **given
-            )
-        else:
-            report = analyze(self.model, select=walker, progress=progress, **given)
-            extra = [fit() for _, _, fit in fits]
-        if not extra:
-            return report
-        rows = sorted([*report.layers, *extra], key=lambda r: natural_key(r.name))
-        return dataclasses.replace(report, layers=tuple(rows))
-
-    def complete(self, report: PruneReport, *, bulk_keep: float, **fit_kwargs: Any) -> PruneReport:
-        """``report`` of :func:`rmtprune.prune` on :attr:`model`, with a skipped row (and its
-        analysis) for every untyped weight and the carried tensors counted in the totals."""
-        fits = self._untyped_fits(dict(fit_kwargs))
-        extra = [_skipped_row(fit(), bulk_keep) for _, _, fit in fits]
-        rows = (
-            report.layers
-            if not extra
-            else tuple(sorted([*report.layers, *extra], key=lambda r: natural_key(r.name)))
-        )
-        return dataclasses.replace(
-            report,
-            layers=rows,
-            params_before=report.params_before + self.carried_params,
-            params_after=report.params_after + self.carried_params,
-        )
-
-    def prune(
-        self,
-        criterion: Any,
-        select: Select,
-        *,
-        split: SplitMode,
-        dry_run: bool,
-        output: PathLike | None,
-        overwrite: bool = False,
-        progress: bool | None = None,
-        bulk_keep: float = 0.0,
-        **fit_kwargs: Any,
-    ) -> PruneReport:
-        """What ``rmtprune prune`` does: prune, :meth:`complete` the report, write ``output``
-        (unless ``dry_run``); ``fit_kwargs`` as for :meth:`complete`.
-
-        With a :attr:`plan` one layer at a time; a model-level criterion (``decide_model``)
-        sees every layer at once, so then the input is loaded whole.
-        """
-
-        if output is None and not dry_run:
+def _known(opened: OpenInput, patterns: Sequence[str], param: str) -> None:
+    """Every pattern matches a layer or an untyped weight (else the walker's error)."""
+    modules, untyped = _typed_names(opened), [k.name for k in opened.untyped]
+    for pattern in patterns:
+        if not any(matches(n, pattern) for n in [*modules, *untyped]):
             raise ValueError(
-                "The 'output' parameter of PruneInput.prune is required unless dry_run=True. "
-                "Got None instead."
+                f"The {param!r} parameter names {pattern!r}, which matches no weight layer. "
+                f"Valid names: {sorted(set(modules) | set(untyped))}"
             )
 
-        def complete(report: PruneReport) -> PruneReport:
-            return self.complete(report, bulk_keep=bulk_keep, **fit_kwargs)
 
-        walker_select = self.walker_select(select)
-        if self.plan is not None and isinstance(criterion, ModelCriterion):
-            loaded = open_for_pruning(self.path, stream=False, **self.options)
-            kw = {"progress": progress, "bulk_keep": bulk_keep, **fit_kwargs}
-            return loaded.prune(
-                criterion,
-                select,
-                split=split,
-                dry_run=dry_run,
-                output=output,
-                overwrite=overwrite,
-                **kw,
+def _walker_select(opened: OpenInput, select: Select) -> Select:
+    """``select`` for the walker: its patterns less those that only name untyped weights."""
+    if not opened.untyped:
+        return select
+    modules = _typed_names(opened)
+    include = select.include
+    if include is not None:
+        _known(opened, include, "layers")
+        include = [p for p in include if any(matches(n, p) for n in modules)]
+    _known(opened, select.exclude, "exclude")
+    exclude = [p for p in select.exclude if any(matches(n, p) for n in modules)]
+    return replace(select, include=include, exclude=exclude)
+
+
+def _untyped_kinds(opened: OpenInput, select: Select) -> list[LayerKind]:
+    """The untyped weights ``select`` names (all when it names none), less those excluded."""
+    kinds = list(opened.untyped)
+    if select.include is not None:
+        kinds = [k for k in kinds if matches(k.name, select.include)]
+    return [k for k in kinds if not matches(k.name, select.exclude)]
+
+
+def _fit(
+    opened: OpenInput, kind: LayerKind, criterion: MPCriterion, select: Select
+) -> LayerAnalysis:
+    """The row of one untyped weight, its tensors read only now."""
+    bias = opened.tensors.get(kind.bias or "")
+    return fit_layer(kind, opened.tensors[kind.weight], bias, criterion, select)
+
+
+def _merged(rows: Sequence[LayerAnalysis], extra: Sequence[LayerAnalysis]) -> list[LayerAnalysis]:
+    if not extra:
+        return list(rows)
+    return sorted([*rows, *extra], key=lambda r: natural_key(r.name))
+
+
+def _check(criterion: object, select: object, owner: str) -> None:
+    if not isinstance(select, Select):
+        raise TypeError(
+            f"The 'select' parameter of {owner} must be a rmtprune.Select. "
+            f"Got {type(select).__name__} instead."
+        )
+    if owner == "analyze_input" and not isinstance(criterion, MPCriterion):
+        raise TypeError(
+            "The 'criterion' parameter of analyze_input must be an MPCriterion (analyze "
+            f"reports the MP fit). Got {type(criterion).__name__} instead."
+        )
+    check_criterion(criterion, owner)
+
+
+def analyze_input(
+    plan: InputPlan, criterion: MPCriterion, select: Select, *, progress: bool | None = None
+) -> ModelReport:
+    """The report of ``rmtprune analyze``: :func:`rmtprune.analyze` of the input of ``plan``.
+
+    ``criterion``'s ``alpha``, ``beta`` and ``fit_cutoff`` fit every layer that ``select``
+    chooses; ``progress`` as for :class:`rmtprune.ondisk.progress.CheckpointProgress`.
+    """
+    _check(criterion, select, "analyze_input")
+    checkpoint = None
+    if plan.route in ("model directory", "checkpoint"):
+        checkpoint = open_checkpoint(plan.path)  # the one reading of the headers
+        check_module_names(checkpoint.path, checkpoint.names(), "tensor name")
+        if "rmtprune" not in checkpoint.metadata and not is_marked_directory(plan.path):
+            directory = plan.route == "model directory"
+            kinds = classify_tensors(
+                checkpoint_shapes(checkpoint),
+                architecture=build_architecture(plan.path) if directory else None,
+                assume_linear=plan.assume_linear,
+                assume_conv2d=plan.assume_conv2d,
             )
-        if self.plan is not None:
-            if output is not None and not dry_run:  # before any work, as no shard may be lost
-                self._check_output(output, self.plan.tensors.checkpoint.files())
-            return prune_checkpoint(
-                self.plan,
-                criterion,
-                walker_select,
-                split=split,
-                dry_run=dry_run,
-                output=output,
-                overwrite=overwrite,
-                progress=progress,
-                complete=complete,
-            )
-        pruned, report = prune(
-            self.model,
-            criterion=criterion,
-            select=walker_select,
+            kinds = select_kinds(kinds, select)
+            rows = fit_checkpoint_layers(checkpoint, kinds, criterion, select, progress=progress)
+            return model_report(rows, criterion)
+    opened = _open(plan, checkpoint, whole=False)
+    walker, untyped = _walker_select(opened, select), _untyped_kinds(opened, select)
+    if opened.plan is not None:  # one layer read at a time (the model is a meta shell)
+        found, extra = fit_shell_layers(opened.plan, walker, criterion, untyped, progress=progress)
+    else:
+        found = list(analyze(opened.model, criterion=criterion, select=walker, progress=progress))
+        extra = [_fit(opened, kind, criterion, select) for kind in untyped]
+    return model_report(_merged(found, extra), criterion)
+
+
+def open_input(plan: InputPlan, *, whole: bool = False) -> OpenInput:
+    """Open the input of ``plan`` for :func:`prune_input` (a safetensors header is read once).
+
+    A safetensors checkpoint is streamed unless ``whole`` (or ``plan.stream=False``): a
+    model-level criterion (``decide_model``) sees every layer at once, so it needs it whole.
+    """
+    checkpoint = open_checkpoint(plan.path) if plan.route == "checkpoint" else None
+    return _open(plan, checkpoint, whole=whole)
+
+
+def prune_input(
+    source: InputPlan | OpenInput,
+    criterion: Criterion,
+    select: Select,
+    *,
+    split: SplitMode = "auto",
+    dry_run: bool = False,
+    output: PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> PruneReport:
+    """What ``rmtprune prune`` does: :func:`rmtprune.prune` of ``source`` (a plan, or the input
+    :func:`open_input` opened) with ``criterion`` and ``select``, a skipped row (and its
+    analysis) for every untyped weight, the carried tensors counted in the totals, and
+    ``output`` written (unless ``dry_run``).
+
+    A checkpoint is pruned one layer at a time; a model-level criterion (``decide_model``)
+    sees every layer at once, so a plan is then opened whole (an input opened to stream is
+    refused).
+    """
+    _check(criterion, select, "prune_input")
+    if split not in ("auto", True, False):
+        raise param_error("split", "prune_input", "one of 'auto', True, False", split)
+    if output is None and not dry_run:
+        raise ValueError(
+            "The 'output' parameter of prune_input is required unless dry_run=True. "
+            "Got None instead."
+        )
+    whole = isinstance(criterion, ModelCriterion)
+    opened = open_input(source, whole=whole) if isinstance(source, InputPlan) else source
+    if whole and opened.plan is not None:
+        raise ValueError(
+            f"The 'criterion' parameter of prune_input is model-level ({criterion!r}): it needs "
+            "the input whole; open it with open_input(plan, whole=True)."
+        )
+    walker = _walker_select(opened, select)
+    if opened.plan is not None and output is not None and not dry_run:
+        _check_output(opened, output, opened.plan.tensors.checkpoint.files())  # no shard lost
+    fit = criterion if isinstance(criterion, MPCriterion) else MPCriterion()
+    bulk_keep = float(getattr(criterion, "bulk_keep", math.nan))  # as the walker's rows
+    untyped = _untyped_kinds(opened, select)
+    extra = [skipped_row(_fit(opened, kind, fit, select), bulk_keep) for kind in untyped]
+    if opened.plan is not None:
+        return prune_checkpoint(
+            opened.plan,
+            criterion,
+            walker,
             split=split,
             dry_run=dry_run,
-            inplace=True,
+            output=output,
+            overwrite=overwrite,
             progress=progress,
+            extra=extra,
+            carried=opened.carried_params,
         )
-        report = complete(report)
-        if output is not None and not dry_run:
-            self.save(pruned, output, overwrite=overwrite)
-        return report
-
-    def _check_output(self, output: PathLike, inputs: Sequence[str] = ()) -> None:
-        """Refuse to write ``output`` over the input or one of its files (shards)."""
-        target = os.path.realpath(os.fspath(output))
-        if target == os.path.realpath(self.path):
-            raise ValueError(f"the output {os.fspath(output)} is the input; choose another path")
-        if target in {os.path.realpath(f) for f in inputs}:
-            raise ValueError(
-                f"the output {os.fspath(output)} is a file of the input {self.path}; "
-                "choose another path"
-            )
-
-    def save(self, model: nn.Module, output: PathLike, *, overwrite: bool = False) -> None:
-        """Write the pruned ``model``: a model directory for a directory input, else one file."""
-        self._check_output(output)
-        if self.directory:
-            if os.fspath(output).endswith(".safetensors"):
-                raise ValueError(
-                    f"the input {self.path} is a model directory, so the output is one too; "
-                    f"got the file name {os.fspath(output)} (or pass --no-model for one file)"
-                )
-            save_pretrained(model, output, overwrite=overwrite)
-        else:
-            save(model, output, overwrite=overwrite)
-
-
-def _skipped_row(row: LayerAnalysis, bulk_keep: float) -> LayerPruneResult:
-    return LayerPruneResult(
-        name=row.name,
-        layer_type=row.layer_type,
-        shape=row.shape,
-        action="skipped",
-        rank_before=row.rank,
-        rank_after=row.rank,
-        bulk_keep=bulk_keep,
-        params_before=row.params,
-        params_after=row.params,
-        split=False,
-        reason=row.reason,
-        fit=row.fit,
+    pruned, report = prune(
+        opened.model,
+        criterion=criterion,
+        select=walker,
+        split=split,
+        dry_run=dry_run,
+        inplace=True,
+        progress=progress,
     )
+    report = complete_report(report, extra, opened.carried_params)
+    if output is not None and not dry_run:
+        _save(opened, pruned, output, overwrite=overwrite)
+    return report
+
+
+def _check_output(opened: OpenInput, output: PathLike, inputs: Sequence[str] = ()) -> None:
+    """Refuse to write ``output`` over the input or one of its files (shards)."""
+    target = os.path.realpath(os.fspath(output))
+    if target == os.path.realpath(opened.path):
+        raise ValueError(f"the output {os.fspath(output)} is the input; choose another path")
+    if target in {os.path.realpath(f) for f in inputs}:
+        raise ValueError(
+            f"the output {os.fspath(output)} is a file of the input {opened.path}; "
+            "choose another path"
+        )
+
+
+def _save(opened: OpenInput, model: nn.Module, output: PathLike, *, overwrite: bool) -> None:
+    """Write the pruned ``model``: a model directory for a directory input, else one file."""
+    _check_output(opened, output)
+    if opened.directory:
+        if os.fspath(output).endswith(".safetensors"):
+            raise ValueError(
+                f"the input {opened.path} is a model directory, so the output is one too; "
+                f"got the file name {os.fspath(output)} (or pass --no-model for one file)"
+            )
+        save_pretrained(model, output, overwrite=overwrite)
+    else:
+        save(model, output, overwrite=overwrite)
 
 
 def _shapes(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -360,33 +416,22 @@ def _carried(shell: nn.Module) -> int:
     return sum(b.numel() for b in shell.buffers() if b.is_floating_point() and id(b) not in params)
 
 
-def open_for_pruning(
-    path: PathLike,
-    *,
-    model: str | None = None,
-    no_model: bool = False,
-    assume_linear: Sequence[str] = (),
-    assume_conv2d: Sequence[str] = (),
-    stream: bool = True,
-) -> PruneInput:
-    """Resolve the input of ``rmtprune prune`` (module docstring, steps 1–3).
-
-    ``stream=False`` loads a safetensors checkpoint whole instead of streaming it (the
-    reference the streamed route is tested against).
-    """
-    path = os.fspath(path)
-    if model is not None:
-        return PruneInput(load_model(path, model=model), path)
-    if _model_route(path, model, no_model):
-        return PruneInput(load_model_directory(path), path, directory=True)
-    options = {"no_model": no_model, "assume_linear": assume_linear, "assume_conv2d": assume_conv2d}
-    if not os.path.isdir(path):
-        check_input_file(path, what="weights file")  # missing or unreadable: named, one line
-    if stream and _streamable(path):
-        streamed = _open_streamed(path, assume_linear, assume_conv2d, options)
+def _open(plan: InputPlan, checkpoint: Checkpoint | None, *, whole: bool) -> OpenInput:
+    """Open the input of ``plan`` (``checkpoint``: its headers, already read) for the walker."""
+    if plan.route == "factory":
+        return OpenInput(load_model(plan.path, model=plan.model), plan.path)
+    if plan.route == "model directory":
+        return OpenInput(load_model_directory(plan.path), plan.path, directory=True)
+    if checkpoint is not None and plan.stream and not whole:
+        streamed = _open_streamed(plan, checkpoint)
         if streamed is not None:
             return streamed
-    tensors, document = read_tensors(path)
+    if checkpoint is not None:
+        tensors = dict(checkpoint.iter_tensors())
+        # the one metadata validator (rmtprune.storage.metadata): names and structure records
+        document = read_document(checkpoint.path, checkpoint.metadata, tensors)
+    else:
+        tensors, document = read_tensors(plan.path)
     structure = dict(document["structure"]) if document else {}
     shown = tensors
     if document is not None:  # a tied entry is typed, analysed and loaded as its tensor
@@ -396,28 +441,26 @@ def open_for_pruning(
         same = module_aliases(tensors, aliases, structure)
         shown = {k: tensors[k] for k in outside_modules(tensors, same)}
     kinds = classify_tensors(
-        _shapes(shown), assume_linear=assume_linear, assume_conv2d=assume_conv2d, skip=structure
+        _shapes(shown),
+        assume_linear=plan.assume_linear,
+        assume_conv2d=plan.assume_conv2d,
+        skip=structure,
     )
     dense = {k.name: k.layer_type for k in kinds if k.typed}
-    checkpoint_file = open_checkpoint(path).path if os.path.isdir(path) else path
-    shell = load_shell(tensors, document, checkpoint_file, dense=dense)
-    carried = _carried(shell)
+    named = plan.path  # the file named in messages: a directory's checkpoint file
+    if checkpoint is not None and os.path.isdir(plan.path):
+        named = checkpoint.path
+    shell = load_shell(tensors, document, named, dense=dense)
     untyped = tuple(k for k in kinds if not k.typed)
-    return PruneInput(
-        shell, path, untyped=untyped, tensors=tensors, carried_params=carried, options=options
+    return OpenInput(
+        shell, plan.path, untyped=untyped, tensors=tensors, carried_params=_carried(shell)
     )
 
 
-def _open_streamed(
-    path: str,
-    assume_linear: Sequence[str],
-    assume_conv2d: Sequence[str],
-    options: Mapping[str, Any],
-) -> PruneInput | None:
-    """:func:`open_for_pruning` of a safetensors checkpoint without reading its weights
-    (only an rmtprune file's digest is computed, one tensor at a time); ``None`` where only
-    the in-memory route reproduces what the loader does."""
-    checkpoint = open_checkpoint(path)  # checks the headers and the index first
+def _open_streamed(plan: InputPlan, checkpoint: Checkpoint) -> OpenInput | None:
+    """:func:`_open` of a safetensors checkpoint without reading its weights (only an
+    rmtprune file's digest is computed, one tensor at a time); ``None`` where only the
+    in-memory route reproduces what the loader does."""
     lazy = CheckpointTensors(checkpoint)
     stored = lazy.meta()
     # the one metadata validator (rmtprune.storage.metadata): names and structure records
@@ -428,65 +471,24 @@ def _open_streamed(
         return None  # tied entries: only the whole shell sees which layers share a weight
     structure = dict(document["structure"]) if document else {}
     kinds = classify_tensors(
-        _shapes(stored), assume_linear=assume_linear, assume_conv2d=assume_conv2d, skip=structure
+        _shapes(stored),
+        assume_linear=plan.assume_linear,
+        assume_conv2d=plan.assume_conv2d,
+        skip=structure,
     )
     if document is not None:
         lazy = CheckpointTensors(checkpoint, document["aliases"])
     dense = {k.name: k.layer_type for k in kinds if k.typed}
-    checkpoint_file = checkpoint.path if os.path.isdir(path) else path
-    plan = meta_shell(lazy, document, checkpoint_file, dense)
-    if plan is None:
+    checkpoint_file = checkpoint.path if os.path.isdir(plan.path) else plan.path
+    stream_plan = meta_shell(lazy, document, checkpoint_file, dense)
+    if stream_plan is None:
         return None
-    carried = _carried(plan.shell)
     untyped = tuple(k for k in kinds if not k.typed)
-    return PruneInput(
-        plan.shell,
-        path,
+    return OpenInput(
+        stream_plan.shell,
+        plan.path,
         untyped=untyped,
         tensors=lazy,
-        carried_params=carried,
-        plan=plan,
-        options=options,
+        carried_params=_carried(stream_plan.shell),
+        plan=stream_plan,
     )
-
-
-def analyze_source(
-    path: PathLike,
-    *,
-    model: str | None = None,
-    no_model: bool = False,
-    assume_linear: Sequence[str] = (),
-    assume_conv2d: Sequence[str] = (),
-    progress: bool | None = None,
-    **fit_kwargs: Any,
-) -> ModelReport:
-    """The report of ``rmtprune analyze`` (module docstring); ``fit_kwargs`` as for
-    :func:`rmtprune.analyze`; ``progress`` as for
-    :func:`rmtprune.ondisk.analysis.analyze_checkpoint`."""
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        check_input_file(path, what="weights file")  # missing or unreadable: named, one line
-    streamable = model is None and (
-        os.path.isdir(path) or path.endswith(".index.json") or is_safetensors_file(path)
-    )
-    if streamable:
-        checkpoint = open_checkpoint(path)
-        check_module_names(checkpoint.path, checkpoint.names(), "tensor name")
-        if "rmtprune" not in checkpoint.metadata and not is_marked_directory(path):
-            architecture = build_architecture(path) if _model_route(path, model, no_model) else None
-            return analyze_checkpoint(
-                checkpoint,
-                architecture=architecture,
-                assume_linear=assume_linear,
-                assume_conv2d=assume_conv2d,
-                progress=progress,
-                **fit_kwargs,
-            )
-    source = open_for_pruning(
-        path,
-        model=model,
-        no_model=no_model,
-        assume_linear=assume_linear,
-        assume_conv2d=assume_conv2d,
-    )
-    return source.analyze(progress=progress, **fit_kwargs)

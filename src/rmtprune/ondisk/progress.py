@@ -5,8 +5,10 @@ The work of a layer is counted as its cost in floating-point operations
 left is estimated from the work done, not from the number of layers: a
 checkpoint whose last layers are the large ones gets an honest estimate.
 ``tqdm`` draws the bar when it is installed; otherwise one plain line per
-layer says how far the run is and how long it should still take.  Progress is
-off when stderr is not a terminal, unless forced with ``enabled=True``.
+layer says how far the run is and how long it should still take.  Whether it is
+shown, and the bar itself, come from the package's one progress mechanism
+(:mod:`rmtprune._util.progress`): off when stderr is not a terminal (or inside
+``progress_enabled(False)``), unless forced with ``enabled=True``.
 
 Example
 -------
@@ -26,6 +28,8 @@ import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, TextIO
+
+from rmtprune._util.progress import open_bar, resolve
 
 __all__ = ["CheckpointProgress", "layer_cost"]
 
@@ -57,7 +61,8 @@ class CheckpointProgress:
     costs : sequence of float
         The cost of every layer to come (:func:`layer_cost`).
     enabled : bool, optional
-        ``None`` (default): on when ``stream`` is a terminal; ``True`` forces it.
+        ``None`` (default): as :func:`rmtprune._util.progress.resolve` decides for
+        ``stream`` (on when it is a terminal); ``True`` forces it.
     stream : text stream, optional
         Where to write (default ``sys.stderr``).
     use_tqdm : bool, optional
@@ -77,27 +82,20 @@ class CheckpointProgress:
     ) -> None:
         self._clock = clock
         self._stream = sys.stderr if stream is None else stream
-        if enabled is None:
-            enabled = bool(getattr(self._stream, "isatty", lambda: False)())
-        self.enabled = enabled
+        self.enabled = resolve(enabled, self._stream)
         self._total = float(sum(costs)) or 1.0
         self._count = len(costs)
         self._done = 0.0
         self._layers = 0
         self._start = clock()
         self._bar: Any = None
-        if enabled and use_tqdm is not False:
-            try:
-                from tqdm import tqdm
-            except ImportError:  # pragma: no cover - depends on the environment
-                tqdm = None
-            if tqdm is not None:
-                self._bar = tqdm(
-                    total=self._count,
-                    file=self._stream,
-                    unit="layer",
-                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} layers [{elapsed}{postfix}]",
-                )
+        if self.enabled and use_tqdm is not False:
+            self._bar = open_bar(
+                total=self._count,
+                file=self._stream,
+                unit="layer",
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} layers [{elapsed}{postfix}]",
+            )
 
     def advance(self, name: str, cost: float) -> None:
         """One more layer is done (``cost`` as given to the constructor)."""

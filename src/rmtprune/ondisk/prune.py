@@ -19,10 +19,13 @@ done layer by layer:
 The tensors outside any layer are copied one at a time.  The report's rows, totals and the
 written file (tensors, structure, digest) are those of pruning the loaded shell in memory;
 the memory held is about one layer (with its float64 copy and SVD), not the model.
-A model-level criterion (``decide_model``, e.g. calibration) needs the whole model: the
-caller falls back to the in-memory route (:meth:`rmtprune.ondisk.inputs.PruneInput.prune`).
-``rmtprune analyze`` of such a file goes the same way (:func:`analyze_checkpoint_plan`): each
+A model-level criterion (``decide_model``, e.g. calibration) needs the whole model: then
+:func:`rmtprune.ondisk.inputs.prune_input` opens the input in memory instead.
+``rmtprune analyze`` of such a file goes the same way (:func:`fit_shell_layers`): each
 layer is read, built and analysed alone, and its rows are those of the loaded shell.
+Both are steps of the entry points in :mod:`rmtprune.ondisk.inputs`; what they need (the
+selection, the criterion, the weights of unknown type and their rows) is handed down to
+them, and what they find comes back as their return value.
 
 Example
 -------
@@ -41,7 +44,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,9 +54,11 @@ from torch import nn
 from rmtprune._util.errors import InvalidFileError
 from rmtprune.factorize.params import count_parameters
 from rmtprune.factorize.registry import get_adapter
+from rmtprune.ondisk.analysis import LayerKind, fit_layer, natural_key
 from rmtprune.ondisk.progress import CheckpointProgress, layer_cost
 from rmtprune.ondisk.sources import ShellModel, build_shell
-from rmtprune.pruning.report import ModelReport, PruneReport
+from rmtprune.pruning.criteria import MPCriterion
+from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, PruneReport
 from rmtprune.pruning.selection import Select, weight_layers
 from rmtprune.pruning.walker import SplitMode, analyze, prune
 from rmtprune.storage.format import (
@@ -70,9 +75,11 @@ from rmtprune.storage.writer import SafetensorsWriter
 __all__ = [
     "CheckpointTensors",
     "StreamPlan",
-    "analyze_checkpoint_plan",
+    "complete_report",
+    "fit_shell_layers",
     "meta_shell",
     "prune_checkpoint",
+    "skipped_row",
 ]
 
 
@@ -235,40 +242,73 @@ def _layout(plan: StreamPlan, select: Select) -> _Layout:
     return _Layout(chosen, picked, keys, costs, state)
 
 
-def analyze_checkpoint_plan(
+def fit_shell_layers(
     plan: StreamPlan,
     select: Select,
+    criterion: MPCriterion,
+    untyped: Sequence[LayerKind] = (),
     *,
     progress: bool | None,
-    extra: Sequence[tuple[str, float, Callable[[], Any]]] = (),
-    **fit_kwargs: Any,
-) -> tuple[ModelReport, list[Any]]:
-    """:func:`rmtprune.analyze` of ``plan``'s shell, reading one layer at a time.
+) -> tuple[list[LayerAnalysis], list[LayerAnalysis]]:
+    """The :func:`rmtprune.analyze` rows of ``plan``'s shell, reading one layer at a time.
 
     ``select`` is the walker's selection (untyped weights already left out); the rows are
-    those of analysing the loaded shell in memory.  ``extra`` jobs ``(name, cost, call)``
-    (the untyped weights' fits) run after the layers under the same progress bar; their
-    results are returned beside the report.
+    those of analysing the loaded shell in memory.  The ``untyped`` weights are fitted
+    after the layers under the same progress bar (:func:`rmtprune.ondisk.analysis.fit_layer`);
+    returns the shell's rows (in report order) and theirs.
     """
-    anything = dataclasses.replace(select, include=None, exclude=())
-    empty = analyze(ShellModel(), select=anything, **fit_kwargs)  # the arguments' checks
     layout = _layout(plan, select)
-    rows: dict[str, Any] = {}
-    done: list[Any] = []
-    costs = [*layout.costs.values(), *(c for _, c, _ in extra)]
+    rows: dict[str, LayerAnalysis] = {}
+    costs = [*layout.costs.values(), *(layer_cost(k.shape) for k in untyped)]
+    extra: list[LayerAnalysis] = []
     with CheckpointProgress(costs, enabled=progress) as bar:
         for group, names in layout.picked.items():
             if names:
                 layer = _load_layer(plan, group, layout.keys[group])
                 only = dataclasses.replace(select, include=names, exclude=())
-                report = analyze(layer, select=only, progress=False, **fit_kwargs)
+                report = analyze(layer, criterion=criterion, select=only, progress=False)
                 rows.update((row.name, row) for row in report.layers)
                 del layer
             bar.advance(group, layout.costs[group])
-        for name, cost, call in extra:
-            done.append(call())
-            bar.advance(name, cost)
-    return dataclasses.replace(empty, layers=tuple(rows[n] for n in layout.chosen)), done
+        for kind, cost in zip(untyped, costs[len(layout.costs) :], strict=True):
+            bias = plan.tensors[kind.bias] if kind.bias is not None else None
+            extra.append(fit_layer(kind, plan.tensors[kind.weight], bias, criterion, select))
+            bar.advance(kind.name, cost)
+    return [rows[n] for n in layout.chosen], extra
+
+
+def complete_report(
+    report: PruneReport, extra: Sequence[LayerPruneResult], carried: int
+) -> PruneReport:
+    """``report`` of the walker with the rows it does not see (``extra``, the weights of
+    unknown type, merged in name order) and the ``carried`` values counted in the totals."""
+    rows = report.layers
+    if extra:
+        rows = tuple(sorted([*report.layers, *extra], key=lambda r: natural_key(r.name)))
+    return dataclasses.replace(
+        report,
+        layers=rows,
+        params_before=report.params_before + carried,
+        params_after=report.params_after + carried,
+    )
+
+
+def skipped_row(row: LayerAnalysis, bulk_keep: float) -> LayerPruneResult:
+    """The prune row of a weight the walker does not see (analysed, never pruned)."""
+    return LayerPruneResult(
+        name=row.name,
+        layer_type=row.layer_type,
+        shape=row.shape,
+        action="skipped",
+        rank_before=row.rank,
+        rank_after=row.rank,
+        bulk_keep=bulk_keep,
+        params_before=row.params,
+        params_after=row.params,
+        split=False,
+        reason=row.reason,
+        fit=row.fit,
+    )
 
 
 def prune_checkpoint(
@@ -281,16 +321,15 @@ def prune_checkpoint(
     output: str | os.PathLike[str] | None,
     overwrite: bool,
     progress: bool | None,
-    complete: Callable[[PruneReport], PruneReport],
+    extra: Sequence[LayerPruneResult] = (),
+    carried: int = 0,
 ) -> PruneReport:
     """:func:`rmtprune.prune` of ``plan``'s shell, one layer at a time, writing ``output``.
 
-    ``select`` is the walker's selection (untyped weights already left out); ``complete``
-    adds what the walker does not see (the untyped weights' rows) and runs before the file
-    is moved into place, so a failure leaves no output.  Returns the completed report.
+    ``select`` is the walker's selection (untyped weights already left out); ``extra`` (the
+    untyped weights' rows) and ``carried`` complete the report (:func:`complete_report`)
+    before the file is moved into place.  Returns the completed report.
     """
-    anything = dataclasses.replace(select, include=None, exclude=())
-    prune(ShellModel(), criterion=criterion, select=anything, split=split, dry_run=True)  # checks
     layout = _layout(plan, select)
     outcome = _Outcome()
     with contextlib.ExitStack() as stack:
@@ -321,7 +360,7 @@ def prune_checkpoint(
             if writer is not None and key not in covered:
                 writer.add(key, plan.tensors[key])
         rows = [outcome.rows[n] for n in layout.chosen]
-        report = complete(_report(plan.shell, rows, dry_run))
+        report = complete_report(_report(plan.shell, rows, dry_run), extra, carried)
         if writer is not None:
             writer.commit(outcome.structure, outcome.aliases)
     return report

@@ -21,7 +21,7 @@ Example
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,14 @@ from torch import nn
 from rmtprune._util.validation import check_int
 from rmtprune.factorize.registry import get_adapter
 
-__all__ = ["DEFAULT_MIN_DIM", "DEFAULT_MIN_PARAMS", "Patterns", "Select", "weight_layers"]
+__all__ = [
+    "DEFAULT_MIN_DIM",
+    "DEFAULT_MIN_PARAMS",
+    "Patterns",
+    "Select",
+    "matches",
+    "weight_layers",
+]
 
 DEFAULT_MIN_DIM = 32
 """Smallest ``min(m, n)`` fitted by default.
@@ -44,6 +51,19 @@ DEFAULT_MIN_PARAMS = 0
 
 Patterns = str | Sequence[str] | None
 """One layer name or pattern, several, or ``None``."""
+
+
+def matches(name: str, patterns: str | Iterable[str]) -> bool:
+    """Whether the layer ``name`` is one of ``patterns`` or matches one (``fnmatch``, case kept).
+
+    The one glob matcher of layer names: :class:`Select`, the checkpoint routes
+    (:mod:`rmtprune.ondisk`) and ``assume_linear`` / ``assume_conv2d`` all use it.
+
+    >>> matches("encoder.0", "encoder.*"), matches("encoder.0", ["Encoder.*", "dec*"])
+    (True, False)
+    """
+    items = [patterns] if isinstance(patterns, str) else patterns
+    return any(name == p or fnmatch.fnmatchcase(name, p) for p in items)
 
 
 def _patterns(value: Any, name: str) -> tuple[str, ...] | None:
@@ -115,7 +135,7 @@ class Select:
     ) -> list[str]:
         found: set[str] = set()
         for pat in _patterns(self.include if patterns is None else patterns, param) or ():
-            matched = [n for n in names if n == pat or fnmatch.fnmatchcase(n, pat)]
+            matched = [n for n in names if matches(n, pat)]
             if not matched:
                 raise ValueError(
                     f"The {param!r} parameter names {pat!r}, which matches no weight layer. "
