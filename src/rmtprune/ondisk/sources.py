@@ -94,8 +94,8 @@ def read_tensors(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any
     if not os.path.isdir(path):
         check_input_file(path, what="weights file")  # missing or unreadable: named, one line
     if os.path.isdir(path) or path.endswith(".index.json") or is_safetensors_file(path):
-        checkpoint = open_checkpoint(path)  # checks the headers and the index first
-        tensors = dict(checkpoint.iter_tensors())
+        checkpoint = open_checkpoint(path)  # the one checked reader: headers and index first
+        tensors = checkpoint.read_all()
         # the one metadata validator (rmtprune.storage.metadata): names and structure records
         return tensors, read_document(checkpoint.path, checkpoint.metadata, tensors)
     tensors = read_state_dict(path)

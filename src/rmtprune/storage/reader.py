@@ -16,6 +16,13 @@ tensor listed twice (in the index or in two shards), a tensor in a shard that
 the index does not list or places elsewhere, a header whose offsets or sizes
 do not match the dtype, the shape or the file's length.
 
+This is the one reader of safetensors files in rmtprune: :func:`rmtprune.load`
+(:func:`open_file`, one file), the command line (:mod:`rmtprune.ondisk`), and
+:func:`rmtprune.from_pretrained` of a directory saved by Hugging Face (its
+``model.safetensors`` or shards) all read through a :class:`Checkpoint`, so every
+route makes these checks.  :meth:`Checkpoint.read_all` hands tensors to a model:
+each on a 64-byte boundary (:func:`realign`).
+
 Example
 -------
 >>> import os, tempfile, torch
@@ -50,13 +57,15 @@ __all__ = [
     "TensorInfo",
     "is_safetensors_file",
     "open_checkpoint",
+    "open_file",
+    "realign",
 ]
 
 SINGLE_NAME = "model.safetensors"
 """File name of an unsharded Hugging Face checkpoint."""
 INDEX_NAME = "model.safetensors.index.json"
 """File name of the index of a sharded Hugging Face checkpoint."""
-PRUNED_NAME = "rmtprune.safetensors"  # rmtprune.hf.pretrained.WEIGHTS_NAME (save_pretrained)
+PRUNED_NAME = "rmtprune.safetensors"  # rmtprune.hf.pretrained.WEIGHTS_NAME is this name
 """File name of the weights in a model directory written by rmtprune (factorized layers).
 
 It is not ``model.safetensors`` on purpose: ``from_pretrained`` of such a directory then fails
@@ -71,6 +80,9 @@ _ITEMSIZE = {
     "BF16": 2,
     "F8_E4M3": 1,
     "F8_E5M2": 1,
+    "F8_E4M3FNUZ": 1,
+    "F8_E5M2FNUZ": 1,
+    "C64": 8,
     "I64": 8,
     "I32": 4,
     "I16": 2,
@@ -88,6 +100,9 @@ _TORCH_DTYPE = {
     "BF16": torch.bfloat16,
     "F8_E4M3": torch.float8_e4m3fn,
     "F8_E5M2": torch.float8_e5m2,
+    "F8_E4M3FNUZ": torch.float8_e4m3fnuz,
+    "F8_E5M2FNUZ": torch.float8_e5m2fnuz,
+    "C64": torch.complex64,
     "I64": torch.int64,
     "I32": torch.int32,
     "I16": torch.int16,
@@ -177,6 +192,35 @@ class Checkpoint:
         """``(name, tensor)`` one at a time; keep no reference to hold one tensor at a time."""
         for name in self.names() if names is None else names:
             yield name, self.read(name)
+
+    def read_all(self) -> dict[str, torch.Tensor]:
+        """Every tensor, read one at a time, each on a 64-byte boundary (:func:`realign`).
+
+        What is handed to a model: the memory held is that of the tensors, plus one
+        tensor while it is moved to an aligned address.
+        """
+        tensors: dict[str, torch.Tensor] = {}
+        for name in self.names():
+            tensors[name] = self.read(name)
+            realign(tensors, name)
+        return tensors
+
+
+def realign(tensors: dict[str, torch.Tensor], *names: str) -> None:
+    """Copy each tensor (of ``names``, default all) not on a 64-byte boundary, in place.
+
+    A file's offsets are arbitrary, and CPU kernels chosen by alignment need not give the
+    saved layer's bits: a model loaded from unaligned tensors can compute other bits.
+
+    >>> tensors = {"w": torch.arange(20.0)[1:]}  # 4 bytes past an aligned start
+    >>> realign(tensors)
+    >>> tensors["w"].data_ptr() % 64, tensors["w"][0].item()
+    (0, 1.0)
+    """
+    for key in names or list(tensors):
+        tensor = tensors[key]
+        if tensor.numel() and tensor.data_ptr() % 64:
+            tensors[key] = tensor.clone()
 
 
 def is_safetensors_file(path: PathLike) -> bool:
@@ -389,5 +433,15 @@ def open_checkpoint(path: PathLike) -> Checkpoint:
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.endswith(".index.json"):
         return _open_sharded(path)
+    return open_file(path)
+
+
+def open_file(path: PathLike) -> Checkpoint:
+    """Read and check the header of ONE safetensors file (no index, no directory).
+
+    Raises ``FileNotFoundError`` when ``path`` is not a file and ``ValueError`` naming the
+    file when its header does not match its size (see :func:`open_checkpoint`).
+    """
+    path = os.fspath(path)
     tensors, metadata = _read_header(path)
     return Checkpoint(path, tensors, metadata)
