@@ -400,6 +400,8 @@ def _read(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = checkpoint.read_all()
     except ValueError as exc:
         detail = str(exc).removeprefix(f"{path}: ")
+        if detail.startswith("not a safetensors file ("):  # "(7 bytes, no header)"
+            detail = detail.removeprefix("not a safetensors file (").removesuffix(")")
         raise ValueError(f"{path} is not a valid safetensors file: {detail}") from None
     document = check_payload(path, checkpoint.metadata, tensors)
     for alias, target in document["aliases"].items():

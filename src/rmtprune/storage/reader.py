@@ -176,15 +176,9 @@ class Checkpoint:
 
     def read(self, name: str) -> torch.Tensor:
         """Read one tensor from disk (a CPU tensor of the stored dtype that owns its memory)."""
-        info = self.info(name)
-        try:
-            with safe_open(info.file, framework="pt") as handle:
-                tensor = handle.get_tensor(name)
-        except (SafetensorError, OSError) as exc:
-            raise ValueError(f"cannot read tensor {name!r} from {info.file}: {exc}") from None
-        if tuple(tensor.shape) != info.shape:  # pragma: no cover - the header was checked
-            raise ValueError(f"{info.file}: tensor {name!r} changed shape while being read")
-        return tensor
+        tensors: dict[str, torch.Tensor] = {}
+        self._read_file(self.info(name).file, [name], tensors, align=False)
+        return tensors[name]
 
     def iter_tensors(
         self, names: Sequence[str] | None = None
@@ -194,16 +188,34 @@ class Checkpoint:
             yield name, self.read(name)
 
     def read_all(self) -> dict[str, torch.Tensor]:
-        """Every tensor, read one at a time, each on a 64-byte boundary (:func:`realign`).
+        """Every tensor, each on a 64-byte boundary (:func:`realign`): what a model is given.
 
-        What is handed to a model: the memory held is that of the tensors, plus one
-        tensor while it is moved to an aligned address.
+        Each file is opened once; the memory held is that of the tensors, plus one tensor
+        while it is moved to an aligned address.
         """
-        tensors: dict[str, torch.Tensor] = {}
+        by_file: dict[str, list[str]] = {}
         for name in self.names():
-            tensors[name] = self.read(name)
-            realign(tensors, name)
+            by_file.setdefault(self._tensors[name].file, []).append(name)
+        tensors: dict[str, torch.Tensor] = {}
+        for file, names in by_file.items():
+            self._read_file(file, names, tensors, align=True)
         return tensors
+
+    def _read_file(
+        self, file: str, names: Sequence[str], out: dict[str, torch.Tensor], *, align: bool
+    ) -> None:
+        """Read ``names`` (all stored in ``file``) into ``out``, opening the file once."""
+        name = names[0]
+        try:
+            with safe_open(file, framework="pt") as handle:
+                for name in names:
+                    out[name] = handle.get_tensor(name)
+                    if tuple(out[name].shape) != self._tensors[name].shape:  # pragma: no cover
+                        raise ValueError(f"{file}: tensor {name!r} changed shape while being read")
+                    if align:
+                        realign(out, name)
+        except (SafetensorError, OSError) as exc:
+            raise ValueError(f"cannot read tensor {name!r} from {file}: {exc}") from None
 
 
 def realign(tensors: dict[str, torch.Tensor], *names: str) -> None:
