@@ -54,7 +54,7 @@ from rmtprune.factorize.lowrank import (
 )
 from rmtprune.storage.format import load as load_rmtprune
 from rmtprune.storage.inputs import load_into, read_document, read_state_dict, resolve_factory
-from rmtprune.storage.reader import is_safetensors_file, open_checkpoint
+from rmtprune.storage.reader import checkpoint_file, is_safetensors_file, open_checkpoint
 
 __all__ = [
     "ShellModel",
@@ -78,14 +78,6 @@ class ShellModel(nn.Module):
             "a shell model built from a weights file has no forward pass; "
             "pass --model package.module:factory to run the real model"
         )
-
-
-def _checkpoint_file(path: PathLike) -> str:
-    """The safetensors file behind ``path`` (a model directory's ``model.safetensors``)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        return open_checkpoint(path).path
-    return path
 
 
 def read_tensors(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
@@ -328,7 +320,7 @@ def load_model(
         (see :func:`build_shell`); every other tensor is carried as a buffer.
     """
     tensors, document = read_tensors(weights)
-    path = _checkpoint_file(weights)
+    path = checkpoint_file(weights)  # a directory's checkpoint, its headers read once
     if model is None:
         return load_shell(tensors, document, path, dense=dense)
     built = build_factory_model(model)

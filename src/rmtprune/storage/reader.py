@@ -55,6 +55,7 @@ __all__ = [
     "SINGLE_NAME",
     "Checkpoint",
     "TensorInfo",
+    "checkpoint_file",
     "is_safetensors_file",
     "open_checkpoint",
     "open_file",
@@ -432,20 +433,30 @@ def open_checkpoint(path: PathLike) -> Checkpoint:
         A header or the index is inconsistent (see the module docstring); the
         message names the file.
     """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        for name in (INDEX_NAME, SINGLE_NAME, PRUNED_NAME):
-            if os.path.isfile(os.path.join(path, name)):
-                return open_checkpoint(os.path.join(path, name))
-        raise FileNotFoundError(
-            f"{path} holds none of {SINGLE_NAME}, {INDEX_NAME}, {PRUNED_NAME} "
-            "(only safetensors checkpoints are read from a directory)"
-        )
+    path = checkpoint_file(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.endswith(".index.json"):
         return _open_sharded(path)
     return open_file(path)
+
+
+def checkpoint_file(path: PathLike) -> str:
+    """The file :func:`open_checkpoint` starts from: a directory's index, ``model.safetensors``
+    or ``rmtprune.safetensors`` (in this order of preference), else ``path`` itself.
+
+    Nothing is read; a directory holding none of them raises ``FileNotFoundError``.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return path
+    for name in (INDEX_NAME, SINGLE_NAME, PRUNED_NAME):
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    raise FileNotFoundError(
+        f"{path} holds none of {SINGLE_NAME}, {INDEX_NAME}, {PRUNED_NAME} "
+        "(only safetensors checkpoints are read from a directory)"
+    )
 
 
 def open_file(path: PathLike) -> Checkpoint:
