@@ -199,6 +199,23 @@ def test_failed_write_leaves_no_temporary_file(
         rio.save(make_model(), tmp_path / "no" / "such" / "dir.safetensors")
 
 
+_DTYPES = [torch.complex64, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", _DTYPES, ids=str)
+def test_every_dtype_safetensors_writes_loads_back(tmp_path: Path, dtype: torch.dtype) -> None:
+    # the checked reader knows each dtype safetensors.torch writes, as safe_open did before
+    values = torch.randn(7, 3, generator=torch.Generator().manual_seed(0))
+    saved = nn.Module()
+    saved.register_buffer("x", (values + 1j * values if dtype.is_complex else values).to(dtype))
+    rio.save(saved, tmp_path / "m.safetensors")
+    loaded = nn.Module()
+    loaded.register_buffer("x", torch.zeros(7, 3, dtype=dtype))
+    rio.load(loaded, tmp_path / "m.safetensors")
+    assert loaded.x.dtype == dtype
+    assert torch.equal(loaded.x.view(torch.uint8), saved.x.view(torch.uint8))  # bit for bit
+
+
 @pytest.mark.parametrize("keep", [0, 7, 60, -1])
 def test_truncated_file(saved: tuple[Net, Path], keep: int) -> None:
     _, path = saved

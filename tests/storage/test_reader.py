@@ -14,7 +14,7 @@ from rmtprune.cli.app import main
 from rmtprune.hf.directory import transformers_available
 from rmtprune.ondisk.analysis import classify_tensors
 from rmtprune.ondisk.progress import CheckpointProgress, layer_cost
-from rmtprune.storage.reader import open_checkpoint
+from rmtprune.storage.reader import checkpoint_file, open_checkpoint
 
 
 def _sharded(directory: Path, n_shards: int = 3) -> dict[str, torch.Tensor]:
@@ -44,6 +44,20 @@ def test_reads_every_tensor_of_a_sharded_checkpoint(tmp_path: Path) -> None:
         assert ckpt.info(name).nbytes == tensor.numel() * 4
     index = open_checkpoint(tmp_path / "model.safetensors.index.json")
     assert index.names() == ckpt.names()
+
+
+def test_the_file_a_directory_is_read_from(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="holds none of"):
+        checkpoint_file(tmp_path)
+    save_file({"a": torch.ones(2)}, tmp_path / "rmtprune.safetensors")
+    assert checkpoint_file(tmp_path) == str(tmp_path / "rmtprune.safetensors")
+    save_file({"b": torch.ones(3)}, tmp_path / "model.safetensors")
+    assert checkpoint_file(tmp_path) == str(tmp_path / "model.safetensors")
+    assert open_checkpoint(tmp_path).names() == ["b"]
+    _sharded(tmp_path)  # an index wins over a single file
+    assert checkpoint_file(tmp_path) == str(tmp_path / "model.safetensors.index.json")
+    assert open_checkpoint(tmp_path).path == checkpoint_file(tmp_path)
+    assert checkpoint_file(tmp_path / "x.safetensors") == str(tmp_path / "x.safetensors")
 
 
 def _cli_error(path: Path, capsys: pytest.CaptureFixture[str]) -> str:

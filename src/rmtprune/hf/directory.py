@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from rmtprune.factorize.hf_guard import QUANTIZATION_KEY, is_marker, unmark
+from rmtprune.storage.metadata import META_KEY
 from rmtprune.storage.reader import open_checkpoint
 
 __all__ = [
@@ -124,7 +125,7 @@ def load_model_directory(directory: PathLike) -> nn.Module:
     directory = os.fspath(directory)
     checkpoint = open_checkpoint(directory)
     _, cls = _config_and_class(directory)
-    if "rmtprune" in checkpoint.metadata or is_marked_directory(directory):
+    if META_KEY in checkpoint.metadata or is_marked_directory(directory):
         from rmtprune.hf.pretrained import from_pretrained
 
         return from_pretrained(cls, directory)

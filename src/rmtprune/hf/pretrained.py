@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -72,19 +71,20 @@ from rmtprune.storage.format import (
     describe_structure,
     load,
     load_tensors,
-    realign,
     save,
 )
+from rmtprune.storage.metadata import META_KEY
+from rmtprune.storage.reader import INDEX_NAME, PRUNED_NAME, SINGLE_NAME, open_checkpoint
 
 __all__ = ["CONFIG_KEY", "WEIGHTS_NAME", "from_pretrained", "save_pretrained"]
 
-CONFIG_KEY = "rmtprune"
-"""The entry of ``config.json`` that records the factorized structure."""
-WEIGHTS_NAME = "rmtprune.safetensors"
+CONFIG_KEY = META_KEY
+"""The entry of ``config.json`` that records the factorized structure (the one metadata key)."""
+WEIGHTS_NAME = PRUNED_NAME
 """The weights file of a directory written by :func:`save_pretrained`."""
 
 _LOAD_WITH = "rmtprune.from_pretrained(ModelClass, directory)"
-_HF_WEIGHTS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin")
+_HF_WEIGHTS = ("model*.safetensors", INDEX_NAME, "pytorch_model*.bin")
 
 
 def _check_hf_model(model: Any, owner: str) -> None:
@@ -234,25 +234,18 @@ def _build(model_class: Any, directory: str) -> tuple[nn.Module, dict[str, Any] 
 
 
 def _hf_tensors(directory: str) -> dict[str, torch.Tensor]:
-    """All tensors of the ``model.safetensors`` checkpoint (single file or sharded)."""
-    from safetensors.torch import load_file
+    """All tensors of the ``model.safetensors`` checkpoint (single file or sharded), aligned.
 
-    index = os.path.join(directory, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index, encoding="utf-8") as handle:
-            files = sorted(set(json.load(handle)["weight_map"].values()))
-    elif os.path.isfile(os.path.join(directory, "model.safetensors")):
-        files = ["model.safetensors"]
-    else:
-        raise FileNotFoundError(
-            f"{directory} holds no weights that from_pretrained can read: neither a "
-            f"config.json {CONFIG_KEY!r} entry with {WEIGHTS_NAME} nor model.safetensors"
-        )
-    tensors: dict[str, torch.Tensor] = {}
-    for name in files:
-        tensors.update(load_file(os.path.join(directory, name)))
-    realign(tensors)
-    return tensors
+    Read by the one checked reader (:mod:`rmtprune.storage.reader`): shard names, links,
+    headers and sizes are checked before any tensor is read.
+    """
+    for name in (INDEX_NAME, SINGLE_NAME):
+        if os.path.isfile(os.path.join(directory, name)):
+            return open_checkpoint(os.path.join(directory, name)).read_all()
+    raise FileNotFoundError(
+        f"{directory} holds no weights that from_pretrained can read: neither a "
+        f"config.json {CONFIG_KEY!r} entry with {WEIGHTS_NAME} nor model.safetensors"
+    )
 
 
 def _factorize_like(model: nn.Module, tensors: Mapping[str, torch.Tensor], where: str) -> None:

@@ -37,11 +37,9 @@ from rmtprune.integrations._common import (
     make_pruner,
     make_record,
 )
+from rmtprune.storage.metadata import META_KEY as CHECKPOINT_KEY
 
 __all__ = ["CHECKPOINT_KEY", "SpectralPruningCallback", "restore_structure"]
-
-CHECKPOINT_KEY = "rmtprune"
-"""Key of the pruned-structure record in a Lightning checkpoint dictionary."""
 
 
 class SpectralPruningCallback(pl.Callback, PruningCallbackCore):

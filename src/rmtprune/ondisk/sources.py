@@ -54,7 +54,7 @@ from rmtprune.factorize.lowrank import (
 )
 from rmtprune.storage.format import load as load_rmtprune
 from rmtprune.storage.inputs import load_into, read_document, read_state_dict, resolve_factory
-from rmtprune.storage.reader import is_safetensors_file, open_checkpoint
+from rmtprune.storage.reader import checkpoint_file, is_safetensors_file, open_checkpoint
 
 __all__ = [
     "ShellModel",
@@ -80,22 +80,14 @@ class ShellModel(nn.Module):
         )
 
 
-def _checkpoint_file(path: PathLike) -> str:
-    """The safetensors file behind ``path`` (a model directory's ``model.safetensors``)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        return open_checkpoint(path).path
-    return path
-
-
 def read_tensors(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Tensors of a weights file, index or model directory, and an rmtprune structure document."""
     path = os.fspath(path)
     if not os.path.isdir(path):
         check_input_file(path, what="weights file")  # missing or unreadable: named, one line
     if os.path.isdir(path) or path.endswith(".index.json") or is_safetensors_file(path):
-        checkpoint = open_checkpoint(path)  # checks the headers and the index first
-        tensors = dict(checkpoint.iter_tensors())
+        checkpoint = open_checkpoint(path)  # the one checked reader: headers and index first
+        tensors = checkpoint.read_all()
         # the one metadata validator (rmtprune.storage.metadata): names and structure records
         return tensors, read_document(checkpoint.path, checkpoint.metadata, tensors)
     tensors = read_state_dict(path)
@@ -328,7 +320,7 @@ def load_model(
         (see :func:`build_shell`); every other tensor is carried as a buffer.
     """
     tensors, document = read_tensors(weights)
-    path = _checkpoint_file(weights)
+    path = checkpoint_file(weights)  # a directory's checkpoint, its headers read once
     if model is None:
         return load_shell(tensors, document, path, dense=dense)
     built = build_factory_model(model)

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from rmtprune._util.validation import check_int, check_real
+from rmtprune.factorize.params import count_parameters as _count
 from rmtprune.pruning.optim import rebuild_optimizer
 from rmtprune.pruning.outputs import OutputProbe, as_batches, call_model, first_tensor
 from rmtprune.pruning.pruner import SpectralPruner
@@ -156,10 +157,6 @@ class DistillResult:
             "params_after": self.params_after,
             "history": [asdict(e) for e in self.history],
         }
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def _train_epoch(

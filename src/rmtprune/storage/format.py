@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
@@ -55,13 +55,14 @@ from rmtprune.factorize.lowrank import (
     LowRankModule,
 )
 from rmtprune.factorize.registry import get_adapter, set_submodule
-from rmtprune.storage.metadata import FORMAT_VERSION, check_structure, parse_document
-from rmtprune.storage.writer import (
+from rmtprune.storage.metadata import (
+    FORMAT_VERSION,
     META_KEY,
-    file_metadata,
-    move_into_place,
-    payload_digest,
+    check_structure,
+    parse_document,
 )
+from rmtprune.storage.reader import open_file, realign
+from rmtprune.storage.writer import file_metadata, move_into_place, payload_digest
 
 __all__ = [
     "FORMAT_VERSION",
@@ -71,6 +72,7 @@ __all__ = [
     "describe_structure",
     "load",
     "load_tensors",
+    "realign",
     "save",
     "tensors_to_store",
 ]
@@ -391,27 +393,20 @@ def save(model: nn.Module, path: PathLike, *, overwrite: bool = False) -> None:
 
 
 def _read(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The tensors and the parsed rmtprune document of a file, checked."""
+    """The tensors (64-byte aligned) and the parsed rmtprune document of a file, checked."""
     check_input_file(path, what="model file")
-    try:
-        with safe_open(path, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except SafetensorError as exc:
-        raise ValueError(f"{path} is not a valid safetensors file: {exc}") from None
-    realign(tensors)
-    document = check_payload(path, metadata, tensors)
+    try:  # the one checked reader: header against the file's size, then one tensor at a time
+        checkpoint = open_file(path)
+        tensors = checkpoint.read_all()
+    except ValueError as exc:
+        detail = str(exc).removeprefix(f"{path}: ")
+        if detail.startswith("not a safetensors file ("):  # "(7 bytes, no header)"
+            detail = detail.removeprefix("not a safetensors file (").removesuffix(")")
+        raise ValueError(f"{path} is not a valid safetensors file: {detail}") from None
+    document = check_payload(path, checkpoint.metadata, tensors)
     for alias, target in document["aliases"].items():
         tensors[alias] = tensors[target]
     return tensors, document
-
-
-def realign(tensors: dict[str, torch.Tensor]) -> None:
-    """Copy, one at a time, each tensor not on a 64-byte boundary (a file's offsets are arbitrary,
-    and CPU kernels chosen by alignment need not give the saved layer's bits)."""
-    for key, tensor in tensors.items():
-        if tensor.numel() and tensor.data_ptr() % 64:
-            tensors[key] = tensor.clone()
 
 
 def check_payload(

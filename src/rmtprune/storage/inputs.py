@@ -27,11 +27,15 @@ import torch
 from torch import nn
 
 from rmtprune._util.errors import InvalidFileError, UserCodeError, one_line
-from rmtprune.storage.metadata import check_module_names, check_structure, parse_document
+from rmtprune.storage.metadata import (
+    META_KEY,
+    check_module_names,
+    check_structure,
+    parse_document,
+)
 
 __all__ = ["load_into", "read_document", "read_state_dict", "resolve_factory", "torch_load_detail"]
 
-_META_KEY = "rmtprune"
 _ADVICE = re.compile(r"weights_only|Weights only|torch\.load|file an issue|PyTorch 2\.6", re.I)
 
 
@@ -99,9 +103,9 @@ def read_document(
     before anything is built from them (:mod:`rmtprune.storage.metadata`).
     """
     check_module_names(path, tensors, "tensor name")
-    if _META_KEY not in metadata:
+    if META_KEY not in metadata:
         return None
-    document = parse_document(path, metadata[_META_KEY])
+    document = parse_document(path, metadata[META_KEY])
     check_structure(path, document["structure"], tensors, document["aliases"])
     return document
 

@@ -40,6 +40,7 @@ from rmtprune._util.errors import InvalidFileError
 __all__ = [
     "FORMAT_VERSION",
     "MAX_DEPTH",
+    "META_KEY",
     "check_module_names",
     "check_structure",
     "parse_document",
@@ -50,7 +51,10 @@ FORMAT_VERSION = 1
 MAX_DEPTH = 16
 """Deepest nesting of JSON containers accepted in the metadata (a valid document has 4)."""
 _MAX_INT = 2**31 - 1
-_KEY = "rmtprune"
+META_KEY = "rmtprune"
+"""The one key under which rmtprune records itself: the safetensors metadata entry of an rmtprune
+file's JSON document, the ``config.json`` entry of :func:`rmtprune.save_pretrained` and the
+Lightning checkpoint entry of :mod:`rmtprune.integrations.lightning`."""
 _PART = re.compile(r"^[A-Za-z0-9_]+$")
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -77,7 +81,7 @@ def parse_document(path: str | os.PathLike[str], text: Any) -> dict[str, Any]:
     top-level fields and their types, and the format version.
     """
     path = os.fspath(path)
-    where = f"{path}: the {_KEY!r} metadata"
+    where = f"{path}: the {META_KEY!r} metadata"
     if not isinstance(text, str):
         raise InvalidFileError(path, f"{where} is not a string")
     try:

@@ -16,6 +16,13 @@ tensor listed twice (in the index or in two shards), a tensor in a shard that
 the index does not list or places elsewhere, a header whose offsets or sizes
 do not match the dtype, the shape or the file's length.
 
+This is the one reader of safetensors files in rmtprune: :func:`rmtprune.load`
+(:func:`open_file`, one file), the command line (:mod:`rmtprune.ondisk`), and
+:func:`rmtprune.from_pretrained` of a directory saved by Hugging Face (its
+``model.safetensors`` or shards) all read through a :class:`Checkpoint`, so every
+route makes these checks.  :meth:`Checkpoint.read_all` hands tensors to a model:
+each on a 64-byte boundary (:func:`realign`).
+
 Example
 -------
 >>> import os, tempfile, torch
@@ -48,15 +55,18 @@ __all__ = [
     "SINGLE_NAME",
     "Checkpoint",
     "TensorInfo",
+    "checkpoint_file",
     "is_safetensors_file",
     "open_checkpoint",
+    "open_file",
+    "realign",
 ]
 
 SINGLE_NAME = "model.safetensors"
 """File name of an unsharded Hugging Face checkpoint."""
 INDEX_NAME = "model.safetensors.index.json"
 """File name of the index of a sharded Hugging Face checkpoint."""
-PRUNED_NAME = "rmtprune.safetensors"  # rmtprune.hf.pretrained.WEIGHTS_NAME (save_pretrained)
+PRUNED_NAME = "rmtprune.safetensors"  # rmtprune.hf.pretrained.WEIGHTS_NAME is this name
 """File name of the weights in a model directory written by rmtprune (factorized layers).
 
 It is not ``model.safetensors`` on purpose: ``from_pretrained`` of such a directory then fails
@@ -71,6 +81,9 @@ _ITEMSIZE = {
     "BF16": 2,
     "F8_E4M3": 1,
     "F8_E5M2": 1,
+    "F8_E4M3FNUZ": 1,
+    "F8_E5M2FNUZ": 1,
+    "C64": 8,
     "I64": 8,
     "I32": 4,
     "I16": 2,
@@ -88,6 +101,9 @@ _TORCH_DTYPE = {
     "BF16": torch.bfloat16,
     "F8_E4M3": torch.float8_e4m3fn,
     "F8_E5M2": torch.float8_e5m2,
+    "F8_E4M3FNUZ": torch.float8_e4m3fnuz,
+    "F8_E5M2FNUZ": torch.float8_e5m2fnuz,
+    "C64": torch.complex64,
     "I64": torch.int64,
     "I32": torch.int32,
     "I16": torch.int16,
@@ -161,15 +177,9 @@ class Checkpoint:
 
     def read(self, name: str) -> torch.Tensor:
         """Read one tensor from disk (a CPU tensor of the stored dtype that owns its memory)."""
-        info = self.info(name)
-        try:
-            with safe_open(info.file, framework="pt") as handle:
-                tensor = handle.get_tensor(name)
-        except (SafetensorError, OSError) as exc:
-            raise ValueError(f"cannot read tensor {name!r} from {info.file}: {exc}") from None
-        if tuple(tensor.shape) != info.shape:  # pragma: no cover - the header was checked
-            raise ValueError(f"{info.file}: tensor {name!r} changed shape while being read")
-        return tensor
+        tensors: dict[str, torch.Tensor] = {}
+        self._read_file(self.info(name).file, [name], tensors, align=False)
+        return tensors[name]
 
     def iter_tensors(
         self, names: Sequence[str] | None = None
@@ -177,6 +187,53 @@ class Checkpoint:
         """``(name, tensor)`` one at a time; keep no reference to hold one tensor at a time."""
         for name in self.names() if names is None else names:
             yield name, self.read(name)
+
+    def read_all(self) -> dict[str, torch.Tensor]:
+        """Every tensor, each on a 64-byte boundary (:func:`realign`): what a model is given.
+
+        Each file is opened once; the memory held is that of the tensors, plus one tensor
+        while it is moved to an aligned address.
+        """
+        by_file: dict[str, list[str]] = {}
+        for name in self.names():
+            by_file.setdefault(self._tensors[name].file, []).append(name)
+        tensors: dict[str, torch.Tensor] = {}
+        for file, names in by_file.items():
+            self._read_file(file, names, tensors, align=True)
+        return tensors
+
+    def _read_file(
+        self, file: str, names: Sequence[str], out: dict[str, torch.Tensor], *, align: bool
+    ) -> None:
+        """Read ``names`` (all stored in ``file``) into ``out``, opening the file once."""
+        name = names[0]
+        try:
+            with safe_open(file, framework="pt") as handle:
+                for name in names:
+                    out[name] = handle.get_tensor(name)
+                    if tuple(out[name].shape) != self._tensors[name].shape:  # pragma: no cover
+                        raise ValueError(f"{file}: tensor {name!r} changed shape while being read")
+                    if align:
+                        realign(out, name)
+        except (SafetensorError, OSError) as exc:
+            raise ValueError(f"cannot read tensor {name!r} from {file}: {exc}") from None
+
+
+def realign(tensors: dict[str, torch.Tensor], *names: str) -> None:
+    """Copy each tensor (of ``names``, default all) not on a 64-byte boundary, in place.
+
+    A file's offsets are arbitrary, and CPU kernels chosen by alignment need not give the
+    saved layer's bits: a model loaded from unaligned tensors can compute other bits.
+
+    >>> tensors = {"w": torch.arange(20.0)[1:]}  # 4 bytes past an aligned start
+    >>> realign(tensors)
+    >>> tensors["w"].data_ptr() % 64, tensors["w"][0].item()
+    (0, 1.0)
+    """
+    for key in names or list(tensors):
+        tensor = tensors[key]
+        if tensor.numel() and tensor.data_ptr() % 64:
+            tensors[key] = tensor.clone()
 
 
 def is_safetensors_file(path: PathLike) -> bool:
@@ -376,18 +433,38 @@ def open_checkpoint(path: PathLike) -> Checkpoint:
         A header or the index is inconsistent (see the module docstring); the
         message names the file.
     """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        for name in (INDEX_NAME, SINGLE_NAME, PRUNED_NAME):
-            if os.path.isfile(os.path.join(path, name)):
-                return open_checkpoint(os.path.join(path, name))
-        raise FileNotFoundError(
-            f"{path} holds none of {SINGLE_NAME}, {INDEX_NAME}, {PRUNED_NAME} "
-            "(only safetensors checkpoints are read from a directory)"
-        )
+    path = checkpoint_file(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.endswith(".index.json"):
         return _open_sharded(path)
+    return open_file(path)
+
+
+def checkpoint_file(path: PathLike) -> str:
+    """The file :func:`open_checkpoint` starts from: a directory's index, ``model.safetensors``
+    or ``rmtprune.safetensors`` (in this order of preference), else ``path`` itself.
+
+    Nothing is read; a directory holding none of them raises ``FileNotFoundError``.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return path
+    for name in (INDEX_NAME, SINGLE_NAME, PRUNED_NAME):
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    raise FileNotFoundError(
+        f"{path} holds none of {SINGLE_NAME}, {INDEX_NAME}, {PRUNED_NAME} "
+        "(only safetensors checkpoints are read from a directory)"
+    )
+
+
+def open_file(path: PathLike) -> Checkpoint:
+    """Read and check the header of ONE safetensors file (no index, no directory).
+
+    Raises ``FileNotFoundError`` when ``path`` is not a file and ``ValueError`` naming the
+    file when its header does not match its size (see :func:`open_checkpoint`).
+    """
+    path = os.fspath(path)
     tensors, metadata = _read_header(path)
     return Checkpoint(path, tensors, metadata)

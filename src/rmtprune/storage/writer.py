@@ -45,10 +45,9 @@ from typing import Any, BinaryIO
 import torch
 from safetensors.torch import save as serialize
 
-from rmtprune.storage.metadata import FORMAT_VERSION
+from rmtprune.storage.metadata import FORMAT_VERSION, META_KEY
 
 __all__ = [
-    "META_KEY",
     "SafetensorsWriter",
     "digest_header",
     "file_metadata",
@@ -56,8 +55,6 @@ __all__ = [
     "payload_digest",
 ]
 
-META_KEY = "rmtprune"
-"""The safetensors metadata key of rmtprune's JSON document."""
 _CHUNK = 1 << 20  # bytes copied at a time
 
 
