@@ -43,6 +43,7 @@ from torch import nn
 
 from rmtprune._util.fileio import atomic_write_bytes
 from rmtprune.factorize.lowrank import LowRankModule
+from rmtprune.storage.metadata import META_KEY
 
 __all__ = [
     "MARKER",
@@ -60,7 +61,7 @@ QUANTIZATION_KEY = "quantization_config"
 """The ``config.json`` entry that carries :data:`MARKER`."""
 MARKER: Mapping[str, str] = types.MappingProxyType(
     {
-        "rmtprune": (
+        META_KEY: (
             "This checkpoint holds layers factorized by rmtprune (…first.weight/…second.weight); "
             "transformers' from_pretrained would re-initialise them at random. Load it with "
             "rmtprune.from_pretrained(ModelClass, directory)."
@@ -81,7 +82,7 @@ def is_marker(entry: object) -> bool:
     """Whether a ``quantization_config`` value (dict or config object) is :data:`MARKER`."""
     if not isinstance(entry, Mapping):
         entry = getattr(entry, "__dict__", None)
-    return isinstance(entry, Mapping) and "rmtprune" in entry and "quant_method" not in entry
+    return isinstance(entry, Mapping) and META_KEY in entry and "quant_method" not in entry
 
 
 def unmark(config: Any) -> bool:

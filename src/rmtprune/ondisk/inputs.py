@@ -96,6 +96,7 @@ from rmtprune.pruning.selection import Select, matches
 from rmtprune.pruning.walker import SplitMode, analyze, prune
 from rmtprune.storage.format import save
 from rmtprune.storage.inputs import read_document
+from rmtprune.storage.metadata import META_KEY
 from rmtprune.storage.metadata import check_module_names
 from rmtprune.storage.reader import Checkpoint, is_safetensors_file, open_checkpoint
 
@@ -270,7 +271,7 @@ def analyze_input(
     if plan.route in ("model directory", "checkpoint"):
         checkpoint = open_checkpoint(plan.path)  # the one reading of the headers
         check_module_names(checkpoint.path, checkpoint.names(), "tensor name")
-        if "rmtprune" not in checkpoint.metadata and not is_marked_directory(plan.path):
+        if META_KEY not in checkpoint.metadata and not is_marked_directory(plan.path):
             directory = plan.route == "model directory"
             kinds = classify_tensors(
                 checkpoint_shapes(checkpoint),
