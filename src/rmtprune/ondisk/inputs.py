@@ -96,8 +96,7 @@ from rmtprune.pruning.selection import Select, matches
 from rmtprune.pruning.walker import SplitMode, analyze, prune
 from rmtprune.storage.format import save
 from rmtprune.storage.inputs import read_document
-from rmtprune.storage.metadata import META_KEY
-from rmtprune.storage.metadata import check_module_names
+from rmtprune.storage.metadata import META_KEY, check_module_names
 from rmtprune.storage.reader import Checkpoint, is_safetensors_file, open_checkpoint
 
 __all__ = [
