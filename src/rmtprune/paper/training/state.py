@@ -49,13 +49,13 @@ __all__ = [
     "apply_model_structure",
     "atomic_write_bytes",
     "capture_rng_state",
-    "state_path",
     "describe_model_structure",
     "load_state",
     "optimizer_from_state",
     "optimizer_state_by_name",
     "restore_rng_state",
     "save_state",
+    "state_path",
 ]
 
 STATE_FILE = "checkpoint.pt"

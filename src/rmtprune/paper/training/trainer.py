@@ -289,7 +289,9 @@ class Trainer:
     def _save_state(self) -> None:
         if self.run_dir is None:
             return
-        structure = training_state.describe_model_structure(self.model) if self._structure_changed else None
+        structure = None
+        if self._structure_changed:
+            structure = training_state.describe_model_structure(self.model)
         saved = training_state.TrainingState(
             epoch=self.epoch,
             config=self.config.to_dict(),
