@@ -31,15 +31,15 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from torch import nn
 
-from rmtprune._util.validation import check_int, param_error
+from rmtprune._util.validation import check_int
 from rmtprune.factorize.lowrank import LowRankModule
 from rmtprune.factorize.registry import set_submodule
 from rmtprune.paper.data import load_dataset
 from rmtprune.paper.experiments import formats
-from rmtprune.paper.experiments.config import PRESETS
 from rmtprune.paper.experiments.formats import markdown_table, to_jsonable
 from rmtprune.paper.experiments.rundir import UnitStore, environment, prepare_analysis_dir
 from rmtprune.paper.experiments.stats import PairedComparison, paired_comparison
+from rmtprune.paper.presets import PRESETS, check_preset, check_seeds
 
 __all__ = [
     "PRESETS",
@@ -63,18 +63,6 @@ __all__ = [
     "write_csv",
     "write_json",
 ]
-
-
-def check_preset(preset: Any, owner: str) -> str:
-    """Return ``preset`` if it is one of :data:`PRESETS`, else raise ``ValueError``."""
-    if preset not in PRESETS:
-        raise param_error("preset", owner, f"one of {list(PRESETS)}", preset)
-    return str(preset)
-
-
-def check_seeds(seeds: Any, owner: str) -> int | None:
-    """``None`` or an int >= 1 (the number of seeds overriding the preset's)."""
-    return None if seeds is None else check_int(seeds, "seeds", owner, low=1)
 
 
 ConfigT = TypeVar("ConfigT")

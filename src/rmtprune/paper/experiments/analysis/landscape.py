@@ -34,8 +34,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
 from functools import cache, partial
 from pathlib import Path
 from typing import Any
@@ -44,8 +43,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from rmtprune._util.validation import check_int, check_real, param_error
+from rmtprune._util.validation import param_error
 from rmtprune.paper.experiments.analysis import common
+from rmtprune.paper.experiments.analysis.landscape_config import PRESETS, LandscapeConfig
 from rmtprune.paper.experiments.analysis.landscape_math import (
     barrier_height,
     convexity,
@@ -85,102 +85,6 @@ __all__ = [
 ]
 
 _OWNER = "landscape.run"
-
-
-@dataclass(frozen=True)
-class LandscapeConfig:
-    """Settings of the landscape experiment (see the module docstring).
-
-    ``surface_seeds`` is how many seeds per arm get a loss surface (each costs ``grid²``
-    evaluations on the evaluation subset); ``num_threads`` is passed to the trainer (None:
-    torch's default).
-    """
-
-    widths: tuple[int, ...]
-    seeds: int
-    epochs: int
-    n_train: int | None
-    n_test: int | None
-    n_eval: int
-    grid: int
-    line_points: int
-    surface_seeds: int
-    every: int
-    schedule_epochs: float
-    radius: float = 1.0
-    min_rank: int = 10
-    batch_size: int = 128
-    lr: float = 0.02
-    seed: int = 0
-    num_threads: int | None = None
-
-    def __post_init__(self) -> None:
-        owner = "LandscapeConfig"
-        for name in ("seeds", "epochs", "n_eval", "surface_seeds", "every", "min_rank"):
-            check_int(getattr(self, name), name, owner, low=1)
-        check_int(self.grid, "grid", owner, low=3)
-        check_int(self.line_points, "line_points", owner, low=2)
-        check_real(self.radius, "radius", owner, low=0.0, low_open=True)
-        check_real(self.schedule_epochs, "schedule_epochs", owner, low=0.0, low_open=True)
-
-    @classmethod
-    def from_preset(cls, preset: str, seeds: int | None = None) -> LandscapeConfig:
-        """The configuration of ``preset``, optionally with another number of seeds (>= 2).
-
-        >>> LandscapeConfig.from_preset("small").widths
-        (784, 1000, 1000, 10)
-        """
-        config = PRESETS[common.check_preset(preset, "LandscapeConfig.from_preset")]
-        seeds = common.check_seeds(seeds, "LandscapeConfig.from_preset")
-        return config if seeds is None else replace(config, seeds=seeds)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain ``dict`` of the fields."""
-        return asdict(self)
-
-
-PRESETS: Mapping[str, LandscapeConfig] = {
-    "smoke": LandscapeConfig(
-        widths=(784, 128, 128, 10),
-        seeds=2,
-        epochs=2,
-        n_train=1000,
-        n_test=500,
-        n_eval=200,
-        grid=11,
-        line_points=11,
-        surface_seeds=1,
-        every=1,
-        schedule_epochs=1.5,
-    ),
-    "small": LandscapeConfig(
-        widths=(784, 1000, 1000, 10),
-        seeds=4,
-        epochs=10,
-        n_train=10000,
-        n_test=None,
-        n_eval=1000,
-        grid=21,
-        line_points=21,
-        surface_seeds=2,
-        every=1,
-        schedule_epochs=7.5,
-    ),
-    "paper": LandscapeConfig(
-        widths=(784, 3000, 3000, 3000, 10),
-        seeds=5,
-        epochs=40,
-        n_train=None,
-        n_test=None,
-        n_eval=2000,
-        grid=31,
-        line_points=31,
-        surface_seeds=5,
-        every=2,
-        schedule_epochs=30.0,
-    ),
-}
-"""The three presets: smoke (seconds), small (minutes on 2 cores), paper (paper scale)."""
 
 
 # ----------------------------------------------------------------------------- measures
