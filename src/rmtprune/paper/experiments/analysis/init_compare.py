@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from rmtprune.paper.experiments.analysis.common import open_run
+from rmtprune.paper.experiments.classification.experiments import get_config
 from rmtprune.paper.experiments.classification.run import run_experiment
-from rmtprune.paper.experiments.registry import get_config
 from rmtprune.paper.experiments.results import ClaimVerdict, RunResult
 from rmtprune.paper.experiments.stats import paired_comparison
 
-__all__ = ["SCHEMES", "InitResult", "SchemeRow", "run"]
+__all__ = ["PRESET_CHANGES", "SCHEMES", "InitResult", "SchemeRow", "run"]
 
 SCHEMES = ("normal", "normal_n2", "xavier", "kaiming")
 
-_PRESET_CHANGES: dict[str, dict[str, Any]] = {
+PRESET_CHANGES: dict[str, dict[str, Any]] = {  # on top of get_config("fc-fashion", preset)
     "smoke": {},
     # four schemes × three seeds must fit in minutes: a narrower network on a training subset
     "small": {
@@ -172,7 +172,7 @@ def run(
     experiment: a later call with the same configuration continues each from what it
     stored (``resume``; False refuses a directory that holds a run).
     """
-    base = get_config("fc-fashion", preset).replace(**_PRESET_CHANGES[preset])
+    base = get_config("fc-fashion", preset).replace(**PRESET_CHANGES[preset])
     if seeds is not None:
         base = base.replace(seeds=tuple(range(seeds)))
     out, _ = open_run(out, "init_compare.run", "init", preset, base, resume)
