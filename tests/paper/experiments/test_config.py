@@ -148,8 +148,8 @@ def test_seeds_argument_of_reproduce() -> None:
         seed_tuple("three")
 
 
-NINE = ("fc-mnist", "fc-fashion", "cnn-mnist", "cnn-fashion", "fc-cifar10")
-NINE += ("theory", "init", "regression", "landscape")
+CLASSIFICATION = ("fc-mnist", "fc-fashion", "cnn-mnist", "cnn-fashion", "fc-cifar10")
+NINE = (*CLASSIFICATION, "theory", "init", "regression", "landscape")
 
 
 def test_one_registry_lists_the_nine_experiments() -> None:

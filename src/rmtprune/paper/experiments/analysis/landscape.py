@@ -33,7 +33,6 @@ Example
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable
 from functools import cache, partial
 from pathlib import Path
@@ -246,16 +245,36 @@ def run(
     >>> result = run("smoke", out="/tmp/landscape-smoke", progress=False)  # doctest: +SKIP
     >>> result.summary["pruned"]["barrier"]  # doctest: +SKIP
     """
-    preset = common.check_preset(preset, _OWNER)
-    config = common.resolve_config(
-        LandscapeConfig, LandscapeConfig.from_preset, config, preset, seeds, _OWNER
+    return common.run_analysis(
+        "landscape",
+        _OWNER,
+        (LandscapeConfig, LandscapeConfig.from_preset),
+        _units,
+        _report,
+        preset=preset,
+        seeds=seeds,
+        config=config,
+        out=out,
+        data_dir=data_dir,
+        progress=progress,
+        resume=resume,
+        check=_check_seeds,
     )
+
+
+def _check_seeds(config: LandscapeConfig) -> None:
     if config.seeds < 2:
         raise param_error("seeds", _OWNER, "an int >= 2 (pairs of solutions)", config.seeds)
-    started = time.perf_counter()
-    folder, store = common.open_run(out, _OWNER, "landscape", preset, config, resume)
+
+
+_Units = tuple[list[SolutionRecord], list[LineRecord], list[SurfaceRecord]]
+
+
+def _units(run: common.AnalysisContext[LandscapeConfig]) -> _Units:
+    """Every solution, interpolation line and surface (stored units, loaded when stored)."""
+    config, store, progress = run.config, run.store, run.progress
     train, test = common.load_fashion_mnist(
-        config.n_train, config.n_test, data_dir=data_dir, seed=config.seed
+        config.n_train, config.n_test, data_dir=run.data_dir, seed=config.seed
     )
     x, y = test.tensors
     evaluation = (x[: config.n_eval], y[: config.n_eval])
@@ -267,6 +286,13 @@ def run(
     models = cache(partial(_stored_model, config, store))
     lines = _lines(config, models, evaluation, store, progress)
     surfaces = _surfaces(config, models, evaluation, store, progress)
+    return solutions, lines, surfaces
+
+
+def _report(run: common.AnalysisContext[LandscapeConfig], measured: _Units) -> LandscapeResult:
+    """Summary, verdicts, tables, figures and ``report_section.md``; the result."""
+    config = run.config
+    solutions, lines, surfaces = measured
     summary = summarize(solutions, lines, surfaces)
     accuracy = common.paired_comparison(
         [s.test_accuracy for s in solutions if s.arm == "pruned"],
@@ -274,9 +300,11 @@ def run(
         metric="test_accuracy",
     )
     verdicts = make_verdicts(summary, config.seeds)
-    files = write_outputs(folder, config, solutions, lines, surfaces, summary, accuracy, verdicts)
-    result = LandscapeResult(
-        preset,
+    files = write_outputs(
+        run.folder, config, solutions, lines, surfaces, summary, accuracy, verdicts
+    )
+    return LandscapeResult(
+        run.preset,
         config,
         tuple(solutions),
         tuple(lines),
@@ -285,7 +313,5 @@ def run(
         accuracy,
         tuple(verdicts),
         files,
-        time.perf_counter() - started,
+        run.elapsed(),
     )
-    common.write_json(folder / "metrics.json", result.to_dict())
-    return result

@@ -24,7 +24,6 @@ Example
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -325,27 +324,47 @@ def run(
     >>> result = run("smoke", out="/tmp/regression-smoke", progress=False)  # doctest: +SKIP
     >>> result.test.mean  # doctest: +SKIP
     """
-    del data_dir
-    preset = common.check_preset(preset, _OWNER)
-    config = common.resolve_config(
-        RegressionConfig, RegressionConfig.from_preset, config, preset, seeds, _OWNER
-    )
-    started = time.perf_counter()
-    folder, store = common.open_run(
-        out,
-        _OWNER,
+    del data_dir  # synthetic data
+    return common.run_analysis(
         "regression",
-        preset,
-        config,
-        resume,
+        _OWNER,
+        (RegressionConfig, RegressionConfig.from_preset),
+        _units,
+        _report,
+        preset=preset,
+        seeds=seeds,
+        config=config,
+        out=out,
+        data_dir=None,
+        progress=progress,
+        resume=resume,
         target="sin(2πx) + 0.5 sin(6πx) on [0, 2]",
     )
+
+
+_Data = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _units(run: common.AnalysisContext[RegressionConfig]) -> tuple[_Data, list[RunRecord]]:
+    """The data and every trained arm (``units/seed-<s>-<arm>.json``, loaded when stored)."""
+    config = run.config
     data = make_data(config)
     runs: list[RunRecord] = []
     for seed, arm in ((s, a) for s in range(config.seeds) for a in ("normal", "pruned")):
-        common.say(progress, f"[regression] seed {seed} {arm}")
-        fit = partial(_train, config, seed, arm, data, progress)
-        runs.append(store.get(f"seed-{seed}-{arm}", fit, RunRecord.to_dict, RunRecord.from_dict))
+        common.say(run.progress, f"[regression] seed {seed} {arm}")
+        fit = partial(_train, config, seed, arm, data, run.progress)
+        runs.append(
+            run.store.get(f"seed-{seed}-{arm}", fit, RunRecord.to_dict, RunRecord.from_dict)
+        )
+    return data, runs
+
+
+def _report(
+    run: common.AnalysisContext[RegressionConfig], measured: tuple[_Data, list[RunRecord]]
+) -> RegressionResult:
+    """Comparisons, verdicts, tables, figures and ``report_section.md``; the result."""
+    config, folder = run.config, run.folder
+    data, runs = measured
     test = common.paired_comparison(
         _final(runs, "pruned", "test_mse"), _final(runs, "normal", "test_mse"), metric="test_mse"
     )
@@ -362,8 +381,8 @@ def run(
     figures = draw_figures(folder, config, runs, arrays)
     (folder / "report_section.md").write_text(_section(config, runs, params, figures, verdicts))
     files = ("curves.csv", "final.csv", *figures, "report_section.md")
-    result = RegressionResult(
-        preset,
+    return RegressionResult(
+        run.preset,
         config,
         tuple(runs),
         test,
@@ -371,7 +390,5 @@ def run(
         variance,
         tuple(verdicts),
         files,
-        time.perf_counter() - started,
+        run.elapsed(),
     )
-    common.write_json(folder / "metrics.json", result.to_dict())
-    return result

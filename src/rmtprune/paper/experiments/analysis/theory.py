@@ -33,7 +33,6 @@ Example
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -306,15 +305,31 @@ def run(
     >>> result = run("smoke", out="/tmp/theory-smoke", progress=False)  # doctest: +SKIP
     >>> [v.label for v in result.verdicts]  # doctest: +SKIP
     """
-    preset = common.check_preset(preset, _OWNER)
-    config = common.resolve_config(
-        TheoryConfig, TheoryConfig.from_preset, config, preset, seeds, _OWNER
+    return common.run_analysis(
+        "theory",
+        _OWNER,
+        (TheoryConfig, TheoryConfig.from_preset),
+        _units,
+        _report,
+        preset=preset,
+        seeds=seeds,
+        config=config,
+        out=out,
+        data_dir=data_dir,
+        progress=progress,
+        resume=resume,
     )
-    started = time.perf_counter()
-    folder, store = common.open_run(out, _OWNER, "theory", preset, config, resume)
+
+
+_Units = tuple[list[SyntheticRecord], list[np.ndarray], np.ndarray, list[NetworkRecord]]
+
+
+def _units(run: common.AnalysisContext[TheoryConfig]) -> _Units:
+    """Part (a)'s matrices (records, the sweep's spectra, the largest spectrum), part (b)."""
+    config, store = run.config, run.store
     records, spectra, spectrum = [], [], np.empty(0)
     for size in config.sizes:
-        common.say(progress, f"[theory] synthetic N={size}: {config.seeds} seeds")
+        common.say(run.progress, f"[theory] synthetic N={size}: {config.seeds} seeds")
         for seed in range(config.seeds):
             record, lam = _synthetic_unit(config, store, size, seed)
             records.append(record)
@@ -324,17 +339,24 @@ def run(
         spectra = [
             _synthetic_unit(config, store, config.sweep_size, s)[1] for s in range(config.seeds)
         ]
+    networks = run_networks(config, run.data_dir, run.progress, store)
+    return records, spectra, spectrum, networks
+
+
+def _report(run: common.AnalysisContext[TheoryConfig], measured: _Units) -> TheoryResult:
+    """Sweep, slopes, verdicts, tables, figures and ``report_section.md``; the result."""
+    config = run.config
+    records, spectra, spectrum, networks = measured
     sweep = _sweep(config, spectra)
-    networks = run_networks(config, data_dir, progress, store)
     slopes = {k: common.loglog_slope(*by_size(records, k)[:2]) for k in SLOPES}
     limits = predicted_distances(config.strengths, config.ratio)
     verdicts = synthetic_verdicts(config, records, slopes, limits) + network_verdicts(networks)
     reference = tw_edge(1.0 / config.sweep_size, config.ratio, config.sweep_size, 0.5)
     files = write_outputs(
-        folder, config, records, sweep, networks, slopes, limits, verdicts, spectrum, reference
+        run.folder, config, records, sweep, networks, slopes, limits, verdicts, spectrum, reference
     )
-    result = TheoryResult(
-        preset,
+    return TheoryResult(
+        run.preset,
         config,
         tuple(records),
         tuple(sweep),
@@ -343,7 +365,5 @@ def run(
         limits,
         tuple(verdicts),
         files,
-        time.perf_counter() - started,
+        run.elapsed(),
     )
-    common.write_json(folder / "metrics.json", result.to_dict())
-    return result
