@@ -3,9 +3,12 @@
 Rules (issue 9 of the project): no module in ``src/rmtprune`` over ``MAX_MODULE_LINES``
 lines and no function over ``MAX_FUNCTION_LINES`` lines of code (docstring, blank and
 comment lines not counted); no import cycle between rmtprune modules (imports inside
-functions count too, so a deferred import cannot hide a cycle; ``if TYPE_CHECKING``
-imports do not, they never run); no private name (``_x``) imported from another
-module. Stated exceptions live in ``EXCEPTIONS`` with their reason.
+functions and under ``if TYPE_CHECKING`` count too, so neither a deferred nor a type-only
+import can hide a cycle: both still mean the two modules need each other); no private name
+(``_x``) imported from another module. Issue 19 adds: at most ``MAX_TOP_LEVEL_MODULES``
+modules at the top of ``src/rmtprune`` besides ``__init__.py`` (packages do not count), and
+only ``rmtprune.paper`` and ``rmtprune.cli`` import ``rmtprune.paper`` (the library never
+does). Stated exceptions live in ``EXCEPTIONS`` with their reason.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "rmtprune"
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 60
+MAX_TOP_LEVEL_MODULES = 3
+PAPER = "rmtprune.paper"
+MAY_IMPORT_PAPER = ("rmtprune.paper", "rmtprune.cli")
 
 # "module path" or "module path:function qualname" -> why it may exceed the limit.
 EXCEPTIONS: dict[str, str] = {}
@@ -98,24 +104,13 @@ def _debt_key(message: str) -> str:
     return message.split(": ")[0]
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _imports(module: str, tree: ast.Module) -> list[tuple[str, list[str]]]:
-    """``(imported module, names)`` for every runtime import in ``tree``."""
+    """``(imported module, names)`` for every import in ``tree``, wherever it stands."""
     package = module if MODULES[module].name == "__init__.py" else module.rpartition(".")[0]
     out: list[tuple[str, list[str]]] = []
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _is_type_checking(child):
-                for other in child.orelse:
-                    visit(other)
-                continue
             if isinstance(child, ast.Import):
                 out.extend((alias.name, []) for alias in child.names)
             elif isinstance(child, ast.ImportFrom):
@@ -187,6 +182,25 @@ def import_cycles() -> list[list[str]]:
     return cycles
 
 
+def top_level_modules() -> list[str]:
+    """The modules (not packages) directly in ``src/rmtprune`` besides ``__init__.py``."""
+    return sorted(p.name for p in SRC.glob("*.py") if p.name != "__init__.py")
+
+
+def paper_importers() -> list[str]:
+    """``"a imports b"`` for every module outside ``MAY_IMPORT_PAPER`` that imports the paper."""
+    found = []
+    for name, targets in import_graph().items():
+        if _within(name, MAY_IMPORT_PAPER):
+            continue
+        found.extend(f"{name} imports {t}" for t in sorted(targets) if _within(t, (PAPER,)))
+    return found
+
+
+def _within(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(f"{p}.") for p in packages)
+
+
 def private_imports() -> list[str]:
     """``from other_module import _name`` across modules (dunder names allowed)."""
     found = []
@@ -228,6 +242,21 @@ def test_no_module_or_function_over_the_limits() -> None:
 
 def test_no_import_cycles() -> None:
     assert import_cycles() == KNOWN_CYCLES
+
+
+def test_the_cycle_checker_counts_type_checking_imports() -> None:
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from rmtprune.rmt import x\n"
+    imports = _imports("rmtprune.plotting", ast.parse(source))
+    assert ("rmtprune.rmt", ["x"]) in imports
+
+
+def test_at_most_three_top_level_modules() -> None:
+    modules = top_level_modules()
+    assert len(modules) <= MAX_TOP_LEVEL_MODULES, modules
+
+
+def test_only_the_paper_and_the_cli_import_the_paper() -> None:
+    assert paper_importers() == []
 
 
 def test_no_private_names_imported_across_modules() -> None:

@@ -22,7 +22,7 @@ from rmtprune._util.fileio import check_input_file
 from rmtprune.cli.app import main
 from rmtprune.ondisk.sources import read_tensors
 from rmtprune.paper.data.datasets import read_cifar_batch
-from rmtprune.paper.training.state import load_checkpoint, save_checkpoint
+from rmtprune.paper.training.state import load_state, save_state
 
 
 def _two_layers() -> nn.Sequential:
@@ -141,17 +141,17 @@ def test_checkpoint_truncated_malicious_and_foreign(tmp_path: Path) -> None:
     good = tmp_path / "good.pt"
     torch.save({"format": "something else"}, good)
     with pytest.raises(InvalidFileError, match=r"not usable.*Not an rmtprune training checkpoint"):
-        load_checkpoint(good)
+        load_state(good)
     truncated = tmp_path / "trunc.pt"
     torch.save({"w": torch.zeros(100)}, truncated)
     truncated.write_bytes(truncated.read_bytes()[:200])
     with pytest.raises(InvalidFileError, match=r"trunc\.pt cannot be read.*delete it"):
-        load_checkpoint(truncated)
+        load_state(truncated)
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"w": _Evil(marker)}, evil)
     with pytest.raises(InvalidFileError, match=r"evil\.pt") as exc:
-        load_checkpoint(evil)
+        load_state(evil)
     assert not marker.exists() and "weights_only=False" not in str(exc.value)
 
 
@@ -166,7 +166,7 @@ def test_checkpoint_disk_full_names_the_file(tmp_path: Path, monkeypatch) -> Non
     target = tmp_path / "checkpoint.pt"
     fake = type("C", (), {"to_dict": lambda self: {}})()
     with pytest.raises(OSError, match="No space left") as exc:
-        save_checkpoint(target, fake)  # type: ignore[arg-type]
+        save_state(target, fake)  # type: ignore[arg-type]
     assert exc.value.filename == str(target) and not target.exists()
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
 
@@ -175,7 +175,7 @@ def test_checkpoint_disk_full_names_the_file(tmp_path: Path, monkeypatch) -> Non
 
     monkeypatch.setattr(module.torch, "save", zip_writer_failed)
     with pytest.raises(OSError, match=r"could not write the checkpoint .*checkpoint\.pt"):
-        save_checkpoint(target, fake)  # type: ignore[arg-type]
+        save_state(target, fake)  # type: ignore[arg-type]
 
 
 def test_damaged_cifar_batch_names_the_file(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ class SpectralFit:
     n_spikes : int or None
         The number of (real) eigenvalues above the edge.
     fit_error : float
-        The Kolmogorov distance ``D`` of the bulk to the fitted law (SPEC section 3).
+        The Kolmogorov distance ``D`` of the bulk to the fitted law (docs/method.md section 3).
     mp_like : bool or None
         Whether ``fit_error`` passed the fit test (at most the ``fit_cutoff`` used).
     """

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from rmtprune.paper.experiments import RunResult, list_experiments, reproduce
+from rmtprune.paper.experiments import RunResult, reproduce
 from rmtprune.paper.experiments.analysis.experiments import AnalysisRun, reproduce_analysis
+from rmtprune.paper.experiments.classification.experiments import CLASSIFICATION_EXPERIMENTS
 
 from . import real_data_root, write_synthetic_data
 
@@ -28,7 +29,7 @@ def smoke_runs(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     """The smoke preset of every classification experiment, run once per session."""
     root = tmp_path_factory.mktemp("smoke-runs")
     runs = {}
-    for e in list_experiments():
+    for e in CLASSIFICATION_EXPERIMENTS:
         result = reproduce(e, preset="smoke", out=root / e, data_dir=data_root, progress=False)
         assert isinstance(result, RunResult)
         runs[e] = result

@@ -9,7 +9,16 @@ import torch
 from torch import nn
 
 from rmtprune.factorize import LowRankConv2d
-from rmtprune.paper.experiments import EXPERIMENTS, ExperimentConfig, get_config, list_experiments
+from rmtprune.paper.experiments import (
+    EXPERIMENTS,
+    Experiment,
+    ExperimentConfig,
+    get_config,
+    get_experiment,
+    list_experiments,
+    reproduce,
+)
+from rmtprune.paper.experiments.classification.experiments import CLASSIFICATION_EXPERIMENTS
 from rmtprune.paper.experiments.config import PRESETS
 
 
@@ -79,7 +88,7 @@ def test_build_model_same_seed_same_weights() -> None:
 def test_every_experiment_only_overrides_what_differs() -> None:
     base = ExperimentConfig().to_dict()
     allowed = {"experiment", "preset", "dataset", "architecture", "epochs", "finetune_epochs"}
-    for name in list_experiments():
+    for name in CLASSIFICATION_EXPERIMENTS:
         paper = get_config(name, "paper").to_dict()
         changed = {k for k, v in paper.items() if base[k] != v}
         assert changed <= allowed, (name, changed)
@@ -88,7 +97,7 @@ def test_every_experiment_only_overrides_what_differs() -> None:
     assert get_config("cnn-fashion", "paper").channels == (32, 64, 128, 256, 512)
 
 
-@pytest.mark.parametrize("name", list_experiments())
+@pytest.mark.parametrize("name", CLASSIFICATION_EXPERIMENTS)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_presets_keep_the_protocol(name: str, preset: str) -> None:
     cfg = get_config(name, preset)
@@ -108,10 +117,14 @@ def test_bad_values_name_the_parameter() -> None:
         ExperimentConfig(seeds=(1, 1))
     with pytest.raises(ValueError, match="'alpha'"):
         ExperimentConfig(alpha=0.7)
-    with pytest.raises(ValueError, match="'experiment_id' parameter of get_experiment"):
+    with pytest.raises(ValueError, match="'experiment_id' parameter of get_config"):
         get_config("fc-svhn")
+    with pytest.raises(ValueError, match="'experiment_id' parameter of get_config"):
+        get_config("theory")  # an analysis experiment has no ExperimentConfig
+    with pytest.raises(ValueError, match="'experiment_id' parameter of get_experiment"):
+        get_experiment("fc-svhn")
     with pytest.raises(ValueError, match="'preset'"):
-        EXPERIMENTS["fc-mnist"].config("huge")
+        CLASSIFICATION_EXPERIMENTS["fc-mnist"].config("huge")
     with pytest.raises(ValueError, match="'values'"):
         ExperimentConfig.from_dict({"width": 3})
 
@@ -133,3 +146,33 @@ def test_seeds_argument_of_reproduce() -> None:
         seed_tuple(0)
     with pytest.raises(ValueError, match="'seeds' parameter of reproduce"):
         seed_tuple("three")
+
+
+CLASSIFICATION = ("fc-mnist", "fc-fashion", "cnn-mnist", "cnn-fashion", "fc-cifar10")
+NINE = (*CLASSIFICATION, "theory", "init", "regression", "landscape")
+
+
+def test_one_registry_lists_the_nine_experiments() -> None:
+    assert list_experiments() == NINE
+    assert tuple(EXPERIMENTS) == NINE
+
+
+@pytest.mark.parametrize("name", NINE)
+def test_every_experiment_follows_the_protocol(name: str) -> None:
+    experiment = get_experiment(name)
+    assert isinstance(experiment, Experiment) and experiment.id == name
+    assert set(experiment.presets) == set(PRESETS)
+    assert experiment.description == (
+        f"SPEC {experiment.section}: {experiment.title}"
+        if name in CLASSIFICATION_EXPERIMENTS
+        else f"{experiment.section}: {experiment.title}"
+    )
+
+
+@pytest.mark.parametrize("name", NINE)
+def test_reproduce_accepts_every_listed_id(name: str) -> None:
+    # an accepted id gets as far as the preset check; an unknown one is refused before it
+    with pytest.raises(ValueError, match="'preset' parameter of reproduce"):
+        reproduce(name, preset="huge", out="/tmp/never-written")
+    with pytest.raises(ValueError, match="'experiment_id' parameter of reproduce"):
+        reproduce(name + "-x", preset="huge", out="/tmp/never-written")

@@ -15,11 +15,11 @@ from rmtprune.paper.experiments import (
     DEMO_CONFIG,
     RunResult,
     get_config,
-    list_experiments,
     run_demo,
     run_experiment,
 )
 from rmtprune.paper.experiments.classification.claims import CLAIMS
+from rmtprune.paper.experiments.classification.experiments import CLASSIFICATION_EXPERIMENTS
 from rmtprune.paper.training import EpochRecord
 
 from . import load_metrics, real_data_root
@@ -32,7 +32,7 @@ def runs(smoke_runs: dict[str, RunResult]) -> dict[str, RunResult]:
     return smoke_runs
 
 
-EXPERIMENTS = list_experiments()
+EXPERIMENTS = tuple(CLASSIFICATION_EXPERIMENTS)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

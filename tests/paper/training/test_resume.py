@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from rmtprune.paper.models import FullyConnected, PaperCNN, initialize
-from rmtprune.paper.training import EpochRecord, History, TrainConfig, Trainer, load_checkpoint
+from rmtprune.paper.training import EpochRecord, History, TrainConfig, Trainer, load_state
 from rmtprune.paper.training import state as ckpt
 
 
@@ -81,7 +81,7 @@ def test_killed_cnn_run_resumes_bitwise(tmp_path: Path, kill_at: int) -> None:
     )
     with pytest.raises(Killed):
         killed.fit()
-    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt").epoch == kill_at
+    assert load_state(tmp_path / "b" / "checkpoint.pt").epoch == kill_at
     _scramble_rngs()
     model = _cnn(99)  # different initial weights: everything must come from the checkpoint
     resumed = Trainer(model, data, data, cfg, run_dir=tmp_path / "b", resume=True, progress=False)
@@ -139,7 +139,7 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         "history.csv",
         "history.json",
     ]
-    assert load_checkpoint(tmp_path / "checkpoint.pt").epoch == 1
+    assert load_state(tmp_path / "checkpoint.pt").epoch == 1
 
 
 # --------------------------------------------------------- with a pruner (stand-in structure)
@@ -275,7 +275,7 @@ def test_real_pruner_structure_survives_resume(tmp_path: Path) -> None:
     assert full[-1].n_params < full[0].n_params
     with pytest.raises(Killed):
         run(tmp_path / "b", on_epoch_end=_kill_after(2))
-    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt").structure
+    assert load_state(tmp_path / "b" / "checkpoint.pt").structure
     _scramble_rngs()
     model, history = run(tmp_path / "b", resume=True)
     assert describe_structure(model) == describe_structure(full_model)

@@ -30,11 +30,13 @@ from rmtprune.paper.experiments.classification.baselines import (
     svd_energy_prune,
 )
 from rmtprune.paper.experiments.classification.demo import DEMO_CONFIG, run_demo
+from rmtprune.paper.experiments.classification.experiments import ClassificationExperiment
 from rmtprune.paper.experiments.classification.run import environment, render_run, run_experiment
 from rmtprune.paper.experiments.config import ExperimentConfig
+from rmtprune.paper.experiments.protocol import Experiment, ExperimentResult
 from rmtprune.paper.experiments.registry import (
     EXPERIMENTS,
-    Experiment,
+    all_experiments,
     get_config,
     get_experiment,
     list_experiments,
@@ -46,7 +48,7 @@ from rmtprune.paper.experiments.results import (
     SeedResult,
     SummaryRow,
 )
-from rmtprune.paper.experiments.runner import all_experiments, reproduce
+from rmtprune.paper.experiments.runner import reproduce
 from rmtprune.paper.experiments.stats import PairedComparison
 
 __all__ = [
@@ -55,10 +57,12 @@ __all__ = [
     "METHODS",
     "ArmResult",
     "ClaimVerdict",
+    "ClassificationExperiment",
     "EnergyChoice",
     "EvalPoint",
     "Experiment",
     "ExperimentConfig",
+    "ExperimentResult",
     "MagnitudePruned",
     "PairedComparison",
     "PostTrainingResult",

@@ -28,12 +28,11 @@ Example
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -43,6 +42,7 @@ from rmtprune._util.validation import check_int, check_real, param_error
 from rmtprune.factorize import LowRankConv2d
 from rmtprune.paper.data import DATASETS, load_dataset
 from rmtprune.paper.models import SCHEMES, FullyConnected, PaperCNN, initialize
+from rmtprune.paper.presets import PRESETS, PresetConfig
 from rmtprune.paper.training import TrainConfig
 from rmtprune.paper.training.config import check_device
 from rmtprune.pruning.schedules import Linear
@@ -50,7 +50,6 @@ from rmtprune.pruning.schedules import Linear
 __all__ = ["ARCHITECTURES", "PRESETS", "ExperimentConfig"]
 
 ARCHITECTURES = ("fc", "cnn")
-PRESETS = ("smoke", "small", "paper")
 RUNTIME_ONLY = frozenset({"device"})
 """Fields not written by :meth:`ExperimentConfig.to_dict` (recorded in environment.json)."""
 
@@ -62,7 +61,7 @@ def _tuple_of_ints(value: Any, name: str, low: int) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(PresetConfig):
     """Everything that defines one run: data, network, training, pruning, baselines, seeds.
 
     Parameters
@@ -156,8 +155,10 @@ class ExperimentConfig:
     drastic_reduction: float = 0.5
     accuracy_tolerance: float = 0.005
 
-    def __post_init__(self) -> None:
-        owner = "ExperimentConfig"
+    runtime_only: ClassVar[frozenset[str]] = RUNTIME_ONLY
+
+    def check(self, owner: str) -> None:
+        """Validate the fields (see :class:`rmtprune.paper.presets.PresetConfig`)."""
         for name in ("experiment", "preset"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise param_error(name, owner, "a non-empty string", getattr(self, name))
@@ -312,19 +313,7 @@ class ExperimentConfig:
         return train, test
 
     # ----------------------------------------------------------------- (de)serialisation
-    def replace(self, **changes: Any) -> ExperimentConfig:
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-ready dictionary (tuples as lists); ``device`` is left out (see above)."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            if f.name in RUNTIME_ONLY:
-                continue
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
+    # replace, to_dict (without ``device``) and from_dict come from PresetConfig.
 
     def derived(self) -> dict[str, Any]:
         """Values that follow from the fields, recorded with the run for readers."""
@@ -335,17 +324,3 @@ class ExperimentConfig:
             "min_rank": self.min_rank_resolved,
             "finetune_lr": self.final_lr(),
         }
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> ExperimentConfig:
-        """Inverse of :meth:`to_dict` (unknown keys raise)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise param_error(
-                "values", "ExperimentConfig.from_dict", f"keys in {sorted(names)}", unknown
-            )
-        kwargs: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
-        }
-        return cls(**kwargs)

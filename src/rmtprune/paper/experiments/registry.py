@@ -1,231 +1,82 @@
-"""The paper's classification experiments and their presets.
+"""The one registry of the paper's nine experiments.
 
-Each experiment is a small set of overrides of :class:`ExperimentConfig`'s
-defaults (the paper's common settings), and each preset a second set of
-overrides on top:
-
-``paper``
-    The paper's scale: full data, the paper's widths (FC ``[·, 3000, 3000, 3000, 10]``,
-    CNN channels ``[32, 64, 128, 256, 512]`` + FC 1000).  The paper does not state the
-    number of epochs; we use 40 for the fully connected networks and 20 for the CNN,
-    with ``T = 0.75 × epochs`` (the authors' ``T = 300`` would keep 87 % of the bulk
-    after 40 epochs; pass ``schedule_epochs=300`` to reproduce it literally).
-``small``
-    The same protocol on narrower networks, training subsets and fewer epochs, sized
-    so that three seeds (both arms and the baselines) run in about 10–15 minutes on
-    two CPU cores (timings in ``docs/experiments.md``).
-``smoke``
-    Tiny networks and subsets, a few epochs, for the tests (seconds).
+:data:`EXPERIMENTS` maps each id that :func:`rmtprune.paper.experiments.reproduce` and
+``rmtprune reproduce`` accept to its :class:`rmtprune.paper.experiments.protocol.Experiment`:
+the five classification experiments of docs/method.md section 6
+(:mod:`rmtprune.paper.experiments.classification.experiments`, with their presets) first,
+then the four analysis experiments (:mod:`rmtprune.paper.experiments.analysis.experiments`).
+Each has an id, a section, a title, its presets and ``reproduce(...)``, which returns an
+:class:`rmtprune.paper.experiments.protocol.ExperimentResult`.
 
 Example
 -------
 >>> from rmtprune.paper.experiments import get_config, list_experiments
 >>> list_experiments()
-('fc-mnist', 'fc-fashion', 'cnn-mnist', 'cnn-fashion', 'fc-cifar10')
->>> get_config("fc-fashion", "paper").widths
-(784, 3000, 3000, 3000, 10)
+('fc-mnist', 'fc-fashion', 'cnn-mnist', 'cnn-fashion', 'fc-cifar10', 'theory', 'init', 'regression', 'landscape')
+>>> get_experiment("landscape").section
+'Section 3.2.1'
 >>> get_config("cnn-mnist", "paper").conv_fit_cutoff
 0.6
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
 
 from rmtprune._util.validation import param_error
-from rmtprune.paper.experiments.config import PRESETS, ExperimentConfig
+from rmtprune.paper.experiments.analysis.experiments import ANALYSIS_EXPERIMENTS
+from rmtprune.paper.experiments.classification.experiments import (
+    CLASSIFICATION_EXPERIMENTS,
+    get_config,
+)
+from rmtprune.paper.experiments.protocol import Experiment
 
-__all__ = ["EXPERIMENTS", "Experiment", "get_config", "get_experiment", "list_experiments"]
-
-
-def _frozen(values: Mapping[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType(dict(values))
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """One experiment of the paper: its overrides and those of each preset.
-
-    Attributes
-    ----------
-    id : str
-        Identifier used on the command line.
-    section : str
-        Section of the paper.
-    title : str
-        One-line description.
-    overrides : mapping
-        Fields of :class:`ExperimentConfig` that differ from the defaults.
-    presets : mapping of preset name to mapping
-        Further overrides per preset.
-    """
-
-    id: str
-    section: str
-    title: str
-    overrides: Mapping[str, Any]
-    presets: Mapping[str, Mapping[str, Any]]
-
-    def config(self, preset: str = "small") -> ExperimentConfig:
-        """The resolved configuration of ``preset``.
-
-        Examples
-        --------
-        >>> EXPERIMENTS["fc-mnist"].config("smoke").preset
-        'smoke'
-        """
-        if preset not in self.presets:
-            raise param_error("preset", "Experiment.config", f"one of {list(self.presets)}", preset)
-        values = {**self.overrides, **self.presets[preset]}
-        return ExperimentConfig(experiment=self.id, preset=preset, **values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary of the definition."""
-        return {
-            "id": self.id,
-            "section": self.section,
-            "title": self.title,
-            "overrides": dict(self.overrides),
-            "presets": {k: dict(v) for k, v in self.presets.items()},
-        }
-
-
-# Fully connected networks on 28×28 images.
-_FC_PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {
-        "hidden": (128, 128),
-        "epochs": 3,
-        "batch_size": 32,
-        "train_subset": 1000,
-        "test_subset": 500,
-        "seeds": (0, 1),
-        "finetune_epochs": 1,
-    },
-    "small": {
-        "hidden": (1000, 1000, 1000),
-        "epochs": 12,
-        "finetune_epochs": 2,
-    },
-    "paper": {},
-}
-
-_CNN_PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {
-        "channels": (8, 16, 16, 32, 32),
-        "fc_width": 64,
-        "min_dim": 16,
-        "epochs": 3,
-        "batch_size": 32,
-        "train_subset": 1000,
-        "test_subset": 300,
-        "seeds": (0,),
-        "finetune_epochs": 1,
-    },
-    "small": {
-        "channels": (8, 16, 32, 64, 128),
-        "fc_width": 500,
-        "epochs": 6,
-        "train_subset": 10000,
-        "test_subset": 5000,
-        "finetune_epochs": 1,
-    },
-    "paper": {"epochs": 20, "finetune_epochs": 2},
-}
-
-_CIFAR_PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {**_FC_PRESETS["smoke"]},
-    "small": {**_FC_PRESETS["small"], "train_subset": 20000},
-    "paper": {},
-}
-
-
-def _experiment(
-    id_: str, section: str, title: str, overrides: dict[str, Any], presets: dict[str, Any]
-) -> Experiment:
-    if set(presets) != set(PRESETS):
-        raise RuntimeError(f"experiment {id_} must define the presets {PRESETS}")
-    return Experiment(
-        id_,
-        section,
-        title,
-        _frozen(overrides),
-        _frozen({k: _frozen(v) for k, v in presets.items()}),
-    )
-
+__all__ = [
+    "EXPERIMENTS",
+    "all_experiments",
+    "get_config",
+    "get_experiment",
+    "list_experiments",
+]
 
 EXPERIMENTS: Mapping[str, Experiment] = MappingProxyType(
-    {
-        e.id: e
-        for e in (
-            _experiment(
-                "fc-mnist",
-                "3.2.1",
-                "Fully connected [784, 3000, 3000, 3000, 10] on MNIST, normal vs pruned",
-                {"dataset": "mnist"},
-                _FC_PRESETS,
-            ),
-            _experiment(
-                "fc-fashion",
-                "3.2.1",
-                "Fully connected [784, 3000, 3000, 3000, 10] on Fashion-MNIST, normal vs pruned",
-                {"dataset": "fashion-mnist"},
-                _FC_PRESETS,
-            ),
-            _experiment(
-                "cnn-mnist",
-                "3.2.2",
-                "The paper's CNN on MNIST (conv fit cutoff 0.6), normal vs pruned",
-                {"dataset": "mnist", "architecture": "cnn"},
-                _CNN_PRESETS,
-            ),
-            _experiment(
-                "cnn-fashion",
-                "3.2.2",
-                "The paper's CNN on Fashion-MNIST (conv fit cutoff 0.6), normal vs pruned",
-                {"dataset": "fashion-mnist", "architecture": "cnn"},
-                _CNN_PRESETS,
-            ),
-            _experiment(
-                "fc-cifar10",
-                "3.2.3",
-                "Fully connected [3072, 3000, 3000, 3000, 10] on CIFAR-10, normal vs pruned",
-                {"dataset": "cifar10"},
-                _CIFAR_PRESETS,
-            ),
-        )
-    }
+    {**CLASSIFICATION_EXPERIMENTS, **ANALYSIS_EXPERIMENTS}
 )
+"""Every experiment of the paper by id: five classification, then four analysis experiments."""
 
 
 def list_experiments() -> tuple[str, ...]:
-    """Ids of the experiments :func:`rmtprune.paper.experiments.reproduce` runs.
+    """Ids of the experiments :func:`rmtprune.paper.experiments.reproduce` runs (all nine).
 
     Examples
     --------
-    >>> "fc-cifar10" in list_experiments()
-    True
+    >>> len(list_experiments()), "fc-cifar10" in list_experiments(), "theory" in list_experiments()
+    (9, True, True)
     """
     return tuple(EXPERIMENTS)
 
 
-def get_experiment(experiment_id: str) -> Experiment:
-    """The :class:`Experiment` called ``experiment_id``."""
-    if experiment_id not in EXPERIMENTS:
-        raise param_error(
-            "experiment_id", "get_experiment", f"one of {list(EXPERIMENTS)}", experiment_id
-        )
-    return EXPERIMENTS[experiment_id]
-
-
-def get_config(experiment_id: str, preset: str = "small") -> ExperimentConfig:
-    """Resolved configuration of ``experiment_id`` at ``preset``.
+def all_experiments() -> dict[str, str]:
+    """Every id :func:`rmtprune.paper.experiments.reproduce` accepts, with a one-line description.
 
     Examples
     --------
-    >>> get_config("fc-cifar10", "small").widths[0]
-    3072
+    >>> all_experiments()["fc-mnist"][:10]
+    'SPEC 3.2.1'
     """
-    return get_experiment(experiment_id).config(preset)
+    return {key: e.description for key, e in EXPERIMENTS.items()}
+
+
+def get_experiment(experiment_id: str) -> Experiment:
+    """The experiment called ``experiment_id``.
+
+    Examples
+    --------
+    >>> get_experiment("fc-mnist").title[:15]
+    'Fully connected'
+    """
+    if experiment_id not in EXPERIMENTS:
+        expected = f"one of {list(EXPERIMENTS)}"
+        raise param_error("experiment_id", "get_experiment", expected, experiment_id)
+    return EXPERIMENTS[experiment_id]

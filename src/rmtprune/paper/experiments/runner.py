@@ -1,16 +1,15 @@
 """``reproduce``: one entry point for all nine experiments of the paper.
 
-The five classification experiments (:data:`rmtprune.paper.experiments.registry.EXPERIMENTS`)
-run through :func:`rmtprune.paper.experiments.classification.run.run_experiment`, the four analysis
-experiments (:data:`rmtprune.paper.experiments.analysis.experiments.ANALYSIS_EXPERIMENTS`) through
-:func:`rmtprune.paper.experiments.analysis.experiments.reproduce_analysis`; both write one run
-directory
-with the resolved configuration, ``environment.json``, metrics, figures and
-``report.md`` / ``report.html`` by the rules of :mod:`rmtprune.paper.experiments.rundir`: a
-second call on the same directory resumes the run (finished seeds or units are loaded,
-not computed again), one with another configuration is refused naming the differing
-fields, and so is a non-empty directory that holds no run.  :func:`all_experiments` lists
-the nine ids.
+Every experiment of the one registry :data:`rmtprune.paper.experiments.registry.EXPERIMENTS`
+runs through its own ``reproduce``: the five classification experiments through
+:func:`rmtprune.paper.experiments.classification.run.run_experiment`, the four analysis
+experiments through :func:`rmtprune.paper.experiments.analysis.experiments.reproduce_analysis`;
+both write one run directory with the resolved configuration, ``environment.json``, metrics,
+figures and ``report.md`` / ``report.html`` by the rules of
+:mod:`rmtprune.paper.experiments.rundir`: a second call on the same directory resumes the
+run (finished seeds or units are loaded, not computed again), one with another
+configuration is refused naming the differing fields, and so is a non-empty directory
+that holds no run.  :func:`all_experiments` lists the nine ids.
 
 Example
 -------
@@ -25,25 +24,12 @@ import os
 from collections.abc import Sequence
 
 from rmtprune._util.validation import param_error
-from rmtprune.paper.experiments.analysis.experiments import (
-    ANALYSIS_EXPERIMENTS,
-    AnalysisRun,
-    reproduce_analysis,
-)
 from rmtprune.paper.experiments.classification.run import environment, render_run, run_experiment
-from rmtprune.paper.experiments.config import PRESETS
-from rmtprune.paper.experiments.registry import EXPERIMENTS, get_config
-from rmtprune.paper.experiments.results import RunResult
-from rmtprune.paper.experiments.seeds import seed_tuple
-from rmtprune.paper.training.config import check_device
+from rmtprune.paper.experiments.protocol import ExperimentResult
+from rmtprune.paper.experiments.registry import EXPERIMENTS, all_experiments
+from rmtprune.paper.presets import PRESETS
 
 __all__ = ["all_experiments", "environment", "render_run", "reproduce", "run_experiment"]
-
-
-def all_experiments() -> dict[str, str]:
-    """Every id :func:`reproduce` accepts, with a one-line description."""
-    titles = {key: f"SPEC {e.section}: {e.title}" for key, e in EXPERIMENTS.items()}
-    return {**titles, **{key: e.title for key, e in ANALYSIS_EXPERIMENTS.items()}}
 
 
 def reproduce(
@@ -58,24 +44,23 @@ def reproduce(
     resume: bool = True,
     device: str = "cpu",
     import_seeds: Sequence[str | os.PathLike[str]] = (),
-) -> RunResult | AnalysisRun:
+) -> ExperimentResult:
     """Reproduce one of the paper's experiments.
 
     Parameters
     ----------
     experiment_id : str
-        One of :func:`rmtprune.paper.experiments.list_experiments`, or one of the analysis
-        experiments ``theory``, ``init``, ``regression``, ``landscape``, which are run by
-        :func:`rmtprune.paper.experiments.analysis.experiments.reproduce_analysis` (its
-        ``AnalysisRun``
-        result also has ``run_dir``).
+        One of :func:`rmtprune.paper.experiments.list_experiments`: a classification
+        experiment (its result is a :class:`rmtprune.paper.experiments.results.RunResult`) or
+        one of the analysis experiments ``theory``, ``init``, ``regression``, ``landscape``
+        (an :class:`rmtprune.paper.experiments.analysis.experiments.AnalysisRun`).
     preset : {"smoke", "small", "paper"}
-        Scale (see :mod:`rmtprune.paper.experiments.registry`).
+        Scale (see :mod:`rmtprune.paper.experiments.classification.experiments`).
     seeds : int, str, sequence of int or None
         ``K`` runs seeds ``0, …, K−1``; a sequence (or a string such as ``"0,1,2"``
         or ``"1-2"``, see :func:`parse_seeds`) runs those seeds; None keeps the
         preset's seeds.  A run directory that already holds seeds keeps them: the run
-        then covers both.
+        then covers both.  The analysis experiments take an int only.
     device : str
         Torch device of training (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``).
     out, data_dir, download, progress, resume, import_seeds
@@ -83,7 +68,8 @@ def reproduce(
 
     Returns
     -------
-    RunResult or AnalysisRun
+    ExperimentResult
+        ``run_dir`` and ``to_dict()``; a ``RunResult`` or an ``AnalysisRun``.
 
     Examples
     --------
@@ -91,33 +77,19 @@ def reproduce(
     ...                    out="/tmp/fc-mnist-smoke")  # doctest: +SKIP
     >>> print(result.table())  # doctest: +SKIP
     """
-    if experiment_id not in EXPERIMENTS and experiment_id not in ANALYSIS_EXPERIMENTS:
+    if experiment_id not in EXPERIMENTS:
         expected = f"one of {list(all_experiments())}"
         raise param_error("experiment_id", "reproduce", expected, experiment_id)
     if preset not in PRESETS:
         raise param_error("preset", "reproduce", f"one of {list(PRESETS)}", preset)
-    if experiment_id in ANALYSIS_EXPERIMENTS:
-        if seeds is not None and not isinstance(seeds, int):
-            raise param_error("seeds", "reproduce", "an int for analysis experiments", seeds)
-        return reproduce_analysis(
-            experiment_id,
-            preset=preset,
-            seeds=seeds,
-            out=out,
-            data_dir=data_dir,
-            download=download,
-            progress=progress,
-            resume=resume,
-        )
-    config = get_config(experiment_id, preset).replace(device=check_device(device))
-    if seeds is not None:
-        config = config.replace(seeds=seed_tuple(seeds))
-    return run_experiment(
-        config,
+    return EXPERIMENTS[experiment_id].reproduce(
+        preset,
+        seeds=seeds,
         out=out,
         data_dir=data_dir,
         download=download,
         progress=progress,
         resume=resume,
+        device=device,
         import_seeds=import_seeds,
     )

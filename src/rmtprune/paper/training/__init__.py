@@ -1,4 +1,4 @@
-"""Training of the paper's networks: loss, deterministic trainer, resumable checkpoints.
+"""Training of the paper's networks: loss, deterministic trainer, a resumable training state.
 
 Example
 -------
@@ -19,24 +19,24 @@ from rmtprune.paper.training.loss import (
     paper_loss,
     regularization,
 )
-from rmtprune.paper.training.state import Checkpoint, load_checkpoint, save_checkpoint
+from rmtprune.paper.training.state import TrainingState, load_state, save_state
 from rmtprune.paper.training.trainer import Trainer
 
 __all__ = [
     "DEVICES",
-    "Checkpoint",
     "EpochRecord",
     "Evaluation",
     "History",
     "TrainConfig",
     "Trainer",
+    "TrainingState",
     "add_regularization_grad",
     "check_device",
     "data_loss",
     "device_unavailable",
     "evaluate",
-    "load_checkpoint",
+    "load_state",
     "paper_loss",
     "regularization",
-    "save_checkpoint",
+    "save_state",
 ]

@@ -9,7 +9,6 @@ Example
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from rmtprune._util.validation import check_int, check_real, param_error
+from rmtprune.paper.presets import PresetConfig
 from rmtprune.paper.training.loss import OBJECTIVES
 
 __all__ = ["DEVICES", "RESUMABLE_CHANGES", "TrainConfig", "check_device", "device_unavailable"]
@@ -62,7 +62,7 @@ RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_threads", "eval_batch_si
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(PresetConfig):
     """Hyper-parameters of one training run (defaults: docs/method.md section 6).
 
     Parameters
@@ -120,8 +120,8 @@ class TrainConfig:
     objective: str = "nll"
     deterministic: bool = True
 
-    def __post_init__(self) -> None:
-        owner = "TrainConfig"
+    def check(self, owner: str) -> None:
+        """Validate the fields (see :class:`rmtprune.paper.presets.PresetConfig`)."""
         check_int(self.epochs, "epochs", owner, low=0)
         check_int(self.batch_size, "batch_size", owner, low=1)
         check_int(self.eval_batch_size, "eval_batch_size", owner, low=1)
@@ -151,17 +151,4 @@ class TrainConfig:
             decays = sum(1 for d in self.lr_decay_epochs if d < epoch)
         return self.lr * self.lr_decay**decays
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary (lists instead of tuples)."""
-        out = dataclasses.asdict(self)
-        if self.lr_decay_epochs is not None:
-            out["lr_decay_epochs"] = list(self.lr_decay_epochs)
-        return out
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`."""
-        values = dict(values)
-        if values.get("lr_decay_epochs") is not None:
-            values["lr_decay_epochs"] = tuple(values["lr_decay_epochs"])
-        return cls(**values)
+    # replace, to_dict (tuples as lists) and from_dict come from PresetConfig.

@@ -1,6 +1,6 @@
-"""Checkpoints that let an interrupted training run resume bit for bit.
+"""The training state that lets an interrupted training run resume bit for bit.
 
-A checkpoint holds everything the next epoch depends on: the model's layer
+A :class:`TrainingState` holds everything the next epoch depends on: the model's layer
 structure (factorized layers, from :func:`rmtprune.storage.format.describe_structure`), its
 ``state_dict``, the optimizer state keyed by *parameter name* (so it survives
 optimizers rebuilt in a different parameter order), the pruner state, the
@@ -8,7 +8,8 @@ random number generator states (torch global and shuffling generators, Python
 ``random``, NumPy's global generator), the epoch, the history so far and the
 configuration.  It is written with :func:`torch.save` to a temporary file and
 moved into place with :func:`os.replace`, so a run killed while saving keeps
-its previous checkpoint; it is read back with ``torch.load(weights_only=True)``,
+its previous state (the file keeps its historical name ``checkpoint.pt``, so older run
+directories resume); it is read back with ``torch.load(weights_only=True)``,
 so it may only contain tensors and plain Python values.
 
 Example
@@ -43,27 +44,27 @@ from rmtprune.storage.format import apply_structure, describe_structure
 from rmtprune.storage.inputs import torch_load_detail
 
 __all__ = [
-    "CHECKPOINT_NAME",
-    "Checkpoint",
+    "STATE_FILE",
+    "TrainingState",
     "apply_model_structure",
     "atomic_write_bytes",
     "capture_rng_state",
-    "checkpoint_path",
     "describe_model_structure",
-    "load_checkpoint",
+    "load_state",
     "optimizer_from_state",
     "optimizer_state_by_name",
     "restore_rng_state",
-    "save_checkpoint",
+    "save_state",
+    "state_path",
 ]
 
-CHECKPOINT_NAME = "checkpoint.pt"
+STATE_FILE = "checkpoint.pt"
 _FORMAT = "rmtprune-checkpoint"
 _VERSION = 1
 
 
 @dataclass(frozen=True)
-class Checkpoint:
+class TrainingState:
     """Everything needed to continue a training run after ``epoch``.
 
     Attributes
@@ -112,7 +113,7 @@ class Checkpoint:
         }
 
     @classmethod
-    def from_dict(cls, content: dict[str, Any]) -> Checkpoint:
+    def from_dict(cls, content: dict[str, Any]) -> TrainingState:
         """Inverse of :meth:`to_dict`; checks the format tag and version."""
         if not isinstance(content, dict) or content.get("format") != _FORMAT:
             raise ValueError("Not an rmtprune training checkpoint.")
@@ -133,18 +134,18 @@ class Checkpoint:
         )
 
 
-def checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:
-    """Path of the (latest) checkpoint of a run directory."""
-    return Path(run_dir) / CHECKPOINT_NAME
+def state_path(run_dir: str | os.PathLike[str]) -> Path:
+    """Path of the (latest) training state of a run directory (``checkpoint.pt``)."""
+    return Path(run_dir) / STATE_FILE
 
 
-def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
-    """Write ``checkpoint`` atomically (temporary file + :func:`os.replace`).
+def save_state(path: str | os.PathLike[str], state: TrainingState) -> None:
+    """Write ``state`` atomically (temporary file + :func:`os.replace`).
 
     Raises ``OSError`` naming ``path`` when the write fails (disk full, permissions); the
-    previous checkpoint, if any, is left in place.
+    previous state, if any, is left in place.
     """
-    content = checkpoint.to_dict()
+    content = state.to_dict()
     try:
         atomic_write_bytes(path, lambda fh: torch.save(content, fh))
     except OSError as exc:
@@ -158,16 +159,16 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
         ) from None
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read a checkpoint with ``torch.load(weights_only=True)`` onto the CPU.
+def load_state(path: str | os.PathLike[str]) -> TrainingState:
+    """Read a training state with ``torch.load(weights_only=True)`` onto the CPU.
 
     Raises :class:`rmtprune.InvalidFileError` naming the file when it is truncated, damaged,
     holds Python objects other than tensors and plain values (never unpickled), or is not an
-    rmtprune checkpoint.
+    rmtprune training state (the messages call the file a checkpoint, its name).
 
     Examples
     --------
-    >>> load_checkpoint("runs/fc-mnist/seed0/checkpoint.pt").epoch  # doctest: +SKIP
+    >>> load_state("runs/fc-mnist/seed0/checkpoint.pt").epoch  # doctest: +SKIP
     12
     """
     check_input_file(path, what="checkpoint")
@@ -181,7 +182,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             f"truncated, damaged or not a checkpoint: {advice}",
         ) from None
     try:
-        return Checkpoint.from_dict(content)
+        return TrainingState.from_dict(content)
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidFileError(
             path, f"the checkpoint {os.fspath(path)} is not usable ({exc}): {advice}"

@@ -1,4 +1,4 @@
-"""Deterministic training loop with optional pruning steps and resumable checkpoints.
+"""Deterministic training loop with optional pruning steps and a resumable training state.
 
 One epoch ``e`` (1-based) is: set the learning rate ``TrainConfig.learning_rate(e)``;
 one pass over the shuffled training set with SGD on ``NLL + l1·Σ|θ| + l2·Σθ²``;
@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from rmtprune.factorize.params import count_parameters
-from rmtprune.paper.training import state as ckpt
+from rmtprune.paper.training import state as training_state
 from rmtprune.paper.training.config import RESUMABLE_CHANGES, TrainConfig
 from rmtprune.paper.training.history import EpochRecord, History
 from rmtprune.paper.training.loss import (
@@ -200,16 +200,16 @@ class Trainer:
         if resume:
             if self.run_dir is None:
                 raise ValueError("The 'resume' parameter of Trainer needs a 'run_dir'.")
-            path = ckpt.checkpoint_path(self.run_dir)
+            path = training_state.state_path(self.run_dir)
             if path.is_file():
-                self._restore(ckpt.load_checkpoint(path))
+                self._restore(training_state.load_state(path))
 
     @property
     def history(self) -> History:
         """Records of the epochs completed so far."""
         return History(tuple(self._records))
 
-    def _restore(self, saved: ckpt.Checkpoint) -> None:
+    def _restore(self, saved: training_state.TrainingState) -> None:
         """Model structure → weights → optimizer → pruner → RNG, from a checkpoint."""
         differing = sorted(
             k
@@ -222,7 +222,7 @@ class Trainer:
                 f"checkpoint's in {differing}."
             )
         if saved.structure is not None:
-            model = ckpt.apply_model_structure(self.model, saved.structure)
+            model = training_state.apply_model_structure(self.model, saved.structure)
             if self.pruner is not None and model is not self.pruner.model:
                 raise RuntimeError(
                     "rmtprune.storage.format.apply_structure returned a new model; the pruner "
@@ -231,7 +231,7 @@ class Trainer:
             self.model = model.to(self.device)
             self._structure_changed = True
         self.model.load_state_dict(saved.model_state)
-        self.optimizer = ckpt.optimizer_from_state(saved.optimizer_state, self.model)
+        self.optimizer = training_state.optimizer_from_state(saved.optimizer_state, self.model)
         if self.pruner is not None:
             if saved.pruner_state is None:
                 raise ValueError("The checkpoint has no pruner state but a pruner was given.")
@@ -286,21 +286,23 @@ class Trainer:
             self._structure_changed = True
         return dict(report.to_dict())
 
-    def _checkpoint(self) -> None:
+    def _save_state(self) -> None:
         if self.run_dir is None:
             return
-        structure = ckpt.describe_model_structure(self.model) if self._structure_changed else None
-        saved = ckpt.Checkpoint(
+        structure = None
+        if self._structure_changed:
+            structure = training_state.describe_model_structure(self.model)
+        saved = training_state.TrainingState(
             epoch=self.epoch,
             config=self.config.to_dict(),
             structure=structure,
             model_state=self.model.state_dict(),
-            optimizer_state=ckpt.optimizer_state_by_name(self.optimizer, self.model),
+            optimizer_state=training_state.optimizer_state_by_name(self.optimizer, self.model),
             pruner_state=None if self.pruner is None else self.pruner.state_dict(),
-            rng_state=ckpt.capture_rng_state(self._shuffle),
+            rng_state=training_state.capture_rng_state(self._shuffle),
             history=self.history.to_dict(),
         )
-        ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir), saved)
+        training_state.save_state(training_state.state_path(self.run_dir), saved)
         self.history.to_json(self.run_dir / "history.json")
         self.history.to_csv(self.run_dir / "history.csv")
 
@@ -324,7 +326,7 @@ class Trainer:
         cfg = self.config
         with _runtime(cfg):
             if self._rng_state is not None:
-                ckpt.restore_rng_state(self._rng_state, self._shuffle)
+                training_state.restore_rng_state(self._rng_state, self._shuffle)
                 self._rng_state = None
             elif self.epoch == 0:
                 self._seed()
@@ -349,7 +351,7 @@ class Trainer:
                 )
                 self._records.append(record)
                 self.epoch = epoch
-                self._checkpoint()
+                self._save_state()
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(self, record)
         return self.history

@@ -1,7 +1,9 @@
 """Plumbing shared by the analysis experiments (``theory``, ``regression``, ``landscape``).
 
-Argument checks for the common ``run`` signature, the run directory and its store of
-finished units (:func:`open_run`), JSON/CSV writers that produce strict
+The one run skeleton of the four analysis experiments (:func:`run_analysis`: check the preset,
+resolve the configuration, open the run directory, compute the units with resume, write the
+report and ``metrics.json``), argument checks for the common ``run`` signature, the run
+directory and its store of finished units (:func:`open_run`), JSON/CSV writers that produce strict
 JSON (non-finite floats become ``null``), least-squares slopes on log-log axes, a paired
 comparison over seeds, Markdown tables, matplotlib figures drawn
 without ``pyplot`` (the Agg canvas, no global state), and model helpers: a dense copy of a
@@ -20,10 +22,11 @@ import copy
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -31,18 +34,19 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from torch import nn
 
-from rmtprune._util.validation import check_int, param_error
+from rmtprune._util.validation import check_int
 from rmtprune.factorize.lowrank import LowRankModule
 from rmtprune.factorize.registry import set_submodule
 from rmtprune.paper.data import load_dataset
 from rmtprune.paper.experiments import formats
-from rmtprune.paper.experiments.config import PRESETS
 from rmtprune.paper.experiments.formats import markdown_table, to_jsonable
 from rmtprune.paper.experiments.rundir import UnitStore, environment, prepare_analysis_dir
 from rmtprune.paper.experiments.stats import PairedComparison, paired_comparison
+from rmtprune.paper.presets import PRESETS, check_preset, check_seeds
 
 __all__ = [
     "PRESETS",
+    "AnalysisContext",
     "PairedComparison",
     "Slope",
     "check_preset",
@@ -57,24 +61,13 @@ __all__ = [
     "open_run",
     "paired_comparison",
     "resolve_config",
+    "run_analysis",
     "save_figure",
     "say",
     "to_jsonable",
     "write_csv",
     "write_json",
 ]
-
-
-def check_preset(preset: Any, owner: str) -> str:
-    """Return ``preset`` if it is one of :data:`PRESETS`, else raise ``ValueError``."""
-    if preset not in PRESETS:
-        raise param_error("preset", owner, f"one of {list(PRESETS)}", preset)
-    return str(preset)
-
-
-def check_seeds(seeds: Any, owner: str) -> int | None:
-    """``None`` or an int >= 1 (the number of seeds overriding the preset's)."""
-    return None if seeds is None else check_int(seeds, "seeds", owner, low=1)
 
 
 ConfigT = TypeVar("ConfigT")
@@ -124,6 +117,72 @@ def open_run(
         )
     folder = prepare_analysis_dir(out, experiment, preset, config.to_dict(), resume=resume, **extra)
     return folder, UnitStore(folder)
+
+
+class _Result(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+UnitsT = TypeVar("UnitsT")
+ResultT = TypeVar("ResultT", bound=_Result)
+
+
+@dataclass(frozen=True)
+class AnalysisContext(Generic[ConfigT]):
+    """What the units and the report of an analysis run work with (see :func:`run_analysis`)."""
+
+    preset: str
+    config: ConfigT
+    folder: Path
+    store: UnitStore
+    data_dir: Any
+    progress: bool
+    started: float
+
+    def elapsed(self) -> float:
+        """Seconds since the run directory was opened."""
+        return time.perf_counter() - self.started
+
+
+def run_analysis(
+    experiment: str,
+    owner: str,
+    resolve: tuple[type[ConfigT], Callable[[str, int | None], ConfigT]],
+    units: Callable[[AnalysisContext[ConfigT]], UnitsT],
+    report: Callable[[AnalysisContext[ConfigT], UnitsT], ResultT],
+    *,
+    preset: Any,
+    seeds: Any,
+    config: Any,
+    out: Any,
+    data_dir: Any,
+    progress: bool,
+    resume: bool,
+    check: Callable[[ConfigT], None] | None = None,
+    write_metrics: Callable[[Path, Any], Any] | None = None,
+    **extra: Any,
+) -> ResultT:
+    """The one skeleton of an analysis experiment's ``run``.
+
+    Checks ``preset``; resolves the configuration (``resolve`` is ``(kind, from_preset)``, see
+    :func:`resolve_config`) and passes it to ``check``; opens the run directory ``out``
+    (:func:`open_run`, with ``extra`` fields in ``config.json``); calls ``units(context)``,
+    which computes or loads each unit through ``context.store`` (a continued run loads what
+    it stored); calls ``report(context, units)``, which writes the tables, figures and
+    ``report_section.md`` and returns the result; writes ``result.to_dict()`` to
+    ``metrics.json`` (:func:`write_json`, or ``write_metrics``) and returns the result.
+    """
+    preset = check_preset(preset, owner)
+    kind, from_preset = resolve
+    resolved = resolve_config(kind, from_preset, config, preset, seeds, owner)
+    if check is not None:
+        check(resolved)
+    started = time.perf_counter()
+    folder, store = open_run(out, owner, experiment, preset, resolved, resume, **extra)
+    context = AnalysisContext(preset, resolved, folder, store, data_dir, progress, started)
+    result = report(context, units(context))
+    (write_metrics or write_json)(folder / "metrics.json", result.to_dict())
+    return result
 
 
 def say(progress: bool, message: str) -> None:

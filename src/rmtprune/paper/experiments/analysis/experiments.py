@@ -6,14 +6,23 @@ owns its run directory by the rules of the classification runs
 ``environment.json``, resume on the same configuration, refusal otherwise), stores each
 finished unit under ``units/`` and writes ``metrics.json``, figures and a
 ``report_section.md``.  This module adds a ``report.md`` plus a self-contained
-``report.html`` around the section.
+``report.html`` around the section.  Each :class:`AnalysisExperiment` follows
+:class:`rmtprune.paper.experiments.protocol.Experiment`, and its result, :class:`AnalysisRun`,
+:class:`rmtprune.paper.experiments.protocol.ExperimentResult`; all four are entries of the one
+registry :data:`rmtprune.paper.experiments.registry.EXPERIMENTS`.
+
+Example
+-------
+>>> from rmtprune.paper.experiments.analysis.experiments import ANALYSIS_EXPERIMENTS
+>>> ANALYSIS_EXPERIMENTS["regression"].description
+'Appendix E.3: MLP regression of a noisy sum of sines, normal vs pruned'
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,10 +31,18 @@ from typing import Any
 
 from rmtprune._util.validation import param_error
 from rmtprune.paper.data.download import download_dataset
-from rmtprune.paper.experiments.analysis import init_compare, landscape, regression, theory
-from rmtprune.paper.experiments.config import PRESETS
+from rmtprune.paper.experiments.analysis import (
+    init_compare,
+    landscape,
+    landscape_config,
+    regression,
+    regression_config,
+    theory,
+    theory_config,
+)
 from rmtprune.paper.experiments.formats import markdown_to_html, write_text
 from rmtprune.paper.experiments.rundir import UnitStore
+from rmtprune.paper.presets import PRESETS
 
 __all__ = [
     "ANALYSIS_EXPERIMENTS",
@@ -38,18 +55,57 @@ __all__ = [
 
 @dataclass(frozen=True)
 class AnalysisExperiment:
-    """One analysis experiment: its id, a one-line description and its ``run`` function.
+    """One analysis experiment: id, section, title, presets and its ``run`` function.
 
     ``run(preset, *, seeds, out, data_dir, progress, resume)`` writes ``config.json``,
     ``environment.json``, its finished units, ``metrics.json``, figures and
     ``report_section.md`` into ``out`` (continuing the run there when ``resume``) and
-    returns the experiment's typed result.
+    returns the experiment's typed result; :meth:`reproduce` adds the report around it.
     """
 
     id: str
+    section: str
     title: str
+    presets: Mapping[str, Any]
     run: Callable[..., Any]
     needs_data: bool = True
+
+    @property
+    def description(self) -> str:
+        """The line ``rmtprune reproduce --list`` prints (and ``report.md`` opens with)."""
+        return f"{self.section}: {self.title}"
+
+    def reproduce(
+        self,
+        preset: str = "small",
+        *,
+        seeds: int | str | Sequence[int] | None = None,
+        out: str | os.PathLike[str] | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        download: bool = False,
+        progress: bool = True,
+        resume: bool = True,
+        device: str = "cpu",
+        import_seeds: Sequence[str | os.PathLike[str]] = (),
+    ) -> AnalysisRun:
+        """Run the experiment into its own run directory and write its report.
+
+        As :func:`reproduce_analysis`; ``seeds`` must be an int (a number of seeds) or None.
+        The analysis experiments train on the CPU and import no seeds: ``device`` and
+        ``import_seeds`` are accepted for the common protocol and not used.
+        """
+        if seeds is not None and not isinstance(seeds, int):
+            raise param_error("seeds", "reproduce", "an int for analysis experiments", seeds)
+        return reproduce_analysis(
+            self.id,
+            preset=preset,
+            seeds=seeds,
+            out=out,
+            data_dir=data_dir,
+            download=download,
+            progress=progress,
+            resume=resume,
+        )
 
 
 ANALYSIS_EXPERIMENTS: Mapping[str, AnalysisExperiment] = MappingProxyType(
@@ -58,23 +114,31 @@ ANALYSIS_EXPERIMENTS: Mapping[str, AnalysisExperiment] = MappingProxyType(
         for e in (
             AnalysisExperiment(
                 "theory",
-                "Section 4 / B.1: W = R + S as N grows, and the bound of section 7",
+                "Section 4 / B.1",
+                "W = R + S as N grows, and the bound of section 7",
+                MappingProxyType(dict(theory_config.PRESETS)),
                 theory.run,
             ),
             AnalysisExperiment(
                 "init",
-                "Appendix E.2: normal vs pruned under four initialisations (Fashion-MNIST, FC)",
+                "Appendix E.2",
+                "normal vs pruned under four initialisations (Fashion-MNIST, FC)",
+                MappingProxyType(dict(init_compare.PRESET_CHANGES)),
                 init_compare.run,
             ),
             AnalysisExperiment(
                 "regression",
-                "Appendix E.3: MLP regression of a noisy sum of sines, normal vs pruned",
+                "Appendix E.3",
+                "MLP regression of a noisy sum of sines, normal vs pruned",
+                MappingProxyType(dict(regression_config.PRESETS)),
                 regression.run,
                 needs_data=False,
             ),
             AnalysisExperiment(
                 "landscape",
-                "Section 3.2.1: seed spread, loss barrier and loss surface, normal vs pruned",
+                "Section 3.2.1",
+                "seed spread, loss barrier and loss surface, normal vs pruned",
+                MappingProxyType(dict(landscape_config.PRESETS)),
                 landscape.run,
             ),
         )
@@ -157,7 +221,7 @@ def reproduce_analysis(
     seconds, units, untimed = UnitStore(run_dir).compute_seconds()
     older = f"; {untimed} stored without a time" if untimed else ""
     markdown = (
-        f"# {title}\n\n{entry.title}. Compute time {seconds:.0f} s over its {units} units, "
+        f"# {title}\n\n{entry.description}. Compute time {seconds:.0f} s over its {units} units, "
         f"summed over every call{older}; this call took {wall:.0f} s. "
         f"Command: `rmtprune reproduce {experiment_id} --preset {preset}"
         f"{'' if seeds is None else f' --seeds {seeds}'}`.\n\n{section}"

@@ -13,20 +13,22 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rmtprune.paper.experiments.analysis.common import open_run
+from rmtprune.paper.experiments.analysis.common import AnalysisContext, run_analysis
+from rmtprune.paper.experiments.classification.experiments import get_config
 from rmtprune.paper.experiments.classification.run import run_experiment
-from rmtprune.paper.experiments.registry import get_config
+from rmtprune.paper.experiments.config import ExperimentConfig
 from rmtprune.paper.experiments.results import ClaimVerdict, RunResult
 from rmtprune.paper.experiments.stats import paired_comparison
 
-__all__ = ["SCHEMES", "InitResult", "SchemeRow", "run"]
+__all__ = ["PRESET_CHANGES", "SCHEMES", "InitResult", "SchemeRow", "run"]
 
 SCHEMES = ("normal", "normal_n2", "xavier", "kaiming")
 
-_PRESET_CHANGES: dict[str, dict[str, Any]] = {
+PRESET_CHANGES: dict[str, dict[str, Any]] = {  # on top of get_config("fc-fashion", preset)
     "smoke": {},
     # four schemes × three seeds must fit in minutes: a narrower network on a training subset
     "small": {
@@ -172,29 +174,57 @@ def run(
     experiment: a later call with the same configuration continues each from what it
     stored (``resume``; False refuses a directory that holds a run).
     """
-    base = get_config("fc-fashion", preset).replace(**_PRESET_CHANGES[preset])
-    if seeds is not None:
-        base = base.replace(seeds=tuple(range(seeds)))
-    out, _ = open_run(out, "init_compare.run", "init", preset, base, resume)
-    rows = []
-    runs = []
+    return run_analysis(
+        "init",
+        "init_compare.run",
+        (ExperimentConfig, _base_config),
+        partial(_units, download=download, resume=resume),
+        _report,
+        preset=preset,
+        seeds=seeds,
+        config=None,
+        out=out,
+        data_dir=data_dir,
+        progress=progress,
+        resume=resume,
+        write_metrics=_write_metrics,
+    )
+
+
+def _base_config(preset: str, seeds: int | None) -> ExperimentConfig:
+    """The protocol the four schemes share: ``fc-fashion`` with :data:`PRESET_CHANGES`."""
+    base = get_config("fc-fashion", preset).replace(**PRESET_CHANGES[preset])
+    return base if seeds is None else base.replace(seeds=tuple(range(seeds)))
+
+
+def _units(
+    run: AnalysisContext[ExperimentConfig], *, download: bool, resume: bool
+) -> list[tuple[str, RunResult]]:
+    """One classification run per scheme in ``out/<scheme>`` (each continues what it stored)."""
+    results = []
     for scheme in SCHEMES:
-        config = base.replace(experiment=f"init-{scheme}", init=scheme)
+        config = run.config.replace(experiment=f"init-{scheme}", init=scheme)
         result = run_experiment(
             config,
-            out=out / scheme,
-            data_dir=data_dir,
+            out=run.folder / scheme,
+            data_dir=run.data_dir,
             download=download,
-            progress=progress,
+            progress=run.progress,
             resume=resume,
         )
-        rows.append(_row(scheme, result))
-        runs.append(result.run_dir)
-    table = tuple(rows)
+        results.append((scheme, result))
+    return results
+
+
+def _report(
+    run: AnalysisContext[ExperimentConfig], results: list[tuple[str, RunResult]]
+) -> InitResult:
+    """The comparison across schemes, its verdicts and ``report_section.md``; the result."""
+    table = tuple(_row(scheme, result) for scheme, result in results)
     verdicts = _verdicts(table)
-    (out / "report_section.md").write_text(_section(table, verdicts), encoding="utf-8")
-    result_obj = InitResult(table, tuple(runs), verdicts)
-    (out / "metrics.json").write_text(
-        json.dumps(result_obj.to_dict(), indent=2, default=str) + "\n", encoding="utf-8"
-    )
-    return result_obj
+    (run.folder / "report_section.md").write_text(_section(table, verdicts), encoding="utf-8")
+    return InitResult(table, tuple(result.run_dir for _, result in results), verdicts)
+
+
+def _write_metrics(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")

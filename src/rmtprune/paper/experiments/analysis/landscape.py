@@ -33,9 +33,7 @@ Example
 from __future__ import annotations
 
 import itertools
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
 from functools import cache, partial
 from pathlib import Path
 from typing import Any
@@ -44,8 +42,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from rmtprune._util.validation import check_int, check_real, param_error
+from rmtprune._util.validation import param_error
 from rmtprune.paper.experiments.analysis import common
+from rmtprune.paper.experiments.analysis.landscape_config import PRESETS, LandscapeConfig
 from rmtprune.paper.experiments.analysis.landscape_math import (
     barrier_height,
     convexity,
@@ -85,102 +84,6 @@ __all__ = [
 ]
 
 _OWNER = "landscape.run"
-
-
-@dataclass(frozen=True)
-class LandscapeConfig:
-    """Settings of the landscape experiment (see the module docstring).
-
-    ``surface_seeds`` is how many seeds per arm get a loss surface (each costs ``grid²``
-    evaluations on the evaluation subset); ``num_threads`` is passed to the trainer (None:
-    torch's default).
-    """
-
-    widths: tuple[int, ...]
-    seeds: int
-    epochs: int
-    n_train: int | None
-    n_test: int | None
-    n_eval: int
-    grid: int
-    line_points: int
-    surface_seeds: int
-    every: int
-    schedule_epochs: float
-    radius: float = 1.0
-    min_rank: int = 10
-    batch_size: int = 128
-    lr: float = 0.02
-    seed: int = 0
-    num_threads: int | None = None
-
-    def __post_init__(self) -> None:
-        owner = "LandscapeConfig"
-        for name in ("seeds", "epochs", "n_eval", "surface_seeds", "every", "min_rank"):
-            check_int(getattr(self, name), name, owner, low=1)
-        check_int(self.grid, "grid", owner, low=3)
-        check_int(self.line_points, "line_points", owner, low=2)
-        check_real(self.radius, "radius", owner, low=0.0, low_open=True)
-        check_real(self.schedule_epochs, "schedule_epochs", owner, low=0.0, low_open=True)
-
-    @classmethod
-    def from_preset(cls, preset: str, seeds: int | None = None) -> LandscapeConfig:
-        """The configuration of ``preset``, optionally with another number of seeds (>= 2).
-
-        >>> LandscapeConfig.from_preset("small").widths
-        (784, 1000, 1000, 10)
-        """
-        config = PRESETS[common.check_preset(preset, "LandscapeConfig.from_preset")]
-        seeds = common.check_seeds(seeds, "LandscapeConfig.from_preset")
-        return config if seeds is None else replace(config, seeds=seeds)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain ``dict`` of the fields."""
-        return asdict(self)
-
-
-PRESETS: Mapping[str, LandscapeConfig] = {
-    "smoke": LandscapeConfig(
-        widths=(784, 128, 128, 10),
-        seeds=2,
-        epochs=2,
-        n_train=1000,
-        n_test=500,
-        n_eval=200,
-        grid=11,
-        line_points=11,
-        surface_seeds=1,
-        every=1,
-        schedule_epochs=1.5,
-    ),
-    "small": LandscapeConfig(
-        widths=(784, 1000, 1000, 10),
-        seeds=4,
-        epochs=10,
-        n_train=10000,
-        n_test=None,
-        n_eval=1000,
-        grid=21,
-        line_points=21,
-        surface_seeds=2,
-        every=1,
-        schedule_epochs=7.5,
-    ),
-    "paper": LandscapeConfig(
-        widths=(784, 3000, 3000, 3000, 10),
-        seeds=5,
-        epochs=40,
-        n_train=None,
-        n_test=None,
-        n_eval=2000,
-        grid=31,
-        line_points=31,
-        surface_seeds=5,
-        every=2,
-        schedule_epochs=30.0,
-    ),
-}
-"""The three presets: smoke (seconds), small (minutes on 2 cores), paper (paper scale)."""
 
 
 # ----------------------------------------------------------------------------- measures
@@ -342,16 +245,36 @@ def run(
     >>> result = run("smoke", out="/tmp/landscape-smoke", progress=False)  # doctest: +SKIP
     >>> result.summary["pruned"]["barrier"]  # doctest: +SKIP
     """
-    preset = common.check_preset(preset, _OWNER)
-    config = common.resolve_config(
-        LandscapeConfig, LandscapeConfig.from_preset, config, preset, seeds, _OWNER
+    return common.run_analysis(
+        "landscape",
+        _OWNER,
+        (LandscapeConfig, LandscapeConfig.from_preset),
+        _units,
+        _report,
+        preset=preset,
+        seeds=seeds,
+        config=config,
+        out=out,
+        data_dir=data_dir,
+        progress=progress,
+        resume=resume,
+        check=_check_seeds,
     )
+
+
+def _check_seeds(config: LandscapeConfig) -> None:
     if config.seeds < 2:
         raise param_error("seeds", _OWNER, "an int >= 2 (pairs of solutions)", config.seeds)
-    started = time.perf_counter()
-    folder, store = common.open_run(out, _OWNER, "landscape", preset, config, resume)
+
+
+_Units = tuple[list[SolutionRecord], list[LineRecord], list[SurfaceRecord]]
+
+
+def _units(run: common.AnalysisContext[LandscapeConfig]) -> _Units:
+    """Every solution, interpolation line and surface (stored units, loaded when stored)."""
+    config, store, progress = run.config, run.store, run.progress
     train, test = common.load_fashion_mnist(
-        config.n_train, config.n_test, data_dir=data_dir, seed=config.seed
+        config.n_train, config.n_test, data_dir=run.data_dir, seed=config.seed
     )
     x, y = test.tensors
     evaluation = (x[: config.n_eval], y[: config.n_eval])
@@ -363,6 +286,13 @@ def run(
     models = cache(partial(_stored_model, config, store))
     lines = _lines(config, models, evaluation, store, progress)
     surfaces = _surfaces(config, models, evaluation, store, progress)
+    return solutions, lines, surfaces
+
+
+def _report(run: common.AnalysisContext[LandscapeConfig], measured: _Units) -> LandscapeResult:
+    """Summary, verdicts, tables, figures and ``report_section.md``; the result."""
+    config = run.config
+    solutions, lines, surfaces = measured
     summary = summarize(solutions, lines, surfaces)
     accuracy = common.paired_comparison(
         [s.test_accuracy for s in solutions if s.arm == "pruned"],
@@ -370,9 +300,11 @@ def run(
         metric="test_accuracy",
     )
     verdicts = make_verdicts(summary, config.seeds)
-    files = write_outputs(folder, config, solutions, lines, surfaces, summary, accuracy, verdicts)
-    result = LandscapeResult(
-        preset,
+    files = write_outputs(
+        run.folder, config, solutions, lines, surfaces, summary, accuracy, verdicts
+    )
+    return LandscapeResult(
+        run.preset,
         config,
         tuple(solutions),
         tuple(lines),
@@ -381,7 +313,5 @@ def run(
         accuracy,
         tuple(verdicts),
         files,
-        time.perf_counter() - started,
+        run.elapsed(),
     )
-    common.write_json(folder / "metrics.json", result.to_dict())
-    return result

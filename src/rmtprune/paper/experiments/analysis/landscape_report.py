@@ -24,15 +24,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from rmtprune.paper.experiments.analysis import common
+from rmtprune.paper.experiments.analysis.landscape_config import LandscapeConfig
 from rmtprune.paper.experiments.results import ClaimVerdict
-
-if TYPE_CHECKING:
-    from rmtprune.paper.experiments.analysis.landscape import LandscapeConfig
 
 __all__ = [
     "ARMS",

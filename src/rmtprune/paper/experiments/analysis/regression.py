@@ -24,9 +24,8 @@ Example
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from rmtprune._util.validation import check_int, check_real, param_error
 from rmtprune.paper.experiments.analysis import common
+from rmtprune.paper.experiments.analysis.regression_config import (
+    PRESETS,
+    RegressionConfig,
+    RunRecord,
+)
 from rmtprune.paper.experiments.analysis.regression_figures import draw_figures
 from rmtprune.paper.experiments.results import ClaimVerdict
 from rmtprune.paper.models import FullyConnected, initialize
@@ -65,78 +68,6 @@ def target_function(x: np.ndarray) -> np.ndarray:
     return np.sin(2 * np.pi * x) + 0.5 * np.sin(6 * np.pi * x)
 
 
-@dataclass(frozen=True)
-class RegressionConfig:
-    """Settings of the regression experiment (see the module docstring).
-
-    ``schedule_epochs`` is ``T`` of the linear schedule ``f(e) = max(0, 1 − e/T)``; the
-    learning rate is multiplied by ``lr_decay`` after 50 % and 75 % of the epochs (both arms).
-    ``num_threads`` defaults to 1: these tiny matrix products run up to 30 times slower with
-    two threads on a shared two-core machine (measured).
-    """
-
-    widths: tuple[int, ...]
-    seeds: int
-    epochs: int
-    every: int
-    schedule_epochs: float
-    n_train: int = 300
-    n_test: int = 1001
-    noise: float = 0.2
-    activation: str = "relu"
-    batch_size: int = 32
-    lr: float = 0.02
-    lr_decay: float = 0.3
-    l1: float = 5e-6
-    l2: float = 5e-6
-    min_rank: int | None = None
-    data_seed: int = 0
-    num_threads: int | None = 1
-
-    def __post_init__(self) -> None:
-        owner = "RegressionConfig"
-        if len(self.widths) < 2 or self.widths[0] != 1 or self.widths[-1] != 1:
-            raise param_error("widths", owner, "a tuple (1, ..., 1) of layer widths", self.widths)
-        for name in ("seeds", "epochs", "every", "n_train", "batch_size"):
-            check_int(getattr(self, name), name, owner, low=1)
-        check_int(self.n_test, "n_test", owner, low=2)
-        check_real(self.schedule_epochs, "schedule_epochs", owner, low=0.0, low_open=True)
-        check_real(self.noise, "noise", owner, low=0.0)
-
-    @classmethod
-    def from_preset(cls, preset: str, seeds: int | None = None) -> RegressionConfig:
-        """The configuration of ``preset``, optionally with another number of seeds.
-
-        >>> RegressionConfig.from_preset("small").epochs
-        1500
-        """
-        config = PRESETS[common.check_preset(preset, "RegressionConfig.from_preset")]
-        seeds = common.check_seeds(seeds, "RegressionConfig.from_preset")
-        return config if seeds is None else replace(config, seeds=seeds)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain ``dict`` of the fields."""
-        return asdict(self)
-
-
-PRESETS: Mapping[str, RegressionConfig] = {
-    "smoke": RegressionConfig(
-        widths=(1, 64, 64, 64, 1), seeds=2, epochs=150, every=25, schedule_epochs=110.0
-    ),
-    "small": RegressionConfig(
-        widths=(1, 200, 200, 200, 1), seeds=5, epochs=1500, every=50, schedule_epochs=1125.0
-    ),
-    "paper": RegressionConfig(
-        widths=(1, 500, 500, 500, 1),
-        seeds=10,
-        epochs=3000,
-        every=50,
-        schedule_epochs=2250.0,
-    ),
-}
-"""The three presets: smoke (seconds), small (minutes on 2 cores), paper (paper scale)."""
-
-
 def make_data(
     config: RegressionConfig,
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
@@ -155,28 +86,6 @@ def make_data(
         return torch.tensor(a, dtype=torch.float32)[:, None], torch.tensor(b, dtype=torch.float32)
 
     return pair(x, y), pair(grid, target_function(grid))
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """Per-epoch curves of one arm and seed, and its final predictions on the test grid."""
-
-    arm: str
-    seed: int
-    train_mse: tuple[float, ...]
-    test_mse: tuple[float, ...]
-    n_params: tuple[int, ...]
-    prediction: tuple[float, ...] = field(repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain ``dict`` of the fields."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> RunRecord:
-        """Inverse of :meth:`to_dict` (as read back from JSON)."""
-        v: dict[str, Any] = {k: tuple(x) if isinstance(x, list) else x for k, x in values.items()}
-        return cls(**v)
 
 
 def _train(
@@ -415,27 +324,47 @@ def run(
     >>> result = run("smoke", out="/tmp/regression-smoke", progress=False)  # doctest: +SKIP
     >>> result.test.mean  # doctest: +SKIP
     """
-    del data_dir
-    preset = common.check_preset(preset, _OWNER)
-    config = common.resolve_config(
-        RegressionConfig, RegressionConfig.from_preset, config, preset, seeds, _OWNER
-    )
-    started = time.perf_counter()
-    folder, store = common.open_run(
-        out,
-        _OWNER,
+    del data_dir  # synthetic data
+    return common.run_analysis(
         "regression",
-        preset,
-        config,
-        resume,
+        _OWNER,
+        (RegressionConfig, RegressionConfig.from_preset),
+        _units,
+        _report,
+        preset=preset,
+        seeds=seeds,
+        config=config,
+        out=out,
+        data_dir=None,
+        progress=progress,
+        resume=resume,
         target="sin(2πx) + 0.5 sin(6πx) on [0, 2]",
     )
+
+
+_Data = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _units(run: common.AnalysisContext[RegressionConfig]) -> tuple[_Data, list[RunRecord]]:
+    """The data and every trained arm (``units/seed-<s>-<arm>.json``, loaded when stored)."""
+    config = run.config
     data = make_data(config)
     runs: list[RunRecord] = []
     for seed, arm in ((s, a) for s in range(config.seeds) for a in ("normal", "pruned")):
-        common.say(progress, f"[regression] seed {seed} {arm}")
-        fit = partial(_train, config, seed, arm, data, progress)
-        runs.append(store.get(f"seed-{seed}-{arm}", fit, RunRecord.to_dict, RunRecord.from_dict))
+        common.say(run.progress, f"[regression] seed {seed} {arm}")
+        fit = partial(_train, config, seed, arm, data, run.progress)
+        runs.append(
+            run.store.get(f"seed-{seed}-{arm}", fit, RunRecord.to_dict, RunRecord.from_dict)
+        )
+    return data, runs
+
+
+def _report(
+    run: common.AnalysisContext[RegressionConfig], measured: tuple[_Data, list[RunRecord]]
+) -> RegressionResult:
+    """Comparisons, verdicts, tables, figures and ``report_section.md``; the result."""
+    config, folder = run.config, run.folder
+    data, runs = measured
     test = common.paired_comparison(
         _final(runs, "pruned", "test_mse"), _final(runs, "normal", "test_mse"), metric="test_mse"
     )
@@ -452,8 +381,8 @@ def run(
     figures = draw_figures(folder, config, runs, arrays)
     (folder / "report_section.md").write_text(_section(config, runs, params, figures, verdicts))
     files = ("curves.csv", "final.csv", *figures, "report_section.md")
-    result = RegressionResult(
-        preset,
+    return RegressionResult(
+        run.preset,
         config,
         tuple(runs),
         test,
@@ -461,7 +390,5 @@ def run(
         variance,
         tuple(verdicts),
         files,
-        time.perf_counter() - started,
+        run.elapsed(),
     )
-    common.write_json(folder / "metrics.json", result.to_dict())
-    return result

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from rmtprune.paper.experiments.analysis import common
-
-if TYPE_CHECKING:
-    from rmtprune.paper.experiments.analysis.regression import RegressionConfig, RunRecord
+from rmtprune.paper.experiments.analysis.regression_config import RegressionConfig, RunRecord
 
 __all__ = ["draw_figures"]
 

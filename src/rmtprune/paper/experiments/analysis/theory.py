@@ -33,19 +33,21 @@ Example
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rmtprune._util.validation import check_int, check_real, param_error
 from rmtprune.paper.experiments.analysis import common
+from rmtprune.paper.experiments.analysis.theory_config import (
+    PRESETS,
+    SweepRecord,
+    SyntheticRecord,
+    TheoryConfig,
+)
 from rmtprune.paper.experiments.analysis.theory_network import (
-    ACTIVATIONS,
     BoundCheck,
     NetworkRecord,
     bound_check,
@@ -87,109 +89,6 @@ __all__ = [
 ]
 
 _OWNER = "theory.run"
-
-
-@dataclass(frozen=True)
-class TheoryConfig:
-    """Settings of the theory experiment (construction in the module docstring).
-
-    ``sizes``: the ``N`` of part (a); ``seeds``: repetitions per size in (a) and draws of
-    ``R₂`` in (b); ``sweep_size``: the ``N`` of the ``alpha``/``beta`` sweep; ``widths``: the
-    hidden widths ``N`` of part (b) (``W₂`` is ``N × N``); ``noise_variance``: ``g``;
-    ``lr_abs``: the learning rate of the ``|·|`` networks (without biases they diverge at
-    ``lr = 0.02``: NaN weights were measured at ``N = 256`` and ``1024``).
-    """
-
-    sizes: tuple[int, ...]
-    seeds: int
-    sweep_size: int
-    widths: tuple[int, ...]
-    activations: tuple[str, ...]
-    n_train: int | None
-    n_test: int | None
-    epochs: int
-    ratio: float = 0.5
-    strengths: tuple[float, ...] = (5.0, 3.0, 2.0, 0.6)
-    alphas: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45)
-    betas: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
-    signal_rank: int = 20
-    noise_variance: float = 1.0
-    batch_size: int = 128
-    lr: float = 0.02
-    lr_abs: float = 0.005
-    alpha: float = 0.25
-    beta: float = 0.1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        owner = "TheoryConfig"
-        for name in ("sizes", "widths"):
-            values = getattr(self, name)
-            if not values:
-                raise param_error(name, owner, "a non-empty tuple of ints >= 32", values)
-            for value in values:
-                check_int(value, name, owner, low=32)
-        for name in ("seeds", "epochs", "signal_rank"):
-            check_int(getattr(self, name), name, owner, low=1)
-        check_int(self.sweep_size, "sweep_size", owner, low=32)
-        check_real(self.ratio, "ratio", owner, low=0.0, high=1.0, low_open=True)
-        check_real(self.noise_variance, "noise_variance", owner, low=0.0, high=1.0, low_open=True)
-        if not self.activations or not set(self.activations) <= set(ACTIVATIONS):
-            raise param_error("activations", owner, f"a tuple from {ACTIVATIONS}", self.activations)
-        if not self.strengths or min(self.strengths) <= 0:
-            raise param_error("strengths", owner, "a tuple of positive floats", self.strengths)
-
-    @classmethod
-    def from_preset(cls, preset: str, seeds: int | None = None) -> TheoryConfig:
-        """The configuration of ``preset``, optionally with another number of seeds.
-
-        >>> TheoryConfig.from_preset("smoke", seeds=2).seeds
-        2
-        """
-        config = PRESETS[common.check_preset(preset, "TheoryConfig.from_preset")]
-        seeds = common.check_seeds(seeds, "TheoryConfig.from_preset")
-        return config if seeds is None else replace(config, seeds=seeds)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain ``dict`` of the fields."""
-        return asdict(self)
-
-
-PRESETS: Mapping[str, TheoryConfig] = {
-    "smoke": TheoryConfig(
-        sizes=(100, 200, 400, 800),
-        seeds=3,
-        sweep_size=400,
-        widths=(128,),
-        activations=("relu",),
-        n_train=1000,
-        n_test=500,
-        epochs=2,
-        alphas=(0.1, 0.25, 0.4),
-        betas=(0.05, 0.1, 0.5, 0.9),
-    ),
-    "small": TheoryConfig(
-        sizes=(250, 500, 1000, 2000),
-        seeds=5,
-        sweep_size=1000,
-        widths=(256, 512, 1024),
-        activations=("relu", "abs"),
-        n_train=10000,
-        n_test=None,
-        epochs=5,
-    ),
-    "paper": TheoryConfig(
-        sizes=(250, 500, 1000, 2000, 4000),
-        seeds=10,
-        sweep_size=2000,
-        widths=(500, 1000, 2000),
-        activations=("relu", "abs"),
-        n_train=None,
-        n_test=None,
-        epochs=10,
-    ),
-}
-"""The three presets: smoke (seconds), small (minutes on 2 cores), paper (paper scale)."""
 
 
 # ----------------------------------------------------------------------------- part (a)
@@ -297,41 +196,6 @@ def _op_norm(matrix: np.ndarray) -> float:
     return float(np.sqrt(max(np.linalg.eigvalsh(gram)[-1], 0.0)))
 
 
-@dataclass(frozen=True)
-class SyntheticRecord:
-    """One matrix of part (a).  Edges on the eigenvalue scale ``λ = s²/N``; ``sigma2_hat_noise``
-    is BEMA's ``σ̂²`` on ``R`` alone (the same noise without the signal)."""
-
-    size: int
-    seed: int
-    shape: tuple[int, int]
-    sigma2: float
-    sigma2_hat: float
-    sigma2_hat_noise: float
-    lambda_plus: float
-    edge: float
-    edge_tw: float
-    n_spikes: int
-    n_expected: int
-    spikes: tuple[float, ...]
-    bbp_spikes: tuple[float, ...]
-    kept_rank: int
-    distance_op: float
-    distance_fro: float
-    noise_op: float
-    noise_fro: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain ``dict`` of the fields."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> SyntheticRecord:
-        """Inverse of :meth:`to_dict` (as read back from JSON)."""
-        v: dict[str, Any] = {k: tuple(x) if isinstance(x, list) else x for k, x in values.items()}
-        return cls(**v)
-
-
 def _synthetic_unit(
     config: TheoryConfig, store: UnitStore, size: int, seed: int
 ) -> tuple[SyntheticRecord, np.ndarray]:
@@ -373,22 +237,6 @@ def _synthetic(config: TheoryConfig, size: int, seed: int) -> tuple[SyntheticRec
         noise_fro=float(np.linalg.norm(noise)),
     )
     return record, bema.eigenvalues_
-
-
-@dataclass(frozen=True)
-class SweepRecord:
-    """``lambda_plus`` at one ``alpha`` or ``beta`` (mean, std over seeds) and the edges."""
-
-    parameter: str
-    value: float
-    lambda_plus_mean: float
-    lambda_plus_std: float
-    edge: float
-    edge_tw: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain ``dict`` of the fields."""
-        return asdict(self)
 
 
 def _sweep(config: TheoryConfig, spectra: list[np.ndarray]) -> list[SweepRecord]:
@@ -457,15 +305,31 @@ def run(
     >>> result = run("smoke", out="/tmp/theory-smoke", progress=False)  # doctest: +SKIP
     >>> [v.label for v in result.verdicts]  # doctest: +SKIP
     """
-    preset = common.check_preset(preset, _OWNER)
-    config = common.resolve_config(
-        TheoryConfig, TheoryConfig.from_preset, config, preset, seeds, _OWNER
+    return common.run_analysis(
+        "theory",
+        _OWNER,
+        (TheoryConfig, TheoryConfig.from_preset),
+        _units,
+        _report,
+        preset=preset,
+        seeds=seeds,
+        config=config,
+        out=out,
+        data_dir=data_dir,
+        progress=progress,
+        resume=resume,
     )
-    started = time.perf_counter()
-    folder, store = common.open_run(out, _OWNER, "theory", preset, config, resume)
+
+
+_Units = tuple[list[SyntheticRecord], list[np.ndarray], np.ndarray, list[NetworkRecord]]
+
+
+def _units(run: common.AnalysisContext[TheoryConfig]) -> _Units:
+    """Part (a)'s matrices (records, the sweep's spectra, the largest spectrum), part (b)."""
+    config, store = run.config, run.store
     records, spectra, spectrum = [], [], np.empty(0)
     for size in config.sizes:
-        common.say(progress, f"[theory] synthetic N={size}: {config.seeds} seeds")
+        common.say(run.progress, f"[theory] synthetic N={size}: {config.seeds} seeds")
         for seed in range(config.seeds):
             record, lam = _synthetic_unit(config, store, size, seed)
             records.append(record)
@@ -475,17 +339,24 @@ def run(
         spectra = [
             _synthetic_unit(config, store, config.sweep_size, s)[1] for s in range(config.seeds)
         ]
+    networks = run_networks(config, run.data_dir, run.progress, store)
+    return records, spectra, spectrum, networks
+
+
+def _report(run: common.AnalysisContext[TheoryConfig], measured: _Units) -> TheoryResult:
+    """Sweep, slopes, verdicts, tables, figures and ``report_section.md``; the result."""
+    config = run.config
+    records, spectra, spectrum, networks = measured
     sweep = _sweep(config, spectra)
-    networks = run_networks(config, data_dir, progress, store)
     slopes = {k: common.loglog_slope(*by_size(records, k)[:2]) for k in SLOPES}
     limits = predicted_distances(config.strengths, config.ratio)
     verdicts = synthetic_verdicts(config, records, slopes, limits) + network_verdicts(networks)
     reference = tw_edge(1.0 / config.sweep_size, config.ratio, config.sweep_size, 0.5)
     files = write_outputs(
-        folder, config, records, sweep, networks, slopes, limits, verdicts, spectrum, reference
+        run.folder, config, records, sweep, networks, slopes, limits, verdicts, spectrum, reference
     )
-    result = TheoryResult(
-        preset,
+    return TheoryResult(
+        run.preset,
         config,
         tuple(records),
         tuple(sweep),
@@ -494,7 +365,5 @@ def run(
         limits,
         tuple(verdicts),
         files,
-        time.perf_counter() - started,
+        run.elapsed(),
     )
-    common.write_json(folder / "metrics.json", result.to_dict())
-    return result

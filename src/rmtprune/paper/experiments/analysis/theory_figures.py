@@ -7,20 +7,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from rmtprune.paper.experiments.analysis import common
+from rmtprune.paper.experiments.analysis.theory_config import (
+    SweepRecord,
+    SyntheticRecord,
+    TheoryConfig,
+)
+from rmtprune.paper.experiments.analysis.theory_network import NetworkRecord
 from rmtprune.rmt.marchenko_pastur import marchenko_pastur
-
-if TYPE_CHECKING:
-    from rmtprune.paper.experiments.analysis.theory import (
-        SweepRecord,
-        SyntheticRecord,
-        TheoryConfig,
-    )
-    from rmtprune.paper.experiments.analysis.theory_network import NetworkRecord
 
 __all__ = ["bound_figure", "by_size", "synthetic_figures"]
 

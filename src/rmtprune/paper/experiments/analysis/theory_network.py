@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,13 +32,11 @@ from torch import nn
 from rmtprune._util.validation import param_error
 from rmtprune.factorize.lowrank import LowRankLinear
 from rmtprune.paper.experiments.analysis import common
+from rmtprune.paper.experiments.analysis.theory_config import ACTIVATIONS, TheoryConfig
 from rmtprune.paper.experiments.rundir import UnitStore
 from rmtprune.paper.models import FullyConnected, initialize
 from rmtprune.paper.training import TrainConfig, Trainer
 from rmtprune.pruning.walker import prune
-
-if TYPE_CHECKING:
-    from rmtprune.paper.experiments.analysis.theory import TheoryConfig
 
 __all__ = [
     "ACTIVATIONS",
@@ -51,9 +49,6 @@ __all__ = [
     "run_networks",
     "tau_bound",
 ]
-
-ACTIVATIONS = ("relu", "abs")
-"""The activations ``λ`` the network (and ``TheoryConfig.activations``) accept."""
 
 
 def prune_matrix(weight: Any, alpha: float, beta: float) -> tuple[torch.Tensor, Any]:

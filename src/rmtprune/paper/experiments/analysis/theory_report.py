@@ -23,26 +23,24 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from rmtprune.paper.experiments.analysis import common
+from rmtprune.paper.experiments.analysis.theory_config import (
+    SweepRecord,
+    SyntheticRecord,
+    TheoryConfig,
+)
 from rmtprune.paper.experiments.analysis.theory_figures import (
     bound_figure,
     by_size,
     synthetic_figures,
 )
+from rmtprune.paper.experiments.analysis.theory_network import NetworkRecord
 from rmtprune.paper.experiments.formats import write_text
 from rmtprune.paper.experiments.results import ClaimVerdict
-
-if TYPE_CHECKING:
-    from rmtprune.paper.experiments.analysis.theory import (
-        SweepRecord,
-        SyntheticRecord,
-        TheoryConfig,
-    )
-    from rmtprune.paper.experiments.analysis.theory_network import NetworkRecord
 
 __all__ = [
     "SLOPES",
