@@ -207,8 +207,8 @@ def _add_spectral_commands(sub: Any) -> None:
         "prune",
         help="remove the noise part of MP-like layers and save the result",
         description="Truncate every selected layer to the rank its criterion keeps (default: "
-        "the paper's rule, docs/method.md section 4: spikes plus --bulk-keep of the bulk of MP-like "
-        "layers) and save the model in rmtprune's format (safetensors + structure).",
+        "the paper's rule, docs/method.md section 4: spikes plus --bulk-keep of the bulk of "
+        "MP-like layers) and save the model in rmtprune's format (safetensors + structure).",
     )
     _add_source_options(p)
     _add_fit_options(p)

@@ -65,8 +65,8 @@ def add_reproduce_parser(sub: Any) -> None:
     r = sub.add_parser(
         "reproduce",
         help="run one of the paper's experiments and write its report",
-        description="Reproduce an experiment of the paper (docs/method.md section 6): both arms over "
-        "several seeds, baselines, metrics, figures and report.md/report.html in one run "
+        description="Reproduce an experiment of the paper (docs/method.md section 6): both arms "
+        "over several seeds, baselines, metrics, figures and report.md/report.html in one run "
         "directory. A killed run continues where it stopped when given the same --out; "
         "a later call with other --seeds adds them to the directory.",
     )
