@@ -53,6 +53,7 @@ from torch import nn
 
 from rmtprune.factorize.registry import get_adapter
 from rmtprune.ondisk.progress import CheckpointProgress, layer_cost
+from rmtprune.pruning.options import legacy_options
 from rmtprune.pruning.report import LayerAnalysis, ModelReport
 from rmtprune.pruning.walker import analyze
 from rmtprune.storage.reader import Checkpoint
@@ -240,7 +241,7 @@ def fit_layer(
         module._parameters["bias"] = nn.Parameter(_upcast(bias), requires_grad=False)
     holder = _Holder()
     _place(holder, kind.name, module)
-    row = analyze(holder, **fit_kwargs)[kind.name]
+    row = analyze(holder, **legacy_options(fit_kwargs, "analyze"))[kind.name]
     if kind.typed and kind.layer_type == type(kind.module).__name__:
         return row
     reason = kind.reason if not row.reason else f"{kind.reason}; {row.reason}"
@@ -310,7 +311,9 @@ def analyze_checkpoint(
     """
     layers = fit_kwargs.pop("layers", None)
     exclude = fit_kwargs.pop("exclude", None)
-    empty = analyze(_Holder(), **fit_kwargs)  # checks the parameters before any reading
+    empty = analyze(
+        _Holder(), **legacy_options(fit_kwargs, "analyze")
+    )  # checks the parameters before any reading
     shapes = {n: (checkpoint.info(n).shape, checkpoint.info(n).dtype) for n in checkpoint.names()}
     kinds = classify_tensors(
         shapes,

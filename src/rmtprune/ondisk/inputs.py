@@ -78,6 +78,7 @@ from rmtprune.ondisk.sources import (
     read_tensors,
 )
 from rmtprune.pruning.criteria import ModelCriterion
+from rmtprune.pruning.options import legacy_options
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
 from rmtprune.pruning.selection import Select
 from rmtprune.pruning.walker import SplitMode, analyze, prune
@@ -205,7 +206,8 @@ class PruneInput:
                 self.plan, walker, progress=progress, extra=fits, **given
             )
         else:
-            report = analyze(self.model, select=walker, progress=progress, **given)
+            options = legacy_options({"select": walker, **given}, "analyze")
+            report = analyze(self.model, progress=progress, **options)
             extra = [fit() for _, _, fit in fits]
         if not extra:
             return report

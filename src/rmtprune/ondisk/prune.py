@@ -53,6 +53,7 @@ from rmtprune.factorize.params import count_parameters
 from rmtprune.factorize.registry import get_adapter
 from rmtprune.ondisk.progress import CheckpointProgress, layer_cost
 from rmtprune.ondisk.sources import ShellModel, build_shell
+from rmtprune.pruning.options import legacy_options
 from rmtprune.pruning.report import ModelReport, PruneReport
 from rmtprune.pruning.selection import Select, weight_layers
 from rmtprune.pruning.walker import SplitMode, analyze, prune
@@ -251,7 +252,8 @@ def analyze_checkpoint_plan(
     results are returned beside the report.
     """
     anything = dataclasses.replace(select, include=None, exclude=())
-    empty = analyze(ShellModel(), select=anything, **fit_kwargs)  # the arguments' checks
+    fit = legacy_options(fit_kwargs, "analyze")
+    empty = analyze(ShellModel(), select=anything, **fit)  # the arguments' checks
     layout = _layout(plan, select)
     rows: dict[str, Any] = {}
     done: list[Any] = []
@@ -261,7 +263,7 @@ def analyze_checkpoint_plan(
             if names:
                 layer = _load_layer(plan, group, layout.keys[group])
                 only = dataclasses.replace(select, include=names, exclude=())
-                report = analyze(layer, select=only, progress=False, **fit_kwargs)
+                report = analyze(layer, select=only, progress=False, **fit)
                 rows.update((row.name, row) for row in report.layers)
                 del layer
             bar.advance(group, layout.costs[group])

@@ -40,7 +40,6 @@ import torch
 from torch import nn
 
 from rmtprune._util.validation import check_int, check_real
-from rmtprune.pruning.optim import rebuild_optimizer
 from rmtprune.pruning.outputs import OutputProbe, as_batches, call_model, first_tensor
 from rmtprune.pruning.pruner import SpectralPruner
 
@@ -241,9 +240,7 @@ def distill(
     try:
         for epoch in range(1, epochs + 1):
             mean_loss = _train_epoch(student, optimizer, train, targets, loss)
-            changed = pruner is not None and pruner.step(epoch).changed
-            if changed:
-                optimizer = rebuild_optimizer(optimizer, student)
+            changed = pruner is not None and pruner.step(epoch, optimizer=optimizer).changed
             change = None if held is None else held.change(student)
             history.append(DistillEpoch(epoch, mean_loss, _count(student), changed, change))
     finally:

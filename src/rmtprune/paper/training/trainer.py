@@ -59,7 +59,7 @@ from rmtprune.paper.training.loss import (
     data_loss,
     evaluate,
 )
-from rmtprune.pruning.optim import rebuild_optimizer
+from rmtprune.pruning.optim import update_optimizer_after_step
 
 __all__ = ["Trainer"]
 
@@ -281,7 +281,7 @@ class Trainer:
         report = self.pruner.step(epoch)
         if report.changed:
             if self._rebuild is None:
-                self._rebuild = rebuild_optimizer
+                self._rebuild = update_optimizer_after_step
             self.optimizer = self._rebuild(self.optimizer, self.model)
             self._structure_changed = True
         return dict(report.to_dict())
