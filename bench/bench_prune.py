@@ -129,7 +129,7 @@ def main() -> None:
         args.repeats,
     )
     print(
-        f"| prune(bulk_keep=0, min_rank={args.rank}) | {t_prune:.3f} | "
+        f"| prune(criterion=MPCriterion(bulk_keep=0, min_rank={args.rank})) | {t_prune:.3f} | "
         f"{t_prune / t_eig:.2f} × eigenvalues |"
     )
 

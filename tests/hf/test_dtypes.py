@@ -86,7 +86,10 @@ def test_bert_in_half_precision_is_analysed_like_float32(dtype: torch.dtype) -> 
     assert _analysis(got) == _analysis(want)
     ranks = {r.name: r.rank for r in got if r.status == "ok"}
     assert ranks["encoder.layer.0.attention.self.query"] == 32  # a full-rank 32 × 32 layer
-    settings = {"min_dim": 8, "min_rank": 8, "bulk_keep": 0.0, "fit_cutoff": 1e9}
+    settings = {
+        "criterion": rmtprune.MPCriterion(bulk_keep=0.0, min_rank=8, fit_cutoff=1e9),
+        "select": rmtprune.Select(min_dim=8),
+    }
     _, want_report = rmtprune.prune(model, **settings)
     pruned, report = rmtprune.prune(copy.deepcopy(model).to(dtype), **settings)
     assert [(r.name, r.action, r.rank_after) for r in report] == [
