@@ -98,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warm = torch.nn.Sequential(torch.nn.Linear(64, 64))  # one-off imports and SciPy set-up
-    rmtprune.prune(warm, min_rank=8)
+    rmtprune.prune(warm, criterion=rmtprune.MPCriterion(min_rank=8))
     out = Path(tempfile.mkdtemp())
     rows = [plain(), lightning(), transformers_trainer(out / "hf"), ddp(out / "ddp")]
     print("| stack | epoch (s) | pruning step (s) | step / epoch |")

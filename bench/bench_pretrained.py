@@ -167,7 +167,11 @@ def run_distill(judge: Judge, model: nn.Module, train: list, args: Any) -> dict[
         return max(final, 1.0 - epoch * (1.0 - final) / steps)
 
     pruner = rmtprune.SpectralPruner(
-        student, schedule=schedule, every=1, fit_cutoff=args.fit_cutoff, layers=ENCODER
+        student,
+        schedule=schedule,
+        every=1,
+        criterion=rmtprune.MPCriterion(fit_cutoff=args.fit_cutoff),
+        select=rmtprune.Select(include=ENCODER),
     )
     first = distill(student, model, train, epochs=steps, pruner=pruner, lr=args.lr)
     second = distill(student, model, train, epochs=args.recover_epochs, lr=args.lr)

@@ -123,14 +123,19 @@ def main() -> None:
         )
 
     t_prune = _median_time(
-        lambda: rmtprune.prune(model, bulk_keep=0.0, min_rank=args.rank), args.repeats
+        lambda: rmtprune.prune(
+            model, criterion=rmtprune.MPCriterion(bulk_keep=0.0, min_rank=args.rank)
+        ),
+        args.repeats,
     )
     print(
-        f"| prune(bulk_keep=0, min_rank={args.rank}) | {t_prune:.3f} | "
+        f"| prune(criterion=MPCriterion(bulk_keep=0, min_rank={args.rank})) | {t_prune:.3f} | "
         f"{t_prune / t_eig:.2f} × eigenvalues |"
     )
 
-    pruned, report = rmtprune.prune(model, bulk_keep=0.0, min_rank=args.rank)
+    pruned, report = rmtprune.prune(
+        model, criterion=rmtprune.MPCriterion(bulk_keep=0.0, min_rank=args.rank)
+    )
     macs_dense = _macs(model)
     macs_pruned = _macs(pruned)
     model.eval()

@@ -37,7 +37,11 @@ def worker(rank: int, world: int, port: int, out: str, width: int = 48, steps: i
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.8)
     pruner = rmtprune.SpectralPruner(
-        model.module, schedule=rmtprune.schedules.Linear(6), every=2, min_rank=8, split=True
+        model.module,
+        schedule=rmtprune.schedules.Linear(6),
+        every=2,
+        criterion=rmtprune.MPCriterion(min_rank=8),
+        split=True,
     )
     data = torch.Generator().manual_seed(100 + rank)  # each rank sees its own batches
     snapshots: list[dict[str, torch.Tensor]] = []

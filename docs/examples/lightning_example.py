@@ -50,7 +50,9 @@ def trainer(out: Path, epochs: int, callback: SpectralPruningCallback) -> pl.Tra
 
 def callback() -> SpectralPruningCallback:
     return SpectralPruningCallback(
-        schedule=rmtprune.schedules.Linear(total_epochs=6), every=2, min_rank=8
+        schedule=rmtprune.schedules.Linear(total_epochs=6),
+        every=2,
+        criterion=rmtprune.MPCriterion(min_rank=8),
     )
 
 

@@ -29,7 +29,10 @@ def main(width: int = 64, epochs: int = 4, batches: int = 4) -> dict[str, Any]:
         optimizer, max_lr=1e-2, total_steps=epochs * batches
     )
     pruner = rmtprune.SpectralPruner(
-        model, schedule=rmtprune.schedules.Linear(total_epochs=epochs), every=2, min_rank=8
+        model,
+        schedule=rmtprune.schedules.Linear(total_epochs=epochs),
+        every=2,
+        criterion=rmtprune.MPCriterion(min_rank=8),
     )
     data = torch.Generator().manual_seed(1)
     params, seconds = [rmtprune.prune(model, dry_run=True)[1].params_before], {"train": 0.0}

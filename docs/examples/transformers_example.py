@@ -59,9 +59,12 @@ def trainer(model: Any, out: Path, steps: int, callback: SpectralPruningCallback
 
 def callback() -> SpectralPruningCallback:
     return SpectralPruningCallback(
-        interval="step", schedule=rmtprune.schedules.Linear(12), every=4, min_rank=8,
-        layers="bert.encoder.*",
-    )  # fmt: skip
+        interval="step",
+        schedule=rmtprune.schedules.Linear(12),
+        every=4,
+        criterion=rmtprune.MPCriterion(min_rank=8),
+        select=rmtprune.Select(include="bert.encoder.*"),
+    )
 
 
 def main(out: str | Path, hidden: int = 64) -> dict[str, Any]:

@@ -102,7 +102,7 @@ def test_prune_writes_a_model_that_loads_and_matches_the_api(
     argv = ["prune", "--model", factory, str(weights), "-o", str(out), "--quiet"]
     assert main([*argv, "--min-rank", "3"]) == 0
     assert out.exists()
-    expected, _ = rmtprune.prune(model, min_rank=3)
+    expected, _ = rmtprune.prune(model, criterion=rmtprune.MPCriterion(min_rank=3))
     import cli_factory_mod
 
     loaded = rmtprune.load(cli_factory_mod.build(), out)
@@ -125,8 +125,12 @@ def test_shell_model_reprunes_a_pruned_file(tmp_path: Path) -> None:
     assert main([*argv, "--assume-linear", "0"]) == 0
     third = tmp_path / "c.safetensors"  # the factorized layer's type is in the file
     assert main(["prune", str(second), "-o", str(third), "--bulk-keep", "0.1", "--quiet"]) == 0
-    once, _ = rmtprune.prune(model, bulk_keep=0.5, layers=["0"])
-    twice, _ = rmtprune.prune(once, bulk_keep=0.1, layers=["0"])
+    once, _ = rmtprune.prune(
+        model, criterion=rmtprune.MPCriterion(bulk_keep=0.5), select=rmtprune.Select(include=["0"])
+    )
+    twice, _ = rmtprune.prune(
+        once, criterion=rmtprune.MPCriterion(bulk_keep=0.1), select=rmtprune.Select(include=["0"])
+    )
     fresh = _model()
     loaded = rmtprune.load(fresh, third)
     assert loaded[0].rank == twice[0].rank

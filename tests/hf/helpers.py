@@ -16,6 +16,8 @@ import pytest
 import torch
 from torch import nn
 
+import rmtprune
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -23,10 +25,9 @@ transformers = pytest.importorskip("transformers")
 __all__ = ["FORCE_SPLIT", "MODELS", "output", "truncate_like"]
 
 FORCE_SPLIT: dict[str, Any] = {
-    "bulk_keep": 0.0,
-    "min_rank": 4,
-    "fit_cutoff": 1e9,  # every fitted layer counts as MP-like
-    "min_dim": 2,
+    # fit_cutoff=1e9: every fitted layer counts as MP-like
+    "criterion": rmtprune.MPCriterion(bulk_keep=0.0, min_rank=4, fit_cutoff=1e9),
+    "select": rmtprune.Select(min_dim=2),
     "split": True,
 }
 """``prune`` keywords that split every supported layer at rank ``max(spikes, 4)``."""

@@ -61,8 +61,10 @@ def test_analysis_of_a_square_layer_does_not_depend_on_the_storage_dtype(
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_pruning_decisions_and_factor_dtypes(dtype: torch.dtype) -> None:
     model = _mlp()
-    _, want = rmtprune.prune(model, bulk_keep=0.25)
-    pruned, got = rmtprune.prune(copy.deepcopy(model).to(dtype), bulk_keep=0.25)
+    _, want = rmtprune.prune(model, criterion=rmtprune.MPCriterion(bulk_keep=0.25))
+    pruned, got = rmtprune.prune(
+        copy.deepcopy(model).to(dtype), criterion=rmtprune.MPCriterion(bulk_keep=0.25)
+    )
     decisions = [(r.name, r.action, r.rank_before, r.rank_after, r.params_after) for r in got]
     assert decisions == [
         (r.name, r.action, r.rank_before, r.rank_after, r.params_after) for r in want
@@ -79,12 +81,15 @@ def test_bert_in_half_precision_is_analysed_like_float32(dtype: torch.dtype) -> 
     build, inputs = MODELS["bert"]
     torch.manual_seed(0)
     model = _representable(build().eval())
-    want = rmtprune.analyze(model, min_dim=8)
-    got = rmtprune.analyze(copy.deepcopy(model).to(dtype), min_dim=8)
+    want = rmtprune.analyze(model, select=rmtprune.Select(min_dim=8))
+    got = rmtprune.analyze(copy.deepcopy(model).to(dtype), select=rmtprune.Select(min_dim=8))
     assert _analysis(got) == _analysis(want)
     ranks = {r.name: r.rank for r in got if r.status == "ok"}
     assert ranks["encoder.layer.0.attention.self.query"] == 32  # a full-rank 32 × 32 layer
-    settings = {"min_dim": 8, "min_rank": 8, "bulk_keep": 0.0, "fit_cutoff": 1e9}
+    settings = {
+        "criterion": rmtprune.MPCriterion(bulk_keep=0.0, min_rank=8, fit_cutoff=1e9),
+        "select": rmtprune.Select(min_dim=8),
+    }
     _, want_report = rmtprune.prune(model, **settings)
     pruned, report = rmtprune.prune(copy.deepcopy(model).to(dtype), **settings)
     assert [(r.name, r.action, r.rank_after) for r in report] == [
@@ -99,7 +104,7 @@ def test_bert_in_half_precision_is_analysed_like_float32(dtype: torch.dtype) -> 
 def test_a_split_layer_is_re_analysed_like_float32(dtype: torch.dtype) -> None:
     torch.manual_seed(1)
     model = _representable(nn.Sequential(nn.Linear(256, 128)))
-    split, _ = rmtprune.prune(model, bulk_keep=0.5)
+    split, _ = rmtprune.prune(model, criterion=rmtprune.MPCriterion(bulk_keep=0.5))
     half = copy.deepcopy(split).to(dtype)
     with torch.no_grad():  # factors exactly representable, as for the dense weights
         for param in half.parameters():

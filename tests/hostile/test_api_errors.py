@@ -44,7 +44,7 @@ def test_unsupported_dtype_skips_only_that_layer(dtype: torch.dtype, needle: str
     assert report["2"].status == "ok"
     expected = rmtprune.analyze(nn.Sequential(model[2]))["0"]
     assert report["2"].sigma2 == expected.sigma2
-    _, pruned = rmtprune.prune(model, min_rank=4, dry_run=True)
+    _, pruned = rmtprune.prune(model, criterion=rmtprune.MPCriterion(min_rank=4), dry_run=True)
     assert pruned["0"].action == "skipped" and needle in pruned["0"].reason
 
 
@@ -59,8 +59,8 @@ def test_meta_device_model_is_reported_not_crashed() -> None:
 
 def test_layers_of_the_wrong_type() -> None:
     # before: "'int' object is not iterable"
-    with pytest.raises(TypeError, match="The 'layers' parameter of analyze must be a layer name"):
-        rmtprune.analyze(_two_layers(), layers=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="The 'include' parameter of Select must be a"):
+        rmtprune.analyze(_two_layers(), select=rmtprune.Select(include=5))  # type: ignore[arg-type]
 
 
 def test_misspelled_ranks_name_raises_like_layers() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -143,15 +144,16 @@ def test_prune_random_small_models(
     model = _random_model(widths, kind, seed)
     x = torch.randn(3, widths[0])
     try:
+        criterion = rmtprune.MPCriterion(bulk_keep=bulk_keep, min_rank=min_rank)
+        select = rmtprune.Select(min_dim=min_dim)
         pruned, report = rmtprune.prune(
             model,
-            bulk_keep=bulk_keep,
-            min_rank=min_rank,
-            split=split,
-            min_dim=min_dim,  # type: ignore[arg-type]
+            criterion=criterion,
+            select=select,
+            split=split,  # type: ignore[arg-type]
         )
     except (ValueError, TypeError) as exc:
-        assert "parameter of prune" in str(exc)
+        assert re.search("parameter of (prune|MPCriterion|Select)", str(exc))
         return
     assert report.params_after == sum(p.numel() for p in pruned.parameters())
     assert pruned(x).shape == (3, widths[-1])

@@ -66,7 +66,7 @@ def test_parametrized_layer_is_skipped_with_the_reason(kind: str, split: bool) -
     model = _model(kind)
     x = torch.randn(5, N)
     y = model(x)
-    pruned, report = rmtprune.prune(model, split=split, min_rank=8)
+    pruned, report = rmtprune.prune(model, split=split, criterion=rmtprune.MPCriterion(min_rank=8))
     row = report["0"]
     assert row.action == "skipped"
     expected = {"custom": "Doubling"}.get(kind, kind)
@@ -74,7 +74,9 @@ def test_parametrized_layer_is_skipped_with_the_reason(kind: str, split: bool) -
     assert row.rank_after == row.rank_before and not report.changed
     assert report.params_after == report.params_before
     torch.testing.assert_close(pruned(x), y)  # and indeed nothing changed
-    _, dry = rmtprune.prune(model, split=split, min_rank=8, dry_run=True)
+    _, dry = rmtprune.prune(
+        model, split=split, criterion=rmtprune.MPCriterion(min_rank=8), dry_run=True
+    )
     assert dry["0"].action == "skipped"
 
 
@@ -83,7 +85,7 @@ def test_analysis_reads_the_effective_weight(kind: str) -> None:
     model = _model(kind)
     effective = model[0].weight.detach().double()
     expected = torch.linalg.svdvals(effective)
-    row = rmtprune.analyze(model, min_dim=8)["0"]
+    row = rmtprune.analyze(model, select=rmtprune.Select(min_dim=8))["0"]
     assert row.status == "ok"
     # sigma2 of a pure-noise layer estimates the per-entry variance of the effective weight
     assert row.sigma2 == pytest.approx(float((expected**2).sum()) / (M * N), rel=0.25)
@@ -93,7 +95,7 @@ def test_analysis_does_not_advance_spectral_norm() -> None:
     model = _model("spectral_norm").train()
     u = model[0].parametrizations.weight[0]._u.clone()
     rmtprune.analyze(model)
-    rmtprune.prune(model, min_rank=8, dry_run=True)
+    rmtprune.prune(model, criterion=rmtprune.MPCriterion(min_rank=8), dry_run=True)
     torch.testing.assert_close(model[0].parametrizations.weight[0]._u, u, rtol=0, atol=0)
     assert model[0].parametrizations.weight[0].training  # mode restored
 
@@ -107,7 +109,9 @@ def test_opt_in_removal_then_pruning_acts_on_the_effective_weight(kind: str, spl
     assert rmtprune.remove_parametrizations(model) == ["0"]
     torch.testing.assert_close(model(x), y, rtol=1e-5, atol=1e-5)  # same function
     effective = model[0].weight.detach().double()
-    pruned, report = rmtprune.prune(model, split=split, min_rank=8, bulk_keep=0.0)
+    pruned, report = rmtprune.prune(
+        model, split=split, criterion=rmtprune.MPCriterion(bulk_keep=0.0, min_rank=8)
+    )
     assert report["0"].action == ("split" if split else "truncated")
     after = _effective(pruned[0]).double()
     assert int(torch.linalg.matrix_rank(after, rtol=1e-5)) == report["0"].rank_after == 8
@@ -118,7 +122,9 @@ def test_opt_in_removal_then_pruning_acts_on_the_effective_weight(kind: str, spl
 
 def test_spectral_pruner_does_not_claim_a_change_it_did_not_make() -> None:
     model = _model("spectral_norm").train()
-    pruner = rmtprune.SpectralPruner(model, schedule=lambda epoch: 0.0, every=1, min_rank=8)
+    pruner = rmtprune.SpectralPruner(
+        model, schedule=lambda epoch: 0.0, every=1, criterion=rmtprune.MPCriterion(min_rank=8)
+    )
     report = pruner.step(1)
     assert not report.changed and report["0"].action == "skipped"
     assert pruner.ranks == {}
@@ -126,7 +132,9 @@ def test_spectral_pruner_does_not_claim_a_change_it_did_not_make() -> None:
 
 def test_legacy_weight_norm_model_can_be_copied_and_pruned_after_opt_in() -> None:
     model = _model("legacy weight_norm")
-    pruned, report = rmtprune.prune(model, min_rank=8)  # inplace=False deep-copies
+    pruned, report = rmtprune.prune(
+        model, criterion=rmtprune.MPCriterion(min_rank=8)
+    )  # inplace=False deep-copies
     assert report["0"].action == "skipped"
     assert pruned is not model
     x = torch.randn(3, N)
@@ -150,7 +158,9 @@ class Computed(nn.Linear):
 def test_effect_check_reports_no_effect_as_skipped() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(Computed())
-    _, report = rmtprune.prune(model, split=False, min_rank=8, inplace=True)
+    _, report = rmtprune.prune(
+        model, split=False, criterion=rmtprune.MPCriterion(min_rank=8), inplace=True
+    )
     assert report["0"].action == "skipped"
     assert "no effect" in report["0"].reason
     assert not report.changed

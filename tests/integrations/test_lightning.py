@@ -12,7 +12,7 @@ from torch import nn
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from rmtprune import schedules  # noqa: E402
+from rmtprune import MPCriterion, Select, schedules  # noqa: E402
 from rmtprune.factorize import LowRankLinear  # noqa: E402
 from rmtprune.integrations.lightning import (  # noqa: E402
     SpectralPruningCallback,
@@ -52,8 +52,8 @@ def _data() -> torch.utils.data.DataLoader:
 
 def _callback(**kw: Any) -> SpectralPruningCallback:
     return SpectralPruningCallback(
-        schedule=schedules.Linear(total_epochs=6), every=2, min_rank=8,
-        layers=["net.0", "net.2"], split=True, **kw,
+        schedule=schedules.Linear(total_epochs=6), every=2, criterion=MPCriterion(min_rank=8),
+        select=Select(include=["net.0", "net.2"]), split=True, **kw,
     )  # fmt: skip
 
 

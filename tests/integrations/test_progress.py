@@ -28,11 +28,11 @@ def test_analyze_and_prune_show_a_bar_only_when_asked(capsys: pytest.CaptureFixt
     pytest.importorskip("tqdm")
     assert resolve(None) is False  # pytest's stderr is not a terminal: off by default
     rmtprune.analyze(_model())
-    rmtprune.prune(_model(), min_rank=8)
+    rmtprune.prune(_model(), criterion=rmtprune.MPCriterion(min_rank=8))
     assert capsys.readouterr().err == ""
     rmtprune.analyze(_model(), progress=True)
     assert "analyze: fitting" in capsys.readouterr().err
-    rmtprune.prune(_model(), min_rank=8, progress=True)
+    rmtprune.prune(_model(), criterion=rmtprune.MPCriterion(min_rank=8), progress=True)
     err = capsys.readouterr().err
     assert "prune: fitting" in err and "prune: surgery" in err
     with progress_enabled(True):
@@ -70,7 +70,10 @@ def test_a_checkpoint_bar_follows_the_one_progress_choice() -> None:
 def test_pruner_step_bar(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("tqdm")
     pruner = rmtprune.SpectralPruner(
-        _model(), schedule=rmtprune.schedules.Constant(0.0), every=1, min_rank=8
+        _model(),
+        schedule=rmtprune.schedules.Constant(0.0),
+        every=1,
+        criterion=rmtprune.MPCriterion(min_rank=8),
     )
     assert pruner.step(1, progress=True).changed
     assert "prune: fitting" in capsys.readouterr().err

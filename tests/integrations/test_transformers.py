@@ -10,7 +10,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from rmtprune import schedules  # noqa: E402
+from rmtprune import MPCriterion, Select, schedules  # noqa: E402
 from rmtprune.factorize import LowRankLinear  # noqa: E402
 from rmtprune.integrations.transformers import (  # noqa: E402
     SpectralPruningCallback,
@@ -56,8 +56,8 @@ class _StopAt(transformers.TrainerCallback):  # type: ignore[misc]
 
 def _callback() -> SpectralPruningCallback:
     return SpectralPruningCallback(
-        interval="step", schedule=schedules.Linear(total_epochs=12), every=4, min_rank=8,
-        layers="bert.encoder.*", split=True,
+        interval="step", schedule=schedules.Linear(total_epochs=12), every=4,
+        criterion=MPCriterion(min_rank=8), select=Select(include="bert.encoder.*"), split=True,
     )  # fmt: skip
 
 

@@ -17,7 +17,13 @@ def _pruned_pair() -> tuple[nn.Sequential, dict[str, torch.Tensor]]:
 
 
 def _prune(model: nn.Module) -> None:
-    _, report = rmtprune.prune(model, inplace=True, min_rank=8, split=True, layers="0")
+    _, report = rmtprune.prune(
+        model,
+        inplace=True,
+        criterion=rmtprune.MPCriterion(min_rank=8),
+        select=rmtprune.Select(include="0"),
+        split=True,
+    )
     assert report.changed
 
 

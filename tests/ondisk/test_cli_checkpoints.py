@@ -107,7 +107,9 @@ def test_position_embeddings_are_never_split(
     assert report["params_before"] == sum(p.numel() for p in reference.parameters())
     loaded = rmtprune.load(transformers.BertModel.from_pretrained(single), out).eval()
     assert isinstance(loaded.embeddings.position_embeddings, torch.nn.Embedding)
-    expected, _ = rmtprune.prune(reference, layers=["encoder.*", "pooler.*"])
+    expected, _ = rmtprune.prune(
+        reference, select=rmtprune.Select(include=["encoder.*", "pooler.*"])
+    )
     ids = torch.randint(0, 120, (2, 9))
     with torch.no_grad():
         torch.testing.assert_close(
@@ -142,7 +144,9 @@ def test_prune_directory_writes_a_directory_that_loads_back(
         assert (out / "config.json").exists()
         outs.append(rmtprune.from_pretrained(transformers.AutoModel, out).eval())
     assert _digest(sharded) == before
-    expected, _ = rmtprune.prune(transformers.BertModel.from_pretrained(single), min_rank=6)
+    expected, _ = rmtprune.prune(
+        transformers.BertModel.from_pretrained(single), criterion=rmtprune.MPCriterion(min_rank=6)
+    )
     assert isinstance(outs[0].encoder.layer[0].attention.self.query, rmtprune.LowRankLinear)
     ids = torch.randint(0, 120, (3, 11))
     with torch.no_grad():
@@ -189,7 +193,7 @@ def test_streaming_reader_holds_one_layer_at_a_time(
 def test_analyze_of_hugging_face_own_save_of_a_pruned_model_sees_the_factorized_layers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pruned, _ = rmtprune.prune(_bert(), min_rank=6)
+    pruned, _ = rmtprune.prune(_bert(), criterion=rmtprune.MPCriterion(min_rank=6))
     pruned.save_pretrained(tmp_path / "own")  # HF's own save: marked, factorized keys
     want = json.loads(rmtprune.analyze(pruned).to_json())
     got = _json_report(capsys, ["analyze", str(tmp_path / "own")])

@@ -583,7 +583,9 @@ def test_a_factorized_module_under_two_names_is_one_layer(
         96 * 80 - 12 * (96 + 80)
     )
     in_memory, _ = rmtprune.prune(
-        _SameModuleTwice(), criterion=rmtprune.FixedRank(12), layers=["x", "w"]
+        _SameModuleTwice(),
+        criterion=rmtprune.FixedRank(12),
+        select=rmtprune.Select(include=["x", "w"]),
     )
     again = _SameModuleTwice()
     rmtprune.load(again, out)

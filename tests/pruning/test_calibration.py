@@ -364,7 +364,9 @@ def test_without_calibration_the_report_says_not_measured(tmp_path, capsys) -> N
 
 def test_calibration_alone_measures_the_spectral_pruning() -> None:
     model, batches = _mlp(7), _batches(3, 16, 48, 7)
-    pruned, report = rmtprune.prune(model, calibration=batches, min_rank=2)
+    pruned, report = rmtprune.prune(
+        model, calibration=batches, criterion=rmtprune.MPCriterion(min_rank=2)
+    )
     assert report.max_output_change is None
     assert report.output_change == pytest.approx(_change(model, pruned, batches), rel=1e-9)
     assert "on the calibration data" in report.to_markdown()
@@ -427,10 +429,9 @@ def test_prune_with_a_base_criterion_a_selection_and_a_dry_run() -> None:
     select = rmtprune.Select(include="2")
     _, only = rmtprune.prune(model, select=select, calibration=batches, max_output_change=0.2)
     assert [r.name for r in only] == ["2"] and only.output_change <= 0.2
-    _, legacy = rmtprune.prune(
-        model, layers="2", calibration=batches, max_output_change=0.2, min_rank=40
-    )
-    assert [r.name for r in legacy] == ["2"] and legacy["2"].rank_after >= 40
+    floor = rmtprune.Calibrated(batches, 0.2, min_rank=40)
+    _, floored = rmtprune.prune(model, criterion=floor, select=select)
+    assert [r.name for r in floored] == ["2"] and floored["2"].rank_after >= 40
     before = {k: v.clone() for k, v in model.state_dict().items()}
     same, dry = rmtprune.prune(
         model, calibration=batches, max_output_change=0.2, dry_run=True, inplace=True

@@ -16,8 +16,12 @@ import torch
 from torch import nn
 
 import rmtprune
-from rmtprune import SpectralPruner, schedules
-from rmtprune.pruning.optim import rebuild_optimizer, replacements, update_optimizer
+from rmtprune import MPCriterion, SpectralPruner, schedules
+from rmtprune.pruning.optim import (
+    replacements,
+    update_optimizer,
+    update_optimizer_after_step,
+)
 
 OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
     "SGD": lambda g: torch.optim.SGD(g, lr=0.05, momentum=0.9, nesterov=True),
@@ -61,7 +65,13 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, seed: int = 1) -> None:
 
 def _prune(model: nn.Module, **kw: Any) -> rmtprune.PruneReport:
     kw.setdefault("split", True)
-    _, report = rmtprune.prune(model, inplace=True, min_rank=8, layers=["0", "2"], **kw)
+    _, report = rmtprune.prune(
+        model,
+        inplace=True,
+        criterion=rmtprune.MPCriterion(min_rank=8),
+        select=rmtprune.Select(include=["0", "2"]),
+        **kw,
+    )
     assert report.changed
     return report
 
@@ -120,13 +130,18 @@ def test_parameters_the_optimizer_did_not_hold_stay_out() -> None:
     assert len(opt.param_groups[0]["params"]) == 3
 
 
-def test_rebuild_optimizer_no_longer_adds_parameters_it_never_held() -> None:
+def test_update_after_step_adds_no_parameters_it_never_held() -> None:
     model = _model()  # the old code went from 2 to 4+ parameters here
     opt = torch.optim.SGD(model[0].parameters(), lr=0.1)
-    pruner = SpectralPruner(model, schedule=schedules.Constant(0.0), every=1, min_rank=8,
-                            split=True)  # fmt: skip
+    pruner = SpectralPruner(
+        model,
+        schedule=schedules.Constant(0.0),
+        every=1,
+        criterion=MPCriterion(min_rank=8),
+        split=True,
+    )
     assert pruner.step(1).changed
-    assert rebuild_optimizer(opt, model) is opt
+    assert update_optimizer_after_step(opt, model) is opt
     assert _ids(opt.param_groups[0]["params"]) == _ids(model[0].parameters())
 
 
@@ -159,7 +174,12 @@ def test_refactoring_a_factorized_layer_maps_factor_to_factor() -> None:
     _prune(model)
     opt = torch.optim.SGD(_groups(model), lr=0.1)
     before = dict(model.named_parameters())
-    _, report = rmtprune.prune(model, inplace=True, min_rank=4, bulk_keep=0.0, layers="0")
+    _, report = rmtprune.prune(
+        model,
+        inplace=True,
+        criterion=rmtprune.MPCriterion(bulk_keep=0.0, min_rank=4),
+        select=rmtprune.Select(include="0"),
+    )
     assert report["0"].rank_after < 8
     found = replacements(before, model)
     assert [olds for _, olds in found.values()] == [
@@ -177,7 +197,9 @@ def test_scheduler_keeps_driving_the_optimizer_through_pruner_step() -> None:
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-    pruner = SpectralPruner(model, schedule=schedules.Constant(0.0), every=2, min_rank=8)
+    pruner = SpectralPruner(
+        model, schedule=schedules.Constant(0.0), every=2, criterion=MPCriterion(min_rank=8)
+    )
     lrs = []
     for epoch in range(1, 5):
         _step(model, opt, seed=epoch)
@@ -188,23 +210,25 @@ def test_scheduler_keeps_driving_the_optimizer_through_pruner_step() -> None:
     assert _ids(opt.param_groups[0]["params"]) == _ids(model.parameters())
 
 
-def test_rebuild_optimizer_is_now_in_place_after_pruner_step() -> None:
+def test_update_after_step_is_in_place() -> None:
     model = _model()
     opt = torch.optim.AdamW(_groups(model), lr=0.01)  # the old code raised TypeError here
-    pruner = SpectralPruner(model, schedule=schedules.Constant(0.0), every=1, min_rank=8)
+    pruner = SpectralPruner(
+        model, schedule=schedules.Constant(0.0), every=1, criterion=MPCriterion(min_rank=8)
+    )
     assert pruner.step(1).changed
-    assert rebuild_optimizer(opt, model) is opt
+    assert update_optimizer_after_step(opt, model) is opt
     assert [_ids(g["params"]) for g in opt.param_groups] == [
         _ids(g["params"]) for g in _groups(model)
     ]
 
 
-def test_rebuild_optimizer_without_a_record_warns_and_adds_nothing() -> None:
+def test_update_after_step_without_a_record_warns_and_adds_nothing() -> None:
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     _prune(model)
     with pytest.warns(UserWarning, match="update_optimizer"):
-        assert rebuild_optimizer(opt, model) is opt
+        assert update_optimizer_after_step(opt, model) is opt
     assert set(_ids(opt.param_groups[0]["params"])) <= set(_ids(model.parameters()))
 
 
@@ -236,9 +260,9 @@ def test_bad_arguments_name_the_parameter() -> None:
         update_optimizer(opt, object(), {})  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="'before' parameter of update_optimizer"):
         update_optimizer(opt, model, [model.weight])  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="'optimizer' parameter of rebuild_optimizer"):
-        rebuild_optimizer(object(), model)
-    with pytest.raises(TypeError, match="'model' parameter of rebuild_optimizer"):
-        rebuild_optimizer(opt, object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="'optimizer' parameter of update_optimizer_after_step"):
+        update_optimizer_after_step(object(), model)
+    with pytest.raises(TypeError, match="'model' parameter of update_optimizer_after_step"):
+        update_optimizer_after_step(opt, object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"'optimizer' parameter of SpectralPruner\.step"):
         SpectralPruner(model, schedule=schedules.Constant(0.0), every=1).step(1, optimizer=1)

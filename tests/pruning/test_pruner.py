@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from rmtprune import SpectralPruner, rebuild_optimizer, schedules
+from rmtprune import MPCriterion, Select, SpectralPruner, schedules
+from rmtprune.pruning.optim import update_optimizer_after_step
 from rmtprune.storage.format import apply_structure, describe_structure
 
 
@@ -45,7 +46,11 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, epoch: int) -> No
 
 def _pruner(model: nn.Module) -> SpectralPruner:
     return SpectralPruner(
-        model, schedule=schedules.Linear(total_epochs=8), every=2, min_rank=5, min_dim=32
+        model,
+        schedule=schedules.Linear(total_epochs=8),
+        every=2,
+        criterion=MPCriterion(min_rank=5),
+        select=Select(min_dim=32),
     )
 
 
@@ -57,7 +62,7 @@ def _run(
         _train_epoch(model, opt, epoch)
         report = pruner.step(epoch)
         if report.changed:
-            opt = rebuild_optimizer(opt, model)
+            opt = update_optimizer_after_step(opt, model)
         counts.append(report.params_after)
     return opt, counts
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import rmtprune
+from rmtprune import MPCriterion, Select
 from rmtprune.factorize.lowrank import LowRankConv2d, LowRankLinear
 from rmtprune.pruning.layers import candidate_layers
 from rmtprune.pruning.walker import analyze, kept_rank, prune
@@ -49,7 +50,7 @@ def test_kept_rank_rule() -> None:
 def test_signal_plus_noise_keeps_rank_k_and_approaches_signal() -> None:
     signal, w = _signal_plus_noise(400, 600, [3.0, 4.0, 6.0], seed=1)
     model = nn.Sequential(_linear_with(w))
-    pruned, report = prune(model, bulk_keep=0.0)
+    pruned, report = prune(model, criterion=MPCriterion(bulk_keep=0.0))
     row = report["0"]
     assert (row.n_spikes, row.rank_after, row.action) == (3, 3, "split")
     layer = pruned[0]
@@ -70,10 +71,10 @@ def test_input_model_untouched_and_dry_run_predicts_exactly() -> None:
     _, w = _signal_plus_noise(300, 200, [5.0, 7.0], seed=2)
     model = nn.Sequential(_linear_with(w.float()), nn.ReLU(), nn.Linear(300, 100))
     snapshot = copy.deepcopy(model.state_dict())
-    _, dry = prune(model, bulk_keep=0.3, dry_run=True)
+    _, dry = prune(model, criterion=MPCriterion(bulk_keep=0.3), dry_run=True)
     for k, v in model.state_dict().items():
         assert torch.equal(v, snapshot[k])
-    pruned, real = prune(model, bulk_keep=0.3)
+    pruned, real = prune(model, criterion=MPCriterion(bulk_keep=0.3))
     for k, v in model.state_dict().items():
         assert torch.equal(v, snapshot[k])
     assert [r.to_dict() for r in dry] == [r.to_dict() for r in real]
@@ -102,7 +103,7 @@ def test_fresh_gaussian_network_is_mp_like_and_min_rank_is_respected() -> None:
     assert sum(r.n_spikes for r in fitted) <= 1
     for r in fitted:
         assert r.sigma2 == pytest.approx(1.0 / r.shape[1], rel=0.03)
-    pruned, pr = prune(model, bulk_keep=0.0, min_rank=10)
+    pruned, pr = prune(model, criterion=MPCriterion(bulk_keep=0.0, min_rank=10))
     assert [r.rank_after for r in pr] == [10, 10, 10]
     assert [r.action for r in pr] == ["split", "split", "skipped"]
     assert pruned[0].rank == 10 and pruned[1].rank == 10
@@ -134,9 +135,9 @@ def test_default_min_dim_matches_the_noise_of_the_fit_statistic() -> None:
 def test_repruning_a_split_layer_composes_and_keeps_bias() -> None:
     _, w = _signal_plus_noise(300, 500, [4.0, 6.0], seed=3)
     model = nn.Sequential(_linear_with(w))
-    once, r1 = prune(model, bulk_keep=0.5)
+    once, r1 = prune(model, criterion=MPCriterion(bulk_keep=0.5))
     assert r1["0"].rank_after == 2 + (300 - 2) // 2
-    twice, r2 = prune(once, bulk_keep=0.2)
+    twice, r2 = prune(once, criterion=MPCriterion(bulk_keep=0.2))
     assert r2["0"].rank_before == r1["0"].rank_after
     assert r2["0"].n_spikes == 2  # the zero eigenvalues are not bulk: spikes stay the signal
     assert r2["0"].rank_after == 2 + int(0.2 * 298)
@@ -156,7 +157,7 @@ def test_split_layer_trained_further_prunes_again() -> None:
     with torch.no_grad():
         layer.weight.normal_(0.0, n**-0.5)
     model = nn.Sequential(layer)
-    pruned, first = prune(model, bulk_keep=0.6, split=True)
+    pruned, first = prune(model, criterion=MPCriterion(bulk_keep=0.6), split=True)
     rank1 = first["0"].rank_after
     assert rank1 == int(0.6 * n) and isinstance(pruned[0], LowRankLinear)
     opt = torch.optim.SGD(pruned.parameters(), lr=0.01)
@@ -171,7 +172,7 @@ def test_split_layer_trained_further_prunes_again() -> None:
     assert row.mp_like
     assert row.sigma2 == pytest.approx(1.0 / n, rel=0.05)  # a naive fit would give ~0.6/n or less
     assert row.n_spikes <= 2
-    again, second = prune(pruned, bulk_keep=0.3)
+    again, second = prune(pruned, criterion=MPCriterion(bulk_keep=0.3))
     assert second["0"].rank_after == row.n_spikes + int(0.3 * (n - row.n_spikes))
     assert again[0].rank == second["0"].rank_after
 
@@ -180,7 +181,7 @@ def test_conv_model_split_matches_truncated_conv() -> None:
     torch.manual_seed(5)
     conv = nn.Conv2d(64, 96, 3, stride=2, padding=1, dilation=1, dtype=torch.float64)
     model = nn.Sequential(conv)
-    pruned, report = prune(model, bulk_keep=0.25)
+    pruned, report = prune(model, criterion=MPCriterion(bulk_keep=0.25))
     row = report["0"]
     assert row.shape == (96, 64 * 9)
     assert isinstance(pruned[0], LowRankConv2d)
@@ -197,7 +198,7 @@ def test_truncation_in_place_when_split_does_not_pay() -> None:
     torch.manual_seed(6)
     model = nn.Sequential(nn.Linear(200, 200))
     weight = model[0].weight
-    pruned, report = prune(model, bulk_keep=0.9, inplace=True)
+    pruned, report = prune(model, criterion=MPCriterion(bulk_keep=0.9), inplace=True)
     row = report["0"]
     assert row.action == "truncated" and not row.split
     # the same Parameter object: the optimizer state of the weight survives
@@ -235,7 +236,7 @@ def test_skips_are_reported_with_reasons() -> None:
     assert report["tiny"].reason.startswith("too small")
     assert "tied" in report["tied"].reason
     assert report["good"].status == "ok"
-    pruned, pr = prune(net, bulk_keep=0.0)
+    pruned, pr = prune(net, criterion=MPCriterion(bulk_keep=0.0))
     rows = {r.name: r for r in pr}
     assert rows["good"].action == "split"
     assert rows["bad"].action == "skipped"
@@ -275,18 +276,19 @@ def test_shared_modules_are_tied_layers_but_a_second_name_is_not() -> None:
 
 def test_layers_filter_and_argument_errors() -> None:
     model = nn.Sequential(nn.Linear(50, 40), nn.Linear(40, 30))
-    assert [r.name for r in analyze(model, layers=["1"])] == ["1"]
-    assert [r.name for r in analyze(model, layers="*")] == ["0", "1"]
+    assert [r.name for r in analyze(model, select=Select(include=["1"]))] == ["1"]
+    assert [r.name for r in analyze(model, select=Select(include="*"))] == ["0", "1"]
     with pytest.raises(ValueError, match=r"matches no weight layer. Valid names: \['0', '1'\]"):
-        analyze(model, layers=["fc9"])
-    with pytest.raises(ValueError, match="'alpha' parameter of analyze"):
-        analyze(model, alpha=0.7)
-    with pytest.raises(ValueError, match="'beta' parameter of prune"):
-        prune(model, beta=1.5)
-    with pytest.raises(ValueError, match="'bulk_keep' parameter of prune"):
-        prune(model, bulk_keep=-0.1)
-    with pytest.raises(ValueError, match="'min_rank' parameter of prune"):
-        prune(model, min_rank=0)
+        analyze(model, select=Select(include=["fc9"]))
+    # the older keywords' errors naming analyze / prune: tests/pruning/test_deprecations.py
+    with pytest.raises(ValueError, match="'alpha' parameter of MPCriterion"):
+        MPCriterion(alpha=0.7)
+    with pytest.raises(ValueError, match="'beta' parameter of MPCriterion"):
+        MPCriterion(beta=1.5)
+    with pytest.raises(ValueError, match="'bulk_keep' parameter of MPCriterion"):
+        MPCriterion(bulk_keep=-0.1)
+    with pytest.raises(ValueError, match="'min_rank' parameter of MPCriterion"):
+        MPCriterion(min_rank=0)
     with pytest.raises(ValueError, match="'split' parameter of prune"):
         prune(model, split="sometimes")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="'model' parameter of analyze"):
@@ -333,7 +335,7 @@ def test_known_rank_of_a_truncated_dense_layer_trained_further() -> None:
     model = nn.Sequential(nn.Linear(n, n))
     with torch.no_grad():
         model[0].weight.normal_(0.0, n**-0.5)
-    _, first = prune(model, bulk_keep=0.7, inplace=True)
+    _, first = prune(model, criterion=MPCriterion(bulk_keep=0.7), inplace=True)
     rank = first["0"].rank_after
     assert first["0"].action == "truncated" and rank == int(0.7 * n)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -350,7 +352,7 @@ def test_known_rank_of_a_truncated_dense_layer_trained_further() -> None:
     assert informed.mp_like and informed.fit_error < 0.05
     # without the rank the regrown small values break the fit: the layer would be left alone
     assert not naive.mp_like and naive.fit_error > 0.2
-    _, again = prune(model, bulk_keep=0.4, ranks={"0": rank})
+    _, again = prune(model, criterion=MPCriterion(bulk_keep=0.4), ranks={"0": rank})
     assert again["0"].rank_after == informed.n_spikes + int(0.4 * (n - informed.n_spikes))
     with pytest.raises(ValueError, match=r"ranks\['0'\]. parameter of prune must be an int >= 1"):
         prune(model, ranks={"0": 0})

@@ -36,8 +36,12 @@ Example
 >>> config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
 ...                     num_attention_heads=2, intermediate_size=64)
 >>> dense = BertModel(config).eval()
->>> pruned, _ = rmtprune.prune(dense, layers="pooler.dense", bulk_keep=0.0, min_rank=4,
-...                            min_dim=8, fit_cutoff=1e9, split=True)
+>>> pruned, _ = rmtprune.prune(
+...     dense,
+...     criterion=rmtprune.MPCriterion(bulk_keep=0.0, min_rank=4, fit_cutoff=1e9),
+...     select=rmtprune.Select(include="pooler.dense", min_dim=8),
+...     split=True,
+... )
 >>> directory = tempfile.mkdtemp()
 >>> rmtprune.save_pretrained(pruned, directory)
 >>> sorted(os.listdir(directory))

@@ -3,7 +3,8 @@
 ``pip install rmtprune[lightning]``.  Add one callback::
 
     trainer = lightning.Trainer(callbacks=[SpectralPruningCallback(
-        schedule=rmtprune.schedules.Linear(30), every=2, min_rank=10)])
+        schedule=rmtprune.schedules.Linear(30), every=2,
+        criterion=rmtprune.MPCriterion(min_rank=10))])
 
 * Pruning happens at the *start* of an epoch (``interval="epoch"``: ``pruner.step(e)`` after ``e``
   completed epochs) or of a batch (``interval="step"``: after ``global_step`` optimizer steps).
@@ -52,8 +53,8 @@ class SpectralPruningCallback(pl.Callback, PruningCallbackCore):
     progress : bool
         Progress bars during a pruning step (off by default: Lightning has its own).
     **pruner_options
-        Passed to :class:`rmtprune.SpectralPruner` (``schedule``, ``every``, ``min_rank``,
-        ``layers``, ...); layer names are relative to the LightningModule.
+        Passed to :class:`rmtprune.SpectralPruner` (``schedule``, ``every``, ``criterion``,
+        ``select``, ...); layer names are relative to the LightningModule.
 
     Attributes
     ----------

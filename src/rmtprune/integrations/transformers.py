@@ -3,7 +3,8 @@
 ``pip install rmtprune[hf]``.  Add one callback::
 
     trainer = Trainer(model, args, train_dataset=data, callbacks=[SpectralPruningCallback(
-        interval="step", schedule=rmtprune.schedules.Constant(0.5), every=500, min_rank=16)])
+        interval="step", schedule=rmtprune.schedules.Constant(0.5), every=500,
+        criterion=rmtprune.MPCriterion(min_rank=16))])
 
 * Pruning happens at the end of an optimizer step (``interval="step"``: after
   ``state.global_step`` steps) or of an epoch (``interval="epoch"``), before the Trainer decides
@@ -107,8 +108,8 @@ class SpectralPruningCallback(TrainerCallback, PruningCallbackCore):
     progress : bool
         Progress bars during a pruning step.
     **pruner_options
-        Passed to :class:`rmtprune.SpectralPruner` (``schedule``, ``every``, ``min_rank``,
-        ``layers``, ...).
+        Passed to :class:`rmtprune.SpectralPruner` (``schedule``, ``every``, ``criterion``,
+        ``select``, ...).
 
     Attributes
     ----------

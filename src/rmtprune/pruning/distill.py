@@ -40,8 +40,7 @@ import torch
 from torch import nn
 
 from rmtprune._util.validation import check_int, check_real
-from rmtprune.factorize.params import count_parameters as _count
-from rmtprune.pruning.optim import rebuild_optimizer
+from rmtprune.factorize.params import count_parameters
 from rmtprune.pruning.outputs import OutputProbe, as_batches, call_model, first_tensor
 from rmtprune.pruning.pruner import SpectralPruner
 
@@ -230,7 +229,7 @@ def distill(
     held = None if eval_batches is None else OutputProbe(teacher, as_batches(eval_batches, owner))
     dtype = next((p.dtype for p in student.parameters() if p.is_floating_point()), None)
     targets = [t.to(dtype) for t in OutputProbe(teacher, train).reference]
-    before = _count(student)
+    before = count_parameters(student)
     optimizer: torch.optim.Optimizer = torch.optim.Adam(student.parameters(), lr=lr)
     was_training = student.training
     student.eval()
@@ -238,11 +237,11 @@ def distill(
     try:
         for epoch in range(1, epochs + 1):
             mean_loss = _train_epoch(student, optimizer, train, targets, loss)
-            changed = pruner is not None and pruner.step(epoch).changed
-            if changed:
-                optimizer = rebuild_optimizer(optimizer, student)
+            changed = pruner is not None and pruner.step(epoch, optimizer=optimizer).changed
             change = None if held is None else held.change(student)
-            history.append(DistillEpoch(epoch, mean_loss, _count(student), changed, change))
+            history.append(
+                DistillEpoch(epoch, mean_loss, count_parameters(student), changed, change)
+            )
     finally:
         student.train(was_training)
-    return DistillResult(tuple(history), before, _count(student))
+    return DistillResult(tuple(history), before, count_parameters(student))

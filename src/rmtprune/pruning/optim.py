@@ -31,7 +31,7 @@ Example
 >>> model = torch.nn.Sequential(torch.nn.Linear(200, 100))
 >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 >>> before = dict(model.named_parameters())
->>> _, report = rmtprune.prune(model, inplace=True, min_rank=10)
+>>> _, report = rmtprune.prune(model, criterion=rmtprune.MPCriterion(min_rank=10), inplace=True)
 >>> rmtprune.update_optimizer(opt, model, before) is opt
 True
 >>> [tuple(p.shape) for p in opt.param_groups[0]["params"]]
@@ -48,6 +48,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from rmtprune.pruning.options import warn_deprecated
+
 __all__ = [
     "optimizer_list",
     "rebuild_optimizer",
@@ -55,10 +57,12 @@ __all__ = [
     "replacements",
     "unwrap_optimizer",
     "update_optimizer",
+    "update_optimizer_after_step",
 ]
 
 # The snapshot taken by SpectralPruner.step before its last change of each model, so that
-# rebuild_optimizer(optimizer, model) (which gets no snapshot) knows what replaced what.
+# update_optimizer_after_step(optimizer, model) (which gets no snapshot) knows what replaced
+# what.
 _LAST_SNAPSHOT: weakref.WeakKeyDictionary[nn.Module, dict[str, nn.Parameter]] = (
     weakref.WeakKeyDictionary()
 )
@@ -231,41 +235,61 @@ def update_optimizer(optimizer: Any, model: nn.Module, before: Mapping[str, torc
 
 
 def remember_snapshot(model: nn.Module, before: dict[str, nn.Parameter]) -> None:
-    """Record ``before`` as the snapshot of ``model``'s last pruning (for rebuild_optimizer)."""
+    """Record ``before`` as the snapshot of ``model``'s last pruning (for
+    :func:`update_optimizer_after_step`)."""
     _LAST_SNAPSHOT[model] = before
 
 
-def rebuild_optimizer(optimizer: Any, model: nn.Module) -> Any:
-    """Deprecated compatibility layer: edit ``optimizer`` in place and return it.
+def update_optimizer_after_step(optimizer: Any, model: nn.Module) -> Any:
+    """:func:`update_optimizer` with the snapshot :meth:`SpectralPruner.step` took.
 
-    Prefer ``pruner.step(epoch, optimizer=optimizer)`` or :func:`update_optimizer`.  This
-    uses the snapshot that :meth:`rmtprune.SpectralPruner.step` recorded before its last
-    change of ``model``; after any other change it cannot tell which parameter replaced which,
-    warns, and drops the removed parameters without adding the new ones.  Unlike earlier
-    versions it never returns a new object (a scheduler keeps driving the optimizer).
+    For code that steps a pruner without passing it the optimizer (``pruner.step(epoch)``)
+    and updates the optimizer afterwards.  Prefer ``pruner.step(epoch, optimizer=optimizer)``.
+    After a change not made by :meth:`rmtprune.SpectralPruner.step` it cannot tell which
+    parameter replaced which, warns, and drops the removed parameters without adding the
+    new ones.
 
     Parameters
     ----------
     optimizer : torch.optim.Optimizer or a wrapper of one
-        The optimizer in use; edited in place.
+        The optimizer in use; edited in place and returned.
     model : torch.nn.Module
         The model after pruning.
     """
-    unwrap_optimizer(optimizer, "rebuild_optimizer")
+    return _after_step(optimizer, model, "update_optimizer_after_step")
+
+
+def rebuild_optimizer(optimizer: Any, model: nn.Module) -> Any:
+    """Deprecated: the older spelling of :func:`update_optimizer_after_step`.
+
+    Emits a ``DeprecationWarning``; pass ``optimizer=`` to :meth:`SpectralPruner.step` or
+    call :func:`update_optimizer` instead.  Edits ``optimizer`` in place and returns it.
+    """
+    warn_deprecated(
+        "rebuild_optimizer(optimizer, model) is deprecated; pass "
+        "pruner.step(epoch, optimizer=optimizer), or call "
+        "rmtprune.update_optimizer(optimizer, model, before) with "
+        "before = dict(model.named_parameters()) taken before pruning."
+    )
+    return _after_step(optimizer, model, "rebuild_optimizer")
+
+
+def _after_step(optimizer: Any, model: nn.Module, owner: str) -> Any:
+    unwrap_optimizer(optimizer, owner)
     if not isinstance(model, nn.Module):
         raise TypeError(
-            "The 'model' parameter of rebuild_optimizer must be a torch.nn.Module. "
+            f"The 'model' parameter of {owner} must be a torch.nn.Module. "
             f"Got {type(model).__name__} instead."
         )
     before = _LAST_SNAPSHOT.get(model)
     if before is None:
         warnings.warn(
-            "rebuild_optimizer cannot tell which parameters replaced which after a change not "
+            f"{owner} cannot tell which parameters replaced which after a change not "
             "made by SpectralPruner.step; new parameters are not added. Take "
             "before = dict(model.named_parameters()) before pruning and call "
             "rmtprune.update_optimizer(optimizer, model, before) instead.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
         before = {}
     return update_optimizer(optimizer, model, before)

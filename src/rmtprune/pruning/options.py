@@ -2,9 +2,10 @@
 
 ``prune(model, bulk_keep=0.3, min_dim=64)`` means
 ``prune(model, criterion=MPCriterion(bulk_keep=0.3), select=Select(min_dim=64))``.
-The keywords stay supported without a warning (they are the short form of the
-paper's rule, used throughout the experiments); no new ones will be added.
+The keywords are deprecated: they still work, and each one given emits a
+``DeprecationWarning`` (:func:`warn_deprecated`) naming the object to pass instead.
 Giving one of them together with ``criterion=`` or ``select=`` is an error.
+The project itself never uses them (its tests turn these warnings into errors).
 
 Example
 -------
@@ -12,10 +13,14 @@ Example
 MPCriterion(bulk_keep=0.5, min_rank=None, alpha=0.25, beta=0.1, fit_cutoff=0.05)
 >>> resolve_select(None, {"min_dim": 8}, "prune").min_dim
 8
+>>> replacement("layers")
+'select=rmtprune.Select(include=...)'
 """
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,14 +32,73 @@ __all__ = [
     "MP_KEYWORDS",
     "SELECT_KEYWORDS",
     "check_criterion",
+    "legacy_options",
+    "replacement",
     "resolve_criterion",
     "resolve_select",
+    "warn_deprecated",
+    "warn_legacy",
 ]
 
 MP_KEYWORDS = ("bulk_keep", "min_rank", "alpha", "beta", "fit_cutoff")
 """Older keywords that are parameters of :class:`MPCriterion`."""
 SELECT_KEYWORDS = ("layers", "min_dim", "min_params")
 """Older keywords that are parameters of :class:`Select` (``layers`` is ``include``)."""
+
+
+def warn_deprecated(message: str) -> None:
+    """Emit ``DeprecationWarning(message)`` attributed to the first caller outside rmtprune.
+
+    The warning points at the user's line however deep inside the package it is raised
+    (a callback's options reach :class:`SpectralPruner` through two frames of its own).
+    """
+    frame = sys._getframe(1)
+    level = 2
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("rmtprune."):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, DeprecationWarning, stacklevel=level)
+
+
+def replacement(name: str, *, calibrated: bool = False) -> str:
+    """What to pass instead of the older keyword ``name`` (``calibrated``: ``min_rank`` of a
+    prune with ``max_output_change``, which bounds the :class:`Calibrated` criterion)."""
+    if name == "layers":
+        return "select=rmtprune.Select(include=...)"
+    if name in SELECT_KEYWORDS:
+        return f"select=rmtprune.Select({name}=...)"
+    if name == "min_rank" and calibrated:
+        return (
+            "criterion=rmtprune.Calibrated(calibration, max_output_change, min_rank=...) "
+            "in place of calibration= and max_output_change="
+        )
+    return f"criterion=rmtprune.MPCriterion({name}=...)"
+
+
+def warn_legacy(owner: str, legacy: Mapping[str, Any], *, calibrated: bool = False) -> None:
+    """One ``DeprecationWarning`` per older keyword of ``owner`` given (not ``None``)."""
+    for name, value in legacy.items():
+        if value is not None:
+            instead = replacement(name, calibrated=calibrated)
+            warn_deprecated(f"{owner}({name}=...) is deprecated; pass {instead}.")
+
+
+def legacy_options(options: Mapping[str, Any], owner: str) -> dict[str, Any]:
+    """``options`` with the older keywords replaced by the ``criterion`` / ``select`` they mean.
+
+    For code that forwards a dictionary of options to :func:`rmtprune.analyze` (the
+    on-disk analysis): the keywords are checked as ``owner``'s, without a warning.
+
+    >>> sorted(legacy_options({"alpha": 0.2, "min_dim": None, "progress": False}, "analyze"))
+    ['criterion', 'progress']
+    """
+    out = dict(options)
+    fit = {k: out.pop(k) for k in MP_KEYWORDS if k in out}
+    sizes = {k: out.pop(k) for k in SELECT_KEYWORDS if k in out}
+    if out.get("criterion") is not None or any(v is not None for v in fit.values()):
+        out["criterion"] = resolve_criterion(out.get("criterion"), fit, owner)
+    if out.get("select") is not None or any(v is not None for v in sizes.values()):
+        out["select"] = resolve_select(out.get("select"), sizes, owner)
+    return out
 
 
 def _conflict(name: str, kind: str, owner: str, hint: str) -> ValueError:

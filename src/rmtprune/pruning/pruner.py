@@ -29,7 +29,7 @@ from rmtprune.pruning.optim import (
     unwrap_optimizer,
     update_optimizer,
 )
-from rmtprune.pruning.options import resolve_criterion, resolve_select
+from rmtprune.pruning.options import resolve_criterion, resolve_select, warn_legacy
 from rmtprune.pruning.report import PruneReport
 from rmtprune.pruning.schedules import Schedule, schedule_from_dict, schedule_to_dict
 from rmtprune.pruning.selection import Select, weight_layers
@@ -69,7 +69,8 @@ class SpectralPruner:
     split : {"auto", True, False}
         As in :func:`rmtprune.prune`.
     alpha, beta, fit_cutoff, min_rank, layers, min_dim, min_params
-        The older spelling of ``criterion=MPCriterion(...)`` and ``select=Select(...)``.
+        Deprecated (each emits a ``DeprecationWarning``): the older spelling of
+        ``criterion=MPCriterion(...)`` and ``select=Select(include=layers, ...)``.
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class SpectralPruner:
             )
         sizes = {"layers": layers, "min_dim": min_dim, "min_params": min_params}
         self.select = resolve_select(select, sizes, owner)
+        warn_legacy(owner, {**legacy, **sizes})
         self.model = model
         self.schedule = schedule
         self.every = check_int(every, "every", owner, low=1)

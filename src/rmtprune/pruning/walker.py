@@ -51,7 +51,7 @@ from rmtprune.pruning.criteria import (
     kept_rank,
 )
 from rmtprune.pruning.layers import Candidate, collect, count_parameters
-from rmtprune.pruning.options import resolve_criterion, resolve_select
+from rmtprune.pruning.options import resolve_criterion, resolve_select, warn_legacy
 from rmtprune.pruning.outputs import OutputProbe, as_batches
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
 from rmtprune.pruning.selection import DEFAULT_MIN_DIM, DEFAULT_MIN_PARAMS, Select
@@ -116,8 +116,9 @@ def analyze(
         the top ``rank`` eigenvalues are fitted and pruning never keeps more.
         :class:`rmtprune.SpectralPruner` passes its own record.
     alpha, beta, fit_cutoff, layers, min_dim, min_params
-        The older spelling of ``criterion=MPCriterion(alpha=..., beta=..., fit_cutoff=...)``
-        and ``select=Select(include=layers, min_dim=..., min_params=...)``; not to be
+        Deprecated (each emits a ``DeprecationWarning``): the older spelling of
+        ``criterion=MPCriterion(alpha=..., beta=..., fit_cutoff=...)`` and
+        ``select=Select(include=layers, min_dim=..., min_params=...)``; not to be
         combined with ``criterion`` / ``select``.
     progress : bool or None
         Progress bar over the layers (default: when stderr is a terminal and tqdm is installed).
@@ -146,9 +147,9 @@ def analyze(
             "The 'criterion' parameter of analyze must be an MPCriterion (analyze reports "
             f"the MP fit). Got {type(crit).__name__} instead."
         )
-    chosen = resolve_select(
-        select, {"layers": layers, "min_dim": min_dim, "min_params": min_params}, "analyze"
-    )
+    sizes = {"layers": layers, "min_dim": min_dim, "min_params": min_params}
+    chosen = resolve_select(select, sizes, "analyze")
+    warn_legacy("analyze", {**legacy, **sizes})
     found = collect(model, chosen, ranks, "analyze", progress)
     rows = tuple(_analysis_row(c, crit) for c in found)
     cutoff = crit.fit_cutoff if not isinstance(crit.fit_cutoff, Mapping) else math.nan
@@ -315,9 +316,11 @@ def prune(
     ranks : mapping of layer name to int, optional
         Known ranks of layers truncated earlier (as in :func:`analyze`).
     bulk_keep, min_rank, alpha, beta, fit_cutoff, layers, min_dim, min_params
-        The older spelling of ``criterion=MPCriterion(bulk_keep=..., min_rank=..., alpha=...,
-        beta=..., fit_cutoff=...)`` and ``select=Select(include=layers, min_dim=...,
-        min_params=...)``; not to be combined with ``criterion`` / ``select``.
+        Deprecated (each emits a ``DeprecationWarning``): the older spelling of
+        ``criterion=MPCriterion(bulk_keep=..., min_rank=..., alpha=..., beta=...,
+        fit_cutoff=...)`` and ``select=Select(include=layers, min_dim=..., min_params=...)``
+        (with ``max_output_change``, ``min_rank`` is that of ``Calibrated``); not to be
+        combined with ``criterion`` / ``select``.
     progress : bool or None
         Progress bars over the layers (default: when stderr is a terminal and tqdm is installed).
     calibration : iterable of model inputs, optional
@@ -326,10 +329,10 @@ def prune(
         (``report.output_change``; ``None`` without calibration data: not measured).
     max_output_change : float, optional
         With ``calibration``: the criterion becomes
-        ``Calibrated(calibration, max_output_change, base=criterion, min_rank=min_rank)``
+        ``Calibrated(calibration, max_output_change, base=criterion)``
         (:mod:`rmtprune.pruning.calibration`): the ranks are chosen from the data so that the
-        output change on held-out batches stays at most this; a given ``criterion`` (or
-        the older MP keywords) only bounds how far each layer may be cut.  The held-out
+        output change on held-out batches stays at most this; a given ``criterion`` only
+        bounds how far each layer may be cut.  The held-out
         change of the pruned model is measured again and reported.  For whitened SVD pass
         ``criterion=Calibrated(batches, δ, whiten=True)`` instead.
 
@@ -355,9 +358,10 @@ def prune(
         crit = resolve_criterion(criterion, {**legacy, "min_rank": min_rank}, "prune")
     else:
         crit = _calibrated(criterion, legacy, min_rank, calibration, max_output_change)
-    chosen = resolve_select(
-        select, {"layers": layers, "min_dim": min_dim, "min_params": min_params}, "prune"
-    )
+    sizes = {"layers": layers, "min_dim": min_dim, "min_params": min_params}
+    chosen = resolve_select(select, sizes, "prune")
+    calibrated = max_output_change is not None
+    warn_legacy("prune", {**legacy, "min_rank": min_rank, **sizes}, calibrated=calibrated)
     if split not in ("auto", True, False):
         raise param_error("split", "prune", "one of 'auto', True, False", split)
     if not isinstance(model, nn.Module):

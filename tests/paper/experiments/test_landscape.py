@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from rmtprune import prune
+from rmtprune import MPCriterion, prune
 from rmtprune.paper.experiments.analysis import landscape
 from rmtprune.paper.experiments.analysis.common import dense_copy
 from rmtprune.paper.experiments.analysis.landscape import (
@@ -66,7 +66,7 @@ def test_interpolation_endpoints_are_the_solutions() -> None:
 
 def test_pruned_networks_are_interpolated_as_dense_matrices() -> None:
     data = _data(1)
-    pruned, report = prune(_net(3), bulk_keep=0.0, min_rank=5)
+    pruned, report = prune(_net(3), criterion=MPCriterion(bulk_keep=0.0, min_rank=5))
     assert report.changed
     dense = dense_copy(pruned)
     assert [p.shape for p in dense.parameters()] == [p.shape for p in _net(0).parameters()]

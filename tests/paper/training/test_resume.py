@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from rmtprune import MPCriterion, Select
 from rmtprune.paper.models import FullyConnected, PaperCNN, initialize
 from rmtprune.paper.training import EpochRecord, History, TrainConfig, Trainer, load_state
 from rmtprune.paper.training import state as ckpt
@@ -224,7 +225,7 @@ def test_killed_run_with_pruner_resumes_bitwise(
             pruner=_SvdPruner(model),
             run_dir=run_dir,
             progress=False,
-            rebuild_optimizer=_rebuild,
+            update_optimizer=_rebuild,
             **kwargs,
         ).fit()
         return model, history
@@ -263,7 +264,11 @@ def test_real_pruner_structure_survives_resume(tmp_path: Path) -> None:
     def run(run_dir: Path, **kwargs: Any) -> tuple[FullyConnected, History]:
         model = initialize(FullyConnected([40, 64, 64, 4]), "normal", generator=3)
         pruner = pruner_module.SpectralPruner(
-            model, schedule=schedules.Constant(0.0), every=2, fit_cutoff=1.0, min_dim=10, min_rank=4
+            model,
+            schedule=schedules.Constant(0.0),
+            every=2,
+            criterion=MPCriterion(min_rank=4, fit_cutoff=1.0),
+            select=Select(min_dim=10),
         )
         trainer = Trainer(
             model, (x, y), (x, y), cfg, pruner=pruner, run_dir=run_dir, progress=False, **kwargs

@@ -183,7 +183,7 @@ def test_both_arms_get_the_same_learning_rates(monkeypatch: pytest.MonkeyPatch) 
             pruner=pruner,
             progress=False,
             on_epoch_end=record,
-            rebuild_optimizer=_rebuild,
+            update_optimizer=_rebuild,
         ).fit()
         assert history.column("lr") == [0.02, 0.01, 0.01, 0.005]
     assert seen["normal"] == seen["pruned"] == [0.02, 0.01, 0.01, 0.005]

@@ -59,7 +59,7 @@ from rmtprune.paper.training.loss import (
     data_loss,
     evaluate,
 )
-from rmtprune.pruning.optim import rebuild_optimizer
+from rmtprune.pruning.optim import update_optimizer_after_step
 
 __all__ = ["Trainer"]
 
@@ -136,10 +136,10 @@ class Trainer:
         Show a progress line on stderr (only when it is a terminal).
     on_epoch_end : callable or None
         ``on_epoch_end(trainer, record)``, called after each epoch's checkpoint.
-    rebuild_optimizer : callable or None
-        ``rebuild_optimizer(optimizer, model) -> optimizer`` used after a
+    update_optimizer : callable or None
+        ``update_optimizer(optimizer, model) -> optimizer`` used after a
         pruning step changed the model; default
-        :func:`rmtprune.pruning.optim.rebuild_optimizer`.
+        :func:`rmtprune.pruning.optim.update_optimizer_after_step`.
 
     Examples
     --------
@@ -162,7 +162,7 @@ class Trainer:
         resume: bool = False,
         progress: bool = True,
         on_epoch_end: Callable[[Trainer, EpochRecord], None] | None = None,
-        rebuild_optimizer: Callable[[torch.optim.Optimizer, nn.Module], torch.optim.Optimizer]
+        update_optimizer: Callable[[torch.optim.Optimizer, nn.Module], torch.optim.Optimizer]
         | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -188,7 +188,7 @@ class Trainer:
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.progress = progress
         self.on_epoch_end = on_epoch_end
-        self._rebuild = rebuild_optimizer
+        self._rebuild = update_optimizer
         self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
             self.model.parameters(), lr=config.lr, momentum=config.momentum
         )
@@ -281,7 +281,7 @@ class Trainer:
         report = self.pruner.step(epoch)
         if report.changed:
             if self._rebuild is None:
-                self._rebuild = rebuild_optimizer
+                self._rebuild = update_optimizer_after_step
             self.optimizer = self._rebuild(self.optimizer, self.model)
             self._structure_changed = True
         return dict(report.to_dict())

@@ -66,6 +66,7 @@ from rmtprune.paper.experiments.analysis.landscape_report import (
 from rmtprune.paper.experiments.rundir import UnitStore
 from rmtprune.paper.models import FullyConnected, initialize
 from rmtprune.paper.training import TrainConfig, Trainer
+from rmtprune.pruning.criteria import MPCriterion
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.schedules import Linear
 
@@ -100,7 +101,7 @@ def _train(
             model,
             schedule=Linear(config.schedule_epochs),
             every=config.every,
-            min_rank=config.min_rank,
+            criterion=MPCriterion(min_rank=config.min_rank),
         )
     train_config = TrainConfig(
         epochs=config.epochs,

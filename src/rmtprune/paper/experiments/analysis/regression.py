@@ -43,6 +43,7 @@ from rmtprune.paper.experiments.analysis.regression_figures import draw_figures
 from rmtprune.paper.experiments.results import ClaimVerdict
 from rmtprune.paper.models import FullyConnected, initialize
 from rmtprune.paper.training import TrainConfig, Trainer, evaluate
+from rmtprune.pruning.criteria import MPCriterion
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.schedules import Linear
 
@@ -100,7 +101,7 @@ def _train(
             model,
             schedule=Linear(config.schedule_epochs),
             every=config.every,
-            min_rank=config.min_rank,
+            criterion=MPCriterion(min_rank=config.min_rank),
         )
     train_config = TrainConfig(
         epochs=config.epochs,

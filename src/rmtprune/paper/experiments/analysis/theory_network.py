@@ -36,6 +36,7 @@ from rmtprune.paper.experiments.analysis.theory_config import ACTIVATIONS, Theor
 from rmtprune.paper.experiments.rundir import UnitStore
 from rmtprune.paper.models import FullyConnected, initialize
 from rmtprune.paper.training import TrainConfig, Trainer
+from rmtprune.pruning.criteria import MPCriterion
 from rmtprune.pruning.walker import prune
 
 __all__ = [
@@ -57,7 +58,8 @@ def prune_matrix(weight: Any, alpha: float, beta: float) -> tuple[torch.Tensor, 
     layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=torch.float64)
     with torch.no_grad():
         layer.weight.copy_(weight)
-    pruned, report = prune(nn.Sequential(layer), bulk_keep=0.0, alpha=alpha, beta=beta, split=False)
+    rule = MPCriterion(bulk_keep=0.0, alpha=alpha, beta=beta)
+    pruned, report = prune(nn.Sequential(layer), criterion=rule, split=False)
     kept = pruned.get_submodule("0")
     assert isinstance(kept, nn.Linear)
     return kept.weight.detach(), report["0"]

@@ -33,6 +33,8 @@ from torch import nn
 from rmtprune.paper.experiments.config import ExperimentConfig
 from rmtprune.paper.experiments.results import SeedResult, SpectrumSnapshot, SummaryRow
 from rmtprune.plotting import SpectrumPlotData, draw_spectrum
+from rmtprune.pruning.criteria import MPCriterion
+from rmtprune.pruning.selection import Select
 from rmtprune.pruning.walker import analyze
 
 __all__ = [
@@ -156,7 +158,8 @@ def spectrum_snapshots(
     """Eigenvalues and BEMA fit of each named layer of ``model`` (unfitted layers skipped)."""
     if not layers:
         return ()
-    report = analyze(model, alpha=alpha, beta=beta, layers=list(layers), min_dim=1, ranks=ranks)
+    rule, chosen = MPCriterion(alpha=alpha, beta=beta), Select(include=list(layers), min_dim=1)
+    report = analyze(model, criterion=rule, select=chosen, ranks=ranks)
     return tuple(
         SpectrumSnapshot.of(stage, SpectrumPlotData.from_row(row))
         for row in report.layers

@@ -33,8 +33,10 @@ from rmtprune.paper.experiments.config import ExperimentConfig
 from rmtprune.paper.experiments.results import ArmResult, SeedResult, layer_from_dict
 from rmtprune.paper.experiments.rundir import write_json
 from rmtprune.paper.training import EpochRecord, Trainer, evaluate
+from rmtprune.pruning.criteria import MPCriterion
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import LayerAnalysis
+from rmtprune.pruning.selection import Select
 from rmtprune.pruning.walker import analyze
 
 __all__ = ["ARMS", "EpochHook", "log", "run_seed"]
@@ -57,11 +59,10 @@ def _analyze(
 ) -> tuple[LayerAnalysis, ...]:
     rep = analyze(
         model,
-        alpha=config.alpha,
-        beta=config.beta,
-        fit_cutoff=config.fit_cutoffs(),
-        min_dim=config.min_dim,
-        min_params=config.min_params,
+        criterion=MPCriterion(
+            alpha=config.alpha, beta=config.beta, fit_cutoff=config.fit_cutoffs()
+        ),
+        select=Select(min_dim=config.min_dim, min_params=config.min_params),
         ranks=ranks,
     )
     return tuple(r for r in rep.layers if not r.reason.startswith("too small"))
@@ -79,12 +80,13 @@ def _pruner(config: ExperimentConfig, model: nn.Module) -> SpectralPruner:
         model,
         schedule=config.schedule(),
         every=config.every,
-        alpha=config.alpha,
-        beta=config.beta,
-        fit_cutoff=config.fit_cutoffs(),
-        min_rank=config.min_rank_resolved,
-        min_dim=config.min_dim,
-        min_params=config.min_params,
+        criterion=MPCriterion(
+            min_rank=config.min_rank_resolved,
+            alpha=config.alpha,
+            beta=config.beta,
+            fit_cutoff=config.fit_cutoffs(),
+        ),
+        select=Select(min_dim=config.min_dim, min_params=config.min_params),
     )
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rmtprune.pruning.criteria import MPCriterion
 from rmtprune.pruning.walker import analyze, prune
 from rmtprune.rmt import BEMA
 
@@ -103,7 +104,7 @@ def run_synthetic_demo(seed: int = 0, out: TextIO | None = None) -> dict[str, fl
         file=stream,
     )
     print(analyze(model).to_markdown(), file=stream)
-    pruned, report = prune(model, bulk_keep=0.0, min_rank=10)
+    pruned, report = prune(model, criterion=MPCriterion(bulk_keep=0.0, min_rank=10))
     print("\nprune(bulk_keep=0, min_rank=10):", file=stream)
     print(report.to_markdown(), file=stream)
     x = torch.randn(64, 1, 28, 28)
