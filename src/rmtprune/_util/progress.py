@@ -1,9 +1,10 @@
 """Progress bars over layers, shown with ``tqdm`` when it is installed and wanted.
 
-The one progress mechanism of the package: :func:`track` wraps the walker's loops, and the
+The one progress mechanism of the package: :func:`track` wraps the walker's loops; the
 time-left report of a checkpoint streamed from disk
-(:class:`rmtprune.ondisk.progress.CheckpointProgress`) takes its on/off choice from
-:func:`resolve` and its bar from :func:`open_bar`.
+(:class:`rmtprune.ondisk.progress.CheckpointProgress`) and the training loop's epoch bar take
+their on/off choice from :func:`resolve` and their bar from :func:`open_bar`; :func:`say` writes
+the one-line status messages of the command line and the experiments.
 A bar is shown when asked for (``progress=True``), never with ``progress=False``, and by default
 (``None``) only when standard error is a terminal.  Without ``tqdm`` installed (it is the
 ``progress`` extra: ``pip install rmtprune[progress]``) there is never a bar and nothing fails.
@@ -25,7 +26,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO, TypeVar
 
-__all__ = ["open_bar", "progress_enabled", "resolve", "track"]
+__all__ = ["open_bar", "progress_enabled", "resolve", "say", "track"]
 
 _T = TypeVar("_T")
 _CHOICE: contextvars.ContextVar[bool | None] = contextvars.ContextVar("progress", default=None)
@@ -79,3 +80,9 @@ def open_bar(iterable: Iterable[Any] | None = None, **options: Any) -> Any:
     except ImportError:  # the optional extra is not installed: no bar
         return None
     return tqdm(iterable, **options)
+
+
+def say(message: str, *, enabled: bool = True) -> None:
+    """Write ``message`` as one status line on standard error (flushed) when ``enabled``."""
+    if enabled:
+        print(message, file=sys.stderr, flush=True)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rmtprune._util.progress import say
 from rmtprune.cli.experiments import (
     add_demo_parser,
     add_reproduce_parser,
@@ -331,8 +332,7 @@ def _plan(args: argparse.Namespace) -> InputPlan:
 
 
 def _progress(args: argparse.Namespace, message: str) -> None:
-    if not args.quiet and not (args.json == "-"):
-        print(message, file=sys.stderr, flush=True)
+    say(message, enabled=not args.quiet and args.json != "-")
 
 
 def _check_outputs(args: argparse.Namespace, plan: InputPlan | None) -> None:

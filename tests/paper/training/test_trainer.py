@@ -6,6 +6,7 @@ import copy
 import io
 import json
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,6 @@ from torch import nn
 
 from rmtprune.paper.models import FullyConnected, PaperCNN, initialize
 from rmtprune.paper.training import EpochRecord, History, TrainConfig, Trainer, evaluate, paper_loss
-from rmtprune.paper.training.trainer import _Progress
 
 
 def blobs(n: int, d: int, seed: int, classes: int = 2, gap: float = 3.0) -> tuple[Any, Any]:
@@ -221,18 +221,19 @@ class _Tty(io.StringIO):
         return True
 
 
-def test_progress_line_only_on_terminals(capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_line_only_on_terminals(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x, y = blobs(20, 3, seed=6)
     tty = _Tty()
-    bar = _Progress(100, "epoch 1/3", True, tty)
-    bar.update(100, 0.25)
-    bar.close("train loss 0.2500")
-    out = tty.getvalue()
-    assert "epoch 1/3 [" in out and "100/100 loss 0.2500" in out and out.endswith("0.2500\n")
-    quiet = io.StringIO()
-    bar = _Progress(10, "x", True, quiet)
-    bar.update(10, 1.0)
-    bar.close("done")
-    assert quiet.getvalue() == ""
+    monkeypatch.setattr(sys, "stderr", tty)
+    Trainer(FullyConnected([3, 2]), (x, y), (x, y), TrainConfig(epochs=2), progress=True).fit()
+    lines = [line for line in tty.getvalue().splitlines() if "train loss" in line]
+    assert [line.split(" train loss ")[0].split("\r")[-1][-9:] for line in lines] == [
+        "epoch 1/2",
+        "epoch 2/2",
+    ]
+    monkeypatch.undo()
     x, y = blobs(20, 3, seed=6)
     Trainer(FullyConnected([3, 2]), (x, y), (x, y), TrainConfig(epochs=1)).fit()
     assert capsys.readouterr().err == ""  # pytest's stderr is not a terminal

@@ -38,16 +38,16 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from rmtprune._util.progress import open_bar, resolve, say
 from rmtprune.factorize.params import count_parameters
 from rmtprune.paper.training import state as training_state
 from rmtprune.paper.training.config import RESUMABLE_CHANGES, TrainConfig
@@ -62,32 +62,6 @@ from rmtprune.paper.training.loss import (
 from rmtprune.pruning.optim import update_optimizer_after_step
 
 __all__ = ["Trainer"]
-
-
-class _Progress:
-    """Minimal progress line on stderr, redrawn at most ten times a second."""
-
-    def __init__(self, total: int, label: str, enabled: bool, stream: TextIO | None = None):
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.total, self.label, self.done, self._last = total, label, 0, 0.0
-
-    def update(self, n: int, loss: float) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if not self.enabled or (now - self._last < 0.1 and self.done < self.total):
-            return
-        self._last = now
-        width = 30
-        filled = int(width * self.done / max(self.total, 1))
-        bar = "#" * filled + "." * (width - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total} loss {loss:.4f}")
-        self.stream.flush()
-
-    def close(self, summary: str) -> None:
-        if self.enabled:
-            self.stream.write(f"\r\033[K{self.label} {summary}\n")
-            self.stream.flush()
 
 
 @contextlib.contextmanager
@@ -252,7 +226,9 @@ class Trainer:
         x, y = self._train
         n = len(y)
         order = torch.randperm(n, generator=self._shuffle).to(self.device)
-        bar = _Progress(n, f"epoch {epoch}/{cfg.epochs}", self.progress)
+        label = f"epoch {epoch}/{cfg.epochs}"
+        shown = self.progress and resolve(None)
+        bar = open_bar(total=n, desc=label, unit="sample", leave=False) if shown else None
         self.model.train()
         total, correct = 0.0, 0
         for start in range(0, n, cfg.batch_size):
@@ -269,10 +245,14 @@ class Trainer:
             total += batch_loss * len(index)
             if cfg.objective == "nll":
                 correct += int((out.detach().argmax(dim=1) == yb).sum())
-            bar.update(len(index), batch_loss)
+            if bar is not None:
+                bar.update(len(index))
+                bar.set_postfix(loss=f"{batch_loss:.4f}", refresh=False)
         mean = total / n if n else math.nan
         accuracy = correct / n if n and cfg.objective == "nll" else math.nan
-        bar.close(f"train loss {mean:.4f}")
+        if bar is not None:
+            bar.close()
+        say(f"{label} train loss {mean:.4f}", enabled=shown)
         return mean, accuracy
 
     def _prune(self, epoch: int) -> dict[str, Any] | None:

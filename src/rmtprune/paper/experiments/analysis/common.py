@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -34,6 +33,7 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from torch import nn
 
+from rmtprune._util.progress import say as progress_line
 from rmtprune._util.validation import check_int
 from rmtprune.factorize.lowrank import LowRankModule
 from rmtprune.factorize.registry import set_submodule
@@ -187,8 +187,7 @@ def run_analysis(
 
 def say(progress: bool, message: str) -> None:
     """Write one progress line to stderr when ``progress`` is true."""
-    if progress:
-        print(message, file=sys.stderr, flush=True)
+    progress_line(message, enabled=progress)
 
 
 def write_json(path: Path, data: Any) -> Path:

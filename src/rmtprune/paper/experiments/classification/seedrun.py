@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from rmtprune._util.progress import say
 from rmtprune.paper.experiments import rundir
 from rmtprune.paper.experiments.classification import baselines, plots
 from rmtprune.paper.experiments.classification.baselines import (
@@ -70,8 +70,7 @@ def _analyze(
 
 def log(enabled: bool, config: ExperimentConfig, message: str) -> None:
     """One progress line ``[experiment/preset] message`` on stderr when ``enabled``."""
-    if enabled:
-        print(f"[{config.experiment}/{config.preset}] {message}", file=sys.stderr, flush=True)
+    say(f"[{config.experiment}/{config.preset}] {message}", enabled=enabled)
 
 
 # ------------------------------------------------------------------------ one arm, one seed
