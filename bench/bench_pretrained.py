@@ -1,7 +1,7 @@
 """Pruning a real pretrained model: all-MiniLM-L6-v2, judged on held-out sentences.
 
 Compares, on sentences never used by any method (docstrings of the Python standard library):
-the defaults (``rmtprune.prune(model)``), the calibrated guard (``max_output_change`` δ) with
+the defaults (``rmtprune.prune(model)``), the calibrated guard (``Calibrated`` with δ) with
 whitened and plain SVD, plain vs whitened SVD at equal parameter counts, and pruning while
 distilling into the frozen original.  Columns: parameters removed (of the whole model and of
 the encoder's Linear layers), cosine between the original and pruned mean-pooled sentence
@@ -32,7 +32,6 @@ import torch
 from torch import nn
 
 import rmtprune
-from rmtprune.pruning.calibrated_prune import calibrated_prune
 from rmtprune.pruning.distill import distill, docstring_sentences, mean_pooled
 from rmtprune.pruning.outputs import OutputProbe
 from rmtprune.pruning.whitening import factorize_at
@@ -135,7 +134,9 @@ def run_calibrated(judge: Judge, model: nn.Module, calib: list, args: Any) -> di
     for whiten, deltas in ((True, args.deltas), (False, [args.plain_delta])):
         for delta in deltas:
             t = time.time()
-            pruned, report = calibrated_prune(model, calib, delta, whiten=whiten, layers=ENCODER)
+            guard = rmtprune.Calibrated(calib, delta, whiten=whiten)
+            select = rmtprune.Select(include=ENCODER)
+            pruned, report = rmtprune.prune(model, criterion=guard, select=select, split=True)
             note = (
                 f"held-out calibration change {report.output_change:.3f} "
                 f"(fit {report.output_change_fit:.3f})"

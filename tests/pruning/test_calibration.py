@@ -13,12 +13,12 @@ from torch import nn
 
 import rmtprune
 from rmtprune.cli.app import main
-from rmtprune.pruning.calibrated_prune import calibrated_prune
 from rmtprune.pruning.calibration import Calibrated
 from rmtprune.pruning.criteria import ModelCriterion, RankDecision
 from rmtprune.pruning.layers import candidate_layers
 from rmtprune.pruning.outputs import OutputProbe
 from rmtprune.pruning.rank_search import first_passing, hull_moves, lower_hull
+from rmtprune.pruning.selection import Select
 from rmtprune.pruning.whitening import LayerFactors, factorize_at, input_grams
 
 
@@ -94,7 +94,8 @@ def test_linear_model_matches_closed_form_rank() -> None:
     r_break = (m * n - 1) // (m + n)
     for delta in (0.01, 0.05, 0.2):
         expected = min(r for r in range(1, r_break + 1) if closed[r] <= delta)
-        pruned, report = calibrated_prune(layer, batches, delta, min_dim=8)
+        criterion, select = Calibrated(batches, delta), Select(min_dim=8)
+        pruned, report = rmtprune.prune(layer, criterion=criterion, select=select)
         assert report["0"].rank_after == expected
         assert report.output_change == pytest.approx(closed[expected], rel=1e-9)
         assert report.output_change_fit == pytest.approx(closed[expected], rel=1e-9)
@@ -188,7 +189,7 @@ def test_rank_search_hull_and_bisection() -> None:
 def test_guarantee_holds_on_the_held_out_batches(seed: int, delta: float) -> None:
     model = _mlp(seed)
     batches = _batches(6, 32, 48, seed + 10)
-    pruned, report = rmtprune.prune(model, calibration=batches, max_output_change=delta)
+    pruned, report = rmtprune.prune(model, criterion=Calibrated(batches, delta))
     held, fit = batches[1::2], batches[0::2]
     assert report.output_change == pytest.approx(_change(model, pruned, held), rel=1e-9)
     assert report.output_change_fit == pytest.approx(_change(model, pruned, fit), rel=1e-9)
@@ -203,10 +204,10 @@ def test_larger_budget_prunes_more_and_whitening_also_holds() -> None:
     model, batches = _mlp(2), _batches(6, 32, 48, 20)
     sizes = []
     for delta in (0.05, 0.3):
-        _, report = calibrated_prune(model, batches, delta)
+        _, report = rmtprune.prune(model, criterion=Calibrated(batches, delta))
         sizes.append(report.params_after)
     assert sizes[1] < sizes[0]
-    pruned, report = calibrated_prune(model, batches, 0.1, whiten=True)
+    pruned, report = rmtprune.prune(model, criterion=Calibrated(batches, 0.1, whiten=True))
     assert report.output_change <= 0.1
     assert report.output_change == pytest.approx(_change(model, pruned, batches[1::2]), rel=1e-9)
     assert "whitened" in report[0].reason
@@ -215,20 +216,20 @@ def test_larger_budget_prunes_more_and_whitening_also_holds() -> None:
 def test_zero_budget_keeps_the_model_and_the_input_is_never_modified() -> None:
     model, batches = _mlp(3), _batches(4, 16, 48, 3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    pruned, report = rmtprune.prune(model, calibration=batches, max_output_change=0.0)
+    pruned, report = rmtprune.prune(model, criterion=Calibrated(batches, 0.0))
     assert report.output_change == 0.0 and not report.changed
     assert report.params_after == report.params_before
     for key, value in pruned.state_dict().items():
         assert torch.equal(value, before[key])
-    rmtprune.prune(model, calibration=batches, max_output_change=0.5)
+    rmtprune.prune(model, criterion=Calibrated(batches, 0.5))
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key])
 
 
 def test_dry_run_reports_what_a_real_run_does() -> None:
     model, batches = _mlp(4), _batches(4, 16, 48, 4)
-    same, dry = rmtprune.prune(model, calibration=batches, max_output_change=0.2, dry_run=True)
-    _, real = rmtprune.prune(model, calibration=batches, max_output_change=0.2)
+    same, dry = rmtprune.prune(model, criterion=Calibrated(batches, 0.2), dry_run=True)
+    _, real = rmtprune.prune(model, criterion=Calibrated(batches, 0.2))
     assert same is model and dry.dry_run and not dry.changed
     assert [r.rank_after for r in dry] == [r.rank_after for r in real]
     assert dry.params_after == real.params_after
@@ -251,7 +252,7 @@ class _DictModel(nn.Module):
 def test_dict_inputs_and_a_layer_outside_the_first_output() -> None:
     model = _DictModel()
     batches = [{"features": x, "scale": 2.0} for x in _batches(4, 32, 48, 5)]
-    pruned, report = rmtprune.prune(model, calibration=batches, max_output_change=0.1)
+    pruned, report = rmtprune.prune(model, criterion=Calibrated(batches, 0.1))
     assert report.output_change <= 0.1
     changed = _change(model, pruned, batches[1::2], key="logits")
     assert report.output_change == pytest.approx(changed, rel=1e-9)
@@ -339,7 +340,7 @@ def test_hugging_face_bert_from_a_tiny_config() -> None:
         mask = torch.ones_like(ids)
         mask[:, 9:] = 0
         batches.append({"input_ids": ids, "attention_mask": mask})
-    pruned, report = rmtprune.prune(model, calibration=batches, max_output_change=0.1)
+    pruned, report = rmtprune.prune(model, criterion=Calibrated(batches, 0.1))
     held = _change(model, pruned, batches[1::2], key="last_hidden_state")
     assert report.output_change == pytest.approx(held, rel=1e-6)
     assert report.output_change <= 0.1
@@ -389,7 +390,7 @@ def test_decide_model_accepts_layer_views_and_leaves_the_model_alone() -> None:
 
 def test_base_ranks_are_a_floor() -> None:
     model, batches = _mlp(8), _batches(4, 32, 48, 8)
-    _, report = calibrated_prune(model, batches, 1.0, base={"2": 20})
+    _, report = rmtprune.prune(model, criterion=Calibrated(batches, 1.0, base={"2": 20}))
     assert report["2"].rank_after >= 20
     assert report["0"].action == "unchanged" and report["0"].reason.startswith("base")
 
@@ -411,8 +412,8 @@ def test_whitened_factors_reach_the_pruned_model_through_the_walker() -> None:
         assert not torch.allclose(pruned(x), plain(x), rtol=1e-3, atol=1e-4)
     assert report.output_change == pytest.approx(_change(model, pruned, batches[1::2]), rel=1e-9)
     assert report.output_change <= 0.1
-    # calibrated_prune runs the same walker path
-    again, same = calibrated_prune(model, batches, 0.1, whiten=True)
+    # split=True (always) gives the same model: every rank the criterion keeps saves parameters
+    again, same = rmtprune.prune(model, criterion=Calibrated(batches, 0.1, whiten=True), split=True)
     assert [r.rank_after for r in same] == [r.rank_after for r in report]
     with torch.no_grad():
         torch.testing.assert_close(again(x), pruned(x))
@@ -421,30 +422,24 @@ def test_whitened_factors_reach_the_pruned_model_through_the_walker() -> None:
 def test_prune_with_a_base_criterion_a_selection_and_a_dry_run() -> None:
     model, batches = _mlp(11), _batches(4, 32, 48, 11)
     spectral = rmtprune.MPCriterion(min_rank=30)
-    _, guard = rmtprune.prune(model, criterion=spectral, calibration=batches, max_output_change=1.0)
+    _, guard = rmtprune.prune(model, criterion=Calibrated(batches, 1.0, base=spectral))
     _, plain = rmtprune.prune(model, criterion=spectral)
     for row in guard:
         if row.action == "split":
             assert row.rank_after >= plain[row.name].rank_after
     select = rmtprune.Select(include="2")
-    _, only = rmtprune.prune(model, select=select, calibration=batches, max_output_change=0.2)
+    _, only = rmtprune.prune(model, criterion=Calibrated(batches, 0.2), select=select)
     assert [r.name for r in only] == ["2"] and only.output_change <= 0.2
     floor = rmtprune.Calibrated(batches, 0.2, min_rank=40)
     _, floored = rmtprune.prune(model, criterion=floor, select=select)
     assert [r.name for r in floored] == ["2"] and floored["2"].rank_after >= 40
     before = {k: v.clone() for k, v in model.state_dict().items()}
     same, dry = rmtprune.prune(
-        model, calibration=batches, max_output_change=0.2, dry_run=True, inplace=True
+        model, criterion=Calibrated(batches, 0.2), dry_run=True, inplace=True
     )
     assert same is model and not dry.changed and dry.output_change is not None
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key])
-    with pytest.raises(ValueError, match="needs calibration data"):
-        rmtprune.prune(model, max_output_change=0.2)
-    with pytest.raises(TypeError, match="Calibrated criterion already"):
-        rmtprune.prune(
-            model, criterion=Calibrated(batches, 0.1), calibration=batches, max_output_change=0.1
-        )
 
 
 def test_the_walker_measures_the_model_it_produced_also_without_splitting() -> None:
@@ -489,13 +484,12 @@ def test_bad_arguments_name_the_parameter(kwargs, error, match) -> None:
 
 
 def test_bad_calibration_data_is_refused() -> None:
-    model = _mlp(0)
-    with pytest.raises(ValueError, match="'max_output_change' parameter of prune needs"):
-        rmtprune.prune(model, max_output_change=0.1)
     with pytest.raises(ValueError, match="at least 2 batches"):
-        rmtprune.prune(model, calibration=[torch.randn(4, 48)], max_output_change=0.1)
+        Calibrated([torch.randn(4, 48)], 0.1)
+    with pytest.raises(TypeError, match="parameter of Calibrated must be an iterable"):
+        Calibrated(torch.randn(4, 48), 0.1)
     with pytest.raises(TypeError, match="'calibration' parameter of prune"):
-        rmtprune.prune(model, calibration=torch.randn(4, 48), max_output_change=0.1)
+        rmtprune.prune(_mlp(0), calibration=torch.randn(4, 48))
 
 
 @pytest.mark.slow
@@ -515,7 +509,9 @@ def test_minilm_guard_holds_on_held_out_sentences(tmp_path) -> None:
     ]
     # δ = 0.2: the 24 fitted sentences hold 526 real tokens; with the padded positions (38 %)
     # no longer in the Gram matrices, whitened δ = 0.1 finds no safe cut on layer 5 alone
-    pruned, report = calibrated_prune(model, batches, 0.2, whiten=True, layers="encoder.layer.5.*")
+    criterion = Calibrated(batches, 0.2, whiten=True)
+    select = rmtprune.Select(include="encoder.layer.5.*")
+    pruned, report = rmtprune.prune(model, criterion=criterion, select=select)
     held = _change(model, pruned, batches[1::2], key="last_hidden_state")
     assert report.output_change == pytest.approx(held, rel=1e-6)
     assert report.output_change <= 0.2

@@ -1,5 +1,6 @@
-"""The older keywords and ``rebuild_optimizer``: each warns, naming what to pass instead, and
-gives exactly the result of the new spelling (and a result the keyword really changes).
+"""The older keywords, ``calibrated_prune`` and ``rebuild_optimizer``: each warns, naming what
+to pass instead, and gives exactly the result of the new spelling (and a result the keyword
+really changes).
 
 This is the one test file that uses them; pyproject.toml turns their warnings into errors
 everywhere else, so a leftover use in the project fails its tests.
@@ -17,9 +18,14 @@ from torch import nn
 import rmtprune
 from rmtprune import Calibrated, Energy, MPCriterion, Select, SpectralPruner, schedules
 from rmtprune.integrations._common import make_pruner
+from rmtprune.pruning.calibrated_prune import calibrated_prune
 from rmtprune.pruning.optim import rebuild_optimizer, update_optimizer_after_step
 
 MP = "criterion=rmtprune.MPCriterion({}=...)"
+CALIBRATED = (
+    "criterion=rmtprune.Calibrated(calibration, max_output_change) in place of "
+    "calibration= and max_output_change= (a criterion= given becomes its base=)"
+)
 SELECT = "select=rmtprune.Select({}=...)"
 
 # keyword, value, the same as an object, where the message points (a value unlike the default)
@@ -126,13 +132,85 @@ def test_min_rank_of_a_calibrated_prune_points_at_calibrated() -> None:
         "in place of calibration= and max_output_change="
     )
     only = Select(include="0")
-    with _warns("prune", "min_rank", instead):
+    with pytest.warns(DeprecationWarning) as record:
         _, old = rmtprune.prune(
             _model(), select=only, calibration=batches, max_output_change=0.2, min_rank=40
         )
+    messages = [str(w.message) for w in record]
+    assert messages == [
+        f"prune(min_rank=...) is deprecated; pass {instead}.",
+        f"prune(max_output_change=...) is deprecated; pass {CALIBRATED}.",
+    ]
     floor = Calibrated(batches, 0.2, min_rank=40)
     _, new = rmtprune.prune(_model(), criterion=floor, select=only)
     assert old.to_json() == new.to_json() and old["0"].rank_after >= 40
+
+
+def _calibration(seed: int = 3) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(32, 160, generator=g) for _ in range(4)]
+
+
+def test_max_output_change_of_prune_warns_and_equals_the_calibrated_criterion() -> None:
+    batches = _calibration()
+    with _warns("prune", "max_output_change", CALIBRATED) as record:
+        old_model, old = rmtprune.prune(_model(), calibration=batches, max_output_change=0.5)
+    assert len(record) == 1 and record[0].filename == __file__
+    new_model, want = rmtprune.prune(_model(), criterion=Calibrated(batches, 0.5))
+    assert old.to_json() == want.to_json() and old.max_output_change == 0.5
+    torch.testing.assert_close(_outputs(old_model), _outputs(new_model), rtol=0, atol=0)
+    _, measured = rmtprune.prune(_model(), calibration=batches)  # calibration alone: no bound
+    assert measured.max_output_change is None and old.to_json() != measured.to_json()
+    assert old.params_after < old.params_before  # the keyword did act
+
+
+def test_a_criterion_with_max_output_change_is_the_base_of_calibrated() -> None:
+    batches, spectral = _calibration(), MPCriterion(min_rank=30)
+    with _warns("prune", "max_output_change", CALIBRATED):
+        old_model, old = rmtprune.prune(
+            _model(), criterion=spectral, calibration=batches, max_output_change=1.0
+        )
+    guard = Calibrated(batches, 1.0, base=spectral)
+    new_model, want = rmtprune.prune(_model(), criterion=guard)
+    assert old.to_json() == want.to_json()
+    torch.testing.assert_close(_outputs(old_model), _outputs(new_model), rtol=0, atol=0)
+    assert old["0"].rank_after >= 30 and old.params_after < old.params_before
+
+
+def test_calibrated_prune_warns_and_equals_prune_with_calibrated() -> None:
+    batches, base = _calibration(), {"0": 20, "2": 12}
+    message = (
+        "calibrated_prune(model, calibration, max_output_change, ...) is deprecated; pass "
+        "rmtprune.prune(model, criterion=rmtprune.Calibrated(calibration, max_output_change, "
+        "whiten=..., holdout=..., base=..., min_rank=...), select=rmtprune.Select(include="
+        "layers, min_dim=..., min_params=...), split=True)."
+    )
+    options: dict[str, Any] = {"whiten": True, "holdout": 0.25, "base": base, "min_rank": 16}
+    with pytest.warns(DeprecationWarning, match=f"^{re.escape(message)}$") as record:
+        old_model, old = calibrated_prune(
+            _model(), batches, 0.7, layers="[02]", min_dim=5, min_params=100, **options
+        )
+    assert len(record) == 1 and record[0].filename == __file__
+    select = Select(include="[02]", min_dim=5, min_params=100)
+    new_model, want = rmtprune.prune(
+        _model(), criterion=Calibrated(batches, 0.7, **options), select=select, split=True
+    )
+    assert old.to_json() == want.to_json() and [r.name for r in old] == ["0", "2"]
+    torch.testing.assert_close(_outputs(old_model), _outputs(new_model), rtol=0, atol=0)
+    assert (old["0"].rank_after, old["2"].rank_after) == (20, 16)  # base and min_rank act
+    assert old.params_after < old.params_before
+
+
+def test_max_output_change_errors_still_name_what_is_missing() -> None:
+    with pytest.raises(ValueError, match="'max_output_change' parameter of prune needs"):
+        rmtprune.prune(_model(), max_output_change=0.2)
+    with pytest.raises(ValueError, match="'calibration' parameter of prune must hold at least"):
+        rmtprune.prune(_model(), calibration=[torch.randn(4, 160)], max_output_change=0.1)
+    with pytest.raises(TypeError, match="Calibrated criterion already"):
+        guard = Calibrated(_calibration(), 0.1)
+        rmtprune.prune(_model(), criterion=guard, calibration=_calibration(), max_output_change=0.1)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="needs calibration"):
+        calibrated_prune(_model(), None, 0.2)
 
 
 def test_an_older_keyword_with_its_object_is_still_an_error_naming_both() -> None:
@@ -188,3 +266,7 @@ def test_the_test_suite_turns_a_leftover_older_keyword_into_an_error() -> None:
         rmtprune.prune(_model(), bulk_keep=0.5)
     with pytest.raises(DeprecationWarning, match="is deprecated; pass"):
         rebuild_optimizer(torch.optim.SGD(_model().parameters(), lr=0.1), _model())
+    with pytest.raises(DeprecationWarning, match="is deprecated; pass"):
+        rmtprune.prune(_model(), calibration=_calibration(), max_output_change=0.2)
+    with pytest.raises(DeprecationWarning, match="is deprecated; pass"):
+        calibrated_prune(_model(), _calibration(), 0.2)

@@ -1,20 +1,21 @@
-"""``calibrated_prune``: :func:`rmtprune.prune` with a :class:`Calibrated` criterion.
+"""``calibrated_prune`` (deprecated): :func:`rmtprune.prune` with a :class:`Calibrated` criterion.
 
-A convenience for the options ``prune(calibration=, max_output_change=)`` does not spell
-(``whiten``, ``holdout``, ``base``): it builds the criterion and runs the normal walker, which
-applies the plain or whitened factors the criterion measured and checks the held-out output
-change of the model it produced.
+Every option it takes has its place in the one spelling,
+``prune(model, criterion=Calibrated(batches, δ, whiten=, holdout=, base=, min_rank=),
+select=Select(include=layers, min_dim=, min_params=), split=True)``, which it runs; it emits
+a ``DeprecationWarning`` that says so.
 
 Example
 -------
 >>> import torch
 >>> from torch import nn
+>>> from rmtprune import Calibrated, prune
 >>> _ = torch.manual_seed(0)
 >>> model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 8))
 >>> low_rank = torch.randn(64, 4) @ torch.randn(4, 64) / 8
 >>> _ = model[0].weight.data.copy_(low_rank + 0.01 * torch.randn(64, 64))
 >>> batches = [torch.randn(32, 64) for _ in range(4)]
->>> pruned, report = calibrated_prune(model, batches, 0.2, whiten=True)
+>>> pruned, report = prune(model, criterion=Calibrated(batches, 0.2, whiten=True), split=True)
 >>> report.output_change <= 0.2, report.params_after < report.params_before
 (True, True)
 """
@@ -28,6 +29,7 @@ from torch import nn
 
 from rmtprune._util.validation import param_error
 from rmtprune.pruning.calibration import Calibrated
+from rmtprune.pruning.options import warn_deprecated
 from rmtprune.pruning.outputs import as_batches
 from rmtprune.pruning.report import PruneReport
 from rmtprune.pruning.selection import Select
@@ -55,6 +57,10 @@ def calibrated_prune(
 ) -> tuple[nn.Module, PruneReport]:
     """Prune ``model`` as far as its held-out output change stays ≤ ``max_output_change``.
 
+    Deprecated (emits a ``DeprecationWarning``): pass
+    ``rmtprune.prune(model, criterion=rmtprune.Calibrated(calibration, max_output_change,
+    ...), select=rmtprune.Select(include=layers, ...), split=True)`` instead.
+
     Runs ``rmtprune.prune(model, criterion=Calibrated(...), select=Select(...))``: the
     ranks come from :class:`Calibrated`, every changed layer is replaced by the factors it
     measured (square-root split by default, ``split=True``).  ``report.output_change`` is
@@ -78,6 +84,12 @@ def calibrated_prune(
     -------
     (model, PruneReport)
     """
+    warn_deprecated(
+        "calibrated_prune(model, calibration, max_output_change, ...) is deprecated; pass "
+        "rmtprune.prune(model, criterion=rmtprune.Calibrated(calibration, max_output_change, "
+        "whiten=..., holdout=..., base=..., min_rank=...), select=rmtprune.Select(include="
+        "layers, min_dim=..., min_params=...), split=True)."
+    )
     owner = "prune"
     if not isinstance(model, nn.Module):
         raise param_error("model", owner, "a torch.nn.Module", type(model).__name__)

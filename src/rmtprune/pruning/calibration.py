@@ -32,7 +32,7 @@ Example
 >>> _ = model[0].weight.data.copy_(low_rank + 0.01 * torch.randn(64, 64))
 >>> batches = [torch.randn(32, 64) for _ in range(4)]
 >>> from rmtprune import prune
->>> pruned, report = prune(model, calibration=batches, max_output_change=0.2)
+>>> pruned, report = prune(model, criterion=Calibrated(batches, 0.2))
 >>> report.output_change <= 0.2, report.params_after < report.params_before
 (True, True)
 
@@ -87,6 +87,11 @@ class _Layer:
 
 class Calibrated:
     """Model-level rank criterion: the smallest model whose held-out output change is ≤ δ.
+
+    The one way to prune with calibration data:
+    ``rmtprune.prune(model, criterion=Calibrated(batches, δ), select=Select(...))``.  The
+    report's ``output_change`` is measured on this criterion's held-out batches (do not also
+    pass ``calibration=`` to ``prune``: it would be ignored).
 
     Parameters
     ----------

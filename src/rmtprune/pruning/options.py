@@ -1,7 +1,9 @@
 """The older keywords of ``prune`` / ``analyze`` / ``SpectralPruner``, mapped onto objects.
 
 ``prune(model, bulk_keep=0.3, min_dim=64)`` means
-``prune(model, criterion=MPCriterion(bulk_keep=0.3), select=Select(min_dim=64))``.
+``prune(model, criterion=MPCriterion(bulk_keep=0.3), select=Select(min_dim=64))``, and
+``prune(model, calibration=batches, max_output_change=0.1)`` means
+``prune(model, criterion=Calibrated(batches, 0.1))``.
 The keywords are deprecated: they still work, and each one given emits a
 ``DeprecationWarning`` (:func:`warn_deprecated`) naming the object to pass instead.
 Giving one of them together with ``criterion=`` or ``select=`` is an error.
@@ -61,7 +63,11 @@ def warn_deprecated(message: str) -> None:
 
 def replacement(name: str, *, calibrated: bool = False) -> str:
     """What to pass instead of the older keyword ``name`` (``calibrated``: ``min_rank`` of a
-    prune with ``max_output_change``, which bounds the :class:`Calibrated` criterion)."""
+    prune with ``max_output_change``, which bounds the :class:`Calibrated` criterion).
+
+    ``max_output_change`` of :func:`rmtprune.prune` (with ``calibration=``) is the older
+    spelling of ``criterion=Calibrated(calibration, max_output_change, base=criterion)``.
+    """
     if name == "layers":
         return "select=rmtprune.Select(include=...)"
     if name in SELECT_KEYWORDS:
@@ -70,6 +76,11 @@ def replacement(name: str, *, calibrated: bool = False) -> str:
         return (
             "criterion=rmtprune.Calibrated(calibration, max_output_change, min_rank=...) "
             "in place of calibration= and max_output_change="
+        )
+    if name == "max_output_change":
+        return (
+            "criterion=rmtprune.Calibrated(calibration, max_output_change) in place of "
+            "calibration= and max_output_change= (a criterion= given becomes its base=)"
         )
     return f"criterion=rmtprune.MPCriterion({name}=...)"
 

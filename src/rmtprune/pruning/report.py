@@ -235,7 +235,7 @@ class PruneReport(_Table):
     the relative change of the model's first output measured on (held-out) calibration
     data, ``None`` when no calibration data was given (not measured); ``output_change_fit``
     is the same on the batches the rank choice was fitted on; ``max_output_change`` the
-    limit asked for (see :mod:`rmtprune.pruning.calibration`).
+    limit of the :class:`~rmtprune.pruning.calibration.Calibrated` criterion.
     """
 
     layers: tuple[LayerPruneResult, ...]
@@ -280,7 +280,7 @@ class PruneReport(_Table):
         if self.output_change is None:
             return (
                 "Output change: not measured (no calibration data; pass calibration= to "
-                "measure it and max_output_change= to bound it)."
+                "measure it, or criterion=rmtprune.Calibrated(batches, δ) to bound it)."
             )
         line = f"Output change: {self.output_change:.4g} (relative, first output"
         if self.max_output_change is None:

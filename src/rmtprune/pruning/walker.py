@@ -302,8 +302,9 @@ def prune(
     criterion : optional
         How many singular values each layer keeps (:mod:`rmtprune.pruning.criteria`):
         ``MPCriterion(...)`` (default), ``GavishDonohoCriterion()``, ``Energy(0.9)``,
-        ``FixedRank(r)``, ``FixedRatio(q)``, or any object with ``decide(layer)`` or
-        ``decide_model(model, layers)``.
+        ``FixedRank(r)``, ``FixedRatio(q)``, ``Calibrated(batches, δ, ...)`` (ranks from
+        calibration data under a limit on the output change), or any object with
+        ``decide(layer)`` or ``decide_model(model, layers)``.
     select : Select, optional
         Which layers (:class:`rmtprune.Select`); default ``Select()``.
     split : {"auto", True, False}
@@ -320,21 +321,19 @@ def prune(
         ``criterion=MPCriterion(bulk_keep=..., min_rank=..., alpha=..., beta=...,
         fit_cutoff=...)`` and ``select=Select(include=layers, min_dim=..., min_params=...)``
         (with ``max_output_change``, ``min_rank`` is that of ``Calibrated``); not to be
-        combined with ``criterion`` / ``select``.
+        combined with ``criterion`` / ``select``.  ``max_output_change`` as well (below).
     progress : bool or None
         Progress bars over the layers (default: when stderr is a terminal and tqdm is installed).
     calibration : iterable of model inputs, optional
-        Batches (tensors, tuples, or dicts passed as ``model(**batch)``).  Alone: the
-        relative change of the model's first output on them is measured and reported
-        (``report.output_change``; ``None`` without calibration data: not measured).
+        Batches (tensors, tuples, or dicts passed as ``model(**batch)``) on which the
+        relative change of the model's first output is measured and reported
+        (``report.output_change``; ``None`` without calibration data: not measured), with
+        any criterion but :class:`Calibrated`.  A ``Calibrated`` criterion measures the
+        change on its own held-out batches and ``calibration`` is then ignored: to bound
+        the change, pass ``criterion=Calibrated(batches, δ)`` alone (the one spelling).
     max_output_change : float, optional
-        With ``calibration``: the criterion becomes
-        ``Calibrated(calibration, max_output_change, base=criterion)``
-        (:mod:`rmtprune.pruning.calibration`): the ranks are chosen from the data so that the
-        output change on held-out batches stays at most this; a given ``criterion`` only
-        bounds how far each layer may be cut.  The held-out
-        change of the pruned model is measured again and reported.  For whitened SVD pass
-        ``criterion=Calibrated(batches, δ, whiten=True)`` instead.
+        Deprecated (emits a ``DeprecationWarning``): with ``calibration``, the older
+        spelling of ``criterion=Calibrated(calibration, max_output_change, base=criterion)``.
 
     Returns
     -------
@@ -352,6 +351,15 @@ def prune(
     ('split', 20)
     >>> dense[0].weight.shape  # the input model is unchanged
     torch.Size([200, 300])
+
+    Ranks from calibration data, with the output change on held-out batches at most 0.2
+    (``report.output_change`` is the change measured on them):
+
+    >>> batches = [torch.randn(16, 300) for _ in range(4)]
+    >>> guard = rmtprune.Calibrated(batches, 0.2)
+    >>> pruned, report = rmtprune.prune(dense, criterion=guard)
+    >>> report.output_change <= 0.2, report.max_output_change
+    (True, 0.2)
     """
     legacy = {"bulk_keep": bulk_keep, "alpha": alpha, "beta": beta, "fit_cutoff": fit_cutoff}
     if max_output_change is None:
@@ -361,7 +369,8 @@ def prune(
     sizes = {"layers": layers, "min_dim": min_dim, "min_params": min_params}
     chosen = resolve_select(select, sizes, "prune")
     calibrated = max_output_change is not None
-    warn_legacy("prune", {**legacy, "min_rank": min_rank, **sizes}, calibrated=calibrated)
+    older = {**legacy, "min_rank": min_rank, **sizes, "max_output_change": max_output_change}
+    warn_legacy("prune", older, calibrated=calibrated)
     if split not in ("auto", True, False):
         raise param_error("split", "prune", "one of 'auto', True, False", split)
     if not isinstance(model, nn.Module):
@@ -384,7 +393,7 @@ def _calibrated(
     calibration: Iterable[Any] | None,
     max_output_change: float,
 ) -> Calibrated:
-    """``prune(calibration=, max_output_change=)``: a :class:`Calibrated` criterion."""
+    """``prune(calibration=, max_output_change=)`` (deprecated): a :class:`Calibrated`."""
     if calibration is None:
         raise ValueError(
             "The 'max_output_change' parameter of prune needs calibration data to be "
