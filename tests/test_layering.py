@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import rmtprune
 from rmtprune.rmt import BEMA, GavishDonoho
@@ -56,6 +57,7 @@ print(json.dumps({{
 """
 
 
+@pytest.mark.slow  # a fresh interpreter builds the TW table (10 s): in make test, not test-fast
 def test_math_layer_imports_and_fits_without_torch() -> None:
     package_dir = str(Path(rmtprune.__file__).parent)
     out = subprocess.run(
