@@ -43,7 +43,7 @@ from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
 from rmtprune.pruning.selection import Select
 from rmtprune.pruning.walker import analyze, prune
-from rmtprune.rmt import BEMA, GavishDonoho, NotFittedError
+from rmtprune.rmt import BEMA, GavishDonoho, NotFittedError, SpectralFit
 from rmtprune.rmt.marchenko_pastur import marchenko_pastur, mp_edges
 from rmtprune.rmt.spectrum import eigenvalues, singular_values
 from rmtprune.rmt.tracy_widom import tracy_widom
@@ -74,6 +74,7 @@ __all__ = [
     "PruneReport",
     "RankDecision",
     "Select",
+    "SpectralFit",
     "SpectralPruner",
     "UserCodeError",
     "__version__",
