@@ -126,7 +126,7 @@ def test_json_report_is_world_readable_like_models(weights: Path, tmp_path: Path
 def test_json_may_not_overwrite_the_input(weights: Path, capsys) -> None:
     before = weights.read_bytes()
     assert main(["analyze", str(weights), "--json", str(weights), "--quiet"]) == 2
-    _one_error_line(capsys, "--json", "input weights file")
+    _one_error_line(capsys, "--json", "is a file of the input")
     assert weights.read_bytes() == before
 
 

@@ -338,6 +338,7 @@ def _progress(args: argparse.Namespace, message: str) -> None:
 def _check_outputs(args: argparse.Namespace, plan: InputPlan | None) -> None:
     """Check every output path before any work starts (see ``rmtprune._util.fileio``);
     ``plan`` (the input's route) says whether ``-o`` is a model directory."""
+    from rmtprune._util.apart import check_apart
     from rmtprune._util.fileio import check_output_dir, check_output_file
 
     output = getattr(args, "output", None)
@@ -355,14 +356,16 @@ def _check_outputs(args: argparse.Namespace, plan: InputPlan | None) -> None:
                 overwrite=args.overwrite,
                 overwrite_hint="pass --overwrite",
             )
-    if args.json not in (None, "-"):
-        check_output_file(args.json, what="--json", overwrite=True, overwrite_hint="")
-    json_path = None if args.json in (None, "-") else Path(args.json).resolve()
-    inputs = {Path(p).resolve() for p in (args.source, args.weights) if p is not None}
-    if json_path is not None and output is not None and json_path == Path(output).resolve():
-        raise ValueError(f"--json and -o/--output both name {output}; give two different files")
-    if json_path is not None and json_path in inputs:
-        raise ValueError(f"--json {args.json} is the input weights file; give another path")
+    json_path = None if args.json in (None, "-") else args.json
+    if json_path is not None:
+        check_output_file(json_path, what="--json", overwrite=True, overwrite_hint="")
+    written = None if getattr(args, "dry_run", False) else output
+    in_directory = plan is not None and plan.writes_directory
+    check_apart(  # the one check that no output touches a file of the input
+        [p for p in (args.source, args.weights) if p is not None],
+        files={"-o/--output": None if in_directory else written, "--json": json_path},
+        directories={"-o/--output": written if in_directory else None},
+    )
 
 
 def _bar(args: argparse.Namespace) -> bool | None:

@@ -52,6 +52,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from rmtprune._util.apart import check_apart
 from rmtprune._util.fileio import check_input_file
 from rmtprune._util.validation import param_error
 from rmtprune.factorize.registry import get_adapter
@@ -372,15 +373,14 @@ def prune_input(
 
 
 def _check_output(opened: OpenInput, output: PathLike, inputs: Sequence[str] = ()) -> None:
-    """Refuse to write ``output`` over the input or one of its files (shards)."""
-    target = os.path.realpath(os.fspath(output))
-    if target == os.path.realpath(opened.path):
-        raise ValueError(f"the output {os.fspath(output)} is the input; choose another path")
-    if target in {os.path.realpath(f) for f in inputs}:
-        raise ValueError(
-            f"the output {os.fspath(output)} is a file of the input {opened.path}; "
-            "choose another path"
-        )
+    """Refuse to write ``output`` over the input or one of its files (shards): the one check of
+    :func:`rmtprune._util.apart.check_apart`."""
+    where = {"the output": output}
+    check_apart(
+        [opened.path, *inputs],
+        files=None if opened.directory else where,
+        directories=where if opened.directory else None,
+    )
 
 
 def _save(opened: OpenInput, model: nn.Module, output: PathLike, *, overwrite: bool) -> None:
