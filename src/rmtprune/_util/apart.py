@@ -99,10 +99,10 @@ def check_apart(
                     f"{option} {folder} is or contains the input directory {root}; "
                     "give another directory"
                 )
-        for path, root in owned.items():
+        for path, owner in owned.items():
             if _inside(path, folder):
                 raise ValueError(
-                    f"{option} {folder} holds {path}, a file of the input {root} (through a "
+                    f"{option} {folder} holds {path}, a file of the input {owner} (through a "
                     "link); give another directory"
                 )
     seen: dict[Path, str] = {}
