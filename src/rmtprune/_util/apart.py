@@ -80,10 +80,11 @@ def check_apart(
     dirs = {k: Path(v).resolve() for k, v in (directories or {}).items() if v is not None}
     for option, out in outs.items():
         target = out.resolve()
-        hit = owned.get(target) or (idents.get(_identity(out)) if out.exists() else None)
+        linked = idents.get(_identity(out)) if out.exists() else None
+        hit = target if target in owned else linked
         if hit is not None or target in {p.resolve() for p in given}:
             raise ValueError(
-                f"{option} {out} is a file of the input {owned.get(target, given[0])}; "
+                f"{option} {out} is a file of the input {owned.get(hit or target, given[0])}; "
                 "give a path outside the input"
             )
         for other, folder in dirs.items():

@@ -34,7 +34,6 @@ __all__ = [
     "MP_KEYWORDS",
     "SELECT_KEYWORDS",
     "check_criterion",
-    "legacy_options",
     "replacement",
     "resolve_criterion",
     "resolve_select",
@@ -91,25 +90,6 @@ def warn_legacy(owner: str, legacy: Mapping[str, Any], *, calibrated: bool = Fal
         if value is not None:
             instead = replacement(name, calibrated=calibrated)
             warn_deprecated(f"{owner}({name}=...) is deprecated; pass {instead}.")
-
-
-def legacy_options(options: Mapping[str, Any], owner: str) -> dict[str, Any]:
-    """``options`` with the older keywords replaced by the ``criterion`` / ``select`` they mean.
-
-    For code that forwards a dictionary of options to :func:`rmtprune.analyze` (the
-    on-disk analysis): the keywords are checked as ``owner``'s, without a warning.
-
-    >>> sorted(legacy_options({"alpha": 0.2, "min_dim": None, "progress": False}, "analyze"))
-    ['criterion', 'progress']
-    """
-    out = dict(options)
-    fit = {k: out.pop(k) for k in MP_KEYWORDS if k in out}
-    sizes = {k: out.pop(k) for k in SELECT_KEYWORDS if k in out}
-    if out.get("criterion") is not None or any(v is not None for v in fit.values()):
-        out["criterion"] = resolve_criterion(out.get("criterion"), fit, owner)
-    if out.get("select") is not None or any(v is not None for v in sizes.values()):
-        out["select"] = resolve_select(out.get("select"), sizes, owner)
-    return out
 
 
 def _conflict(name: str, kind: str, owner: str, hint: str) -> ValueError:

@@ -61,7 +61,7 @@ from rmtprune.storage.metadata import (
     check_structure,
     parse_document,
 )
-from rmtprune.storage.reader import open_file, realign
+from rmtprune.storage.reader import open_file
 from rmtprune.storage.writer import file_metadata, move_into_place, payload_digest
 
 __all__ = [
@@ -72,7 +72,6 @@ __all__ = [
     "describe_structure",
     "load",
     "load_tensors",
-    "realign",
     "save",
     "tensors_to_store",
 ]
