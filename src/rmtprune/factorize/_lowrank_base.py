@@ -7,6 +7,14 @@ that layer's attributes: a read-only :attr:`LowRankModule.weight` (the dense pro
 factors' dtype and on their device), ``in_features``/``out_features`` and, in the
 subclasses, the convolution or embedding hyperparameters.
 
+The layers can be compiled by ``torch.jit.script`` (tests/factorize/test_export.py).  Two
+things keep it so.  The class-level annotations of ``first``/``second`` stand under
+``if TYPE_CHECKING:``: with ``from __future__ import annotations`` they would be the strings
+``'nn.Linear'`` etc. at run time, which TorchScript tries to resolve as the types of the
+submodules and cannot ("Unknown type annotation").  And the properties TorchScript cannot
+compile are named in ``__jit_unused_properties__``: a scripted model lacks them (it has the
+factors' own attributes), eager mode keeps them all.
+
 Example
 -------
 >>> import torch
@@ -20,7 +28,7 @@ False
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -59,8 +67,14 @@ class LowRankModule(nn.Module):
         The second factor, ``W₂`` of shape ``m × r`` in matrix form, with the bias.
     """
 
-    first: nn.Module
-    second: nn.Module
+    if TYPE_CHECKING:  # for the type checker only: TorchScript cannot read them (module doc)
+        first: nn.Module
+        second: nn.Module
+
+    # Properties TorchScript does not compile (``weight``/``bias`` read the factors' tensors
+    # through ``tensor_attr``/``getattr``); subclasses extend the list.  The others (rank,
+    # in_features, ...) are compiled, so scripted code that reads them keeps working.
+    __jit_unused_properties__: ClassVar[list[str]] = ["weight", "bias"]
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "weight":

@@ -39,7 +39,7 @@ LowRankLinear(
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import torch
 from torch import nn
@@ -86,8 +86,9 @@ class LowRankLinear(LowRankModule):
     torch.Size([3, 4])
     """
 
-    first: nn.Linear
-    second: nn.Linear
+    if TYPE_CHECKING:  # not at run time, for TorchScript (see _lowrank_base)
+        first: nn.Linear
+        second: nn.Linear
 
     def __init__(
         self,
@@ -244,8 +245,20 @@ class LowRankConv2d(LowRankModule):
     (27, 8)
     """
 
-    first: nn.Conv2d
-    second: nn.Conv2d
+    if TYPE_CHECKING:  # not at run time, for TorchScript (see _lowrank_base)
+        first: nn.Conv2d
+        second: nn.Conv2d
+
+    # TorchScript cannot compile these (``_pair`` takes a tuple of any length, ``padding`` may
+    # be a string); a scripted model has them on its ``first`` convolution.
+    __jit_unused_properties__: ClassVar[list[str]] = [
+        *LowRankModule.__jit_unused_properties__,
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "padding_mode",
+    ]
 
     def __init__(
         self,

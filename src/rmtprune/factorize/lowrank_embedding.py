@@ -26,7 +26,7 @@ Example
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -60,8 +60,9 @@ class LowRankEmbedding(LowRankModule):
     (torch.Size([10, 2]), torch.Size([6, 2]))
     """
 
-    first: nn.Embedding
-    second: nn.Linear
+    if TYPE_CHECKING:  # not at run time, for TorchScript (see _lowrank_base)
+        first: nn.Embedding
+        second: nn.Linear
 
     def __init__(
         self,
