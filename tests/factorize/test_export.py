@@ -146,7 +146,8 @@ def test_torch_jit_save_and_load_matches_eager_exactly(pruned: nn.Module, tmp_pa
 def test_torch_jit_trace_matches_eager_exactly(pruned: nn.Module) -> None:
     ids, img = _inputs()
     with torch.no_grad():
-        traced = torch.jit.trace(pruned, (ids, img))
+        # check_trace reruns and compares the trace: the exact comparison below does that
+        traced = torch.jit.trace(pruned, (ids, img), check_trace=False)
         _check_exact(traced(ids, img), pruned(ids, img))
 
 
@@ -169,6 +170,7 @@ def test_torch_compile_inductor_matches_eager(pruned: nn.Module) -> None:
         _check_close(compiled(ids, img), pruned(ids, img))
 
 
+@pytest.mark.slow
 def test_torch_export_matches_eager(pruned: nn.Module) -> None:
     ids, img = _inputs()
     program = torch.export.export(pruned, (ids, img))
