@@ -33,6 +33,13 @@ itself.  What happens (docs/peft.md):
       merged = peft_model.merge_and_unload()
       rmtprune.save_pretrained(merged, "out")   # load: rmtprune.from_pretrained(Class, "out")
 
+Example
+-------
+>>> import torch
+>>> layer = torch.nn.Linear(2, 2)
+>>> is_lora_layer(layer), peft_roles(layer).skip, pruned_layers(layer)
+(False, {}, [])
+
 The core calls two functions of this module: :func:`peft_roles` (which layers are adapters, and
 the note on base layers) when it lists a model's layers, and :func:`guard_peft` after it pruned
 a layer.  Both return at once when ``peft`` is not imported.
