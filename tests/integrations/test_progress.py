@@ -110,8 +110,9 @@ def test_import_rmtprune_imports_no_optional_stack() -> None:
     # (``import torch`` itself imports ``tqdm`` through torch.hub when it is installed; our bar
     # module imports ``tqdm.auto`` only when a bar is shown.)
     code = (
-        "import sys, rmtprune, rmtprune.integrations, rmtprune.pruning.optim; "
-        "heavy = ('lightning', 'transformers', 'accelerate', 'pytorch_lightning'); "
+        "import sys, rmtprune, rmtprune.integrations, rmtprune.integrations.peft, "
+        "rmtprune.pruning.optim; "
+        "heavy = ('lightning', 'transformers', 'accelerate', 'pytorch_lightning', 'peft'); "
         "found = {m.split('.')[0] for m in sys.modules} & set(heavy); "
         "print(sorted(found | ({'tqdm.auto'} & set(sys.modules))))"
     )

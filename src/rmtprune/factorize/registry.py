@@ -45,6 +45,7 @@ from rmtprune.factorize.lowrank_adapters import (
     LowRankLinearAdapter,
 )
 from rmtprune.factorize.lowrank_embedding import LowRankEmbedding
+from rmtprune.integrations.peft import guard_peft
 
 __all__ = [
     "Conv2dAdapter",
@@ -155,7 +156,8 @@ def set_submodule(model: nn.Module, qualified_name: str, new_module: nn.Module) 
     A module reached by several names (e.g. a T5 embedding shared by ``shared`` and
     ``encoder.embed_tokens``) is replaced under every name, so the sharing is kept.  When
     ``new_module`` is factorized, every Hugging Face model in ``model`` gets a
-    ``save_pretrained`` that marks its checkpoint (:mod:`rmtprune.factorize.hf_guard`).
+    ``save_pretrained`` that marks its checkpoint (:mod:`rmtprune.factorize.hf_guard`), and in
+    a PEFT model LoRA merges stay exact (:func:`rmtprune.integrations.peft.guard_peft`).
 
     Examples
     --------
@@ -193,6 +195,7 @@ def set_submodule(model: nn.Module, qualified_name: str, new_module: nn.Module) 
                 setattr(holder, key, new_module)
     if isinstance(new_module, LowRankModule):
         guard_hf_save(model)  # HF's own save must not write a checkpoint that loads wrongly
+        guard_peft(model, new_module)  # in a PEFT model: exact LoRA merges, no adapter-only save
     return old
 
 

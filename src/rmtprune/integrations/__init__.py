@@ -1,4 +1,4 @@
-"""Pruning inside training stacks: Lightning, the Hugging Face Trainer and DDP.
+"""Pruning inside training stacks: Lightning, the Hugging Face Trainer, DDP and PEFT.
 
 Each integration is a thin adapter over :class:`rmtprune.SpectralPruner` and
 :func:`rmtprune.update_optimizer`, in its own module, imported on demand::
@@ -7,8 +7,11 @@ Each integration is a thin adapter over :class:`rmtprune.SpectralPruner` and
     from rmtprune.integrations.transformers import SpectralPruningCallback   # rmtprune[hf]
     from rmtprune.integrations import ddp                                    # torch only
 
-Importing this package imports none of them (``import rmtprune`` never imports Lightning or
-transformers).  See ``docs/integrations.md``.
+PEFT (LoRA) models need no call: :mod:`rmtprune.integrations.peft` (``rmtprune[peft]``) is used
+by the core itself and imports ``peft`` only when a model holds PEFT layers (docs/peft.md).
+
+Importing this package imports none of the three (``import rmtprune`` never imports Lightning,
+transformers or peft).  See ``docs/integrations.md``.
 """
 
 __all__: list[str] = []

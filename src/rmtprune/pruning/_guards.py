@@ -41,6 +41,7 @@ from torch.nn.utils.weight_norm import WeightNorm
 
 from rmtprune.factorize.registry import get_adapter, set_submodule
 from rmtprune.factorize.svd import truncated_svd
+from rmtprune.integrations.peft import guard_peft
 from rmtprune.pruning.candidate import Candidate
 
 __all__ = [
@@ -262,4 +263,7 @@ def apply_rank(
         adapter.truncate(c.module, u, s, vh)  # same Parameter objects: optimizer state survives
     else:
         set_submodule(model, c.name, adapter.rebuild(c.module, u, s, vh, split=do_split))
-    return check_effect(model, c.name, c.module, before, kept)
+    no_effect = check_effect(model, c.name, c.module, before, kept)
+    if no_effect is None:  # in a PEFT model: exact merges, and an adapter-only save refuses
+        guard_peft(model, model.get_submodule(c.name))
+    return no_effect

@@ -22,7 +22,8 @@ class Candidate:
     """One selected weight layer: its view when eligible, else the reason it is skipped.
 
     ``rank`` is the current rank (0 when unknown); ``view`` is ``None`` exactly when
-    ``reason`` is set.
+    ``reason`` is set.  ``note`` says what the fitted matrix leaves out (the base layer of a
+    LoRA layer is fitted without the adapters' update, :mod:`rmtprune.integrations.peft`).
     """
 
     name: str
@@ -34,6 +35,7 @@ class Candidate:
     rank: int
     reason: str = ""
     view: LayerView | None = None
+    note: str = ""
 
     @property
     def layer_type(self) -> str:

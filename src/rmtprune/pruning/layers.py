@@ -25,6 +25,7 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 
@@ -35,6 +36,7 @@ from rmtprune._util.progress import track
 from rmtprune._util.validation import check_int
 from rmtprune.factorize.params import count_parameters
 from rmtprune.factorize.registry import get_adapter
+from rmtprune.integrations.peft import peft_roles
 from rmtprune.pruning._guards import (
     check_layer_names,
     frozen_parametrizations,
@@ -123,6 +125,9 @@ def collect(
     (default: on a terminal with tqdm installed).  Parametrized weights are read as the
     effective weight (parametrizations in eval mode); with ``pruning=True`` such layers
     are skipped with the reason, as pruning them would be undone by the parametrization.
+    The adapters of a PEFT model (``lora_A``, ``lora_B``, ...) are skipped with the reason;
+    a LoRA base layer is fitted alone, with a ``note`` saying so (and, when pruning, skipped
+    where its merge could not stay exact): :func:`rmtprune.integrations.peft.peft_roles`.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(
@@ -138,10 +143,14 @@ def collect(
         for name, value in known.items():
             check_int(value, f"ranks[{name!r}]", owner, low=1)
         picked = [entry for entry in found if entry[0] in chosen]
-        return [
-            _candidate(name, module, reason, select, known.get(name), pruning)
-            for name, module, reason in track(picked, desc=f"{owner}: fitting", progress=progress)
-        ]
+        peft = peft_roles(model, pruning=pruning)
+        out = []
+        for name, module, reason in track(picked, desc=f"{owner}: fitting", progress=progress):
+            why = reason or peft.skip.get(name, "")
+            c = _candidate(name, module, why, select, known.get(name), pruning)
+            note = peft.note.get(name, "")
+            out.append(dataclasses.replace(c, note=note) if note and c.view is not None else c)
+        return out
 
 
 def candidate_layers(

@@ -79,6 +79,7 @@ def _analysis_row(c: Candidate, criterion: MPCriterion) -> LayerAnalysis:
     if isinstance(fit, str):
         return LayerAnalysis(*head, "skipped", fit)
     reason = "" if fit.mp_like else criterion.not_mp_reason(c.view, fit)
+    reason = "; ".join(part for part in (reason, c.note) if part)  # a LoRA base: fitted alone
     return LayerAnalysis(*head, "ok", reason, fit, eigenvalues=c.view.eigenvalues)
 
 
