@@ -31,6 +31,7 @@ import sys
 from torch import nn
 
 from rmtprune.factorize._adapter_base import LayerAdapter
+from rmtprune.factorize.carry import carry_over, repoint_hooks
 from rmtprune.factorize.dense_adapters import (
     Conv2dAdapter,
     EmbeddingAdapter,
@@ -150,8 +151,25 @@ def supported_types() -> tuple[type, ...]:
     return tuple(types)
 
 
-def set_submodule(model: nn.Module, qualified_name: str, new_module: nn.Module) -> nn.Module:
+def set_submodule(
+    model: nn.Module, qualified_name: str, new_module: nn.Module, *, carry: bool = True
+) -> nn.Module:
     """Replace the submodule at the dotted ``qualified_name`` by ``new_module``; return the old.
+
+    This is the one place layers are replaced.  When both the old and the new module are
+    weight layers (both have an adapter, e.g. a layer and its ``adapter.rebuild(...)``),
+    everything the user attached to the old one is carried over to the new one
+    (:func:`rmtprune.factorize.carry.carry_over`): its hooks (the new module shares the old
+    one's hook dictionaries, so a ``RemovableHandle`` returned before the replacement still
+    removes its hook from the new module; the handle's module is the old one), frozen
+    weights stay frozen, train/eval mode and a ``channels_last`` memory format are kept.
+    What cannot be carried (a legacy backward hook, hooks on a factor, a
+    ``torch.nn.utils.prune`` mask, a parametrization) raises ``ValueError`` with the reason
+    and leaves the model unchanged; pruning checks the same reasons first and skips such
+    layers.  Any other replacement (e.g. by ``nn.Identity``) carries nothing.  ``carry=False``
+    (putting back a layer that already has its attachments) carries nothing either; hooks
+    registered with their module that point at the replaced module are pointed at
+    ``new_module`` in every case.
 
     A module reached by several names (e.g. a T5 embedding shared by ``shared`` and
     ``encoder.embed_tokens``) is replaced under every name, so the sharing is kept.  When
@@ -188,6 +206,16 @@ def set_submodule(model: nn.Module, qualified_name: str, new_module: nn.Module) 
             "The 'qualified_name' parameter of set_submodule must name a submodule of the model. "
             f"Got {qualified_name!r} instead."
         )
+    weight_layers = get_adapter(old) is not None and get_adapter(new_module) is not None
+    if carry and new_module is not old and weight_layers:
+        try:
+            carry_over(old, new_module)
+        except ValueError as error:
+            raise ValueError(
+                f"The 'new_module' parameter of set_submodule cannot replace {qualified_name!r}. "
+                f"{error}"
+            ) from None
+    repoint_hooks(old, new_module)
     holders = [holder for _, holder in model.named_modules(remove_duplicate=False)]
     for holder in holders:
         for key, value in list(holder._modules.items()):

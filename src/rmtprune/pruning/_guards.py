@@ -9,11 +9,21 @@ that every change it reports really changed the layer.
   spectral norm's power-iteration buffers are not advanced) and skipped by pruning with the
   reason; :func:`remove_parametrizations` is the explicit opt-in that bakes the effective
   weights in, after which the layers prune like any other.
+* **Weights recomputed by a hook** (``torch.nn.utils.prune`` masks: ``weight_orig`` times
+  ``weight_mask`` at every forward pass; legacy ``weight_norm`` and ``spectral_norm``).  Read
+  as the weight the next forward pass computes; such layers are skipped by pruning with the
+  reason (a low-rank weight cannot stay masked: call ``torch.nn.utils.prune.remove`` first),
+  and :func:`copy_model` copies them.
+* **What is attached to a layer** (hooks, frozen weights, mode; see
+  :mod:`rmtprune.factorize.carry`) follows it to its replacement; a layer whose attachments
+  cannot follow (a legacy backward hook, hooks on a factor) is skipped with the reason.
 * **Weights that cannot be analysed** (meta device, integer or complex dtypes, NaN/Inf) skip
   that layer with a reason instead of aborting the whole model.
 * **The effect check**: after a real truncation or split the walker compares the layer's
-  effective weight with the kept singular values; a layer whose function did not change is
-  restored and reported as skipped, never as pruned.
+  effective weight with the kept singular values, and checks that the replacement carries
+  the layer's hooks, ``requires_grad`` flags and mode; a layer whose function did not change
+  (or that lost what was attached to it) is restored and reported as skipped, never as
+  pruned.
 
 Example
 -------
@@ -37,8 +47,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
+from rmtprune.factorize.carry import carried_reason, carry_reason, weight_hooks
 from rmtprune.factorize.registry import get_adapter, set_submodule
 from rmtprune.factorize.svd import truncated_svd
 from rmtprune.integrations.peft import guard_peft
@@ -51,15 +63,12 @@ __all__ = [
     "copy_model",
     "frozen_parametrizations",
     "parametrization_reason",
+    "prune_reason",
     "remove_parametrizations",
     "weight_skip_reason",
 ]
 
 _KNOWN = {"_SpectralNorm": "spectral_norm", "_WeightNorm": "weight_norm"}
-
-
-def _legacy_weight_norms(module: nn.Module) -> list[WeightNorm]:
-    return [h for h in module._forward_pre_hooks.values() if isinstance(h, WeightNorm)]
 
 
 def _plists(module: nn.Module) -> list[Any]:
@@ -75,7 +84,7 @@ def parametrization_reason(module: nn.Module) -> str | None:
         if parametrize.is_parametrized(sub):
             for plist in _plists(sub):
                 kinds += [_KNOWN.get(type(p).__name__, type(p).__name__) for p in plist]
-        kinds += ["legacy weight_norm" for _ in _legacy_weight_norms(sub)]
+        kinds += [kind for kind, _, _ in weight_hooks(sub) if kind.startswith("legacy")]
     if not kinds:
         return None
     return (
@@ -85,30 +94,60 @@ def parametrization_reason(module: nn.Module) -> str | None:
     )
 
 
+def prune_reason(module: nn.Module) -> str | None:
+    """Why pruning must leave ``module`` as it is (parametrized, masked, or with attachments
+    that cannot follow it to a replacement), or ``None``."""
+    return parametrization_reason(module) or carry_reason(module)
+
+
+def _recompute(hook: Any, module: nn.Module) -> torch.Tensor:
+    """The tensor a weight-recomputing forward-pre hook would set (no power iteration)."""
+    if isinstance(hook, WeightNorm):
+        return hook.compute_weight(module)
+    if isinstance(hook, SpectralNorm):
+        return hook.compute_weight(module, do_power_iteration=False)
+    return hook.apply_mask(module)  # torch.nn.utils.prune
+
+
 @contextlib.contextmanager
 def frozen_parametrizations(model: nn.Module) -> Iterator[None]:
-    """Put every parametrization module in eval mode for the duration (restored after)."""
+    """Put every parametrization module in eval mode for the duration (restored after).
+
+    Tensors recomputed by a forward-pre hook (``torch.nn.utils.prune`` masks, legacy
+    ``weight_norm`` / ``spectral_norm``) are set to the value the next forward pass computes
+    (a stale one, e.g. after an optimizer step, would be read otherwise) and set back after.
+    """
     changed: list[nn.Module] = []
     for sub in model.modules():
         if parametrize.is_parametrized(sub):
             for plist in _plists(sub):
                 changed += [p for p in plist if p.training]
+    stale = [(sub, name, hook) for sub in model.modules() for _, name, hook in weight_hooks(sub)]
+    previous = [getattr(sub, name) for sub, name, _ in stale]
     for p in changed:
         p.train(False)
     try:
+        with torch.no_grad():
+            for sub, name, hook in stale:
+                setattr(sub, name, _recompute(hook, sub))
         yield
     finally:
         for p in changed:
             p.train(True)
+        for (sub, name, hook), value in zip(stale, previous, strict=True):
+            if any(h is hook for h in sub._forward_pre_hooks.values()):  # not removed meanwhile
+                setattr(sub, name, value)
 
 
 def remove_parametrizations(model: nn.Module) -> list[str]:
     """Bake every weight parametrization of ``model`` into a plain parameter, in place.
 
-    Uses ``torch.nn.utils.parametrize.remove_parametrizations(..., leave_parametrized=True)``
-    and ``torch.nn.utils.remove_weight_norm``, so each layer keeps computing what it computed
-    (its effective weight) but can now be pruned.  Spectral norm's estimate is read in eval
-    mode (its power iteration is not advanced).  Returns the names of the modules changed.
+    Uses ``torch.nn.utils.parametrize.remove_parametrizations(..., leave_parametrized=True)``,
+    ``torch.nn.utils.remove_weight_norm`` and ``torch.nn.utils.remove_spectral_norm``, so each
+    layer keeps computing what it computed (its effective weight) but can now be pruned.
+    Spectral norm's estimate is read in eval mode (its power iteration is not advanced).
+    ``torch.nn.utils.prune`` masks are not removed (that is a decision about the mask: call
+    ``torch.nn.utils.prune.remove``).  Returns the names of the modules changed.
 
     Examples
     --------
@@ -130,22 +169,37 @@ def remove_parametrizations(model: nn.Module) -> list[str]:
                 for tensor_name in list(sub.parametrizations):
                     parametrize.remove_parametrizations(sub, tensor_name, leave_parametrized=True)
                 changed.append(name)
-            for hook in _legacy_weight_norms(sub):
-                torch.nn.utils.remove_weight_norm(sub, hook.name)
+            for kind, tensor_name, _ in weight_hooks(sub):
+                if kind == "legacy weight_norm":
+                    torch.nn.utils.remove_weight_norm(sub, tensor_name)
+                elif kind == "legacy spectral_norm":
+                    torch.nn.utils.remove_spectral_norm(sub, tensor_name)
+                else:
+                    continue
                 changed.append(name)
     return list(dict.fromkeys(changed))
 
 
-def copy_model(model: nn.Module) -> nn.Module:
-    """``copy.deepcopy(model)``, also for models with legacy ``nn.utils.weight_norm`` layers.
+_TENSOR_HOOKS = (
+    ("_backward_hooks", "register_hook"),
+    ("_post_accumulate_grad_hooks", "register_post_accumulate_grad_hook"),
+)
 
-    Such layers hold their computed weight as a non-leaf tensor, which ``deepcopy`` refuses;
-    it is set aside during the copy and recomputed in the copy.
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, also for models with tensors recomputed by a hook.
+
+    Legacy ``nn.utils.weight_norm`` / ``spectral_norm`` and ``torch.nn.utils.prune`` masks
+    hold their computed weight as a non-leaf tensor, which ``deepcopy`` refuses; it is set
+    aside during the copy and recomputed in the copy (from the copied tensors).  Hooks on
+    parameters (``register_hook``, ``register_post_accumulate_grad_hook``), which
+    ``Parameter.__deepcopy__`` drops, are registered on the copy's parameters.
     """
     stash = [
-        (sub, hook.name, getattr(sub, hook.name))
+        (sub, name, getattr(sub, name))
         for sub in model.modules()
-        for hook in _legacy_weight_norms(sub)
+        for _, name, _ in weight_hooks(sub)
+        if name in vars(sub)
     ]
     for sub, name, _ in stash:
         delattr(sub, name)
@@ -155,8 +209,14 @@ def copy_model(model: nn.Module) -> nn.Module:
         for sub, name, value in stash:
             setattr(sub, name, value)
     for sub in copied.modules():
-        for hook in _legacy_weight_norms(sub):
-            setattr(sub, hook.name, hook.compute_weight(sub))
+        for _, name, hook in weight_hooks(sub):
+            setattr(sub, name, _recompute(hook, sub))
+    for param, twin in zip(model.parameters(), copied.parameters(), strict=True):
+        for attr, register in _TENSOR_HOOKS:
+            hooks = getattr(param, attr, None) or {}
+            if hooks and not getattr(twin, attr, None):  # deepcopy dropped them
+                for hook in hooks.values():
+                    getattr(twin, register)(hook)
     return copied
 
 
@@ -214,15 +274,22 @@ def _energy(matrix: torch.Tensor) -> float:
 def check_effect(
     model: nn.Module, name: str, old: nn.Module, before: float, kept: torch.Tensor
 ) -> str | None:
-    """After pruning layer ``name``: ``None`` if its effective weight changed; otherwise put
-    ``old`` back and say why.
+    """After pruning layer ``name``: ``None`` if its effective weight changed and the layer
+    kept what was attached to it; otherwise put ``old`` back and say why.
 
-    No effect means: the squared Frobenius norm of the effective weight is still ``before``
-    (within rounding) instead of that of the kept singular values ``kept``.
+    No effect means: the squared Frobenius norm of the effective weight (the weight the next
+    forward pass computes, a hook-recomputed one included) is still ``before`` (within
+    rounding) instead of that of the kept singular values ``kept``.  A replacement that lost
+    the hooks, ``requires_grad`` flags or mode of ``old``
+    (:func:`rmtprune.factorize.carry.carried_reason`) is undone as well.
 
     ``before`` is the squared Frobenius norm of the effective weight before the change.
     """
     new = model.get_submodule(name)
+    lost = carried_reason(old, new)
+    if lost is not None:
+        set_submodule(model, name, old, carry=False)
+        return f"{lost}; layer left as it was"
     adapter = get_adapter(new)
     if adapter is None:
         return None
@@ -235,7 +302,7 @@ def check_effect(
     if abs(after - before) > tol or abs(after - expected) <= tol:
         return None  # changed, or the change is too small to tell from rounding
     if new is not old:
-        set_submodule(model, name, old)
+        set_submodule(model, name, old, carry=False)
     return (
         "pruning had no effect on the layer's effective weight (its weight is computed from "
         "other tensors); layer left as it was"

@@ -40,7 +40,7 @@ from rmtprune.integrations.peft import peft_roles
 from rmtprune.pruning._guards import (
     check_layer_names,
     frozen_parametrizations,
-    parametrization_reason,
+    prune_reason,
     weight_skip_reason,
 )
 from rmtprune.pruning.candidate import Candidate
@@ -90,7 +90,7 @@ def _candidate(
         return make(p, size)
     unusable = weight_skip_reason(module)  # meta device, int or complex dtype
     if not unusable and pruning:  # analysed through the effective weight, never pruned
-        unusable = parametrization_reason(module)
+        unusable = prune_reason(module)
     if unusable:
         return make(p, unusable)
     matrix = adapter.weight_matrix(module)
