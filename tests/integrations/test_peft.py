@@ -97,11 +97,6 @@ def test_adapters_left_alone_bases_split(pruned: tuple[nn.Module, nn.Module, Any
         assert report[f"{Q0.replace('query', layer)}.base_layer"].action == "split"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NEEDS THE 'carry' BRANCH: factors of a frozen layer must stay frozen (general rule); "
-    "remove this marker once it is merged",
-)
 def test_factors_of_frozen_bases_stay_frozen(pruned: tuple[nn.Module, nn.Module, Any]) -> None:
     _, out, _ = pruned
     factors = {n: p for n, p in out.named_parameters() if ".base_layer." in n}
