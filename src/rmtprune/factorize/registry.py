@@ -46,7 +46,7 @@ from rmtprune.factorize.lowrank_adapters import (
     LowRankLinearAdapter,
 )
 from rmtprune.factorize.lowrank_embedding import LowRankEmbedding
-from rmtprune.integrations.peft import guard_peft
+from rmtprune.factorize.peft_guard import guard_peft
 
 __all__ = [
     "Conv2dAdapter",
@@ -175,7 +175,7 @@ def set_submodule(
     ``encoder.embed_tokens``) is replaced under every name, so the sharing is kept.  When
     ``new_module`` is factorized, every Hugging Face model in ``model`` gets a
     ``save_pretrained`` that marks its checkpoint (:mod:`rmtprune.factorize.hf_guard`), and in
-    a PEFT model LoRA merges stay exact (:func:`rmtprune.integrations.peft.guard_peft`).
+    a PEFT model LoRA merges stay exact (:func:`rmtprune.factorize.peft_guard.guard_peft`).
 
     Examples
     --------

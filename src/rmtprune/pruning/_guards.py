@@ -51,9 +51,9 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
 from rmtprune.factorize.carry import carried_reason, carry_reason, weight_hooks
+from rmtprune.factorize.peft_guard import guard_peft
 from rmtprune.factorize.registry import get_adapter, set_submodule
 from rmtprune.factorize.svd import truncated_svd
-from rmtprune.integrations.peft import guard_peft
 from rmtprune.pruning.candidate import Candidate
 
 __all__ = [

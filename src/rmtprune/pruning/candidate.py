@@ -23,7 +23,7 @@ class Candidate:
 
     ``rank`` is the current rank (0 when unknown); ``view`` is ``None`` exactly when
     ``reason`` is set.  ``note`` says what the fitted matrix leaves out (the base layer of a
-    LoRA layer is fitted without the adapters' update, :mod:`rmtprune.integrations.peft`).
+    LoRA layer is fitted without the adapters' update, :mod:`rmtprune.factorize.peft_guard`).
     """
 
     name: str

@@ -35,8 +35,8 @@ from torch import nn
 from rmtprune._util.progress import track
 from rmtprune._util.validation import check_int
 from rmtprune.factorize.params import count_parameters
+from rmtprune.factorize.peft_guard import peft_roles
 from rmtprune.factorize.registry import get_adapter
-from rmtprune.integrations.peft import peft_roles
 from rmtprune.pruning._guards import (
     check_layer_names,
     frozen_parametrizations,
@@ -127,7 +127,7 @@ def collect(
     are skipped with the reason, as pruning them would be undone by the parametrization.
     The adapters of a PEFT model (``lora_A``, ``lora_B``, ...) are skipped with the reason;
     a LoRA base layer is fitted alone, with a ``note`` saying so (and, when pruning, skipped
-    where its merge could not stay exact): :func:`rmtprune.integrations.peft.peft_roles`.
+    where its merge could not stay exact): :func:`rmtprune.factorize.peft_guard.peft_roles`.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(
