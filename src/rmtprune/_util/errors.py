@@ -12,6 +12,8 @@ documented subclasses defined here:
 * :class:`DegenerateSpectrumWarning` (a ``RuntimeWarning``): a fit that runs but means little,
   e.g. BEMA on an exactly low-rank matrix whose "bulk" is rounding noise.
 
+:class:`Terminated` (a ``KeyboardInterrupt``) is what the command line raises on SIGTERM.
+
 :func:`describe_error` turns any exception into the one line the command line prints and its
 exit status; ``rmtprune.cli.app.main`` is the only place that catches broadly.
 
@@ -31,6 +33,7 @@ from typing import Any
 __all__ = [
     "DegenerateSpectrumWarning",
     "InvalidFileError",
+    "Terminated",
     "UserCodeError",
     "describe_error",
     "one_line",
@@ -42,6 +45,8 @@ EXIT_INTERNAL = 1
 """Exit status of an unexpected exception (a bug: rerun with ``--debug`` and report it)."""
 EXIT_INTERRUPTED = 130
 """Exit status after Ctrl-C (128 + SIGINT, as shells report it)."""
+EXIT_TERMINATED = 143
+"""Exit status after SIGTERM (128 + SIGTERM)."""
 
 _MAX_LINE = 1000
 
@@ -59,6 +64,11 @@ class InvalidFileError(ValueError):
     def __init__(self, path: str | os.PathLike[str], message: str) -> None:
         super().__init__(message)
         self.path = os.fspath(path)
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM): raised by the command line's signal handler so
+    that every ``finally`` and cleanup runs, as after Ctrl-C (hence a ``KeyboardInterrupt``)."""
 
 
 class UserCodeError(RuntimeError):
@@ -130,6 +140,12 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
     >>> describe_error(KeyboardInterrupt())[1]
     130
     """
+    if isinstance(exc, Terminated):
+        return (
+            "terminated (SIGTERM); files are written atomically, so none is left half-written "
+            "and no temporary file remains",
+            EXIT_TERMINATED,
+        )
     if isinstance(exc, KeyboardInterrupt):
         return (
             "interrupted; files are written atomically, so none is left half-written "

@@ -6,9 +6,11 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -342,6 +344,11 @@ def _check_outputs(args: argparse.Namespace, plan: InputPlan | None) -> None:
     from rmtprune._util.fileio import check_output_dir, check_output_file
 
     output = getattr(args, "output", None)
+    if output == "-":
+        raise ValueError(
+            "-o/--output - (standard output) is not supported: the pruned weights are a "
+            "safetensors file or a model directory; give a path (write ./- for a file named '-')"
+        )
     if output is not None and not getattr(args, "dry_run", False):
         if plan is not None and plan.writes_directory:
             if Path(output).exists() and not args.overwrite:
@@ -434,12 +441,34 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         raise
 
 
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While a command runs, SIGTERM raises :class:`rmtprune._util.errors.Terminated` (a
+    ``KeyboardInterrupt``), so that temporary files are removed as after Ctrl-C; the earlier
+    handler is restored afterwards.  Only the main thread can set a handler."""
+    from rmtprune._util.errors import Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, frame: object) -> None:
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rmtprune`` command.
 
     Every expected failure ends with one line on stderr naming the file or parameter and
-    exit status 2 (130 after Ctrl-C, 1 for an unexpected error); ``--debug`` (anywhere on
-    the command line) prints the traceback as well.
+    exit status 2 (130 after Ctrl-C, 143 after SIGTERM, 1 for an unexpected error);
+    ``--debug`` (anywhere on the command line) prints the traceback as well.  After Ctrl-C
+    or SIGTERM no temporary file is left and every output is as it was before the run.
     """
     from rmtprune._util.errors import describe_error
 
@@ -453,7 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": cmd_demo,
     }
     try:
-        return handlers[args.command](args)
+        with _sigterm_raises():
+            return handlers[args.command](args)
     except (Exception, KeyboardInterrupt) as exc:
         if debug:
             traceback.print_exc()

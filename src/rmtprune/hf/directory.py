@@ -4,7 +4,10 @@ A model directory holds ``config.json`` and either ``model.safetensors`` or
 shards ``model-0000X-of-0000N.safetensors`` with ``model.safetensors.index.json``.
 The model class is the first entry of ``config.json``'s ``architectures``
 (``AutoModel`` when there is none); everything is read with
-``local_files_only=True``, so nothing is downloaded.
+``local_files_only=True``, so nothing is downloaded, and ``trust_remote_code=False``: a
+``config.json`` whose ``auto_map`` points to code in the directory (custom code) is refused
+with a message, never run and never asked about.  A ``config.json`` that is not a JSON
+object is refused naming the file and the position of the error.
 
 * :func:`build_architecture` builds that class on the ``meta`` device: the
   layer types and shapes, without memory or weights (used to name the type of
@@ -25,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rmtprune._util.errors import InvalidFileError
 from rmtprune.factorize.hf_guard import QUANTIZATION_KEY, is_marker, unmark
 from rmtprune.storage.metadata import META_KEY
 from rmtprune.storage.reader import open_checkpoint
@@ -34,6 +38,7 @@ __all__ = [
     "is_marked_directory",
     "is_model_directory",
     "load_model_directory",
+    "read_config",
     "transformers_available",
 ]
 
@@ -55,13 +60,53 @@ def is_model_directory(path: PathLike) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
 
 
+def read_config(directory: PathLike) -> dict[str, Any]:
+    """The parsed ``config.json`` of ``directory``; an ``InvalidFileError`` naming the file if it
+    is not a JSON object (with the position of a syntax error)."""
+    path = os.path.join(os.fspath(directory), "config.json")
+    try:
+        with open(path, "rb") as handle:
+            document = json.loads(handle.read())
+    except UnicodeDecodeError as exc:
+        raise InvalidFileError(path, f"{path} is not UTF-8 text ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidFileError(
+            path,
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+            "the file is damaged or was edited (pass --no-model to analyse the tensors without it)",
+        ) from None
+    if not isinstance(document, dict):
+        raise InvalidFileError(
+            path, f"{path} must hold a JSON object. Got a {type(document).__name__} instead."
+        )
+    return document
+
+
+def _custom_code(directory: str, document: dict[str, Any]) -> ValueError:
+    """The refusal of a ``config.json`` whose ``auto_map`` needs code from the directory."""
+    path = os.path.join(directory, "config.json")
+    mapped = document.get("auto_map")
+    names = sorted(mapped) if isinstance(mapped, dict) else mapped
+    return ValueError(
+        f"{path} needs custom code (its 'auto_map' maps {names} to Python files of the model, "
+        "which transformers does not provide); rmtprune never runs code from a model "
+        "directory: pass --no-model to analyse the tensors without the model, or "
+        "--model package.module:factory to build it with code you trust"
+    )
+
+
 def _config_and_class(directory: str) -> tuple[Any, Any]:
     import transformers
 
+    document = read_config(directory)  # its errors name the file
     try:
-        config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(
+            directory, local_files_only=True, trust_remote_code=False
+        )
         unmark(config)
     except (OSError, ValueError, KeyError) as exc:
+        if "auto_map" in document:
+            raise _custom_code(directory, document) from None
         raise ValueError(
             f"{directory}/config.json cannot be read by transformers (pass --no-model to "
             f"analyse the tensors without it): {exc}"
@@ -85,9 +130,7 @@ def is_marked_directory(path: PathLike) -> bool:
     :mod:`rmtprune.factorize.hf_guard`)."""
     if not is_model_directory(path):
         return False
-    with open(os.path.join(os.fspath(path), "config.json"), encoding="utf-8") as handle:
-        document = json.load(handle)
-    return isinstance(document, dict) and is_marker(document.get(QUANTIZATION_KEY))
+    return is_marker(read_config(path).get(QUANTIZATION_KEY))
 
 
 def _storage_dtype(config: Any) -> torch.dtype | None:

@@ -57,6 +57,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import glob
 import os
 import threading
@@ -66,6 +67,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rmtprune._util.fileio import replace_directory
 from rmtprune.factorize.hf_guard import add_to_config, unmark
 from rmtprune.factorize.lowrank import LowRankModule
 from rmtprune.factorize.registry import get_adapter, set_submodule
@@ -130,8 +132,15 @@ def save_pretrained(
     overwrite : bool
         Replace an earlier save.  Without it, a directory that already holds weights
         (``rmtprune.safetensors``, ``model*.safetensors``, ``pytorch_model*.bin``) raises
-        ``FileExistsError``; with it those files are deleted first, so that no stale dense
-        checkpoint is left for a plain Hugging Face loader to pick up.
+        ``FileExistsError``; with it those files are not carried into the new directory, so
+        that no stale dense checkpoint is left for a plain Hugging Face loader to pick up.
+
+    Notes
+    -----
+    The directory is replaced atomically (:func:`rmtprune._util.fileio.replace_directory`):
+    the new one is written beside it and takes its place only when complete, so a failure
+    (a full disk, Ctrl-C) leaves the earlier save as it was.  Files of the earlier directory
+    that are not weights (a tokenizer) are carried over.
 
     Examples
     --------
@@ -144,15 +153,23 @@ def save_pretrained(
             f"The 'directory' parameter of save_pretrained must be a directory. "
             f"Got the file {directory!r} instead."
         )
-    os.makedirs(directory, exist_ok=True)
-    stale = _stale_weights(directory)
+    stale = _stale_weights(directory) if os.path.isdir(directory) else []
     if stale and not overwrite:
         raise FileExistsError(
             f"{directory} already holds weights ({', '.join(os.path.basename(f) for f in stale)});"
             " pass overwrite=True to replace them"
         )
-    for path in stale:
-        os.unlink(path)
+    with replace_directory(directory, keep=lambda name: not _is_weights(name)) as stage:
+        _write_pretrained(model, os.fspath(stage))
+
+
+def _is_weights(name: str) -> bool:
+    """Whether a file name in a model directory is one of its weights files."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in (WEIGHTS_NAME, *_HF_WEIGHTS))
+
+
+def _write_pretrained(model: nn.Module, directory: str) -> None:
+    """Write the files of :func:`save_pretrained` into the (new, empty) ``directory``."""
     save(model, os.path.join(directory, WEIGHTS_NAME))
     config: Any = model.config
     config.save_pretrained(directory)
@@ -215,7 +232,7 @@ def _build(model_class: Any, directory: str) -> tuple[nn.Module, dict[str, Any] 
     """The dense model built from ``config.json`` and the ``"rmtprune"`` entry, if any."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(directory)
+    config = AutoConfig.from_pretrained(directory, trust_remote_code=False)  # never prompt
     unmark(config)
     entry = getattr(config, CONFIG_KEY, None)
     if entry is not None:

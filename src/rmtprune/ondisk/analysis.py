@@ -16,7 +16,13 @@ is a weight matrix to analyse; its layer name is the tensor name without
   other weights become Linear (2-D) or Conv2d with ``groups = 1`` (4-D) only
   when their layer name matches a pattern the user gave (``assume_linear`` /
   ``assume_conv2d``).  Every unknown weight is still analysed, and its report
-  row says why it is not pruned.
+  row says why it is not pruned.  A pattern that matches no weight is an error, as a
+  misspelled ``--layers`` pattern is.
+* A weight stored in float8 is analysed (upcast) but never taken for a Linear or Conv2d
+  layer to prune; a layer's weight (``*.weight``) that is not floating point at all
+  (``BOOL``, ``I8``, ``U64``, ...) is not read: its row is skipped with the reason
+  :func:`rmtprune.analyze` gives for such a layer ("unsupported dtype ...").  Other tensors
+  that are not floating point (``position_ids``, counters) are not weights and get no row.
 
 Streaming
 ---------
@@ -80,7 +86,8 @@ NEVER_LINEAR = re.compile(r"embed|norm|position|(^|[._])(wte|wpe)([._]|$)", re.I
 """Layer names that are never taken for a Linear layer when the type is unknown."""
 
 _HALF = (torch.float16, torch.bfloat16)
-_FLOATING = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+_FLOAT8 = {"F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ"}
+_FLOATING = {"F64", "F32", "F16", "BF16", *_FLOAT8}
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,8 @@ class LayerKind:
     architecture, or the Linear/Conv2d stand-in used to fit an unknown weight);
     ``typed`` is true when the type is known (from the architecture) or assumed
     by the user, so that the walker decides as on a loaded model; for an unknown
-    type it is false and ``reason`` says why the layer is not pruned.
+    type it is false and ``reason`` says why the layer is not pruned.  ``floating`` is
+    false for a weight that is not floating point (never read: its row is skipped).
     """
 
     name: str
@@ -102,6 +110,7 @@ class LayerKind:
     layer_type: str
     typed: bool
     reason: str = ""
+    floating: bool = True
 
 
 class _Holder(nn.Module):
@@ -132,7 +141,12 @@ def _from_architecture(architecture: nn.Module | None, layer: str, weight: str, 
 
 
 def _unknown_kind(
-    layer: str, weight: str, bias: str | None, shape: tuple[int, ...], assumed: Sequence[str]
+    layer: str,
+    weight: str,
+    bias: str | None,
+    shape: tuple[int, ...],
+    assumed: Sequence[str],
+    dtype: str,
 ) -> LayerKind:
     dims = len(shape)
     stand_in = _stand_in(shape, bias is not None)
@@ -146,6 +160,12 @@ def _unknown_kind(
         why = "name says embedding/norm/position: never treated as a Linear layer"
         return LayerKind(layer, weight, bias, shape, stand_in, f"unknown {dims}-D", False, why)
     if weight.endswith(".weight") and matches(layer, assumed):
+        if dtype in _FLOAT8:  # torch cannot build (or factorize) a layer in float8
+            why = (
+                f"stored in float8 ({dtype}): analysed, not pruned (only float64, float32, "
+                "float16 and bfloat16 weights are pruned)"
+            )
+            return LayerKind(layer, weight, bias, shape, stand_in, f"unknown {dims}-D", False, why)
         return LayerKind(layer, weight, bias, shape, stand_in, type(stand_in).__name__, True)
     option = "--assume-linear" if dims == 2 else "--assume-conv2d"
     why = f"layer type unknown without the model: analysed, not pruned (pass {option} to prune it)"
@@ -182,27 +202,64 @@ def classify_tensors(
     list of LayerKind
         In the architecture's module order, else by name (``layers.2`` before ``layers.10``).
     """
+    skip = tuple(skip)
     skipped = tuple(f"{s}." for s in skip)
+    _check_assumed(shapes, assume_linear, assume_conv2d, skip)
     kinds: list[LayerKind] = []
     for weight, (shape, dtype) in sorted(shapes.items(), key=lambda kv: natural_key(kv[0])):
-        if dtype not in _FLOATING or len(shape) not in (2, 4) or weight.startswith(skipped):
+        if len(shape) not in (2, 4) or weight.startswith(skipped):
             continue
         if len(shape) == 4 and not weight.endswith(".weight"):
             continue
         layer = weight[: -len(".weight")] if weight.endswith(".weight") else weight
+        module = _from_architecture(architecture, layer, weight, shape)
+        if dtype not in _FLOATING:  # not read; the walker's row says "unsupported dtype ..."
+            if not weight.endswith(".weight"):  # ids, masks, counters: not a layer's weight
+                continue
+            stand_in = _stand_in(shape, False)
+            kind = type(module).__name__ if module is not None else f"unknown {len(shape)}-D"
+            kinds.append(LayerKind(layer, weight, None, shape, stand_in, kind, False, "", False))
+            continue
         bias_name = f"{layer}.bias"
         bias_info = shapes.get(bias_name)
         bias = bias_name if bias_info is not None and bias_info[0] == (shape[0],) else None
-        module = _from_architecture(architecture, layer, weight, shape)
         if module is not None:
             kinds.append(LayerKind(layer, weight, bias, shape, module, type(module).__name__, True))
             continue
         assumed = assume_linear if len(shape) == 2 else assume_conv2d
-        kinds.append(_unknown_kind(layer, weight, bias, shape, assumed))
+        kinds.append(_unknown_kind(layer, weight, bias, shape, assumed, dtype))
     if architecture is not None:  # the model's order, as in rmtprune.analyze of the model
         order = {name: i for i, (name, _) in enumerate(architecture.named_modules())}
         kinds.sort(key=lambda k: order.get(k.name, len(order)))
     return kinds
+
+
+def _check_assumed(
+    shapes: Mapping[str, tuple[tuple[int, ...], str]],
+    assume_linear: Sequence[str],
+    assume_conv2d: Sequence[str],
+    skip: Sequence[str],
+) -> None:
+    """Every pattern of ``assume_linear`` (``assume_conv2d``) matches a 2-D (4-D) weight or a
+    layer handled elsewhere (``skip``); else the error of a misspelled ``layers`` pattern."""
+    for param, dims, patterns in (
+        ("assume_linear", 2, assume_linear),
+        ("assume_conv2d", 4, assume_conv2d),
+    ):
+        if not patterns:
+            continue
+        names = [
+            w[: -len(".weight")] if w.endswith(".weight") else w
+            for w, (shape, _) in shapes.items()
+            if len(shape) == dims and (dims == 2 or w.endswith(".weight"))
+        ]
+        names = sorted({*names, *skip}, key=natural_key)
+        for pattern in patterns:
+            if not any(matches(n, [pattern]) for n in names):
+                raise ValueError(
+                    f"The {param!r} parameter names {pattern!r}, which matches no {dims}-D "
+                    f"weight in the checkpoint. Valid names: {names}"
+                )
 
 
 def natural_key(name: str) -> list[tuple[int, int | str]]:
@@ -244,7 +301,11 @@ def fit_layer(
     ``layer_type`` and ``reason`` say so.
     """
     module = copy.deepcopy(kind.module)
-    module._parameters["weight"] = nn.Parameter(_upcast(weight), requires_grad=False)
+    if weight.is_floating_point():
+        weight = _upcast(weight)
+    else:  # no data needed (none is held): the walker refuses its dtype
+        weight = torch.zeros((), dtype=weight.dtype).expand(weight.shape)
+    module._parameters["weight"] = nn.Parameter(weight, requires_grad=False)
     if bias is not None and "bias" in module._parameters:
         module._parameters["bias"] = nn.Parameter(_upcast(bias), requires_grad=False)
     holder = _Holder()
@@ -253,7 +314,7 @@ def fit_layer(
     row = analyze(holder, criterion=criterion, select=floors)[kind.name]
     if kind.typed and kind.layer_type == type(kind.module).__name__:
         return row
-    reason = kind.reason if not row.reason else f"{kind.reason}; {row.reason}"
+    reason = "; ".join(r for r in (kind.reason, row.reason) if r)
     return dataclasses.replace(row, layer_type=kind.layer_type, reason=reason)
 
 
@@ -282,8 +343,9 @@ def select_kinds(kinds: list[LayerKind], select: Select) -> list[LayerKind]:
 
 
 def _needs_data(kind: LayerKind) -> bool:
-    """False for a layer of a known type that no adapter supports (nothing to fit)."""
-    return not kind.typed or get_adapter(kind.module) is not None
+    """False for a layer of a known type that no adapter supports, or one whose dtype is not
+    floating point (nothing to fit)."""
+    return kind.floating and (not kind.typed or get_adapter(kind.module) is not None)
 
 
 def checkpoint_shapes(checkpoint: Checkpoint) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -324,6 +386,8 @@ def fit_checkpoint_layers(
         for kind, cost in zip(kinds, costs, strict=True):
             if not _needs_data(kind):  # the walker reports it as unsupported without reading it
                 meta = torch.empty(kind.shape, device="meta")
+                if not kind.floating:  # its dtype, for the row's reason
+                    meta = checkpoint.info(kind.weight).meta()
                 rows.append(fit_layer(kind, meta, None, criterion, select))
                 bar.advance(kind.name, cost)
                 continue

@@ -119,6 +119,10 @@ _SAFETENSORS_DTYPE = {
     torch.float32: "F32",
     torch.float16: "F16",
     torch.bfloat16: "BF16",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.float8_e4m3fnuz: "F8_E4M3FNUZ",
+    torch.float8_e5m2fnuz: "F8_E5M2FNUZ",
 }
 
 
@@ -162,6 +166,12 @@ def plan_input(
     if not os.path.isdir(path):
         check_input_file(path, what="weights file")  # missing or unreadable: named, one line
     route: Route
+    if model is not None and (assume_linear or assume_conv2d):
+        option = "--assume-linear" if assume_linear else "--assume-conv2d"
+        raise ValueError(
+            f"{option} names weights of unknown type; with --model the factory's model gives "
+            f"every layer its type: leave {option} out"
+        )
     if model is not None:
         route = "factory"
     elif not no_model and is_model_directory(path) and transformers_available():
@@ -233,9 +243,13 @@ def _untyped_kinds(opened: OpenInput, select: Select) -> list[LayerKind]:
 def _fit(
     opened: OpenInput, kind: LayerKind, criterion: MPCriterion, select: Select
 ) -> LayerAnalysis:
-    """The row of one untyped weight, its tensors read only now."""
-    bias = opened.tensors.get(kind.bias or "")
-    return fit_layer(kind, opened.tensors[kind.weight], bias, criterion, select)
+    """The row of one untyped weight, its tensors read only now (not at all when its dtype is
+    not floating point: the row only says so)."""
+    tensors = opened.tensors
+    if not kind.floating and isinstance(tensors, CheckpointTensors):
+        return fit_layer(kind, tensors.meta_of(kind.weight), None, criterion, select)
+    bias = tensors.get(kind.bias or "")
+    return fit_layer(kind, tensors[kind.weight], bias, criterion, select)
 
 
 def _merged(rows: Sequence[LayerAnalysis], extra: Sequence[LayerAnalysis]) -> list[LayerAnalysis]:
@@ -421,6 +435,13 @@ def _open(plan: InputPlan, checkpoint: Checkpoint | None, *, whole: bool) -> Ope
     if plan.route == "factory":
         return OpenInput(load_model(plan.path, model=plan.model), plan.path)
     if plan.route == "model directory":
+        if plan.assume_linear or plan.assume_conv2d:
+            option = "--assume-linear" if plan.assume_linear else "--assume-conv2d"
+            raise ValueError(
+                f"{option} names weights of unknown type, but {plan.path} is pruned as the "
+                "model its config.json builds, which gives every layer its type; leave "
+                f"{option} out, or pass --no-model to prune the tensors without the model"
+            )
         return OpenInput(load_model_directory(plan.path), plan.path, directory=True)
     if checkpoint is not None and plan.stream and not whole:
         streamed = _open_streamed(plan, checkpoint)

@@ -110,6 +110,13 @@ class CheckpointTensors(Mapping[str, torch.Tensor]):
     def __len__(self) -> int:
         return len(self.checkpoint) + len(self._aliases)
 
+    def meta_of(self, name: str) -> torch.Tensor:
+        """The tensor ``name`` as a ``meta`` tensor of its dtype and shape (nothing is read)."""
+        target = name if name in self.checkpoint else self._aliases.get(name)
+        if target is None or target not in self.checkpoint:
+            raise KeyError(name)
+        return self.checkpoint.info(target).meta()
+
     def meta(self, aliases: bool = True) -> dict[str, torch.Tensor]:
         """Every stored tensor (and tied entry) as a ``meta`` tensor of its dtype and shape."""
         out = {n: self.checkpoint.info(n).meta() for n in self.checkpoint.names()}
@@ -271,6 +278,12 @@ def fit_shell_layers(
                 del layer
             bar.advance(group, layout.costs[group])
         for kind, cost in zip(untyped, costs[len(layout.costs) :], strict=True):
+            if not kind.floating:  # not read: its row says that its dtype is not supported
+                extra.append(
+                    fit_layer(kind, plan.tensors.meta_of(kind.weight), None, criterion, select)
+                )
+                bar.advance(kind.name, cost)
+                continue
             bias = plan.tensors[kind.bias] if kind.bias is not None else None
             extra.append(fit_layer(kind, plan.tensors[kind.weight], bias, criterion, select))
             bar.advance(kind.name, cost)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,7 +45,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
-from rmtprune._util.fileio import check_input_file
+from rmtprune._util.fileio import check_input_file, temp_file
 from rmtprune.factorize.lowrank import (
     LowRankConv1D,
     LowRankConv2d,
@@ -376,7 +375,7 @@ def save(model: nn.Module, path: PathLike, *, overwrite: bool = False) -> None:
     tensors, aliases = tensors_to_store(model)
     metadata = file_metadata(describe_structure(model), aliases, payload_digest(tensors))
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    fd, tmp = temp_file(directory)  # a short name for any output name
     os.close(fd)
     try:
         try:

@@ -44,6 +44,7 @@ import os
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -351,6 +352,19 @@ def _no_duplicates(path: str, where: str) -> Any:
     return hook
 
 
+def _hub_blob(real_dir: str, real_path: str) -> bool:
+    """Whether ``real_path`` is a blob of the Hugging Face hub cache repository whose snapshot
+    holds ``real_dir``: ``models--org--name/snapshots/<revision>[/subfolder]`` links its files
+    to ``models--org--name/blobs/<hash>`` (the one place a shard may live outside its index's
+    directory)."""
+    folder = Path(real_dir)
+    for snapshot in (folder, *folder.parents):
+        if snapshot.parent.name == "snapshots":
+            repo = snapshot.parent.parent
+            return repo.name.startswith("models--") and Path(real_path).parent == repo / "blobs"
+    return False
+
+
 def _shard_path(index_path: str, directory: str, filename: Any) -> str:
     if (
         not isinstance(filename, str)
@@ -365,9 +379,14 @@ def _shard_path(index_path: str, directory: str, filename: Any) -> str:
             "inside the index's directory",
         )
     path = os.path.join(directory, filename)
-    real_dir = os.path.realpath(directory)
-    if os.path.dirname(os.path.realpath(path)) != real_dir:
-        raise _fail(index_path, f"the shard {filename!r} is a link to a file outside {directory}")
+    real_dir, real_path = os.path.realpath(directory), os.path.realpath(path)
+    if os.path.dirname(real_path) != real_dir and not _hub_blob(real_dir, real_path):
+        raise _fail(
+            index_path,
+            f"the shard {filename!r} is a link to a file outside {directory} ({real_path}); "
+            "only links into the blobs of the same Hugging Face cache repository "
+            "(models--*/blobs) are followed: copy the shards into one directory",
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{index_path}: the shard {filename!r} it names is missing")
     return path

@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -45,6 +44,7 @@ from typing import Any, BinaryIO
 import torch
 from safetensors.torch import save as serialize
 
+from rmtprune._util.fileio import fsync_directory, temp_file
 from rmtprune.storage.metadata import FORMAT_VERSION, META_KEY
 
 __all__ = [
@@ -104,7 +104,7 @@ def move_into_place(tmp: str, path: str, *, overwrite: bool) -> None:
         os.replace(tmp, path)
     else:
         _link_new(tmp, path)
-    _fsync_directory(os.path.dirname(os.path.abspath(path)))
+    fsync_directory(os.path.dirname(os.path.abspath(path)))
 
 
 def _link_new(tmp: str, path: str) -> None:
@@ -119,19 +119,6 @@ def _link_new(tmp: str, path: str) -> None:
                 f"{path} already exists; pass overwrite=True to replace it"
             ) from None
         os.replace(tmp, path)
-
-
-def _fsync_directory(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -195,8 +182,7 @@ class SafetensorsWriter:
         self.close()
 
     def _temp_file(self, suffix: str) -> BinaryIO:
-        base = os.path.basename(self.path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=suffix, dir=self._directory)
+        fd, tmp = temp_file(self._directory, suffix)  # a short name for any output name
         self._temps.append(tmp)
         return os.fdopen(fd, "w+b")
 
