@@ -40,6 +40,7 @@ from typing import Any
 from torch import nn
 from transformers import TrainerCallback
 
+from rmtprune._util.fileio import atomic_write_bytes
 from rmtprune.integrations._common import (
     RECORD_VERSION,
     PruningCallbackCore,
@@ -169,6 +170,5 @@ class SpectralPruningCallback(TrainerCallback, PruningCallbackCore):
         if not os.path.isdir(folder):
             return
         path = os.path.join(folder, RECORD_FILE)
-        with open(path + ".tmp", "w", encoding="utf-8") as fh:
-            json.dump(make_record(kw["model"], self.pruner), fh, indent=1)
-        os.replace(path + ".tmp", path)
+        text = json.dumps(make_record(kw["model"], self.pruner), indent=1)
+        atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))
