@@ -230,6 +230,7 @@ def _run_and_stop(script: str, argv: list[str], sig: signal.Signals, cwd: Path) 
     return err
 
 
+@pytest.mark.slow  # real processes importing torch and transformers
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_while_writing_a_file_leaves_no_temporary_file(
     tmp_path: Path, sig: signal.Signals
@@ -252,6 +253,7 @@ def test_a_signal_while_writing_a_file_leaves_no_temporary_file(
     assert out.read_bytes() == b"the earlier output"
 
 
+@pytest.mark.slow  # a real process importing torch and transformers
 def test_sigterm_while_writing_a_directory_leaves_the_old_one(
     pruned_out: tuple[Path, Path],
 ) -> None:
