@@ -5,6 +5,7 @@ nothing says why."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
 from collections.abc import Callable
@@ -393,3 +394,15 @@ def test_a_report_that_changes_nothing_says_why() -> None:
     assert pruner.step(0).note == (
         "Nothing done: epoch 0 is not a pruning epoch (every=3: epochs 3, 6, ...)."
     )
+
+
+def test_a_derived_note_follows_the_rows_of_a_copy() -> None:
+    _, floors = rmtprune.prune(nn.Sequential(nn.Linear(10, 10)))
+    assert floors.note == "No layer changed: 1 skipped; each row's reason says why."
+    row = floors["0"]
+    more = dataclasses.replace(floors, layers=(row, dataclasses.replace(row, name="1")))
+    assert more.note == "No layer changed: 2 skipped; each row's reason says why."
+    split = dataclasses.replace(row, action="split")
+    assert dataclasses.replace(floors, layers=(split,)).note == ""
+    given = rmtprune.PruneReport((), 0, 0, False, False, note="Nothing done: reasons.")
+    assert dataclasses.replace(given, params_before=1).note == "Nothing done: reasons."

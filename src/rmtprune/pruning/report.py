@@ -225,6 +225,27 @@ class LayerPruneResult(FitAttributes):
         return _row_to_dict(self, self._keys)
 
 
+_NO_ROWS = "No layer to prune: no weight layer was selected."
+_NO_CHANGE = "No layer changed: "
+
+
+def _is_derived(note: str) -> bool:
+    return note == _NO_ROWS or note.startswith(_NO_CHANGE)
+
+
+def _derived_note(rows: Sequence[LayerPruneResult]) -> str:
+    """Why none of ``rows`` is changed, from their actions; ``""`` when one is."""
+    if any(r.action in ("split", "truncated") for r in rows):
+        return ""
+    if not rows:
+        return _NO_ROWS
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.action] = counts.get(row.action, 0) + 1
+    parts = ", ".join(f"{n} {action}" for action, n in counts.items())
+    return f"{_NO_CHANGE}{parts}; each row's reason says why."
+
+
 @dataclass(frozen=True)
 class PruneReport(_Table):
     """Per-layer outcome of a pruning pass plus model totals.
@@ -239,7 +260,8 @@ class PruneReport(_Table):
     in one sentence why no layer is (or, in a dry run, would be) changed: given by the
     engine (a :class:`~rmtprune.SpectralPruner` step at a non-pruning epoch, a model without
     weight layers), else filled in from the rows (``"No layer changed: 2 skipped, 1
-    unchanged; ..."``); ``""`` when a layer changes.  It is printed by :meth:`to_markdown`.
+    unchanged; ..."``, derived again when a copy gets other rows); ``""`` when a layer
+    changes.  It is printed by :meth:`to_markdown`.
     """
 
     layers: tuple[LayerPruneResult, ...]
@@ -266,17 +288,8 @@ class PruneReport(_Table):
     )
 
     def __post_init__(self) -> None:
-        if self.note or any(r.action in ("split", "truncated") for r in self.layers):
-            return
-        if not self.layers:
-            note = "No layer to prune: no weight layer was selected."
-        else:
-            counts: dict[str, int] = {}
-            for row in self.layers:
-                counts[row.action] = counts.get(row.action, 0) + 1
-            parts = ", ".join(f"{n} {action}" for action, n in counts.items())
-            note = f"No layer changed: {parts}; each row's reason says why."
-        object.__setattr__(self, "note", note)
+        if not self.note or _is_derived(self.note):  # derived again for the rows held now
+            object.__setattr__(self, "note", _derived_note(self.layers))
 
     @property
     def reduction(self) -> float:
