@@ -406,3 +406,5 @@ def test_a_derived_note_follows_the_rows_of_a_copy() -> None:
     assert dataclasses.replace(floors, layers=(split,)).note == ""
     given = rmtprune.PruneReport((), 0, 0, False, False, note="Nothing done: reasons.")
     assert dataclasses.replace(given, params_before=1).note == "Nothing done: reasons."
+    _, empty = rmtprune.prune(nn.Sequential(nn.ReLU()))  # rows added to an empty report
+    assert dataclasses.replace(empty, layers=(row,)).note == floors.note

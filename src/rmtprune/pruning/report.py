@@ -225,25 +225,17 @@ class LayerPruneResult(FitAttributes):
         return _row_to_dict(self, self._keys)
 
 
-_NO_ROWS = "No layer to prune: no weight layer was selected."
-_NO_CHANGE = "No layer changed: "
-
-
-def _is_derived(note: str) -> bool:
-    return note == _NO_ROWS or note.startswith(_NO_CHANGE)
-
-
 def _derived_note(rows: Sequence[LayerPruneResult]) -> str:
     """Why none of ``rows`` is changed, from their actions; ``""`` when one is."""
     if any(r.action in ("split", "truncated") for r in rows):
         return ""
     if not rows:
-        return _NO_ROWS
+        return "No layer to prune: no weight layer was selected."
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.action] = counts.get(row.action, 0) + 1
     parts = ", ".join(f"{n} {action}" for action, n in counts.items())
-    return f"{_NO_CHANGE}{parts}; each row's reason says why."
+    return f"No layer changed: {parts}; each row's reason says why."
 
 
 @dataclass(frozen=True)
@@ -257,11 +249,11 @@ class PruneReport(_Table):
     data, ``None`` when no calibration data was given (not measured); ``output_change_fit``
     is the same on the batches the rank choice was fitted on; ``max_output_change`` the
     limit of the :class:`~rmtprune.pruning.calibration.Calibrated` criterion.  ``note`` says
-    in one sentence why no layer is (or, in a dry run, would be) changed: given by the
-    engine (a :class:`~rmtprune.SpectralPruner` step at a non-pruning epoch, a model without
-    weight layers), else filled in from the rows (``"No layer changed: 2 skipped, 1
-    unchanged; ..."``, derived again when a copy gets other rows); ``""`` when a layer
-    changes.  It is printed by :meth:`to_markdown`.
+    in one sentence why no layer is (or, in a dry run, would be) changed: for a report
+    without rows, as the engine gave it (a :class:`~rmtprune.SpectralPruner` step at a
+    non-pruning epoch, a model without weight layers); for one with rows, derived from them
+    (``"No layer changed: 2 skipped, 1 unchanged; ..."``, also in a copy with other rows),
+    ``""`` when a layer changes.  It is printed by :meth:`to_markdown`.
     """
 
     layers: tuple[LayerPruneResult, ...]
@@ -288,7 +280,7 @@ class PruneReport(_Table):
     )
 
     def __post_init__(self) -> None:
-        if not self.note or _is_derived(self.note):  # derived again for the rows held now
+        if self.layers or not self.note:  # a report with rows: from the rows held now
             object.__setattr__(self, "note", _derived_note(self.layers))
 
     @property
