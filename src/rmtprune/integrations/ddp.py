@@ -114,12 +114,8 @@ def prune_step(
             "The 'pruner' parameter of prune_step must be a SpectralPruner over model.module."
         )
     module = model.module
-    acts = pruner.is_pruning_epoch(epoch) and (
-        pruner.last_epoch is None or epoch > pruner.last_epoch
-    )
-    if not acts:
-        n = sum(p.numel() for p in module.parameters())
-        return model, PruneReport((), n, n, False, False, epoch)
+    if pruner.idle_reason(epoch) is not None:  # the same on every rank; it also checks epoch
+        return model, pruner.step(epoch, progress=progress)  # changes nothing: says why
     group = model.process_group
     before = dict(module.named_parameters())
     payload: list[Any] = [None, None, None]

@@ -97,7 +97,11 @@ class Calibrated:
     ----------
     batches : iterable
         Calibration inputs: tensors (``model(x)``), tuples (``model(*x)``) or dicts
-        (``model(**x)``); at least two batches.  Consumed once and kept.
+        (``model(**x)``); at least two batches.  Consumed once and kept.  Floating-point
+        tensors must be finite (NaN or Inf raises ``ValueError`` naming the batch and key;
+        integer token ids are not checked); a batch the model cannot run, or on which the
+        unchanged model's output is not finite, raises ``ValueError`` naming the batch
+        before the model is changed.
     max_output_change : float
         ``δ`` in [0, 1]: the largest relative change of the model's first output tensor,
         ``‖f'(X) − f(X)‖_F / ‖f(X)‖_F``, allowed on the held-out batches.
@@ -116,6 +120,9 @@ class Calibrated:
     min_rank : int
         Floor on every kept rank.
 
+    ``fit_batches`` and ``held_batches`` are the two parts; ``fit_numbers`` and
+    ``held_numbers`` their batches' numbers in ``batches`` (as error messages name them).
+
     After :meth:`decide_model`: ``output_change_`` (held out), ``output_change_fit_``,
     ``factors_`` (per layer: the kept triplets ``(U_r, s_r, Vh_r)``, also on each changed
     layer's decision as ``factors``, which the walker applies) and ``n_evaluations_``.
@@ -133,11 +140,13 @@ class Calibrated:
         min_rank: int = 1,
     ) -> None:
         owner = "Calibrated"
-        self.batches = as_batches(batches, owner, minimum=2)
+        self.batches = as_batches(batches, owner, minimum=2, param="batches")
         self.max_output_change = check_real(
             max_output_change, "max_output_change", owner, low=0.0, high=1.0
         )
         self.fit_batches, self.held_batches = split_batches(self.batches, holdout, owner)
+        numbers = split_batches(range(len(self.batches)), holdout, owner)
+        self.fit_numbers, self.held_numbers = numbers  # the batches' numbers in ``batches``
         self.holdout = float(holdout)
         if not isinstance(whiten, bool):
             raise param_error("whiten", owner, "a bool", whiten)
@@ -210,10 +219,11 @@ class Calibrated:
         cands, decisions = self._prepare(model, views)
         self.factors_: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.n_evaluations_ = 0
-        fit = OutputProbe(model, self.fit_batches)
-        held = OutputProbe(model, self.held_batches)
+        fit = OutputProbe(model, self.fit_batches, numbers=self.fit_numbers)
+        held = OutputProbe(model, self.held_batches, numbers=self.held_numbers)
         self._factor(model, cands)
-        probe = OutputProbe(model, self.fit_batches[:_PROBE_BATCHES])
+        first = _PROBE_BATCHES
+        probe = OutputProbe(model, self.fit_batches[:first], numbers=self.fit_numbers[:first])
         self._measure_sensitivity(model, cands, probe, decisions)
         cands = [c for c in cands if c.name not in decisions]
         path = _path(cands)
@@ -250,7 +260,7 @@ class Calibrated:
 
     def _factor(self, model: nn.Module, cands: list[_Layer]) -> None:
         shapes = {c.name: (c.module, c.adapter.matrix_shape(c.module)[1]) for c in cands}
-        grams = input_grams(model, shapes, self.fit_batches)
+        grams = input_grams(model, shapes, self.fit_batches, numbers=self.fit_numbers)
         for c in cands:
             with torch.no_grad():
                 matrix = c.adapter.weight_matrix(c.module)

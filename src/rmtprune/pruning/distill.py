@@ -225,8 +225,12 @@ def distill(
             "The 'pruner' parameter of distill must prune the student (SpectralPruner(student, "
             "...)). Got a pruner of another model instead."
         )
-    train = as_batches(batches, owner)
-    held = None if eval_batches is None else OutputProbe(teacher, as_batches(eval_batches, owner))
+    train = as_batches(batches, owner, param="batches")
+    held = (
+        None
+        if eval_batches is None
+        else OutputProbe(teacher, as_batches(eval_batches, owner, param="eval_batches"))
+    )
     dtype = next((p.dtype for p in student.parameters() if p.is_floating_point()), None)
     targets = [t.to(dtype) for t in OutputProbe(teacher, train).reference]
     before = count_parameters(student)

@@ -15,6 +15,12 @@ and the output's first two dimensions are ``(B, T)`` (a ``last_hidden_state``, t
 the positions where the mask is 0 are left out of both sums (:func:`position_mask`).  An
 output without that layout (sentence logits ``(B, C)``) is compared whole.
 
+No claim rests on data that cannot carry one: a floating-point tensor of a batch holding NaN or
+Inf is refused (:func:`check_finite`, naming the batch and its key; integer tensors such as token
+ids are not checked), a batch the unchanged model cannot run raises a ``ValueError`` naming the
+batch, and so does a finite batch on which the unchanged model's own output is not finite.  A
+*changed* model whose output holds NaN or Inf has the change ``inf``.
+
 Example
 -------
 >>> import torch
@@ -40,8 +46,11 @@ __all__ = [
     "OutputProbe",
     "as_batches",
     "call_model",
+    "check_finite",
+    "describe_batch",
     "first_tensor",
     "position_mask",
+    "run_batch",
     "split_batches",
 ]
 
@@ -79,11 +88,97 @@ def call_model(model: nn.Module, batch: Any) -> Any:
     return model(batch)
 
 
-def as_batches(calibration: Any, owner: str, *, minimum: int = 1) -> list[Any]:
-    """The calibration batches as a list (a generator is consumed once), checked for length."""
+def _tensors(batch: Any, where: str = "") -> Iterable[tuple[str, torch.Tensor]]:
+    """Every tensor of a batch with where it sits (``", key 'x'"``, ``", item 1"``)."""
+    if isinstance(batch, torch.Tensor):
+        yield where, batch
+    elif isinstance(batch, Mapping):
+        for key, value in batch.items():
+            yield from _tensors(value, f"{where}, key {key!r}")
+    elif isinstance(batch, (tuple, list)):
+        for j, value in enumerate(batch):
+            yield from _tensors(value, f"{where}, item {j}")
+
+
+def _non_finite(tensor: torch.Tensor) -> tuple[int, int]:
+    """``(NaN count, Inf count)`` of a floating-point or complex tensor; ``(0, 0)`` otherwise."""
+    if tensor.is_meta or not (tensor.is_floating_point() or tensor.is_complex()):
+        return 0, 0
+    if bool(torch.isfinite(tensor).all()):
+        return 0, 0
+    return int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+
+
+def check_finite(
+    batches: Sequence[Any],
+    owner: str,
+    param: str = "calibration",
+    numbers: Sequence[int] | None = None,
+) -> None:
+    """Refuse a batch holding NaN or Inf in a floating-point tensor, naming the batch.
+
+    Integer tensors (token ids, masks) are not checked.  ``numbers`` are the batches'
+    numbers in the user's list (default ``0, 1, ...``).
+
+    >>> check_finite([torch.zeros(2), {"x": torch.tensor([1.0, float("nan")])}], "f")
+    Traceback (most recent call last):
+    ...
+    ValueError: The 'calibration' parameter of f must hold finite values only. Got 1 NaN and 0 Inf values in batch 1, key 'x' instead.
+    """  # noqa: E501
+    for i, batch in zip(range(len(batches)) if numbers is None else numbers, batches, strict=True):
+        for where, tensor in _tensors(batch):
+            nan, inf = _non_finite(tensor)
+            if nan or inf:
+                raise ValueError(
+                    f"The {param!r} parameter of {owner} must hold finite values only. "
+                    f"Got {nan} NaN and {inf} Inf values in batch {i}{where} instead."
+                )
+
+
+def describe_batch(batch: Any) -> str:
+    """A short description of a batch by its tensors' shapes (for error messages).
+
+    >>> describe_batch({"input_ids": torch.zeros(2, 5, dtype=torch.long)})
+    "a mapping {'input_ids': (2, 5)}"
+    """
+
+    def short(value: Any) -> str:
+        return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+    if isinstance(batch, torch.Tensor):
+        return f"a tensor of shape {tuple(batch.shape)}"
+    if isinstance(batch, Mapping):
+        return "a mapping {" + ", ".join(f"{k!r}: {short(v)}" for k, v in batch.items()) + "}"
+    if isinstance(batch, (tuple, list)):
+        return f"a {type(batch).__name__} (" + ", ".join(short(v) for v in batch) + ")"
+    return f"a {type(batch).__name__}"
+
+
+def run_batch(model: nn.Module, batch: Any, number: int) -> Any:
+    """:func:`call_model` on calibration batch ``number``; a failure names the batch.
+
+    Any exception of the forward pass but running out of memory becomes a ``ValueError``
+    that names the batch and its shapes, chained to the original error.
+    """
+    try:
+        return call_model(model, batch)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as err:
+        raise ValueError(
+            f"Calibration batch {number} ({describe_batch(batch)}) could not be passed "
+            f"through the model: {type(err).__name__}: {err}"
+        ) from err
+
+
+def as_batches(
+    calibration: Any, owner: str, *, minimum: int = 1, param: str = "calibration"
+) -> list[Any]:
+    """The calibration batches as a list (a generator is consumed once), checked for length
+    and for finite values (:func:`check_finite`); ``param`` is the parameter's name."""
     if calibration is None or isinstance(calibration, (torch.Tensor, str, bytes, Mapping)):
         raise TypeError(
-            f"The 'calibration' parameter of {owner} must be an iterable of model inputs "
+            f"The {param!r} parameter of {owner} must be an iterable of model inputs "
             "(tensors, tuples or dicts), e.g. a list of batches or a DataLoader. "
             f"Got {type(calibration).__name__} instead."
         )
@@ -91,15 +186,16 @@ def as_batches(calibration: Any, owner: str, *, minimum: int = 1) -> list[Any]:
         batches = list(calibration)
     except TypeError:
         raise TypeError(
-            f"The 'calibration' parameter of {owner} must be an iterable of model inputs. "
+            f"The {param!r} parameter of {owner} must be an iterable of model inputs. "
             f"Got {type(calibration).__name__} instead."
         ) from None
     if len(batches) < minimum:
         raise ValueError(
-            f"The 'calibration' parameter of {owner} must hold at least {minimum} batches"
+            f"The {param!r} parameter of {owner} must hold at least {minimum} batches"
             f"{' (some to fit, some held out)' if minimum > 1 else ''}. "
             f"Got {len(batches)} instead."
         )
+    check_finite(batches, owner, param)
     return batches
 
 
@@ -165,18 +261,53 @@ class OutputProbe:
     model : torch.nn.Module
         The reference model (not modified; its train/eval mode is restored).
     batches : sequence
-        Model inputs (see the module docstring).
+        Model inputs (see the module docstring); floating-point tensors must be finite.
+    numbers : sequence of int, optional
+        The batches' numbers in the user's list, for error messages (default ``0, 1, ...``).
+
+    Raises
+    ------
+    ValueError
+        When a batch holds NaN or Inf, cannot be run through ``model``, or ``model``'s own
+        output on it is not finite; the message names the batch.
     """
 
-    def __init__(self, model: nn.Module, batches: Sequence[Any]) -> None:
+    def __init__(
+        self, model: nn.Module, batches: Sequence[Any], *, numbers: Sequence[int] | None = None
+    ) -> None:
         self.batches = list(batches)
-        self.reference = [out.detach().to(torch.float64) for out in self.outputs(model)]
+        self.numbers = list(range(len(self.batches)) if numbers is None else numbers)
+        check_finite(self.batches, "OutputProbe", "batches", self.numbers)
+        self.reference = [out.detach().to(torch.float64) for out in self._reference(model)]
         """The model's outputs in float64, whole (padding included: targets for training)."""
         self.masks = [
             position_mask(b, out) for b, out in zip(self.batches, self.reference, strict=True)
         ]
         pairs = zip(self.reference, self.masks, strict=True)
         self.norm = math.sqrt(sum(_masked_square_sum(r, m) for r, m in pairs))
+
+    def _reference(self, model: nn.Module) -> list[torch.Tensor]:
+        """:meth:`outputs` of the reference model, each batch's failure or non-finite output
+        named."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                outputs = [
+                    first_tensor(run_batch(model, b, i))
+                    for b, i in zip(self.batches, self.numbers, strict=True)
+                ]
+        finally:
+            model.train(was_training)
+        for out, i in zip(outputs, self.numbers, strict=True):
+            nan, inf = _non_finite(out)
+            if nan or inf:
+                raise ValueError(
+                    f"The model's output on calibration batch {i} holds {nan} NaN and {inf} "
+                    "Inf values although the batch is finite: the unchanged model does not "
+                    "compute a finite output there, so no output change can be measured on it."
+                )
+        return outputs
 
     def outputs(self, model: nn.Module) -> list[torch.Tensor]:
         """The first output tensor of ``model`` on every batch (eval mode, no gradients)."""
@@ -190,7 +321,8 @@ class OutputProbe:
 
     def change(self, model: nn.Module) -> float:
         """Relative output change ``‖f'(X) − f(X)‖_F / ‖f(X)‖_F`` of ``model`` on the batches
-        (padded positions left out, see the module docstring)."""
+        (padded positions left out, see the module docstring); ``inf`` when ``model``'s
+        output holds NaN or Inf."""
         total = 0.0
         for out, ref, mask in zip(self.outputs(model), self.reference, self.masks, strict=True):
             if out.shape != ref.shape:
@@ -198,6 +330,8 @@ class OutputProbe:
                     f"The changed model's output has shape {tuple(out.shape)}; the reference "
                     f"output has shape {tuple(ref.shape)}."
                 )
+            if any(_non_finite(out)):
+                return math.inf
             total += _masked_square_sum(out.to(torch.float64) - ref, mask)
         if self.norm == 0.0:
             return 0.0 if total == 0.0 else math.inf

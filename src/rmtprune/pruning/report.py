@@ -225,6 +225,19 @@ class LayerPruneResult(FitAttributes):
         return _row_to_dict(self, self._keys)
 
 
+def _derived_note(rows: Sequence[LayerPruneResult]) -> str:
+    """Why none of ``rows`` is changed, from their actions; ``""`` when one is."""
+    if any(r.action in ("split", "truncated") for r in rows):
+        return ""
+    if not rows:
+        return "No layer to prune: no weight layer was selected."
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.action] = counts.get(row.action, 0) + 1
+    parts = ", ".join(f"{n} {action}" for action, n in counts.items())
+    return f"No layer changed: {parts}; each row's reason says why."
+
+
 @dataclass(frozen=True)
 class PruneReport(_Table):
     """Per-layer outcome of a pruning pass plus model totals.
@@ -235,7 +248,12 @@ class PruneReport(_Table):
     the relative change of the model's first output measured on (held-out) calibration
     data, ``None`` when no calibration data was given (not measured); ``output_change_fit``
     is the same on the batches the rank choice was fitted on; ``max_output_change`` the
-    limit of the :class:`~rmtprune.pruning.calibration.Calibrated` criterion.
+    limit of the :class:`~rmtprune.pruning.calibration.Calibrated` criterion.  ``note`` says
+    in one sentence why no layer is (or, in a dry run, would be) changed: for a report
+    without rows, as the engine gave it (a :class:`~rmtprune.SpectralPruner` step at a
+    non-pruning epoch, a model without weight layers); for one with rows, derived from them
+    (``"No layer changed: 2 skipped, 1 unchanged; ..."``, also in a copy with other rows),
+    ``""`` when a layer changes.  It is printed by :meth:`to_markdown`.
     """
 
     layers: tuple[LayerPruneResult, ...]
@@ -247,6 +265,7 @@ class PruneReport(_Table):
     output_change: float | None = None
     output_change_fit: float | None = None
     max_output_change: float | None = None
+    note: str = ""
     _columns = (
         "name",
         "layer_type",
@@ -259,6 +278,10 @@ class PruneReport(_Table):
         "params_after",
         "reason",
     )
+
+    def __post_init__(self) -> None:
+        if self.layers or not self.note:  # a report with rows: from the rows held now
+            object.__setattr__(self, "note", _derived_note(self.layers))
 
     @property
     def reduction(self) -> float:
@@ -273,7 +296,8 @@ class PruneReport(_Table):
             f"\n\nParameters: {self.params_before:,} → {self.params_after:,} "
             f"({100 * self.reduction:.1f} % removed)" + (" [dry run]" if self.dry_run else "")
         )
-        return super().to_markdown() + total + "\n\n" + self.output_change_line()
+        note = f"\n\n{self.note}" if self.note else ""
+        return super().to_markdown() + total + note + "\n\n" + self.output_change_line()
 
     def output_change_line(self) -> str:
         """One sentence on how much the model's output changed, or that it was not measured."""

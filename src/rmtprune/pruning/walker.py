@@ -54,7 +54,7 @@ from rmtprune.pruning.layers import Candidate, collect, count_parameters
 from rmtprune.pruning.options import resolve_criterion, resolve_select, warn_legacy
 from rmtprune.pruning.outputs import OutputProbe, as_batches
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
-from rmtprune.pruning.selection import DEFAULT_MIN_DIM, DEFAULT_MIN_PARAMS, Select
+from rmtprune.pruning.selection import DEFAULT_MIN_DIM, DEFAULT_MIN_PARAMS, Select, weight_layers
 
 __all__ = [
     "DEFAULT_MIN_DIM",
@@ -422,7 +422,7 @@ def _held_out_probe(
     if dry_run:
         return None
     if isinstance(crit, Calibrated):
-        return OutputProbe(model, crit.held_batches)
+        return OutputProbe(model, crit.held_batches, numbers=crit.held_numbers)
     if calibration is not None:
         return OutputProbe(model, as_batches(calibration, "prune"))
     return None
@@ -487,4 +487,17 @@ def _prune_model(
         measured = count_parameters(target)
         if measured != after:  # pragma: no cover - internal consistency guard
             raise RuntimeError(f"parameter count {measured} differs from the prediction {after}")
-    return PruneReport(rows, before, after, dry_run, changed and not dry_run)
+    note = "" if found else _nothing_selected(target, chosen)
+    return PruneReport(rows, before, after, dry_run, changed and not dry_run, note=note)
+
+
+def _nothing_selected(model: nn.Module, select: Select) -> str:
+    """Why a model gave no layer to prune: it has no weight layers, or ``select`` left none."""
+    with frozen_parametrizations(model):
+        n = len(weight_layers(model))
+    if n == 0:
+        return (
+            "No layer to prune: the model has no weight layers (no module with a weight of "
+            "2 or more dimensions)."
+        )
+    return f"No layer to prune: {select!r} leaves none of the model's {n} weight layers."

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rmtprune.factorize.registry import get_adapter, set_submodule
-from rmtprune.pruning.outputs import call_model, position_mask
+from rmtprune.pruning.outputs import check_finite, position_mask, run_batch
 
 __all__ = ["LayerFactors", "factorize_at", "input_grams"]
 
@@ -86,6 +86,8 @@ def input_grams(
     model: nn.Module,
     layers: Mapping[str, tuple[nn.Module, int]],
     batches: Sequence[Any],
+    *,
+    numbers: Sequence[int] | None = None,
 ) -> dict[str, torch.Tensor | None]:
     """Input Gram matrices ``XᵀX`` (float64, ``n × n``) of the named layers on ``batches``.
 
@@ -94,10 +96,17 @@ def input_grams(
     Padded tokens (``attention_mask`` of a mapping batch, see :func:`_layer_inputs`) do not
     count.
     The model runs in eval mode without gradients; its mode is restored.
+
+    A batch holding NaN or Inf, a batch the model cannot run, and a layer input that is not
+    finite raise a ``ValueError`` naming the batch (``numbers``: the batches' numbers in the
+    user's list, default ``0, 1, ...``).
     """
+    numbers = list(range(len(batches)) if numbers is None else numbers)
+    check_finite(batches, "input_grams", "batches", numbers)
     grams: dict[str, torch.Tensor | None] = {}
     readable: dict[str, bool] = {name: True for name in layers}
     current: list[Any] = [None]  # the batch being run, for its attention mask
+    non_finite: list[str] = []  # layers whose input on the current batch is not finite
 
     def record(name: str, args: Any) -> None:
         module, n = layers[name]
@@ -107,6 +116,9 @@ def input_grams(
             readable[name] = False
             return
         rows = rows.to(torch.float64).cpu()
+        if not bool(torch.isfinite(rows).all()):
+            non_finite.append(name)
+            return
         previous = grams.get(name)
         gram = rows.T @ rows
         grams[name] = gram if previous is None else previous + gram
@@ -115,9 +127,16 @@ def input_grams(
     model.eval()
     try:
         with _hooks({k: v[0] for k, v in layers.items()}, record), torch.no_grad():
-            for batch in batches:
+            for batch, number in zip(batches, numbers, strict=True):
                 current[0] = batch
-                call_model(model, batch)
+                run_batch(model, batch, number)
+                if non_finite:
+                    raise ValueError(
+                        f"The input of layer {non_finite[0]!r} on calibration batch {number} "
+                        "holds NaN or Inf values although the batch is finite: the unchanged "
+                        "model does not compute finite values there; no statistics can be "
+                        "taken from it."
+                    )
     finally:
         model.train(was_training)
     return {name: grams.get(name) if readable[name] else None for name in layers}
@@ -199,6 +218,8 @@ def factorize_at(
             "The 'batches' parameter of factorize_at must hold calibration inputs when "
             "whiten=True. Got None instead."
         )
+    if batches is not None:
+        check_finite(batches, "factorize_at", "batches")
     out = copy.deepcopy(model)
     layers: dict[str, tuple[nn.Module, int]] = {}
     for name in ranks:
