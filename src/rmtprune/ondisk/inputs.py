@@ -84,11 +84,13 @@ from rmtprune.ondisk.prune import (
     skipped_row,
 )
 from rmtprune.ondisk.sources import (
+    carried_values,
     load_model,
     load_shell,
     module_aliases,
     outside_modules,
     read_tensors,
+    tensor_dtypes,
 )
 from rmtprune.pruning.criteria import Criterion, ModelCriterion, MPCriterion
 from rmtprune.pruning.options import check_criterion
@@ -113,17 +115,6 @@ __all__ = [
 PathLike = str | os.PathLike[str]
 Route = Literal["factory", "model directory", "checkpoint", "state dict"]
 """How an input is read (module docstring, steps 1–3)."""
-
-_SAFETENSORS_DTYPE = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.float8_e4m3fn: "F8_E4M3",
-    torch.float8_e5m2: "F8_E5M2",
-    torch.float8_e4m3fnuz: "F8_E4M3FNUZ",
-    torch.float8_e5m2fnuz: "F8_E5M2FNUZ",
-}
 
 
 @dataclass(frozen=True)
@@ -411,25 +402,6 @@ def _save(opened: OpenInput, model: nn.Module, output: PathLike, *, overwrite: b
         save(model, output, overwrite=overwrite)
 
 
-def _shapes(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], str]]:
-    """``{name: (shape, dtype)}`` for :func:`classify_tensors` (the dtype decides what is a
-    floating weight)."""
-    return {
-        name: (
-            tuple(t.shape),
-            _SAFETENSORS_DTYPE.get(t.dtype, "F32" if t.is_floating_point() else "I"),
-        )
-        for name, t in tensors.items()
-    }
-
-
-def _carried(shell: nn.Module) -> int:
-    """The floating-point values the shell carries as buffers (a tied entry held as a
-    buffer beside its parameter counts once, as a parameter)."""
-    params = {id(p) for p in shell.parameters()}
-    return sum(b.numel() for b in shell.buffers() if b.is_floating_point() and id(b) not in params)
-
-
 def _open(plan: InputPlan, checkpoint: Checkpoint | None, *, whole: bool) -> OpenInput:
     """Open the input of ``plan`` (``checkpoint``: its headers, already read) for the walker."""
     if plan.route == "factory":
@@ -462,7 +434,7 @@ def _open(plan: InputPlan, checkpoint: Checkpoint | None, *, whole: bool) -> Ope
         same = module_aliases(tensors, aliases, structure)
         shown = {k: tensors[k] for k in outside_modules(tensors, same)}
     kinds = classify_tensors(
-        _shapes(shown),
+        tensor_dtypes(shown),
         assume_linear=plan.assume_linear,
         assume_conv2d=plan.assume_conv2d,
         skip=structure,
@@ -474,7 +446,7 @@ def _open(plan: InputPlan, checkpoint: Checkpoint | None, *, whole: bool) -> Ope
     shell = load_shell(tensors, document, named, dense=dense)
     untyped = tuple(k for k in kinds if not k.typed)
     return OpenInput(
-        shell, plan.path, untyped=untyped, tensors=tensors, carried_params=_carried(shell)
+        shell, plan.path, untyped=untyped, tensors=tensors, carried_params=carried_values(shell)
     )
 
 
@@ -492,7 +464,7 @@ def _open_streamed(plan: InputPlan, checkpoint: Checkpoint) -> OpenInput | None:
         return None  # tied entries: only the whole shell sees which layers share a weight
     structure = dict(document["structure"]) if document else {}
     kinds = classify_tensors(
-        _shapes(stored),
+        tensor_dtypes(stored),
         assume_linear=plan.assume_linear,
         assume_conv2d=plan.assume_conv2d,
         skip=structure,
@@ -510,6 +482,6 @@ def _open_streamed(plan: InputPlan, checkpoint: Checkpoint) -> OpenInput | None:
         plan.path,
         untyped=untyped,
         tensors=lazy,
-        carried_params=_carried(stream_plan.shell),
+        carried_params=carried_values(stream_plan.shell),
         plan=stream_plan,
     )

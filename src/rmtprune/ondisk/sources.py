@@ -54,17 +54,24 @@ from rmtprune.factorize.lowrank import (
 )
 from rmtprune.storage.format import load as load_rmtprune
 from rmtprune.storage.inputs import load_into, read_document, read_state_dict, resolve_factory
-from rmtprune.storage.reader import checkpoint_file, is_safetensors_file, open_checkpoint
+from rmtprune.storage.reader import (
+    SAFETENSORS_DTYPE,
+    checkpoint_file,
+    is_safetensors_file,
+    open_checkpoint,
+)
 
 __all__ = [
     "ShellModel",
     "build_factory_model",
     "build_shell",
+    "carried_values",
     "load_model",
     "load_shell",
     "module_aliases",
     "outside_modules",
     "read_tensors",
+    "tensor_dtypes",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -360,3 +367,19 @@ def load_shell(
 def build_factory_model(model: str) -> nn.Module:
     """Call the factory named ``"package.module:factory"`` and check it returns a module."""
     return resolve_factory(model)
+
+
+def tensor_dtypes(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{name: (shape, safetensors dtype string)}`` of in-memory tensors, as
+    :func:`rmtprune.ondisk.analysis.checkpoint_shapes` gives them for a file (the dtype decides
+    what is a floating-point weight)."""
+    return {
+        name: (tuple(t.shape), SAFETENSORS_DTYPE.get(t.dtype, "?")) for name, t in tensors.items()
+    }
+
+
+def carried_values(shell: nn.Module) -> int:
+    """The floating-point values ``shell`` carries as buffers (a tied entry held as a buffer
+    beside its parameter counts once, as a parameter)."""
+    params = {id(p) for p in shell.parameters()}
+    return sum(b.numel() for b in shell.buffers() if b.is_floating_point() and id(b) not in params)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,11 +56,13 @@ from torch import nn
 from rmtprune._util.validation import check_int, check_real, param_error
 from rmtprune.factorize.registry import LayerAdapter, get_adapter, set_submodule
 from rmtprune.pruning.criteria import LayerView, RankDecision
+from rmtprune.pruning.options import resolve_criterion
 from rmtprune.pruning.outputs import OutputProbe, as_batches, split_batches
 from rmtprune.pruning.rank_search import first_passing, hull_moves, lower_hull
+from rmtprune.pruning.report import PruneReport
 from rmtprune.pruning.whitening import LayerFactors, input_grams
 
-__all__ = ["Calibrated"]
+__all__ = ["Calibrated", "calibrated_from_keywords", "held_out_probe", "with_output_change"]
 
 _PROBE_LEVEL = 0.1  # own relative error at which each layer's sensitivity is measured
 _PROBE_BATCHES = 2  # fit batches used to measure it (one model run per layer)
@@ -364,3 +367,70 @@ def _views(
         view = LayerView.from_matrix(name, matrix, rank)
         views.append(dataclasses.replace(view, module=module))
     return views
+
+
+def calibrated_from_keywords(
+    criterion: Any,
+    legacy: Mapping[str, Any],
+    min_rank: int | None,
+    calibration: Iterable[Any] | None,
+    max_output_change: float,
+) -> Calibrated:
+    """``prune(calibration=, max_output_change=)`` (deprecated): a :class:`Calibrated`."""
+    if calibration is None:
+        raise ValueError(
+            "The 'max_output_change' parameter of prune needs calibration data to be "
+            "measured on: pass calibration=batches (an iterable of model inputs). "
+            "Got calibration=None instead."
+        )
+    if isinstance(criterion, Calibrated):
+        raise TypeError(
+            "The 'criterion' parameter of prune is a Calibrated criterion already; do not "
+            "also pass max_output_change (and calibration) to prune."
+        )
+    given = criterion is not None or any(v is not None for v in legacy.values())
+    base = resolve_criterion(criterion, legacy, "prune") if given else None
+    batches = as_batches(calibration, "prune", minimum=2)
+    return Calibrated(
+        batches, max_output_change, base=base, min_rank=1 if min_rank is None else min_rank
+    )
+
+
+def held_out_probe(
+    model: nn.Module, crit: Any, calibration: Iterable[Any] | None, dry_run: bool
+) -> OutputProbe | None:
+    """Reference outputs of the unpruned model: on the held-out batches of a calibrated
+    criterion, else on ``calibration`` (measured only); none for a dry run."""
+    if dry_run:
+        return None
+    if isinstance(crit, Calibrated):
+        return OutputProbe(model, crit.held_batches, numbers=crit.held_numbers)
+    if calibration is not None:
+        return OutputProbe(model, as_batches(calibration, "prune"))
+    return None
+
+
+def with_output_change(
+    report: PruneReport, crit: Any, probe: OutputProbe | None, target: nn.Module
+) -> PruneReport:
+    """The report with the output change the pruned ``target`` really has."""
+    if not isinstance(crit, Calibrated):
+        if probe is None:
+            return report
+        return dataclasses.replace(report, output_change=probe.change(target))
+    change = crit.output_change_ if probe is None else probe.change(target)
+    if change > crit.max_output_change * (1 + 1e-6) + 1e-9:
+        warnings.warn(
+            f"The pruned model's held-out output change is {change:.4g}, above "
+            f"max_output_change={crit.max_output_change:g} (the criterion measured "
+            f"{crit.output_change_:.4g} on its own surgery); check split= and the layers' "
+            "adapters.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return dataclasses.replace(
+        report,
+        output_change=change,
+        output_change_fit=crit.output_change_fit_,
+        max_output_change=crit.max_output_change,
+    )

@@ -27,9 +27,7 @@ layer never grows back.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -39,7 +37,11 @@ from torch import nn
 from rmtprune._util.progress import track
 from rmtprune._util.validation import param_error
 from rmtprune.pruning._guards import apply_rank, copy_model, frozen_parametrizations
-from rmtprune.pruning.calibration import Calibrated
+from rmtprune.pruning.calibration import (
+    calibrated_from_keywords,
+    held_out_probe,
+    with_output_change,
+)
 from rmtprune.pruning.criteria import (
     Criterion,
     FitCutoff,
@@ -52,7 +54,6 @@ from rmtprune.pruning.criteria import (
 )
 from rmtprune.pruning.layers import Candidate, collect, count_parameters
 from rmtprune.pruning.options import resolve_criterion, resolve_select, warn_legacy
-from rmtprune.pruning.outputs import OutputProbe, as_batches
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
 from rmtprune.pruning.selection import DEFAULT_MIN_DIM, DEFAULT_MIN_PARAMS, Select, weight_layers
 
@@ -366,7 +367,7 @@ def prune(
     if max_output_change is None:
         crit = resolve_criterion(criterion, {**legacy, "min_rank": min_rank}, "prune")
     else:
-        crit = _calibrated(criterion, legacy, min_rank, calibration, max_output_change)
+        crit = calibrated_from_keywords(criterion, legacy, min_rank, calibration, max_output_change)
     sizes = {"layers": layers, "min_dim": min_dim, "min_params": min_params}
     chosen = resolve_select(select, sizes, "prune")
     calibrated = max_output_change is not None
@@ -379,79 +380,12 @@ def prune(
             f"The 'model' parameter of prune must be a torch.nn.Module. "
             f"Got {type(model).__name__} instead."
         )
-    probe = _held_out_probe(model, crit, calibration, dry_run)  # before any change
+    probe = held_out_probe(model, crit, calibration, dry_run)  # before any change
     target = model if (inplace or dry_run) else copy_model(model)  # legacy weight_norm too
     report = _prune_model(
         target, crit, chosen, ranks, split=split, dry_run=dry_run, progress=progress
     )
-    return target, _with_output_change(report, crit, probe, target)
-
-
-def _calibrated(
-    criterion: Any,
-    legacy: Mapping[str, Any],
-    min_rank: int | None,
-    calibration: Iterable[Any] | None,
-    max_output_change: float,
-) -> Calibrated:
-    """``prune(calibration=, max_output_change=)`` (deprecated): a :class:`Calibrated`."""
-    if calibration is None:
-        raise ValueError(
-            "The 'max_output_change' parameter of prune needs calibration data to be "
-            "measured on: pass calibration=batches (an iterable of model inputs). "
-            "Got calibration=None instead."
-        )
-    if isinstance(criterion, Calibrated):
-        raise TypeError(
-            "The 'criterion' parameter of prune is a Calibrated criterion already; do not "
-            "also pass max_output_change (and calibration) to prune."
-        )
-    given = criterion is not None or any(v is not None for v in legacy.values())
-    base = resolve_criterion(criterion, legacy, "prune") if given else None
-    batches = as_batches(calibration, "prune", minimum=2)
-    return Calibrated(
-        batches, max_output_change, base=base, min_rank=1 if min_rank is None else min_rank
-    )
-
-
-def _held_out_probe(
-    model: nn.Module, crit: Any, calibration: Iterable[Any] | None, dry_run: bool
-) -> OutputProbe | None:
-    """Reference outputs of the unpruned model: on the held-out batches of a calibrated
-    criterion, else on ``calibration`` (measured only); none for a dry run."""
-    if dry_run:
-        return None
-    if isinstance(crit, Calibrated):
-        return OutputProbe(model, crit.held_batches, numbers=crit.held_numbers)
-    if calibration is not None:
-        return OutputProbe(model, as_batches(calibration, "prune"))
-    return None
-
-
-def _with_output_change(
-    report: PruneReport, crit: Any, probe: OutputProbe | None, target: nn.Module
-) -> PruneReport:
-    """The report with the output change the pruned ``target`` really has."""
-    if not isinstance(crit, Calibrated):
-        if probe is None:
-            return report
-        return dataclasses.replace(report, output_change=probe.change(target))
-    change = crit.output_change_ if probe is None else probe.change(target)
-    if change > crit.max_output_change * (1 + 1e-6) + 1e-9:
-        warnings.warn(
-            f"The pruned model's held-out output change is {change:.4g}, above "
-            f"max_output_change={crit.max_output_change:g} (the criterion measured "
-            f"{crit.output_change_:.4g} on its own surgery); check split= and the layers' "
-            "adapters.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return dataclasses.replace(
-        report,
-        output_change=change,
-        output_change_fit=crit.output_change_fit_,
-        max_output_change=crit.max_output_change,
-    )
+    return target, with_output_change(report, crit, probe, target)
 
 
 def _prune_model(

@@ -53,6 +53,7 @@ from safetensors import SafetensorError, safe_open
 __all__ = [
     "INDEX_NAME",
     "PRUNED_NAME",
+    "SAFETENSORS_DTYPE",
     "SINGLE_NAME",
     "Checkpoint",
     "TensorInfo",
@@ -115,6 +116,10 @@ _TORCH_DTYPE = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+SAFETENSORS_DTYPE = {dtype: name for name, dtype in _TORCH_DTYPE.items()}
+"""The safetensors dtype string of each torch dtype it stores (``torch.bfloat16: "BF16"``)."""
+
+
 _MAX_HEADER = 100_000_000  # the limit safetensors itself enforces
 
 
