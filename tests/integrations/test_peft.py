@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import prune as torch_prune
 
 import rmtprune
 from rmtprune.factorize import LowRankLinear, get_adapter, set_submodule, truncated_svd
@@ -272,3 +273,75 @@ def test_forward_backward_step_trains_the_adapters(
     optimizer.step()
     after = _lora_params(out)
     assert all(not torch.equal(before[n], after[n]) for n in before)
+
+
+def _truncate_in_place(model: nn.Module, ranks: dict[str, int]) -> None:
+    """Replace each named linear layer's weight by its best rank-r approximation (float64 SVD)."""
+    with torch.no_grad():
+        for name, rank in ranks.items():
+            weight = model.get_submodule(name).weight
+            U, s, Vh = torch.linalg.svd(weight.double(), full_matrices=False)
+            weight.copy_((U[:, :rank] * s[:rank]) @ Vh[:rank])
+
+
+def test_a_model_with_hooks_frozen_layers_a_mask_and_lora_behaves_as_the_report_says() -> None:
+    """Issue 20's "done when": everything attached at once, then the report is checked against
+    the model: the split layers compute the truncated function, the masked layer is left as it
+    was (skipped with the reason), the hook on a split base fires with the truncated output,
+    frozen stays frozen, the adapters train, and the merge is exact."""
+    masked = "base_model.model.encoder.layer.1.intermediate.dense"
+    select = rmtprune.Select(min_dim=2, exclude="*embeddings*")
+
+    def build() -> nn.Module:
+        model = _lora_bert()
+        torch_prune.l1_unstructured(model.get_submodule(masked), "weight", amount=0.5)
+        return model
+
+    model = build()
+    seen: list[torch.Tensor] = []
+    hook = model.get_submodule(Q0).base_layer.register_forward_hook(
+        lambda module, args, output: seen.append(output.detach().clone())
+    )
+    out, report = rmtprune.prune(model, criterion=rmtprune.FixedRank(RANK), select=select)
+    rows = {r.name: r for r in report.layers}
+    assert rows[masked].action == "skipped"
+    assert "torch.nn.utils.prune mask" in rows[masked].reason
+    assert rows[f"{Q0}.base_layer"].action == "split"
+    assert all(r.action == "skipped" for n, r in rows.items() if ".lora_" in n)
+    split = _split_ranks(report)
+    assert f"{Q0}.base_layer" in split and masked not in split and len(split) > 4
+
+    reference = build()  # the same model, truncated by hand where the report says "split"
+    _truncate_in_place(reference, split)
+    reference.eval()
+    ref_seen: list[torch.Tensor] = []
+    reference.get_submodule(Q0).base_layer.register_forward_hook(
+        lambda module, args, output: ref_seen.append(output.detach().clone())
+    )
+    seen.clear()
+    torch.testing.assert_close(_out(out), _out(reference), rtol=1e-10, atol=1e-10)
+    assert len(ref_seen) == 1
+    assert len(seen) == 1  # the user's hook came along, and fires once
+    torch.testing.assert_close(seen[0], ref_seen[0], rtol=1e-10, atol=1e-10)
+    hook.remove()  # the handle belongs to the original model; the pruned copy has its own hook
+    _out(model)
+    _out(out)
+    assert len(seen) == 2
+
+    mask = out.get_submodule(masked).weight_mask
+    assert torch.equal(mask, model.get_submodule(masked).weight_mask)
+    assert float((out.get_submodule(masked).weight == 0).double().mean()) == pytest.approx(0.5)
+    assert report.params_after == sum(p.numel() for p in out.parameters())
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    for name, p in out.named_parameters():
+        owner = name.rsplit(".", 2)[0] if ".first." in name or ".second." in name else None
+        if ".lora_" in name:
+            assert p.requires_grad, name
+        elif owner is not None:  # a factor: frozen exactly when its layer's weight was
+            assert not p.requires_grad and f"{owner}.weight" in frozen, name
+        else:
+            assert p.requires_grad == (name not in frozen), name
+
+    expected = _out(out)
+    merged = out.merge_and_unload()
+    torch.testing.assert_close(_out(merged), expected, rtol=1e-12, atol=1e-12)
