@@ -103,3 +103,20 @@ def test_outputs_apart_from_the_input_and_each_other_pass(tmp_path: Path) -> Non
     )
     with pytest.raises(ValueError, match="--json and -o/--output both name"):
         check_apart([source], files={"--json": tmp_path / "x", "-o/--output": tmp_path / "x"})
+
+
+@pytest.mark.parametrize("command", ["reproduce", "demo"])
+def test_experiment_out_may_not_be_or_hold_the_data_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    data = tmp_path / "data"
+    (data / "mnist").mkdir(parents=True)
+    (data / "mnist" / "train-images-idx3-ubyte").write_bytes(b"pixels")
+    before = _contents(data / "mnist")
+    argv = [command, "fc-mnist", "--preset", "smoke"] if command == "reproduce" else [command]
+    for out in (data, tmp_path):
+        assert main([*argv, "--data-dir", str(data), "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out} is or contains the input directory {data}" in err
+    assert _contents(data / "mnist") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

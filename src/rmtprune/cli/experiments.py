@@ -7,6 +7,8 @@ parses and forwards to :mod:`rmtprune.paper.experiments`.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["add_demo_parser", "add_reproduce_parser", "cmd_demo", "cmd_reproduce"]
@@ -129,6 +131,20 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_out(args: argparse.Namespace, imports: Sequence[str] = ()) -> None:
+    """``--out`` is a writable directory that is not, and does not contain, the data root or a
+    run whose seeds are imported (:func:`rmtprune._util.apart.check_apart`)."""
+    if args.out is None:
+        return
+    from rmtprune._util.apart import check_apart
+    from rmtprune._util.fileio import check_output_dir
+    from rmtprune.paper.data.layout import resolve_data_dir
+
+    check_output_dir(args.out, what="--out")
+    inputs = [resolve_data_dir(args.data_dir), *(Path(p) for p in imports)]
+    check_apart([p for p in inputs if p.exists()], directories={"--out": args.out})
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from rmtprune.paper.experiments import reproduce
     from rmtprune.paper.experiments.runner import all_experiments
@@ -137,10 +153,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         for key, title in all_experiments().items():
             print(f"{key:12s} {title}")
         return 0 if args.list else 2
-    if args.out is not None:
-        from rmtprune._util.fileio import check_output_dir
-
-        check_output_dir(args.out, what="--out")
+    _check_out(args, args.import_seeds)
     result = reproduce(
         args.experiment,
         preset=args.preset,
@@ -163,11 +176,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         run_synthetic_demo(seed=args.seed)
         return 0
-    from rmtprune._util.fileio import check_output_dir
     from rmtprune.paper.experiments import DEMO_CONFIG, run_demo
 
-    if args.out is not None:
-        check_output_dir(args.out, what="--out")
+    _check_out(args)
     run_demo(  # prints the comparison, the verdicts and where the report is
         data_dir=args.data_dir,
         download=args.download,
