@@ -29,7 +29,7 @@ model, gives it the current pruned structure and those weights, and steps the pr
 it broadcasts the report, the new structure and the pruner's state.  When the model changed,
 every rank builds a new model, applies the structure, calls ``shard`` on it, and loads rank 0's
 pruned weights (``set_model_state_dict(..., broadcast_from_rank0=True)``); then every
-optimizer is edited in place: each surviving parameter (same name, same shape) is replaced by
+optimizer is edited in place: each parameter pruning left in place (on rank 0) is replaced by
 its new ``DTensor`` and keeps its state, the factors and the new bias of a split layer are
 placed as :func:`rmtprune.update_optimizer` places them.  ``build`` runs under
 ``torch.random.fork_rng``, so the global random state is untouched.  At other epochs nothing
