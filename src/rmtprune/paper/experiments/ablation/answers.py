@@ -194,7 +194,8 @@ def _closeness_verdict(c: PairedComparison, recovered: float) -> ClaimVerdict:
         "(d) How close MP pruning alone gets to L1+L2 alone.",
         verdict,
         f"{paired_text(c, 'MP only', 'L1+L2 only')}. Share of L1+L2's gain over neither that "
-        f"MP pruning alone recovers, (mp − neither)/(l1l2 − neither) of the means: {share}.",
+        f"MP pruning alone recovers, (mp − neither)/(l1l2 − neither) of the means: {share} "
+        "(descriptive; it means little unless L1+L2 only is clearly above neither).",
     )
 
 
