@@ -185,7 +185,19 @@ def test_reproduce_lists_every_experiment(capsys: pytest.CaptureFixture[str]) ->
         "init",
         "regression",
         "landscape",
+        "ablation",
     ]
+
+
+def test_reproduce_takes_the_ablation_presets_for_the_ablation_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["reproduce", "fc-mnist", "--preset", "manuscript-small", "--quiet"]
+    assert main(argv) != 0  # the parser knows the preset; fc-mnist refuses it, naming its own
+    assert "one of ['smoke', 'small', 'paper']. Got 'manuscript-small'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["reproduce", "ablation", "--preset", "huge"])
+    assert "manuscript-small" in capsys.readouterr().err  # argparse lists every preset
 
 
 @pytest.mark.parametrize("command", ["analyze", "prune"])

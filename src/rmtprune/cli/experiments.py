@@ -60,9 +60,11 @@ def _add_run_options(p: argparse.ArgumentParser, seeds_default: str) -> None:
 
 def add_reproduce_parser(sub: Any) -> None:
     from rmtprune.paper.experiments.config import PRESETS
-    from rmtprune.paper.experiments.registry import get_config, list_experiments
+    from rmtprune.paper.experiments.registry import EXPERIMENTS, get_config, list_experiments
 
     first = list_experiments()[0]
+    choices = list(dict.fromkeys(p for e in EXPERIMENTS.values() for p in e.presets))
+    extra = [p for p in choices if p not in PRESETS]
     preset_seeds = ", ".join(f"{p} {len(get_config(first, p).seeds)}" for p in PRESETS)
     r = sub.add_parser(
         "reproduce",
@@ -76,9 +78,10 @@ def add_reproduce_parser(sub: Any) -> None:
     r.add_argument("--list", action="store_true", help="list the experiments and exit")
     r.add_argument(
         "--preset",
-        choices=PRESETS,
+        choices=choices,
         default="small",
-        help="scale: smoke (seconds), small (minutes here), paper (hours) (default: %(default)s)",
+        help="scale: smoke (seconds), small (minutes here), paper (hours); the ablation also "
+        f"has {', '.join(extra)} (the authors' manuscript protocol) (default: %(default)s)",
     )
     _add_run_options(r, f"the preset's seeds, for {first}: {preset_seeds}")
     r.add_argument(

@@ -1,8 +1,8 @@
 """Session-wide fixtures of the experiment tests: one data root, one smoke run per experiment.
 
-Every test module that needs data, a finished smoke run of a classification experiment or
-the regression experiment's smoke run uses these, so ``make test-fast`` trains each smoke
-preset once per session.
+Every test module that needs data, a finished smoke run of a classification experiment,
+the regression experiment's or the ablation's smoke run uses these, so ``make test-fast``
+trains each smoke preset once per session.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rmtprune.paper.experiments import RunResult, reproduce
+from rmtprune.paper.experiments.ablation.results import AblationRun
 from rmtprune.paper.experiments.analysis.experiments import AnalysisRun, reproduce_analysis
 from rmtprune.paper.experiments.classification.experiments import CLASSIFICATION_EXPERIMENTS
 
@@ -45,3 +46,15 @@ def regression_smoke(tmp_path_factory: pytest.TempPathFactory) -> AnalysisRun:
     """
     out = tmp_path_factory.mktemp("regression-smoke") / "run"
     return reproduce_analysis("regression", preset="smoke", out=out, progress=False)
+
+
+@pytest.fixture(scope="session")
+def ablation_smoke(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> AblationRun:
+    """The ablation's smoke preset (both data sets, 2 seeds, 2 epochs), run once per session.
+
+    Tests must copy the directory before changing or deleting anything in it.
+    """
+    out = tmp_path_factory.mktemp("ablation-smoke") / "run"
+    result = reproduce("ablation", preset="smoke", out=out, data_dir=data_root, progress=False)
+    assert isinstance(result, AblationRun)
+    return result

@@ -26,7 +26,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def test_every_experiment_is_listed() -> None:
     classification = ["fc-mnist", "fc-fashion", "cnn-mnist", "cnn-fashion", "fc-cifar10"]
     analysis = ["theory", "init", "regression", "landscape"]
-    assert list(all_experiments()) == [*classification, *analysis]
+    assert list(all_experiments()) == [*classification, *analysis, "ablation"]
     assert all_experiments()["theory"].startswith("Section 4 / B.1: W = R + S")
 
 

@@ -8,7 +8,8 @@ dictionary of what was found.  The five classification experiments
 (:class:`rmtprune.paper.experiments.classification.experiments.ClassificationExperiment`) and
 the four analysis experiments
 (:class:`rmtprune.paper.experiments.analysis.experiments.AnalysisExperiment`) both satisfy it;
-:data:`rmtprune.paper.experiments.registry.EXPERIMENTS` holds all nine.
+:data:`rmtprune.paper.experiments.registry.EXPERIMENTS` holds all nine, and the ablation
+(:class:`rmtprune.paper.experiments.ablation.experiment.AblationExperiment`).
 
 Example
 -------

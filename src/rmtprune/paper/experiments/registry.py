@@ -1,10 +1,12 @@
-"""The one registry of the paper's nine experiments.
+"""The one registry of the experiments: the paper's nine and the ablation.
 
 :data:`EXPERIMENTS` maps each id that :func:`rmtprune.paper.experiments.reproduce` and
 ``rmtprune reproduce`` accept to its :class:`rmtprune.paper.experiments.protocol.Experiment`:
 the five classification experiments of docs/method.md section 6
 (:mod:`rmtprune.paper.experiments.classification.experiments`, with their presets) first,
-then the four analysis experiments (:mod:`rmtprune.paper.experiments.analysis.experiments`).
+then the four analysis experiments (:mod:`rmtprune.paper.experiments.analysis.experiments`),
+then the regularisation × pruning ablation
+(:mod:`rmtprune.paper.experiments.ablation.experiment`).
 Each has an id, a section, a title, its presets and ``reproduce(...)``, which returns an
 :class:`rmtprune.paper.experiments.protocol.ExperimentResult`.
 
@@ -12,7 +14,7 @@ Example
 -------
 >>> from rmtprune.paper.experiments import get_config, list_experiments
 >>> list_experiments()
-('fc-mnist', 'fc-fashion', 'cnn-mnist', 'cnn-fashion', 'fc-cifar10', 'theory', 'init', 'regression', 'landscape')
+('fc-mnist', 'fc-fashion', 'cnn-mnist', 'cnn-fashion', 'fc-cifar10', 'theory', 'init', 'regression', 'landscape', 'ablation')
 >>> get_experiment("landscape").section
 'Section 3.2.1'
 >>> get_config("cnn-mnist", "paper").conv_fit_cutoff
@@ -25,6 +27,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from rmtprune._util.validation import param_error
+from rmtprune.paper.experiments.ablation.experiment import ABLATION_EXPERIMENTS
 from rmtprune.paper.experiments.analysis.experiments import ANALYSIS_EXPERIMENTS
 from rmtprune.paper.experiments.classification.experiments import (
     CLASSIFICATION_EXPERIMENTS,
@@ -41,18 +44,18 @@ __all__ = [
 ]
 
 EXPERIMENTS: Mapping[str, Experiment] = MappingProxyType(
-    {**CLASSIFICATION_EXPERIMENTS, **ANALYSIS_EXPERIMENTS}
+    {**CLASSIFICATION_EXPERIMENTS, **ANALYSIS_EXPERIMENTS, **ABLATION_EXPERIMENTS}
 )
-"""Every experiment of the paper by id: five classification, then four analysis experiments."""
+"""Every experiment by id: five classification, four analysis experiments, the ablation."""
 
 
 def list_experiments() -> tuple[str, ...]:
-    """Ids of the experiments :func:`rmtprune.paper.experiments.reproduce` runs (all nine).
+    """Ids of the experiments :func:`rmtprune.paper.experiments.reproduce` runs (all ten).
 
     Examples
     --------
     >>> len(list_experiments()), "fc-cifar10" in list_experiments(), "theory" in list_experiments()
-    (9, True, True)
+    (10, True, True)
     """
     return tuple(EXPERIMENTS)
 

@@ -1,21 +1,22 @@
-"""``reproduce``: one entry point for all nine experiments of the paper.
+"""``reproduce``: one entry point for all ten experiments (the paper's nine and the ablation).
 
 Every experiment of the one registry :data:`rmtprune.paper.experiments.registry.EXPERIMENTS`
 runs through its own ``reproduce``: the five classification experiments through
 :func:`rmtprune.paper.experiments.classification.run.run_experiment`, the four analysis
-experiments through :func:`rmtprune.paper.experiments.analysis.experiments.reproduce_analysis`;
-both write one run directory with the resolved configuration, ``environment.json``, metrics,
+experiments through :func:`rmtprune.paper.experiments.analysis.experiments.reproduce_analysis`,
+the ablation through :func:`rmtprune.paper.experiments.ablation.run.run_ablation`; each
+writes one run directory with the resolved configuration, ``environment.json``, metrics,
 figures and ``report.md`` / ``report.html`` by the rules of
 :mod:`rmtprune.paper.experiments.rundir`: a second call on the same directory resumes the
 run (finished seeds or units are loaded, not computed again), one with another
 configuration is refused naming the differing fields, and so is a non-empty directory
-that holds no run.  :func:`all_experiments` lists the nine ids.
+that holds no run.  :func:`all_experiments` lists the ten ids.
 
 Example
 -------
 >>> from rmtprune.paper.experiments.runner import all_experiments
 >>> len(all_experiments())
-9
+10
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from rmtprune._util.validation import param_error
 from rmtprune.paper.experiments.classification.run import environment, render_run, run_experiment
 from rmtprune.paper.experiments.protocol import ExperimentResult
 from rmtprune.paper.experiments.registry import EXPERIMENTS, all_experiments
-from rmtprune.paper.presets import PRESETS
 
 __all__ = ["all_experiments", "environment", "render_run", "reproduce", "run_experiment"]
 
@@ -53,9 +53,13 @@ def reproduce(
         One of :func:`rmtprune.paper.experiments.list_experiments`: a classification
         experiment (its result is a :class:`rmtprune.paper.experiments.results.RunResult`) or
         one of the analysis experiments ``theory``, ``init``, ``regression``, ``landscape``
-        (an :class:`rmtprune.paper.experiments.analysis.experiments.AnalysisRun`).
-    preset : {"smoke", "small", "paper"}
-        Scale (see :mod:`rmtprune.paper.experiments.classification.experiments`).
+        (an :class:`rmtprune.paper.experiments.analysis.experiments.AnalysisRun`), or
+        ``ablation`` (an :class:`rmtprune.paper.experiments.ablation.run.AblationRun`).
+    preset : str
+        Scale: ``"smoke"``, ``"small"`` or ``"paper"`` (see
+        :mod:`rmtprune.paper.experiments.classification.experiments`); the ablation also
+        has ``"manuscript-small"`` and ``"manuscript"``
+        (:mod:`rmtprune.paper.experiments.ablation.experiment`).
     seeds : int, str, sequence of int or None
         ``K`` runs seeds ``0, …, K−1``; a sequence (or a string such as ``"0,1,2"``
         or ``"1-2"``, see :func:`parse_seeds`) runs those seeds; None keeps the
@@ -80,8 +84,9 @@ def reproduce(
     if experiment_id not in EXPERIMENTS:
         expected = f"one of {list(all_experiments())}"
         raise param_error("experiment_id", "reproduce", expected, experiment_id)
-    if preset not in PRESETS:
-        raise param_error("preset", "reproduce", f"one of {list(PRESETS)}", preset)
+    presets = EXPERIMENTS[experiment_id].presets
+    if preset not in presets:
+        raise param_error("preset", "reproduce", f"one of {list(presets)}", preset)
     return EXPERIMENTS[experiment_id].reproduce(
         preset,
         seeds=seeds,

@@ -17,7 +17,7 @@ overrides on top:
 ``smoke``
     Tiny networks and subsets, a few epochs, for the tests (seconds).
 
-They are entries of the one registry of all nine experiments,
+They are entries of the one registry of all ten experiments,
 :data:`rmtprune.paper.experiments.registry.EXPERIMENTS`.
 
 Example

@@ -39,7 +39,7 @@ from rmtprune.pruning.report import LayerAnalysis
 from rmtprune.pruning.selection import Select
 from rmtprune.pruning.walker import analyze
 
-__all__ = ["ARMS", "EpochHook", "log", "run_seed"]
+__all__ = ["ARMS", "EpochHook", "log", "run_arm", "run_seed"]
 
 EpochHook = Callable[[int, str, EpochRecord], None]
 ARMS = ("normal", "pruned")
@@ -111,7 +111,7 @@ class _LayerLog:
         self.saved = {e: v for e, v in self.saved.items() if e <= epoch}
 
 
-def _run_arm(
+def run_arm(
     config: ExperimentConfig,
     seed: int,
     arm: str,
@@ -121,12 +121,20 @@ def _run_arm(
     resume: bool,
     progress: bool,
     hook: EpochHook | None,
+    prune: bool | None = None,
 ) -> tuple[ArmResult, nn.Module]:
+    """Train (or resume) one arm of ``seed`` in ``arm_dir``; its result and trained model.
+
+    The network is ``config.build_model(seed)`` (its initial weights' SHA-256 is stored with
+    the result) trained with ``config.train_config(seed)``; ``prune`` (default: ``arm ==
+    "pruned"``) adds the :class:`~rmtprune.SpectralPruner` of ``config``.  The layers are
+    analysed after every epoch (``layers.json``).
+    """
     model = config.build_model(seed)
     digest = _digest(model)
     initial = evaluate(model, data[1])
     initial_point = EvalPoint(baselines.count_parameters(model), initial.loss, initial.accuracy)
-    pruner = _pruner(config, model) if arm == "pruned" else None
+    pruner = _pruner(config, model) if (arm == "pruned" if prune is None else prune) else None
     layers_log = _LayerLog(config, arm_dir / "layers.json", resume)
     layers_log.saved[0] = _analyze(config, model, None)
 
@@ -247,7 +255,7 @@ def run_seed(
         return stored
     folder = rundir.seed_dir(run_dir, seed)
     arms = {
-        arm: _run_arm(
+        arm: run_arm(
             config, seed, arm, data, folder / arm, resume=resume, progress=progress, hook=hook
         )
         for arm in ARMS
