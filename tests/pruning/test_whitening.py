@@ -94,6 +94,29 @@ def test_embedding_whitening_is_the_weighted_svd() -> None:
         LayerFactors.fit(E, counts[:-1], whiten=True)
 
 
+def test_the_floor_gives_spare_rank_to_the_rows_never_looked_up() -> None:
+    """Known answer: 20 looked-up rows span 3 directions, 40 unseen rows 7 others.  At rank 5
+    the ridge floor keeps the looked-up rows exactly and the unseen rows' best 2 directions
+    (their error: their plain SVD tail); without it (ridge 0) those 2 directions are arbitrary.
+    """
+    g = torch.Generator().manual_seed(5)
+    E = torch.zeros(60, 10, dtype=torch.float64)
+    E[:20, :3] = torch.randn(20, 3, generator=g, dtype=torch.float64)
+    E[20:, 3:] = torch.randn(40, 7, generator=g, dtype=torch.float64) * torch.linspace(2, 0.2, 7)
+    counts = torch.zeros(60, dtype=torch.float64)
+    counts[:20] = torch.randint(50, 100, (20,), generator=g).to(torch.float64)
+    unseen_tail = float(torch.linalg.svdvals(E[20:, 3:])[2:].square().sum())
+
+    def unseen_error(ridge: float) -> float:
+        factors = LayerFactors.fit(E, counts, whiten=True, ridge=ridge).truncate(5)
+        got = _product(factors)
+        torch.testing.assert_close(got[:20], E[:20], rtol=0, atol=1e-9)  # seen rows exact
+        return float((got[20:] - E[20:]).square().sum())
+
+    assert unseen_error(1e-2) == pytest.approx(unseen_tail, rel=1e-9)
+    assert unseen_error(0.0) > 1.1 * unseen_tail
+
+
 def test_index_counts_leave_padding_out_and_count_shared_positions() -> None:
     model = _Encoder(30, 8, 10)
     g = torch.Generator().manual_seed(1)
@@ -166,6 +189,7 @@ def test_calibrated_prunes_the_embedding_with_its_frequency_weights() -> None:
     select = rmtprune.Select(include=["tok", "out"], min_dim=8)
     pruned, report = rmtprune.prune(model, criterion=criterion, select=select)
     assert report["tok"].action == "split" and isinstance(pruned.tok, LowRankEmbedding)
+    assert report["tok"].reason.startswith("calibrated (whitened SVD)")
     rank = report["tok"].rank_after
     assert rank < 6 * 32 * 200 // (32 + 200)
     counts = torch.zeros(vocab, dtype=torch.float64)
@@ -187,6 +211,27 @@ def test_calibrated_prunes_the_embedding_with_its_frequency_weights() -> None:
     assert report.output_change <= 0.1
 
 
+def test_a_layer_whose_inputs_cannot_be_read_is_reported_as_plain_svd(monkeypatch) -> None:
+    """``input_grams`` gives None for a layer it cannot read (a registered layer type whose
+    input is not rows of its matrix view): the reason says plain SVD, not whitened."""
+    import rmtprune.pruning.calibration as calibration
+
+    g = torch.Generator().manual_seed(6)
+    model = nn.Sequential(nn.Linear(64, 64))
+    with torch.no_grad():
+        low = torch.randn(64, 4, generator=g) @ torch.randn(4, 64, generator=g) / 8
+        model[0].weight.copy_(low + 0.01 * torch.randn(64, 64, generator=g))
+    batches = [torch.randn(32, 64, generator=g) for _ in range(4)]
+    monkeypatch.setattr(
+        calibration, "input_grams", lambda _m, layers, *_a, **_k: dict.fromkeys(layers)
+    )
+    _, report = rmtprune.prune(model, criterion=Calibrated(batches, 0.2, whiten=True))
+    assert report["0"].action == "split"
+    assert report["0"].reason.startswith(
+        "calibrated (plain SVD: its inputs could not be read for whitening)"
+    )
+
+
 # --- convolutions: unfolded inputs ---------------------------------------------------------------
 
 _CONVS = [
@@ -206,7 +251,9 @@ def test_conv_whitening_is_the_closed_form_optimum(options: dict) -> None:
     conv = nn.Conv2d(3, 10, bias=False, **options).double()
     n = conv.weight[0].numel()
     scale = torch.tensor([0.2, 1.0, 3.0], dtype=torch.float64)[None, :, None, None]
-    x = torch.randn(4, 3, 9, 9, generator=g, dtype=torch.float64) * scale  # anisotropic
+    # anisotropic inputs, as wide as the matrix view: reading rows of the last dimension
+    # (what a convolution is not) would find the right length
+    x = torch.randn(4, 3, 9, n, generator=g, dtype=torch.float64) * scale
     gram = input_grams(conv, {"": (conv, n)}, [x])[""]
     assert gram is not None and gram.shape == (n, n)
     W = conv.weight.detach().reshape(10, n)
