@@ -115,7 +115,10 @@ class Calibrated:
         (``decide``) or model-level (``decide_model``).  ``None`` (default): any rank down
         to ``min_rank``.
     whiten : bool
-        Factor each layer by activation-whitened SVD (SVD-LLM) instead of plain SVD.
+        Factor each layer by activation-whitened SVD (SVD-LLM) instead of plain SVD:
+        every layer type in the metric of its own inputs (an embedding weighted by how often
+        each row is looked up, a convolution by its unfolded inputs;
+        :mod:`rmtprune.pruning.whitening`).
     holdout : float
         Fraction of the batches held out from everything fitted, in (0, 1).
     ridge : float
@@ -251,8 +254,11 @@ class Calibrated:
         out: dict[str, RankDecision] = {}
         for c, rank in zip(cands, config, strict=True):
             kept = f"rank {rank} of {c.current}" if rank < c.current else "all values"
+            how = "whitened SVD" if c.factors is not None and c.factors.whitened else "plain SVD"
+            if self.whiten and how == "plain SVD":
+                how += ": its inputs could not be read for whitening"
             reason = (
-                f"calibrated ({'whitened' if self.whiten else 'plain'} SVD): keeps {kept}; "
+                f"calibrated ({how}): keeps {kept}; "
                 f"output change {self.output_change_:.3g} held out ≤ {self.max_output_change:g}"
             )
             factors = None

@@ -15,8 +15,28 @@ it is the best rank-``r`` approximation in the Frobenius norm, not in the data's
 the (regularised) inputs.  ``λ > 0`` keeps directions the calibration data never visits from
 being treated as free, which is what makes a whitened truncation overfit its calibration
 set.  Both factorizations return triplets ``(U_r, s_r, Vh_r)`` with ``W' = U_r diag(s_r)
-Vh_r``, ready for :meth:`rmtprune.factorize.registry.LayerAdapter.rebuild` (which does not
-need ``Vh_r`` orthonormal).
+Vh_r``, ready for :meth:`rmtprune.factorize.registry.LayerAdapter.rebuild` (which needs
+neither ``U_r`` nor ``Vh_r`` orthonormal).
+
+Which inputs each layer type has:
+
+* ``nn.Linear``, HF ``Conv1D`` and their factorized forms: the rows of the input tensor's last
+  dimension (padded tokens left out, :func:`_layer_inputs`).
+* ``nn.Conv2d`` (and :class:`~rmtprune.factorize.LowRankConv2d`, read through its first
+  convolution): the columns of ``F.unfold`` (length ``in · kh · kw``, the kernel's matrix
+  view), after padding the input as the convolution does: ``'zeros'``, ``'reflect'``,
+  ``'replicate'`` and ``'circular'`` modes, integer padding, ``'valid'`` and ``'same'``
+  (PyTorch's split of an odd total: the extra row and column at the bottom and right).
+* ``nn.Embedding`` (and :class:`~rmtprune.factorize.LowRankEmbedding`): an embedding with
+  table ``E`` (``vocab × d``, the matrix view, whose *rows* are indexed by the input) computes
+  ``Eᵀ x`` for one-hot ``x``, so the Gram matrix of its inputs is ``diag(c)`` with ``c_t``
+  the number of times index ``t`` is looked up (padded positions left out).  It is kept as
+  the vector ``c`` and weights the rows: the output error is ``Σ_t c_t ‖e_t − e'_t‖²``.
+  Whitened, with ``d = c + λ`` (``λ = ridge · mean(c)``: a floor, so that indices the
+  calibration data never looks up still count) and the SVD ``diag(√d) E = U diag(σ) Zᵀ``,
+  ``E' = E Z_r Z_rᵀ``: every row, seen or not, is projected onto the ``r`` directions that
+  matter most to the weighted rows; ``Σ_t d_t ‖e_t − e'_t‖² = Σ_{i>r} σ_i²`` is the least
+  any rank-``r`` table reaches.  A row that is zero (a padding row) stays exactly zero.
 
 Example
 -------
@@ -39,10 +59,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rmtprune.factorize.lowrank import LowRankConv2d
+from rmtprune.factorize.lowrank_embedding import LowRankEmbedding
 from rmtprune.factorize.registry import get_adapter, set_submodule
 from rmtprune.pruning.outputs import check_finite, position_mask, run_batch
 
 __all__ = ["LayerFactors", "factorize_at", "input_grams"]
+
+
+def _conv_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    """``(left, right, top, bottom)``: the padding ``conv`` adds to its input, as ``F.pad``
+    takes it (``'same'``: PyTorch's split, the odd one at the right and the bottom)."""
+    (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
+    if conv.padding == "valid":
+        return (0, 0, 0, 0)
+    if conv.padding == "same":
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+    ph, pw = conv.padding  # type: ignore[str-unpack]  # a tuple here: the strings are above
+    return (int(pw), int(pw), int(ph), int(ph))
+
+
+def _unfolded(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
+    """The convolution's input patches as rows of length ``in · kh · kw``, or None.
+
+    The input is padded as the convolution pads it (``F.pad`` in its ``padding_mode``), then
+    unfolded without padding: ``conv(x)`` is ``W`` (the kernel's matrix view) times each row.
+    """
+    if x.dim() == 3:  # an unbatched (C, H, W) input
+        x = x.unsqueeze(0)
+    if x.dim() != 4 or x.shape[1] != conv.in_channels or not x.is_floating_point():
+        return None
+    pads = _conv_padding(conv)
+    if any(pads):
+        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        x = F.pad(x, pads, mode=mode)
+    cols = F.unfold(x, conv.kernel_size, conv.dilation, 0, conv.stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
 def _layer_inputs(
@@ -50,16 +103,15 @@ def _layer_inputs(
 ) -> torch.Tensor | None:
     """The inputs of ``module`` as rows of length ``n`` (the matrix view's columns), or None.
 
-    Rows at padded positions are left out: when ``batch`` is a mapping with an
+    A convolution's rows are its unfolded input patches (:func:`_unfolded`).  Otherwise rows
+    at padded positions are left out: when ``batch`` is a mapping with an
     ``attention_mask`` of shape ``(B, T)`` and ``x`` (3-D or more) starts with ``(B, T)``,
     as the output change leaves them out (:func:`rmtprune.pruning.outputs.position_mask`).
     """
-    if isinstance(module, nn.Conv2d) and x.dim() == 4 and module.padding_mode == "zeros":
-        padding = module.padding
-        if isinstance(padding, str):
-            return None
-        cols = F.unfold(x, module.kernel_size, module.dilation, padding, module.stride)
-        return cols.transpose(1, 2).reshape(-1, n) if cols.shape[1] == n else None
+    conv = module.first if isinstance(module, LowRankConv2d) else module
+    if isinstance(conv, nn.Conv2d):
+        rows = _unfolded(conv, x)
+        return rows if rows is not None and rows.shape[1] == n else None
     if not x.is_floating_point() or x.shape[-1] != n:
         return None
     mask = position_mask(batch, x) if x.dim() >= 3 else None
@@ -67,6 +119,39 @@ def _layer_inputs(
         return x.reshape(-1, n)
     keep = mask.expand(*x.shape[:-1], 1).reshape(-1) != 0
     return x.reshape(-1, n)[keep.to(x.device)]
+
+
+def _index_counts(vocab: int, x: torch.Tensor, batch: Any = None) -> torch.Tensor | None:
+    """How often each of the ``vocab`` indices in ``x`` is looked up (float64), or None.
+
+    Padded positions do not count: with an ``attention_mask`` of shape ``(B, T)`` in a
+    mapping ``batch``, indices of shape ``(B, T, ...)`` are weighted by it, and a ``(1, T)``
+    row shared by the batch (position ids) counts once per real token at each position.
+    """
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        return None
+    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+    if (
+        isinstance(mask, torch.Tensor)
+        and mask.dim() == 2
+        and x.dim() == 2
+        and x.shape[0] == 1
+        and x.shape[1] == mask.shape[1]
+    ):
+        x = x.expand(mask.shape)
+    weights = position_mask(batch, x)
+    index = x.reshape(-1).cpu()
+    w = None if weights is None else weights.expand(x.shape).reshape(-1).cpu()
+    inside = (index >= 0) & (index < vocab)  # others make the lookup itself fail
+    w = None if w is None else w[inside]
+    return torch.bincount(index[inside], weights=w, minlength=vocab).to(torch.float64)
+
+
+def _vocab(module: nn.Module) -> int | None:
+    """The number of rows of an embedding's table, or None for other layers."""
+    if isinstance(module, (nn.Embedding, LowRankEmbedding)):
+        return int(module.num_embeddings)
+    return None
 
 
 @contextmanager
@@ -91,10 +176,13 @@ def input_grams(
 ) -> dict[str, torch.Tensor | None]:
     """Input Gram matrices ``XᵀX`` (float64, ``n × n``) of the named layers on ``batches``.
 
-    ``layers`` maps a name to ``(module, n)``.  A layer whose input cannot be read as rows of
-    length ``n`` (an embedding, a strided conv with string padding, ...) gets ``None``.
-    Padded tokens (``attention_mask`` of a mapping batch, see :func:`_layer_inputs`) do not
-    count.
+    ``layers`` maps a name to ``(module, n)``.  A convolution's rows are its unfolded input
+    patches.  An embedding (``nn.Embedding``, :class:`~rmtprune.factorize.LowRankEmbedding`)
+    gets the diagonal of its one-hot inputs' Gram matrix: the 1-D vector of how often each
+    index is looked up (length ``num_embeddings``; it weights the rows of the matrix view, see
+    the module doc).  A layer whose input cannot be read as rows of length ``n`` (or as
+    indices) gets ``None``.  Padded tokens (``attention_mask`` of a mapping batch, see
+    :func:`_layer_inputs` and :func:`_index_counts`) do not count.
     The model runs in eval mode without gradients; its mode is restored.
 
     A batch holding NaN or Inf, a batch the model cannot run, and a layer input that is not
@@ -111,16 +199,22 @@ def input_grams(
     def record(name: str, args: Any) -> None:
         module, n = layers[name]
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        rows = None if x is None else _layer_inputs(module, x.detach(), n, current[0])
-        if rows is None or not readable[name]:
+        vocab = _vocab(module)
+        gram: torch.Tensor | None = None
+        if x is not None and vocab is not None:
+            gram = _index_counts(vocab, x.detach(), current[0])
+        elif x is not None:
+            rows = _layer_inputs(module, x.detach(), n, current[0])
+            if rows is not None:
+                rows = rows.to(torch.float64).cpu()
+                if not bool(torch.isfinite(rows).all()):
+                    non_finite.append(name)
+                    return
+                gram = rows.T @ rows
+        if gram is None or not readable[name]:
             readable[name] = False
             return
-        rows = rows.to(torch.float64).cpu()
-        if not bool(torch.isfinite(rows).all()):
-            non_finite.append(name)
-            return
         previous = grams.get(name)
-        gram = rows.T @ rows
         grams[name] = gram if previous is None else previous + gram
 
     was_training = model.training
@@ -148,7 +242,9 @@ class LayerFactors:
 
     ``tail_error2[r]`` is the squared output error ``‖(W − W_r) Xᵀ‖_F²`` of keeping the top
     ``r`` triplets (``r = 0 … p``) on the inputs whose Gram matrix was given (plus
-    ``λ ‖W − W_r‖_F²`` when whitened); with no Gram matrix the identity is used.
+    ``λ ‖W − W_r‖_F²`` when whitened); with no Gram matrix the identity is used.  For an
+    embedding (a 1-D ``gram``: index counts ``c`` weighting the rows) it is
+    ``Σ_t c_t ‖e_t − e'_t‖²`` (plus ``λ ‖E − E_r‖_F²`` when whitened).
     """
 
     U: torch.Tensor
@@ -166,9 +262,21 @@ class LayerFactors:
         whiten: bool,
         ridge: float = 1e-2,
     ) -> LayerFactors:
-        """Factor ``matrix`` (``m × n``) plainly or whitened by ``gram`` (see the module doc)."""
+        """Factor ``matrix`` (``m × n``) plainly or whitened by ``gram`` (see the module doc).
+
+        ``gram`` is the ``n × n`` input Gram matrix, or for an embedding the 1-D vector of its
+        ``m`` index counts (the rows' weights), or None.
+        """
         W = matrix.detach().to(device="cpu", dtype=torch.float64)
-        n = W.shape[1]
+        m, n = W.shape
+        if gram is not None and gram.dim() == 1:
+            if gram.shape[0] != m:
+                raise ValueError(
+                    "The 'gram' parameter of LayerFactors.fit, given as row weights (index "
+                    f"counts), must have length {m} (the matrix's rows). Got "
+                    f"{gram.shape[0]} instead."
+                )
+            return cls._fit_rows(W, gram.to(torch.float64), whiten=whiten, ridge=ridge)
         if whiten and gram is not None:
             scale = float(torch.trace(gram)) / n
             lam = ridge * scale if scale > 0 else max(ridge, 1e-12)
@@ -185,13 +293,35 @@ class LayerFactors:
                 g = gram.to(torch.float64)
                 weights = s.square() * torch.einsum("ij,jk,ik->i", Vh, g, Vh)
             whiten = False
-        reverse = torch.flip(weights, (0,)).cumsum(0)
-        tail = torch.cat([torch.flip(reverse, (0,)), torch.zeros(1, dtype=torch.float64)])
-        return cls(U, s, Vh, tail.clamp_min(0.0), bool(whiten))
+        return cls(U, s, Vh, _tail(weights), bool(whiten))
+
+    @classmethod
+    def _fit_rows(
+        cls, W: torch.Tensor, counts: torch.Tensor, *, whiten: bool, ridge: float
+    ) -> LayerFactors:
+        """An embedding's table ``W`` whose rows are weighted by their index ``counts``."""
+        if whiten:
+            scale = float(counts.sum()) / W.shape[0]
+            lam = ridge * scale if scale > 0 else max(ridge, 1e-12)
+            _, s, Vh = torch.linalg.svd((counts + lam).sqrt()[:, None] * W, full_matrices=False)
+            # U diag(s) Vh = W Z Zᵀ: every row projected onto the weighted rows' directions
+            # (no division by the weights, so rows that were never looked up stay finite).
+            U = (W @ Vh.T) / torch.where(s > 0, s, torch.ones_like(s))
+            return cls(U, s, Vh, _tail(s.square()), True)
+        U, s, Vh = torch.linalg.svd(W, full_matrices=False)
+        weights = s.square() * (counts[:, None] * U.square()).sum(0)
+        return cls(U, s, Vh, _tail(weights), False)
 
     def truncate(self, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The top-``rank`` triplets ``(U_r, s_r, Vh_r)``."""
         return self.U[:, :rank], self.s[:rank], self.Vh[:rank]
+
+
+def _tail(weights: torch.Tensor) -> torch.Tensor:
+    """``tail[r] = Σ_{i ≥ r} weights_i`` for ``r = 0 … p`` (clamped at 0)."""
+    reverse = torch.flip(weights, (0,)).cumsum(0)
+    tail = torch.cat([torch.flip(reverse, (0,)), torch.zeros(1, dtype=torch.float64)])
+    return tail.clamp_min(0.0)
 
 
 def factorize_at(
@@ -206,7 +336,8 @@ def factorize_at(
 
     This compares factorizations at *equal parameter counts*: the same ranks, so the same
     sizes, with plain SVD or with activation-whitened SVD (input Gram matrices from
-    ``batches``; needed when ``whiten``).  ``model`` is not modified.
+    ``batches``; needed when ``whiten``; for an embedding its index counts, for a
+    convolution its unfolded inputs, see the module doc).  ``model`` is not modified.
 
     >>> import torch
     >>> model = torch.nn.Sequential(torch.nn.Linear(8, 6))
