@@ -143,3 +143,25 @@ def test_constructors_reject_bad_input() -> None:
         LowRankConv2d.from_factors(torch.ones(1, 17), torch.ones(4, 1), None, nn.Conv2d(2, 4, 3))
     with pytest.raises(ValueError, match="'padding_mode'"):
         LowRankConv2d(2, 3, 1, 3, padding_mode="mirror")
+
+
+def test_a_split_layer_is_called_by_keyword_as_the_layer_it_replaces() -> None:
+    """A model that calls its layers by keyword (``layer(input=x)``, HF ``Conv1D``: ``x=``)
+    keeps working after the split."""
+    import rmtprune
+
+    transformers = pytest.importorskip("transformers")
+    g = torch.Generator().manual_seed(0)
+    cases = [
+        (torch.nn.Linear(12, 10), "input", torch.randn(3, 12, generator=g)),
+        (torch.nn.Conv2d(3, 8, 3), "input", torch.randn(2, 3, 6, 6, generator=g)),
+        (torch.nn.Embedding(20, 10), "input", torch.randint(0, 20, (2, 5), generator=g)),
+        (transformers.pytorch_utils.Conv1D(10, 12), "x", torch.randn(3, 12, generator=g)),
+    ]
+    for layer, keyword, x in cases:
+        model = torch.nn.Sequential(layer)
+        pruned, report = rmtprune.prune(
+            model, criterion=rmtprune.FixedRank(2), select=rmtprune.Select(min_dim=1), split=True
+        )
+        assert report.layers[0].action == "split", type(layer).__name__
+        torch.testing.assert_close(pruned[0](**{keyword: x}), pruned[0](x))

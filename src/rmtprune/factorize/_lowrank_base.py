@@ -133,9 +133,10 @@ class LowRankModule(nn.Module):
         """Lay the ``m × n`` product out as the dense layer's weight (default: itself)."""
         return matrix
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply ``second(first(x))``."""
-        return self.second(self.first(x))
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Apply ``second(first(input))`` (the argument is named as in the layer replaced, so a
+        model calling its layer by keyword keeps working)."""
+        return self.second(self.first(input))
 
     def first_matrix(self) -> torch.Tensor:
         """``W₁`` as an ``r × n`` matrix (a detached view of the parameter)."""

@@ -208,6 +208,10 @@ class LowRankConv1D(LowRankLinear):
         """Input features (``Conv1D.nx``)."""
         return self.in_features
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply ``second(first(x))`` (``x``: the argument's name in Hugging Face's ``Conv1D``)."""
+        return self.second(self.first(x))
+
     def _weight_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
         """The ``nx × nf`` layout of ``Conv1D``."""
         return matrix.t()
