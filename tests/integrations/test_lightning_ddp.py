@@ -1,0 +1,205 @@
+"""Lightning under DDP: 2 CPU processes (gloo, 127.0.0.1), strategies "ddp" and "ddp_spawn".
+
+This file is also the training script: each test runs ``python <this file> STRATEGY OUT`` in a
+subprocess (Lightning's "ddp" launcher re-runs the script for rank 1; "ddp_spawn" spawns two
+workers per ``fit``).  The script trains a reference run of 5 epochs that writes a checkpoint
+after every epoch, then resumes a freshly built module from the checkpoint written after epoch 3
+(pruned once, at the start of epoch index 2) and trains it to epoch 5.  Each rank records, after
+every pruning step, a digest of its parameters gathered from all ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from rmtprune import MPCriterion, Select, schedules  # noqa: E402
+from rmtprune.integrations.lightning import SpectralPruningCallback  # noqa: E402
+
+
+class Net(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(
+            nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 40), nn.ReLU(), nn.Linear(40, 4)
+        )
+        self.losses: list[float] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.losses.append(float(loss))
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW(self.parameters(), lr=1e-2)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
+        return [opt], [sched]
+
+
+def digest(module: nn.Module) -> str:
+    """A hash of every parameter's name, shape and bytes: equal digests, bitwise-equal weights."""
+    h = hashlib.sha256()
+    for name, p in module.named_parameters():
+        h.update(f"{name}{tuple(p.shape)}".encode())
+        h.update(p.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class Probe(pl.Callback):
+    """After the pruning callback: gathers every rank's digest at each epoch's start and end."""
+
+    def __init__(self, out: str, run: str) -> None:
+        self.out, self.run = out, run
+        self.epochs: list[dict[str, Any]] = []
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        torch.set_num_threads(1)
+
+    def _gather(self, pl_module: Any) -> list[str]:
+        mine = [digest(pl_module)]
+        got: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(got, mine[0])
+        return got
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        params = sum(p.numel() for p in pl_module.parameters())
+        self.epochs.append(
+            {"epoch": trainer.current_epoch, "params": params, "start": self._gather(pl_module)}
+        )
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self.epochs[-1]["end"] = self._gather(pl_module)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        rank = trainer.global_rank
+        pruning = next(c for c in trainer.callbacks if isinstance(c, SpectralPruningCallback))
+        wrapper = trainer.strategy.model
+        result = {
+            "epochs": self.epochs,
+            "pruned": [r.epoch for r in pruning.reports],
+            "losses": pl_module.losses,
+            "wrapper_params": [id(p) for p in wrapper.parameters()],
+            "module_params": [id(p) for p in pl_module.parameters()],
+            "optimizer_params": [
+                id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]
+            ],
+            "ddp": type(wrapper).__name__,
+        }
+        Path(self.out, f"{self.run}-rank{rank}.json").write_text(json.dumps(result))
+        torch.save(pl_module.state_dict(), Path(self.out, f"{self.run}-rank{rank}.pt"))
+
+
+def _pruning() -> SpectralPruningCallback:
+    return SpectralPruningCallback(
+        schedule=schedules.Linear(total_epochs=4), every=2, criterion=MPCriterion(min_rank=8),
+        select=Select(include=["net.0", "net.2"]), split=True,
+    )  # fmt: skip
+
+
+def _data() -> torch.utils.data.DataLoader:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 64, generator=g)
+    y = torch.randint(0, 4, (64,), generator=g)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _fit(strategy: str, out: str, run: str, epochs: int, ckpt: str | None = None) -> None:
+    if strategy == "ddp_spawn":  # each fit spawns new workers: a fresh port for each
+        os.environ["MASTER_PORT"] = str(_free_port())
+    callbacks: list[Any] = [_pruning(), Probe(out, run)]
+    if ckpt is None:
+        callbacks.append(
+            pl.callbacks.ModelCheckpoint(
+                dirpath=Path(out, "ck"), filename="{epoch}", save_top_k=-1, every_n_epochs=1
+            )
+        )
+    trainer = pl.Trainer(
+        max_epochs=epochs, accelerator="cpu", devices=2, strategy=strategy, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        default_root_dir=out, callbacks=callbacks, enable_checkpointing=ckpt is None,
+    )  # fmt: skip
+    trainer.fit(Net(), _data(), ckpt_path=ckpt)
+
+
+def main(strategy: str, out: str) -> None:
+    """The reference run (checkpoints after every epoch), then a resume from epoch 3's."""
+    torch.set_num_threads(1)
+    _fit(strategy, out, "reference", 5)
+    _fit(strategy, out, "resumed", 5, ckpt=str(Path(out, "ck", "epoch=2.ckpt")))
+
+
+def _run(strategy: str, out: Path) -> dict[str, list[dict[str, Any]]]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+    env["MASTER_PORT"] = str(_free_port())
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2] / "src"), *sys.path])
+    done = subprocess.run(
+        [sys.executable, __file__, strategy, str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return {
+        run: [json.loads(Path(out, f"{run}-rank{r}.json").read_text()) for r in range(2)]
+        for run in ("reference", "resumed")
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_pruning_under_ddp_equal_ranks_and_resume(strategy: str, tmp_path: Path) -> None:
+    results = _run(strategy, tmp_path)
+    reference, resumed = results["reference"], results["resumed"]
+    for rank in reference:
+        assert rank["pruned"] == [2, 4]  # every rank reports rank 0's decisions
+        assert rank["ddp"] == "DistributedDataParallel"
+        # the wrapper, the module and the optimizer hold the same (pruned) parameters
+        assert rank["wrapper_params"] == rank["module_params"] == rank["optimizer_params"]
+        assert all(loss == loss and abs(loss) < 1e3 for loss in rank["losses"])  # finite
+    epochs = reference[0]["epochs"]
+    assert epochs == reference[1]["epochs"]
+    assert [e["epoch"] for e in epochs] == [0, 1, 2, 3, 4]
+    params = [e["params"] for e in epochs]
+    assert params[0] == params[1] > params[2] == params[3] > params[4]  # pruned at 2 and 4
+    for e in epochs:
+        assert len(set(e["start"])) == 1, e  # after pruning: both ranks bitwise equal
+        assert len(set(e["end"])) == 1, e  # after training on
+        assert e["start"] != e["end"]  # the steps after pruning changed the weights
+    # resumed from the checkpoint written after epoch index 2: pruned once more, at 4
+    assert [r["pruned"] for r in resumed] == [[4], [4]]
+    assert [e["epoch"] for e in resumed[0]["epochs"]] == [3, 4]
+    assert resumed[0]["epochs"] == reference[0]["epochs"][3:]  # same digests, every rank
+    want = torch.load(tmp_path / "reference-rank0.pt")
+    for rank in range(2):
+        got = torch.load(tmp_path / f"resumed-rank{rank}.pt")
+        assert list(got) == list(want)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
