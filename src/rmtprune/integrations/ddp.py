@@ -45,7 +45,7 @@ __all__ = ["prune_step", "rewrap", "synced_step"]
 
 
 def rewrap(model: DistributedDataParallel, *, in_place: bool = False) -> DistributedDataParallel:
-    """A ``DistributedDataParallel`` over ``model.module``'s current parameters, ``model``'s options.
+    """A ``DistributedDataParallel`` over ``model.module``'s parameters with ``model``'s options.
 
     Parameters
     ----------
