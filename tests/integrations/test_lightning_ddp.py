@@ -127,7 +127,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _fit(strategy: str, out: str, run: str, epochs: int, ckpt: str | None = None) -> None:
+def _fit(strategy: str, out: str, run: str, epochs: int, ckpt: str | None = None) -> Net:
     if strategy == "ddp_spawn":  # each fit spawns new workers: a fresh port for each
         os.environ["MASTER_PORT"] = str(_free_port())
     callbacks: list[Any] = [_pruning(), Probe(out, run)]
@@ -142,13 +142,16 @@ def _fit(strategy: str, out: str, run: str, epochs: int, ckpt: str | None = None
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         default_root_dir=out, callbacks=callbacks, enable_checkpointing=ckpt is None,
     )  # fmt: skip
-    trainer.fit(Net(), _data(), ckpt_path=ckpt)
+    module = Net()
+    trainer.fit(module, _data(), ckpt_path=ckpt)
+    return module
 
 
-def main(strategy: str, out: str) -> None:
+def main(strategy: str, out: str) -> Net:
     """The reference run (checkpoints after every epoch), then a resume from epoch 3's."""
-    _fit(strategy, out, "reference", 5)
+    reference = _fit(strategy, out, "reference", 5)
     _fit(strategy, out, "resumed", 5, ckpt=str(Path(out, "ck", "epoch=2.ckpt")))
+    return reference
 
 
 def _run(strategy: str, out: Path) -> dict[str, list[dict[str, Any]]]:
@@ -184,8 +187,14 @@ def test_pruning_under_ddp_equal_ranks_and_resume(
         for name, value in {"OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}.items():
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("MASTER_PORT", str(_free_port()))
-        main(strategy, str(tmp_path))
+        launcher = main(strategy, str(tmp_path)).net
         results = _results(tmp_path)
+        # The launching process: Lightning loads rank 0's weights with strict=False, so the
+        # layers pruned in the workers keep their values from before fit (docs/integrations.md).
+        trained = torch.load(tmp_path / "reference-rank0.pt")
+        assert type(launcher[0]) is nn.Linear and "net.0.weight" not in trained
+        assert torch.equal(launcher[0].weight, Net().net[0].weight)
+        assert torch.equal(launcher[4].weight, trained["net.4.weight"])
     reference, resumed = results["reference"], results["resumed"]
     for rank in reference:
         assert rank["pruned"] == [2, 4]  # every rank reports rank 0's decisions

@@ -13,11 +13,16 @@
   pruning step when resumed.
 * After a change, every optimizer of the trainer is edited in place
   (:func:`rmtprune.update_optimizer`); its learning-rate schedulers stay attached.
-* Checkpoints hold the pruned structure (``checkpoint["rmtprune"]``) and the pruner's state (the
-  callback's ``state_dict``).  On ``Trainer.fit(model, ckpt_path=...)`` the callback rebuilds the
-  factorized layers on the freshly built module right before Lightning loads its weights (a
-  ``load_state_dict`` pre-hook on the module, installed in ``setup``), so the weights, optimizer
-  state and schedulers load as they were saved.
+* Checkpoints hold the pruned structure and the pruner's state.  While the callback is attached,
+  the module's ``state_dict()`` carries them in its metadata (``state_dict._metadata[""]``, a
+  ``register_state_dict_post_hook``) and a ``load_state_dict`` pre-hook rebuilds that structure
+  before the weights load, so ``Trainer.fit(model, ckpt_path=...)`` restores the factorized
+  layers on the freshly built module (on every rank) right before Lightning loads its weights,
+  optimizer state and schedulers.  The structure is also written as ``checkpoint["rmtprune"]``.
+* Under a DDP strategy (``"ddp"``, ``"ddp_spawn"``, ...) rank 0 decides, every rank receives its
+  structure and weights, every rank's optimizers are edited and the strategy's
+  ``DistributedDataParallel`` is re-initialised in place (:mod:`rmtprune.integrations.ddp`).
+  Other multi-process strategies (FSDP, DeepSpeed) are refused.
 * Outside a trainer (``MyModule.load_from_checkpoint`` cannot know the structure), call
   :func:`restore_structure` on the built module before loading the weights.
 """

@@ -14,6 +14,9 @@
   the no-decay group of the old bias — the groups a Trainer would build over the pruned model, so
   its optimizer checkpoint loads on resume.  The learning-rate scheduler is untouched.
 * ``checkpoint-N/rmtprune.json`` holds the pruned structure and the pruner's state.
+* Under ``torchrun`` (DDP) rank 0 decides, every rank receives its structure and weights and edits
+  its optimizer, and the Trainer's ``DistributedDataParallel`` (noted at its first forward) is
+  re-initialised in place (:mod:`rmtprune.integrations.ddp`).  FSDP and DeepSpeed are refused.
 
 Resuming
 --------
