@@ -222,5 +222,32 @@ def test_pruning_under_ddp_equal_ranks_and_resume(
         assert all(torch.equal(got[k], want[k]) for k in want)
 
 
+def test_rewrap_in_place_keeps_the_wrapper_and_refuses_comm_hooks() -> None:
+    """The mechanism both callbacks use, in one process (gloo, world size 1)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from rmtprune.factorize import LowRankLinear
+    from rmtprune.integrations.ddp import rewrap
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+    )
+    try:
+        torch.manual_seed(0)
+        module = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 2))
+        ddp = DistributedDataParallel(module, find_unused_parameters=True)
+        module[0] = LowRankLinear(8, 6, rank=3)  # what a split does: new parameters
+        assert rewrap(ddp, in_place=True) is ddp
+        assert [id(p) for p in ddp.parameters()] == [id(p) for p in module.parameters()]
+        assert ddp.find_unused_parameters  # the options are kept
+        ddp(torch.randn(4, 8)).sum().backward()
+        assert all(p.grad is not None for p in module.parameters())
+        ddp.register_comm_hook(None, lambda state, bucket: bucket.buffer())
+        with pytest.raises(ValueError, match="communication hooks or mixed_precision"):
+            rewrap(ddp, in_place=True)
+    finally:
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
