@@ -70,6 +70,10 @@ class Probe(transformers.TrainerCallback):  # type: ignore[misc]
         self.pruning = pruning
         self.steps: list[dict[str, Any]] = []
         self.losses: list[float] = []
+        self.before: dict[str, torch.Tensor] = {}
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.before = {n: p.detach().clone() for n, p in kw["model"].named_parameters()}
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         model, optimizer = kw["model"], kw["optimizer"]
@@ -81,10 +85,16 @@ class Probe(transformers.TrainerCallback):  # type: ignore[misc]
             {
                 "step": state.global_step,
                 "params": sum(p.numel() for p in model.parameters()),
+                "factors": sum(".first." in n for n, _ in model.named_parameters()),
                 "digests": got,
                 "wrapped": wrapper is not None
                 and [id(p) for p in wrapper.parameters()] == [id(p) for p in model.parameters()],
                 "optimizer": held == {id(p) for p in model.parameters()},
+                "unchanged": [  # by this step's update (compared before its pruning, if any)
+                    n
+                    for n, p in model.named_parameters()
+                    if n in self.before and torch.equal(p, self.before[n])
+                ],
             }
         )
 
@@ -163,7 +173,8 @@ def test_torchrun_prunes_identically_on_every_rank_and_resumes(tmp_path: Path) -
             assert s["wrapped"] and s["optimizer"]  # DDP and the optimizer hold the new params
         params = [s["params"] for s in steps]
         assert params[0] == params[2] > params[3] == params[6] > params[7]  # pruned at 4 and 8
-        assert steps[3]["digests"] != steps[4]["digests"]  # the step after pruning trains
+        # the step after pruning trained every parameter, the new factors included
+        assert steps[4]["factors"] > 0 and steps[4]["unchanged"] == []
         assert len(reference["losses"]) == 8
         assert all(loss == loss and abs(loss) < 1e3 for loss in reference["losses"])  # finite
         assert resumed["steps"] == steps[4:]  # same parameter counts, same digests

@@ -119,14 +119,14 @@ class SpectralPruningCallback(pl.Callback, PruningCallbackCore):
         self._hooks = []
 
     def _prune(self, trainer: pl.Trainer, index: int) -> None:
-        wrapper = None
-        if trainer.world_size > 1:
-            wrapper = trainer.strategy.model
-            if not isinstance(wrapper, DistributedDataParallel):
+        wrapper = trainer.strategy.model  # a DDP strategy wraps even a single process
+        if not isinstance(wrapper, DistributedDataParallel):
+            if trainer.world_size > 1:
                 raise RuntimeError(
                     "SpectralPruningCallback under a DDP strategy expects the strategy's model to "
                     f"be a DistributedDataParallel; got {type(wrapper).__name__}."
                 )
+            wrapper = None
         self.timed_step(index, list(trainer.optimizers), wrapper)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
