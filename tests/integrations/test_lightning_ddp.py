@@ -226,6 +226,27 @@ def test_pruning_under_ddp_equal_ranks_and_resume(
         assert all(torch.equal(got[k], want[k]) for k in want)
 
 
+def test_a_ddp_strategy_on_one_process_is_rewrapped_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """World size 1, but Lightning still wraps the module in DDP: its reducer must be rebuilt."""
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    module, pruning = Net(), _pruning()
+    trainer = pl.Trainer(
+        max_epochs=3, accelerator="cpu", devices=1, strategy="ddp", logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        default_root_dir=tmp_path, callbacks=[pruning],
+    )  # fmt: skip
+    try:
+        trainer.fit(module, _data())  # before: "parameters that were not used" from DDP
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert [r.epoch for r in pruning.reports] == [2]
+    assert all(loss == loss for loss in module.losses) and len(module.losses) == 12
+
+
 def test_rewrap_in_place_keeps_the_wrapper_and_refuses_comm_hooks() -> None:
     """The mechanism both callbacks use, in one process (gloo, world size 1)."""
     from torch.nn.parallel import DistributedDataParallel
