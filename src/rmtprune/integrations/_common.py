@@ -87,11 +87,31 @@ class PruningCallbackCore:
         self.reports: list[PruneReport] = []
         self.seconds: list[float] = []
 
-    def timed_step(self, index: int, optimizer: Any) -> None:
-        """``pruner.step(index, optimizer=...)``; a step that changed the model is recorded."""
+    def timed_step(self, index: int, optimizer: Any, wrapper: Any = None) -> None:
+        """``pruner.step(index, optimizer=...)``; a step that changed the model is recorded.
+
+        With ``wrapper`` (the stack's ``DistributedDataParallel``, every rank calling), rank 0
+        decides and every rank receives its structure and weights
+        (:func:`rmtprune.integrations.ddp.synced_step`), then ``wrapper`` is re-initialised in
+        place over the new parameters.
+        """
         assert self.pruner is not None
         start = time.perf_counter()
-        report = self.pruner.step(index, optimizer=optimizer, progress=self.progress)
+        if wrapper is None:
+            report = self.pruner.step(index, optimizer=optimizer, progress=self.progress)
+        else:
+            from rmtprune.integrations.ddp import rewrap, synced_step
+
+            report = synced_step(
+                self.pruner,
+                index,
+                wrapper.module,
+                optimizer=optimizer,
+                group=wrapper.process_group,
+                progress=self.progress,
+            )
+            if report.changed:
+                rewrap(wrapper, in_place=True)
         if report.changed:
             self.reports.append(report)
             self.seconds.append(time.perf_counter() - start)

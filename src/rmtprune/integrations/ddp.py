@@ -17,6 +17,10 @@ and buffer is broadcast from ``src``, every rank edits its optimizer in place
 options.  At other epochs nothing is communicated and the same DDP object is returned.  The
 pruner's decision to act depends only on the epoch and its state, which all ranks share.
 
+The Lightning and Hugging Face callbacks use the two halves: :func:`synced_step` (decide on rank
+0, copy to every rank, edit the optimizers) and ``rewrap(wrapper, in_place=True)``, which
+re-initialises the stack's own wrapper object so that every reference to it stays valid.
+
 FSDP is not supported: its flat parameters shard each weight across ranks, so no rank holds a
 weight matrix to decompose, and FSDP cannot change its parameter set after wrapping.  Gather a
 full state dict, prune it on one rank, and build FSDP anew over the pruned model instead.
@@ -37,39 +41,123 @@ from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import PruneReport
 from rmtprune.storage.format import apply_structure, describe_structure
 
-__all__ = ["prune_step", "rewrap"]
+__all__ = ["prune_step", "rewrap", "synced_step"]
 
 
-def rewrap(model: DistributedDataParallel) -> DistributedDataParallel:
-    """A new ``DistributedDataParallel`` around ``model.module`` with ``model``'s options."""
+def rewrap(model: DistributedDataParallel, *, in_place: bool = False) -> DistributedDataParallel:
+    """A ``DistributedDataParallel`` over ``model.module``'s parameters with ``model``'s options.
+
+    Parameters
+    ----------
+    model : DistributedDataParallel
+        The wrapper built before the module's parameters changed.
+    in_place : bool
+        ``False``: return a new wrapper (drop the old one).  ``True``: re-initialise ``model``
+        itself and return it, for stacks that hold the wrapper where no callback can replace it
+        (the Hugging Face ``Trainer``'s training loop keeps it in a local variable; Lightning's
+        strategy, ``trainer.model_wrapped``): every reference stays valid.  Like the
+        constructor, this is a collective call: every rank of the group makes it.
+
+    Communication hooks (``register_comm_hook``) and ``mixed_precision`` are not carried over
+    (their state is tied to the old gradient buckets): a wrapper with either is refused.
+    """
     if not isinstance(model, DistributedDataParallel):
         raise TypeError(
             "The 'model' parameter of rewrap must be a DistributedDataParallel. "
             f"Got {type(model).__name__} instead."
+        )
+    # _comm_hooks: DDP's own record of register_comm_hook calls (torch internal, read only).
+    if getattr(model, "_comm_hooks", None) or getattr(model, "mixed_precision", None) is not None:
+        raise ValueError(
+            "The 'model' parameter of rewrap must be a DistributedDataParallel without "
+            "communication hooks or mixed_precision: their state belongs to the old gradient "
+            "buckets and cannot be carried to the pruned parameters."
         )
     options: dict[str, Any] = {}
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
         options["forward_sync_buffers"] = model.forward_sync_buffers  # torch >= 2.13
     else:
         options["broadcast_buffers"] = model.broadcast_buffers
-    return DistributedDataParallel(
-        model.module,
+    options.update(
         device_ids=model.device_ids,
         output_device=model.output_device,
         dim=model.dim,
-        **options,
         process_group=model.process_group,
         bucket_cap_mb=model.bucket_bytes_cap / (1024 * 1024),
         find_unused_parameters=model.find_unused_parameters,
         gradient_as_bucket_view=model.gradient_as_bucket_view,
         static_graph=model.static_graph,
     )
+    if not in_place:
+        return DistributedDataParallel(model.module, **options)
+    DistributedDataParallel.__init__(model, model.module, **options)
+    return model
 
 
 def _broadcast_module(module: nn.Module, src: int, group: Any) -> None:
     with torch.no_grad():
         for tensor in [*module.parameters(), *module.buffers()]:
             dist.broadcast(tensor.data, src=src, group=group)
+
+
+def synced_step(
+    pruner: SpectralPruner,
+    epoch: int,
+    module: nn.Module,
+    *,
+    optimizer: Any = None,
+    src: int = 0,
+    group: Any = None,
+    progress: bool | None = None,
+) -> PruneReport:
+    """``pruner.step(epoch)`` decided on rank ``src`` and copied to every rank of ``group``.
+
+    The module is left unwrapped: after a change, rebuild its DDP wrapper (:func:`rewrap`).
+    Every rank must make this call with the same ``epoch`` (a collective at pruning epochs).
+
+    Parameters
+    ----------
+    pruner : SpectralPruner
+        Built over ``module`` on every rank with the same options.
+    epoch : int
+        As in :meth:`SpectralPruner.step`.
+    module : torch.nn.Module
+        The module under the DDP wrapper.
+    optimizer : optimizer or sequence of optimizers, optional
+        Edited in place on every rank after a change.
+    src : int
+        The rank that computes the decision and the factors.
+    group : ProcessGroup or None
+        The wrapper's ``process_group`` (``None``: the default group).
+    progress : bool or None
+        Progress bars on rank ``src``.
+
+    Returns
+    -------
+    PruneReport
+        The report of rank ``src``, on every rank.
+    """
+    if not isinstance(pruner, SpectralPruner) or pruner.model is not module:
+        raise ValueError(
+            "The 'pruner' parameter of synced_step must be a SpectralPruner over 'module'."
+        )
+    if pruner.idle_reason(epoch) is not None:  # the same on every rank; it also checks epoch
+        return pruner.step(epoch, progress=progress)  # changes nothing: says why
+    before = dict(module.named_parameters())
+    payload: list[Any] = [None, None, None]
+    if dist.get_rank() == src:
+        report = pruner.step(epoch, progress=progress)
+        payload = [report, describe_structure(module), pruner.state_dict()]
+    dist.broadcast_object_list(payload, src=src, group=group)
+    report, structure, state = payload
+    if dist.get_rank() != src:
+        apply_structure(module, structure)
+        pruner.load_state_dict(state)
+    _broadcast_module(module, src, group)
+    if report.changed:
+        for opt in [] if optimizer is None else optimizer_list(optimizer):
+            update_optimizer(opt, module, before)
+    return report
 
 
 def prune_step(
@@ -113,23 +201,13 @@ def prune_step(
         raise ValueError(
             "The 'pruner' parameter of prune_step must be a SpectralPruner over model.module."
         )
-    module = model.module
-    if pruner.idle_reason(epoch) is not None:  # the same on every rank; it also checks epoch
-        return model, pruner.step(epoch, progress=progress)  # changes nothing: says why
-    group = model.process_group
-    before = dict(module.named_parameters())
-    payload: list[Any] = [None, None, None]
-    if dist.get_rank() == src:
-        report = pruner.step(epoch, progress=progress)
-        payload = [report, describe_structure(module), pruner.state_dict()]
-    dist.broadcast_object_list(payload, src=src, group=group)
-    report, structure, state = payload
-    if dist.get_rank() != src:
-        apply_structure(module, structure)
-        pruner.load_state_dict(state)
-    _broadcast_module(module, src, group)
-    if not report.changed:
-        return model, report
-    for opt in [] if optimizer is None else optimizer_list(optimizer):
-        update_optimizer(opt, module, before)
-    return rewrap(model), report
+    report = synced_step(
+        pruner,
+        epoch,
+        model.module,
+        optimizer=optimizer,
+        src=src,
+        group=model.process_group,
+        progress=progress,
+    )
+    return (rewrap(model) if report.changed else model), report

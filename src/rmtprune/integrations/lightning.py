@@ -13,11 +13,16 @@
   pruning step when resumed.
 * After a change, every optimizer of the trainer is edited in place
   (:func:`rmtprune.update_optimizer`); its learning-rate schedulers stay attached.
-* Checkpoints hold the pruned structure (``checkpoint["rmtprune"]``) and the pruner's state (the
-  callback's ``state_dict``).  On ``Trainer.fit(model, ckpt_path=...)`` the callback rebuilds the
-  factorized layers on the freshly built module right before Lightning loads its weights (a
-  ``load_state_dict`` pre-hook on the module, installed in ``setup``), so the weights, optimizer
-  state and schedulers load as they were saved.
+* Checkpoints hold the pruned structure and the pruner's state.  While the callback is attached,
+  the module's ``state_dict()`` carries them in its metadata (``state_dict._metadata[""]``, a
+  ``register_state_dict_post_hook``) and a ``load_state_dict`` pre-hook rebuilds that structure
+  before the weights load, so ``Trainer.fit(model, ckpt_path=...)`` restores the factorized
+  layers on the freshly built module (on every rank) right before Lightning loads its weights,
+  optimizer state and schedulers.  The structure is also written as ``checkpoint["rmtprune"]``.
+* Under a DDP strategy (``"ddp"``, ``"ddp_spawn"``, ...) rank 0 decides, every rank receives its
+  structure and weights, every rank's optimizers are edited and the strategy's
+  ``DistributedDataParallel`` is re-initialised in place (:mod:`rmtprune.integrations.ddp`).
+  Other multi-process strategies (FSDP, DeepSpeed) are refused.
 * Outside a trainer (``MyModule.load_from_checkpoint`` cannot know the structure), call
   :func:`restore_structure` on the built module before loading the weights.
 """
@@ -31,6 +36,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from rmtprune.integrations._common import (
     PruningCallbackCore,
@@ -38,6 +44,7 @@ from rmtprune.integrations._common import (
     make_pruner,
     make_record,
 )
+from rmtprune.storage.format import describe_structure
 from rmtprune.storage.metadata import META_KEY as CHECKPOINT_KEY
 
 __all__ = ["CHECKPOINT_KEY", "SpectralPruningCallback", "restore_structure"]
@@ -69,7 +76,7 @@ class SpectralPruningCallback(pl.Callback, PruningCallbackCore):
     def __init__(self, *, interval: str = "epoch", progress: bool = False, **pruner_options: Any):
         PruningCallbackCore.__init__(self, interval, progress, pruner_options)
         self._pending: dict[str, Any] | None = None
-        self._hook: Any = None
+        self._hooks: list[Any] = []
 
     @property
     def state_key(self) -> str:
@@ -77,12 +84,12 @@ class SpectralPruningCallback(pl.Callback, PruningCallbackCore):
         return "rmtprune.SpectralPruningCallback"
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Create the pruner and arm the structure restore for a resumed fit."""
-        if trainer.world_size > 1:
+        """Create the pruner; arm the structure record of saved state dicts and its restore."""
+        if trainer.world_size > 1 and not isinstance(trainer.strategy, pl.strategies.DDPStrategy):
             raise RuntimeError(
-                "SpectralPruningCallback supports single-process training only (each rank would "
-                f"prune its own copy); got world_size={trainer.world_size}. Use "
-                "rmtprune.integrations.ddp.prune_step in a plain loop for DDP."
+                "SpectralPruningCallback supports single-process training and the DDP strategies "
+                "('ddp', 'ddp_spawn', 'ddp_fork', ...); got "
+                f"{type(trainer.strategy).__name__} with world_size={trainer.world_size}."
             )
         if self.pruner is None or self.pruner.model is not pl_module:
             self.pruner = make_pruner(pl_module, self.options, "SpectralPruningCallback")
@@ -90,23 +97,37 @@ class SpectralPruningCallback(pl.Callback, PruningCallbackCore):
             self.pruner.load_state_dict(self._pending)
             self._pending = None
 
-        def restore(module: nn.Module, *args: Any, **kwargs: Any) -> None:
-            loaded = getattr(trainer._checkpoint_connector, "_loaded_checkpoint", None) or {}
-            record = loaded.get(CHECKPOINT_KEY)
-            if record is not None:
-                apply_record(pl_module, record, "the Lightning checkpoint")
+        def record(module: nn.Module, state: Any, prefix: str, metadata: dict[str, Any]) -> None:
+            if self.pruner is not None and module is self.pruner.model:
+                metadata[CHECKPOINT_KEY] = make_record(module, self.pruner)
 
-        if self._hook is None:
-            self._hook = pl_module.register_load_state_dict_pre_hook(restore)
+        def restore(module: nn.Module, state: Any, prefix: str, metadata: Any, *args: Any) -> None:
+            saved = metadata.get(CHECKPOINT_KEY) if isinstance(metadata, Mapping) else None
+            if saved is not None and saved.get("structure") != describe_structure(module):
+                apply_record(module, saved, "the state dict's metadata")
+
+        if not self._hooks:
+            self._hooks = [
+                pl_module.register_state_dict_post_hook(record),
+                pl_module.register_load_state_dict_pre_hook(restore),
+            ]
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Remove the load hook."""
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        """Remove the state-dict hooks."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
     def _prune(self, trainer: pl.Trainer, index: int) -> None:
-        self.timed_step(index, list(trainer.optimizers))
+        wrapper = trainer.strategy.model  # a DDP strategy wraps even a single process
+        if not isinstance(wrapper, DistributedDataParallel):
+            if trainer.world_size > 1:
+                raise RuntimeError(
+                    "SpectralPruningCallback under a DDP strategy expects the strategy's model to "
+                    f"be a DistributedDataParallel; got {type(wrapper).__name__}."
+                )
+            wrapper = None
+        self.timed_step(index, list(trainer.optimizers), wrapper)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Prune after ``current_epoch`` completed epochs."""

@@ -14,6 +14,9 @@
   the no-decay group of the old bias — the groups a Trainer would build over the pruned model, so
   its optimizer checkpoint loads on resume.  The learning-rate scheduler is untouched.
 * ``checkpoint-N/rmtprune.json`` holds the pruned structure and the pruner's state.
+* Under ``torchrun`` (DDP) rank 0 decides, every rank receives its structure and weights and edits
+  its optimizer, and the Trainer's ``DistributedDataParallel`` (noted at its first forward) is
+  re-initialised in place (:mod:`rmtprune.integrations.ddp`).  FSDP and DeepSpeed are refused.
 
 Resuming
 --------
@@ -38,6 +41,8 @@ import weakref
 from typing import Any
 
 from torch import nn
+from torch.nn.modules.module import register_module_forward_pre_hook
+from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainerCallback
 
 from rmtprune._util.fileio import atomic_write_bytes
@@ -124,17 +129,16 @@ class SpectralPruningCallback(TrainerCallback, PruningCallbackCore):
 
     def __init__(self, *, interval: str = "step", progress: bool = False, **pruner_options: Any):
         PruningCallbackCore.__init__(self, interval, progress, pruner_options)
+        self._wrapper: weakref.ref[DistributedDataParallel] | None = None
+        self._spotting: Any = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         """Create the pruner; on a resumed run, continue from the restored record."""
-        if args.world_size > 1:
-            raise RuntimeError(
-                "SpectralPruningCallback supports single-process training only (each rank would "
-                f"prune its own copy); got world_size={args.world_size}. Use "
-                "rmtprune.integrations.ddp.prune_step in a plain loop for DDP."
-            )
         model = kw["model"]
         self.pruner = make_pruner(model, self.options, "SpectralPruningCallback")
+        self._wrapper = None
+        if args.world_size > 1:
+            self._spot_wrapper(model)
         record = _RESTORED.pop(model, None)
         if record is None and state.global_step > 0:
             saved = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
@@ -149,18 +153,53 @@ class SpectralPruningCallback(TrainerCallback, PruningCallbackCore):
         if record is not None and record.get("format_version") == RECORD_VERSION:
             self.pruner.load_state_dict(record["pruner"])
 
-    def _prune(self, index: int, kw: dict[str, Any]) -> None:
-        self.timed_step(index, kw["optimizer"])
+    def _spot_wrapper(self, model: nn.Module) -> None:
+        """Find the ``DistributedDataParallel`` around ``model`` at its first forward.
+
+        The Trainer keeps the wrapper in a local variable of its training loop and passes
+        callbacks only the bare model, so a global forward pre-hook (removed as soon as it has
+        seen the wrapper, at the first step) notes which DDP calls ``model``.
+        """
+        if self._spotting is not None:
+            self._spotting.remove()
+
+        def spot(module: nn.Module, inputs: Any) -> None:
+            if isinstance(module, DistributedDataParallel) and module.module is model:
+                self._wrapper = weakref.ref(module)
+                if self._spotting is not None:
+                    self._spotting.remove()
+                    self._spotting = None
+
+        self._spotting = register_module_forward_pre_hook(spot)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        """Remove the wrapper-spotting hook if no forward ran."""
+        if self._spotting is not None:
+            self._spotting.remove()
+            self._spotting = None
+
+    def _prune(self, index: int, args: Any, kw: dict[str, Any]) -> None:
+        wrapper = None
+        if args.world_size > 1:
+            wrapper = None if self._wrapper is None else self._wrapper()
+            if wrapper is None:
+                raise RuntimeError(
+                    "SpectralPruningCallback under several processes supports "
+                    "DistributedDataParallel (torchrun, accelerate launch): no "
+                    "DistributedDataParallel wrapping the model was called during training "
+                    "(FSDP and DeepSpeed are not supported)."
+                )
+        self.timed_step(index, kw["optimizer"], wrapper)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         """Prune after ``state.global_step`` optimizer steps."""
         if self.interval == "step":
-            self._prune(state.global_step, kw)
+            self._prune(state.global_step, args, kw)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         """Prune after ``round(state.epoch)`` epochs."""
         if self.interval == "epoch":
-            self._prune(round(state.epoch), kw)
+            self._prune(round(state.epoch), args, kw)
 
     def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         """Write ``rmtprune.json`` into the checkpoint just saved."""
