@@ -21,9 +21,9 @@ The Lightning and Hugging Face callbacks use the two halves: :func:`synced_step`
 0, copy to every rank, edit the optimizers) and ``rewrap(wrapper, in_place=True)``, which
 re-initialises the stack's own wrapper object so that every reference to it stays valid.
 
-FSDP is not supported: its flat parameters shard each weight across ranks, so no rank holds a
-weight matrix to decompose, and FSDP cannot change its parameter set after wrapping.  Gather a
-full state dict, prune it on one rank, and build FSDP anew over the pruned model instead.
+A sharded model is not a DDP model: FSDP2 (``fully_shard``) has its own
+:func:`rmtprune.integrations.fsdp.prune_step`, which gathers the full weights, prunes on rank 0
+and shards a rebuilt model; the older FSDP1 wrapper (flat parameters) is not supported.
 """
 
 from __future__ import annotations
