@@ -26,3 +26,18 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _no_distributed_leftovers() -> Iterator[None]:
+    """Each test leaves the process as it found it: the environment (Lightning's DDP strategy
+    sets ``WORLD_SIZE``, ``LOCAL_RANK``, ... even on one process, which later makes the HF
+    Trainer and accelerate believe they run distributed) and no default process group."""
+    environ = dict(os.environ)
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(environ)
