@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from numpy.typing import NDArray
 from torch import nn
 
@@ -38,6 +35,9 @@ from rmtprune.pruning.selection import Select
 from rmtprune.pruning.walker import analyze, prune
 from rmtprune.rmt.fit import FitAttributes, SpectralFit
 from rmtprune.rmt.marchenko_pastur import marchenko_pastur
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is made (``import rmtprune`` stays light)
+    from matplotlib.axes import Axes
 
 __all__ = [
     "SpectrumPlotData",
@@ -256,6 +256,9 @@ def plot_spectrum(
         bins = check_int(bins, "bins", "plot_spectrum", low=1)
     data = spectrum_plot_data(model_or_report, layer, criterion=criterion, kept_rank=kept_rank)
     if ax is None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
         fig = Figure(figsize=(5.0, 3.6))
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)

@@ -163,11 +163,15 @@ def test_torch_compile_matches_eager(pruned: nn.Module, backend: str) -> None:
 
 @pytest.mark.slow
 def test_torch_compile_inductor_matches_eager(pruned: nn.Module) -> None:
+    """Inductor generates and compiles C++ for each kernel (about 1 s each here): one split
+    layer keeps that cost small; the whole model is compiled by the two backends above."""
     torch._dynamo.reset()
-    compiled = torch.compile(pruned, fullgraph=True)
-    ids, img = _inputs()
+    layer = pruned.lin
+    assert isinstance(layer, LowRankLinear)
+    compiled = torch.compile(layer, fullgraph=True)
+    x = torch.randn(5, DIM, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        _check_close(compiled(ids, img), pruned(ids, img))
+        _check_close(compiled(x), layer(x))
 
 
 @pytest.mark.slow

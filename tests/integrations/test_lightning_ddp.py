@@ -3,9 +3,9 @@
 This file is also the training script: each test runs ``python <this file> STRATEGY OUT`` in a
 subprocess (Lightning's "ddp" launcher re-runs the script for rank 1; "ddp_spawn" spawns two
 workers per ``fit``).  The script trains a reference run of 5 epochs that writes a checkpoint
-after every epoch, then resumes a freshly built module from the checkpoint written after epoch 3
-(pruned once, at the start of epoch index 2) and trains it to epoch 5.  Each rank records, after
-every pruning step, a digest of its parameters gathered from all ranks.
+after every epoch; under "ddp" it then resumes a freshly built module from the checkpoint
+written after epoch 3 (pruned once, at the start of epoch index 2) and trains it to epoch 5.
+Each rank records, after every pruning step, a digest of its parameters gathered from all ranks.
 """
 
 from __future__ import annotations
@@ -151,10 +151,11 @@ def _fit(strategy: str, out: str, run: str, epochs: int, ckpt: str | None = None
     return module
 
 
-def main(strategy: str, out: str) -> Net:
+def main(strategy: str, out: str, resume: bool = True) -> Net:
     """The reference run (checkpoints after every epoch), then a resume from epoch 3's."""
     reference = _fit(strategy, out, "reference", 5)
-    _fit(strategy, out, "resumed", 5, ckpt=str(Path(out, "ck", "epoch=2.ckpt")))
+    if resume:
+        _fit(strategy, out, "resumed", 5, ckpt=str(Path(out, "ck", "epoch=2.ckpt")))
     return reference
 
 
@@ -177,6 +178,7 @@ def _results(out: Path) -> dict[str, list[dict[str, Any]]]:
     return {
         run: [json.loads(Path(out, f"{run}-rank{r}.json").read_text()) for r in range(2)]
         for run in ("reference", "resumed")
+        if Path(out, f"{run}-rank0.json").exists()
     }
 
 
@@ -191,7 +193,9 @@ def test_pruning_under_ddp_equal_ranks_and_resume(
         for name, value in {"OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}.items():
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("MASTER_PORT", str(_free_port()))
-        launcher = main(strategy, str(tmp_path)).net
+        # Resuming is the same callback code as under "ddp" (checked there); each fit here
+        # spawns two fresh workers (about 20 s), so this strategy trains the reference only.
+        launcher = main(strategy, str(tmp_path), resume=False).net
         results = _results(tmp_path)
         # The launching process: Lightning loads rank 0's weights with strict=False, so the
         # layers pruned in the workers keep their values from before fit (docs/integrations.md).
@@ -199,7 +203,7 @@ def test_pruning_under_ddp_equal_ranks_and_resume(
         assert type(launcher[0]) is nn.Linear and "net.0.weight" not in trained
         assert torch.equal(launcher[0].weight, Net().net[0].weight)
         assert torch.equal(launcher[4].weight, trained["net.4.weight"])
-    reference, resumed = results["reference"], results["resumed"]
+    reference = results["reference"]
     for rank in reference:
         assert rank["pruned"] == [2, 4]  # every rank reports rank 0's decisions
         assert rank["ddp"] == "DistributedDataParallel"
@@ -215,7 +219,10 @@ def test_pruning_under_ddp_equal_ranks_and_resume(
         assert len(set(e["start"])) == 1, e  # after pruning: both ranks bitwise equal
         assert len(set(e["end"])) == 1, e  # after training on
         assert e["unchanged"] == []  # the epoch trained every parameter, new factors included
+    if strategy == "ddp_spawn":
+        return
     # resumed from the checkpoint written after epoch index 2: pruned once more, at 4
+    resumed = results["resumed"]
     assert [r["pruned"] for r in resumed] == [[4], [4]]
     assert [e["epoch"] for e in resumed[0]["epochs"]] == [3, 4]
     assert resumed[0]["epochs"] == reference[0]["epochs"][3:]  # same digests, every rank

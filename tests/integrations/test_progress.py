@@ -108,13 +108,16 @@ def test_bad_progress_value() -> None:
 
 def test_import_rmtprune_imports_no_optional_stack() -> None:
     # (``import torch`` itself imports ``tqdm`` through torch.hub when it is installed; our bar
-    # module imports ``tqdm.auto`` only when a bar is shown.)
+    # module imports ``tqdm.auto`` only when a bar is shown.)  FSDP and distributed
+    # checkpointing are imported by integrations.fsdp's functions when called, not on import.
     code = (
         "import sys, rmtprune, rmtprune.integrations, rmtprune.integrations.peft, "
-        "rmtprune.pruning.optim; "
+        "rmtprune.integrations.fsdp, rmtprune.pruning.optim; "
         "heavy = ('lightning', 'transformers', 'accelerate', 'pytorch_lightning', 'peft'); "
         "found = {m.split('.')[0] for m in sys.modules} & set(heavy); "
-        "print(sorted(found | ({'tqdm.auto'} & set(sys.modules))))"
+        "found |= {m for m in sys.modules if m.startswith(('torch.distributed.fsdp', "
+        "'torch.distributed.checkpoint', 'tqdm.auto'))}; "
+        "print(sorted(found))"
     )
     env = {**os.environ, "PYTHONPATH": SRC}
     out = subprocess.run(

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,7 @@ from rmtprune.paper.experiments.seeds import parse_seeds, seed_tuple
 
 from . import load_metrics, strip_times
 
+SRC = str(Path(__file__).resolve().parents[3] / "src")
 ARCHIVE = Path(__file__).resolve().parents[3] / "docs" / "results" / "paper" / "fc-fashion"
 
 
@@ -200,6 +206,40 @@ def test_render_run_needs_finished_seeds(separate: dict[str, RunResult], tmp_pat
         render_run(out)
     with pytest.raises(FileNotFoundError, match="run_dir"):
         render_run(tmp_path / "nothing")
+
+
+# ------------------------------------------------------------------------ a killed process
+def _reproduce_process(out: Path, data_root: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    argv = ["reproduce", "fc-mnist", "--preset", "smoke", "--seeds", "1", "--out", str(out)]
+    cmd = [sys.executable, "-m", "rmtprune.cli.app", *argv, "--data-dir", str(data_root)]
+    return subprocess.Popen(
+        [*cmd, "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+@pytest.mark.slow  # two processes training the smoke preset
+def test_sigkill_during_reproduce_resumes_to_identical_metrics(
+    separate: dict[str, RunResult], data_root: Path, tmp_path: Path
+) -> None:
+    """The command killed with SIGKILL once a checkpoint is on disk (a file may be half
+    written), then run again: the same metrics as the uninterrupted run of seed 0 (in
+    process, one thread, as here)."""
+    killed_dir = tmp_path / "killed"
+    killed = _reproduce_process(killed_dir, data_root)
+    deadline = time.monotonic() + 600
+    while not list(killed_dir.glob("seed-*/*/checkpoint.pt")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (killed_dir / "metrics.json").exists()
+    resumed = _reproduce_process(killed_dir, data_root)
+    _, err = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, err.decode()
+    got, want = load_metrics(killed_dir), load_metrics(separate["zero"].run_dir)
+    assert got["summary"] == want["summary"]  # accuracies, sizes
+    assert got["seeds"] == want["seeds"]
 
 
 # ------------------------------------------------------------------------ device
