@@ -161,7 +161,13 @@ def test_torchrun_prunes_identically_on_every_rank_and_resumes(tmp_path: Path) -
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    check_ranks(tmp_path)
+
+
+def check_ranks(out: Path) -> None:
+    """What every launcher must leave in ``out`` (also run on ``accelerate launch``'s output
+    by hand: docs/integrations.md)."""
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     for rank in ranks:
         reference, resumed = rank["reference"], rank["resumed"]
         assert reference["world_size"] == 2
@@ -179,9 +185,9 @@ def test_torchrun_prunes_identically_on_every_rank_and_resumes(tmp_path: Path) -
         assert all(loss == loss and abs(loss) < 1e3 for loss in reference["losses"])  # finite
         assert resumed["steps"] == steps[4:]  # same parameter counts, same digests
     assert ranks[0] == ranks[1]
-    want = torch.load(tmp_path / "reference-rank0.pt")
+    want = torch.load(out / "reference-rank0.pt")
     for rank_id in range(2):
-        got = torch.load(tmp_path / f"resumed-rank{rank_id}.pt")
+        got = torch.load(out / f"resumed-rank{rank_id}.pt")
         assert list(got) == list(want)
         assert all(torch.equal(got[k], want[k]) for k in want)
 
