@@ -52,6 +52,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from rmtprune._util.fileio import atomic_write_bytes
 from rmtprune.factorize import LowRankModule
 from rmtprune.integrations._common import RECORD_VERSION, apply_record
 from rmtprune.pruning.optim import optimizer_list, unwrap_optimizer, update_optimizer
@@ -328,8 +329,8 @@ def save_checkpoint(
             "structure": _structure(model),
             "pruner": pruner.state_dict(),
         }
-        with open(_record_path(checkpoint_dir), "w", encoding="utf-8") as fh:
-            json.dump(record, fh, indent=1)
+        text = json.dumps(record, indent=1)  # whole or absent, as every rmtprune output
+        atomic_write_bytes(_record_path(checkpoint_dir), lambda fh: fh.write(text.encode("utf-8")))
     dist.barrier()
 
 
