@@ -315,11 +315,13 @@ def main() -> None:
         LAUNCHED[args.stack](args.out, args.threads)
         return
     _warm_up(args.threads)
-    out, rows, start = Path(tempfile.mkdtemp()), [], time.perf_counter()
-    for i, (name, ranks, run) in enumerate(ROWS):
-        (out / str(i)).mkdir()
-        with contextlib.redirect_stdout(sys.stderr):  # standard output: the table only
-            rows.append((name, ranks, *run(out / str(i), args.threads)))
+    rows, start = [], time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, ranks, run) in enumerate(ROWS):
+            out = Path(tmp, str(i))
+            out.mkdir()
+            with contextlib.redirect_stdout(sys.stderr):  # standard output: the table only
+                rows.append((name, ranks, *run(out, args.threads)))
     print("| stack | ranks | epoch (s) | pruning step (s) | step / epoch |")
     print("|---|---:|---:|---:|---:|")
     for name, ranks, epoch, step in rows:

@@ -33,7 +33,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -41,16 +40,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np
-import torch
 from scipy import stats
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_pretrained import load_minilm, tokenize
+from bench_pretrained import prepare, tokenize, write_rows
 
 import rmtprune
-from rmtprune.pruning.distill import docstring_sentences
 from rmtprune.pruning.outputs import OutputProbe
 from rmtprune.pruning.whitening import factorize_at
 
@@ -138,11 +135,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    torch.set_num_threads(args.threads)
     start = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        model, tokenizer = load_minilm(tmp)
-    sentences = docstring_sentences(seed=0)
+    model, tokenizer, sentences = prepare(args.threads)
     calib = tokenize(tokenizer, sentences[: args.calibration], 16)[0::2]  # the fitted half
     probe = OutputProbe(model, tokenize(tokenizer, sentences[-args.test :], 32))
     report = rmtprune.analyze(model, select=rmtprune.Select(include="encoder.*"))
@@ -161,11 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(entry), file=sys.stderr, flush=True)
     print(f"{len(rows)} layers, each cut by {100 * args.cut:g} % of its weights alone\n")
     print(correlations(rows))
-    wall = time.time() - start
+    wall = write_rows(args.out, rows, start, args)
     print(f"\nwall time {wall:.0f} s, torch threads {args.threads}")
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump({"rows": rows, "wall_seconds": wall, "args": vars(args)}, fh, indent=2)
     return 0
 
 

@@ -28,8 +28,6 @@ import argparse
 import copy
 import json
 import os
-import random
-import re
 import sys
 import tempfile
 import time
@@ -43,7 +41,12 @@ import torch
 from torch import nn
 
 import rmtprune
-from rmtprune.pruning.distill import distill, docstring_sentences, mean_pooled
+from rmtprune.pruning.distill import (
+    distill,
+    docstring_sentences,
+    mean_pooled,
+    split_sentences,
+)
 from rmtprune.pruning.outputs import OutputProbe
 from rmtprune.pruning.whitening import factorize_at
 
@@ -142,21 +145,30 @@ def split_ranks(report: rmtprune.PruneReport) -> dict[str, int]:
     return {r.name: r.rank_after for r in report if r.action == "split"}
 
 
+def calibrated(
+    model: nn.Module, calib: list, delta: float, whiten: bool, include: Any
+) -> tuple[nn.Module, rmtprune.PruneReport, float, str]:
+    """``prune`` with the calibrated guard on the layers ``include`` names: the pruned copy,
+    its report, the seconds it took and a note with the measured changes."""
+    t = time.time()
+    guard = rmtprune.Calibrated(calib, delta, whiten=whiten)
+    select = rmtprune.Select(include=include)
+    pruned, report = rmtprune.prune(model, criterion=guard, select=select, split=True)
+    note = (
+        f"held-out calibration change {report.output_change:.3f} "
+        f"(fit {report.output_change_fit:.3f})"
+    )
+    return pruned, report, time.time() - t, note
+
+
 def run_calibrated(judge: Judge, model: nn.Module, calib: list, args: Any) -> dict[str, int]:
     """The calibrated guard at several δ (whitened), plain at one δ; returns whitened ranks."""
     ranks: dict[str, int] = {}
     for whiten, deltas in ((True, args.deltas), (False, [args.plain_delta])):
         for delta in deltas:
-            t = time.time()
-            guard = rmtprune.Calibrated(calib, delta, whiten=whiten)
-            select = rmtprune.Select(include=ENCODER)
-            pruned, report = rmtprune.prune(model, criterion=guard, select=select, split=True)
-            note = (
-                f"held-out calibration change {report.output_change:.3f} "
-                f"(fit {report.output_change_fit:.3f})"
-            )
+            pruned, report, seconds, note = calibrated(model, calib, delta, whiten, ENCODER)
             kind = "whitened" if whiten else "plain"
-            judge.score(f"calibrated δ={delta:g}, {kind} SVD", pruned, time.time() - t, note)
+            judge.score(f"calibrated δ={delta:g}, {kind} SVD", pruned, seconds, note)
             if whiten and delta == args.plain_delta:
                 ranks = split_ranks(report)
     return ranks
@@ -172,18 +184,10 @@ def run_equal_ranks(judge: Judge, model: nn.Module, calib: list, ranks: dict, wh
         judge.score(f"{kind} SVD at the ranks of {what}", pruned, time.time() - t, "one shot")
 
 
-def reference_sentences(*, min_chars: int = 40, max_chars: int = 200, seed: int = 0) -> list[str]:
+def reference_sentences(seed: int = 0) -> list[str]:
     """Sentences of the Python language reference (``pydoc_data.topics``), shuffled: a second
     held-out source, unlike the docstrings the calibration comes from."""
-    text = " ".join(" ".join(topics.values()).split())
-    found = {
-        sentence
-        for sentence in re.split(r"(?<=[.!?])\s+", text)
-        if min_chars <= len(sentence) <= max_chars and sentence[:1].isupper()
-    }
-    sentences = sorted(found)
-    random.Random(seed).shuffle(sentences)
-    return sentences
+    return split_sentences([" ".join(topics.values())], seed=seed)
 
 
 def run_embeddings(judges: list[Judge], model: nn.Module, calib: list, args: Any) -> None:
@@ -202,29 +206,16 @@ def run_embeddings(judges: list[Judge], model: nn.Module, calib: list, args: Any
             kind = "whitened" if whiten else "plain"
             score(f"word embeddings rank {rank}, {kind} SVD", pruned, time.time() - t, "one shot")
     for whiten in (True, False):
-        t = time.time()
-        guard = rmtprune.Calibrated(calib, args.plain_delta, whiten=whiten)
-        select = rmtprune.Select(include=WORDS)
-        pruned, report = rmtprune.prune(model, criterion=guard, select=select, split=True)
-        ranks = split_ranks(report)
-        note = (
-            f"rank {ranks.get(WORDS, 'unchanged')}; held-out calibration change "
-            f"{report.output_change:.3f} (fit {report.output_change_fit:.3f})"
-        )
+        pruned, report, seconds, note = calibrated(model, calib, args.plain_delta, whiten, WORDS)
+        rank = split_ranks(report).get(WORDS, "unchanged")
         kind = "whitened" if whiten else "plain"
         label = f"word embeddings, calibrated δ={args.plain_delta:g}, {kind} SVD"
-        score(label, pruned, time.time() - t, note)
+        score(label, pruned, seconds, f"rank {rank}; {note}")
     for delta in args.deltas:  # every layer: the embeddings and the encoder's Linear layers
-        t = time.time()
-        guard = rmtprune.Calibrated(calib, delta, whiten=True)
-        select = rmtprune.Select(include=[WORDS, ENCODER])
-        pruned, report = rmtprune.prune(model, criterion=guard, select=select, split=True)
-        note = (
-            f"embeddings rank {split_ranks(report).get(WORDS, 'unchanged')}; held-out "
-            f"calibration change {report.output_change:.3f} (fit {report.output_change_fit:.3f})"
-        )
+        pruned, report, seconds, note = calibrated(model, calib, delta, True, [WORDS, ENCODER])
+        rank = split_ranks(report).get(WORDS, "unchanged")
         label = f"embeddings + encoder, calibrated δ={delta:g}, whitened SVD"
-        score(label, pruned, time.time() - t, note)
+        score(label, pruned, seconds, f"embeddings rank {rank}; {note}")
 
 
 def run_distill(judge: Judge, model: nn.Module, train: list, args: Any) -> dict[str, int]:
@@ -280,24 +271,39 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    torch.set_num_threads(args.threads)
-    start = time.time()
+def prepare(threads: int) -> tuple[nn.Module, Any, list[str]]:
+    """The thread count; MiniLM, its tokenizer, and the docstring sentences (shuffled, seed 0)."""
+    torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         model, tokenizer = load_minilm(tmp)
-    sentences = docstring_sentences(seed=0)
+    return model, tokenizer, docstring_sentences(seed=0)
+
+
+def write_rows(path: str | None, rows: list[dict[str, Any]], start: float, args: Any) -> float:
+    """The wall time since ``start``; with a ``path``, the rows, that time and the arguments
+    as JSON there."""
+    wall = time.time() - start
+    if path:
+        with open(path, "w") as fh:
+            json.dump({"rows": rows, "wall_seconds": wall, "args": vars(args)}, fh, indent=2)
+    return wall
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    start = time.time()
+    model, tokenizer, sentences = prepare(args.threads)
     calib_s = sentences[: args.calibration]
     train_s = sentences[: args.train]  # the calibration sentences plus more
     test_s = sentences[-args.test :]  # disjoint from both
     calib, train = tokenize(tokenizer, calib_s, 16), tokenize(tokenizer, train_s, 16)
-    judge = Judge(model, tokenize(tokenizer, test_s, 32))
+    test = tokenize(tokenizer, test_s, 32)
     if args.embeddings:
         other = tokenize(tokenizer, reference_sentences()[: args.test], 32)
-        judge.name = "docstrings"
-        judges = [judge, Judge(model, other, "language reference")]
+        judges = [Judge(model, test, "docstrings"), Judge(model, other, "language reference")]
         run_embeddings(judges, model, calib, args)
         return _finish(args, judges[0].rows + judges[1].rows, start)
+    judge = Judge(model, test)
     t = time.time()
     pruned, _ = rmtprune.prune(model)
     judge.score("defaults: rmtprune.prune(model)", pruned, time.time() - t, "spectral rule")
@@ -311,11 +317,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _finish(args: argparse.Namespace, rows: list[dict[str, Any]], start: float) -> int:
-    wall = time.time() - start
+    wall = write_rows(args.out, rows, start, args)
     print(f"\n{markdown(rows)}\n\nwall time {wall:.0f} s, torch threads {args.threads}")
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump({"rows": rows, "wall_seconds": wall, "args": vars(args)}, fh, indent=2)
     return 0
 
 

@@ -16,8 +16,6 @@ from torch import nn
 
 import rmtprune
 
-SRC = str(Path(rmtprune.__file__).resolve().parents[1])
-
 
 def _model(seed: int) -> nn.Sequential:
     torch.manual_seed(seed)

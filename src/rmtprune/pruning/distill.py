@@ -51,6 +51,7 @@ __all__ = [
     "docstring_sentences",
     "embedding_loss",
     "mean_pooled",
+    "split_sentences",
 ]
 
 Loss = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
@@ -77,20 +78,36 @@ def docstring_sentences(*, min_chars: int = 40, max_chars: int = 200, seed: int 
     >>> len(sentences) > 2000, all(40 <= len(s) <= 200 for s in sentences)
     (True, True)
     """
-    found: set[str] = set()
+    docs: list[str] = []
     for name in _STDLIB_MODULES:
         try:
             module = importlib.import_module(name)
         except ImportError:  # pragma: no cover - a stripped-down Python
             continue
         own = [obj for _, obj in inspect.getmembers(module) if _defined_in(obj, name)]
-        for obj in [module, *own]:  # not what other imports attached to the module
-            doc = inspect.getdoc(obj)
-            for sentence in re.split(r"(?<=[.!?])\s+", " ".join((doc or "").split())):
-                if min_chars <= len(sentence) <= max_chars and sentence[:1].isupper():
-                    found.add(sentence)
+        docs += [inspect.getdoc(obj) or "" for obj in [module, *own]]  # not what imports attached
+    return split_sentences(docs, min_chars=min_chars, max_chars=max_chars, seed=seed)
+
+
+def split_sentences(
+    texts: Iterable[str], *, min_chars: int = 40, max_chars: int = 200, seed: int | None = 0
+) -> list[str]:
+    """The unique sentences of ``texts`` (whitespace collapsed, split after ``.``, ``!`` or
+    ``?``) of ``min_chars`` to ``max_chars`` characters that start with a capital, shuffled
+    by ``seed`` (sorted when ``seed`` is None).
+
+    >>> split_sentences(["A first sentence here.  And   a second one!", "no capital."],
+    ...                 min_chars=10, seed=None)
+    ['A first sentence here.', 'And a second one!']
+    """
+    found: set[str] = set()
+    for text in texts:
+        for sentence in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
+            if min_chars <= len(sentence) <= max_chars and sentence[:1].isupper():
+                found.add(sentence)
     sentences = sorted(found)
-    random.Random(seed).shuffle(sentences)
+    if seed is not None:
+        random.Random(seed).shuffle(sentences)
     return sentences
 
 
