@@ -16,10 +16,25 @@ judged on two held-out sets: docstrings (the calibration's source) and sentences
 Python language reference shipped with the standard library (``pydoc_data.topics``, another
 source).
 
+``--sparsity`` compares sparsity criteria on the encoder's Linear layers, judged on the same two
+held-out sets: magnitude vs Wanda at ``--levels``, Wanda 2:4, allocation rules at one equal total
+(``--allocation-level``: uniform, one global threshold, and the bulk-share and Hill-α rules of
+:mod:`rmtprune.pruning.allocation` in both directions), and the calibrated guard over the level
+(``--deltas``) on the encoder and on the embeddings with it.  "removed" counts the values
+``rmtprune.save`` stores (masked zeros are not), and the note gives that file's size.
+
 Run (about 15-25 min on two loaded cores)::
 
     PYTHONPATH=src python bench/bench_pretrained.py --out bench_pretrained.json
     PYTHONPATH=src python bench/bench_pretrained.py --embeddings --out bench_embeddings.json
+    PYTHONPATH=src python bench/bench_pretrained.py --sparsity --out bench_sparsity.json
+    PYTHONPATH=src python bench/bench_pretrained.py --recovery --out bench_recovery.json
+
+``--recovery`` distils the student into the original on every docstring sentence but the test
+ones (about 2,100), at one budget (``--recovery-level`` of the encoder's Linear layers, Wanda):
+one shot then ``--recovery-epochs`` of distillation, against the same epochs with the level
+rising over the first ``--ramp-epochs`` (pruning while distilling, the paper's method), both with
+Adam and a cosine learning-rate schedule.
 """
 
 from __future__ import annotations
@@ -41,6 +56,8 @@ import torch
 from torch import nn
 
 import rmtprune
+from rmtprune.factorize.masks import stored_parameters
+from rmtprune.pruning.allocation import SpectralAllocation
 from rmtprune.pruning.distill import (
     distill,
     docstring_sentences,
@@ -108,7 +125,7 @@ class Judge:
     def score(self, label: str, model: nn.Module, seconds: float, note: str = "") -> None:
         emb = embed(model, self.test)
         cos = (emb * self.reference).sum(dim=1)
-        removed = self.params - sum(p.numel() for p in model.parameters())
+        removed = self.params - stored_parameters(model)  # masked zeros are not stored
         row = {
             "method": f"{label} [{self.name}]" if self.name else label,
             "removed": removed / self.params,
@@ -218,6 +235,109 @@ def run_embeddings(judges: list[Judge], model: nn.Module, calib: list, args: Any
         score(label, pruned, seconds, f"embeddings rank {rank}; {note}")
 
 
+def file_mb(model: nn.Module) -> float:
+    """Size in MB of ``rmtprune.save(model)`` (sparse layers as values plus a bitmask)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.safetensors")
+        rmtprune.save(model, path)
+        return os.path.getsize(path) / 1e6
+
+
+def run_sparsity(judges: list[Judge], model: nn.Module, calib: list, args: Any) -> None:
+    """Sparsity of the encoder's Linear layers (and of every layer under the guard): magnitude
+    vs Wanda at equal levels, 2:4, allocation rules at equal totals, and the calibrated guard."""
+
+    def run(label: str, criterion: Any, include: Any = ENCODER) -> nn.Module:
+        t = time.time()
+        select = rmtprune.Select(include=include)
+        pruned, report = rmtprune.prune(
+            model, criterion=criterion, select=select, calibration=calib
+        )
+        seconds = time.time() - t
+        note = f"file {file_mb(pruned):.1f} MB (dense {dense_mb:.1f} MB)"
+        if report.max_output_change is not None:
+            note += f"; held-out calibration change {report.output_change:.3f}"
+            note += f", level {criterion.level_:.3f}"
+        for judge in judges:
+            judge.score(label, pruned, seconds, note)
+        return pruned
+
+    dense_mb = file_mb(model)
+    for level in args.levels:
+        for score in ("magnitude", "wanda"):
+            run(
+                f"{score} {100 * level:g} % (encoder Linear)", rmtprune.Sparsity(level, score=score)
+            )
+    run("wanda 2:4 (encoder Linear)", rmtprune.Sparsity(pattern="2:4", score="wanda"))
+    level = args.allocation_level
+    rules: list[tuple[str, Any]] = [("uniform", "uniform"), ("global threshold", "global")]
+    for statistic in ("bulk_share", "alpha"):
+        for sign in (1, -1):
+            rule = SpectralAllocation(statistic, spread=args.spread, sign=sign)
+            more = "more" if sign > 0 else "less"
+            rules.append((f"{statistic} (larger → {more} removed)", rule))
+    for name, allocation in rules:
+        sparsity = rmtprune.Sparsity(level, score="wanda", allocation=allocation)
+        run(f"wanda {100 * level:g} %, allocation {name}", sparsity)
+    for delta in args.deltas:
+        base = rmtprune.Sparsity(args.ceiling, score="wanda")
+        guard = rmtprune.Calibrated(calib, delta, base=base)
+        run(f"wanda, calibrated δ={delta:g} (encoder Linear)", guard)
+        guard = rmtprune.Calibrated(calib, delta, base=base)
+        run(f"wanda, calibrated δ={delta:g} (embeddings + encoder)", guard, [WORDS, ENCODER])
+
+
+def run_recovery(
+    judges: list[Judge], model: nn.Module, calib: list, train: list, args: Any
+) -> None:
+    """Recovery at one budget (Wanda ``--recovery-level`` of the encoder's Linear layers): one
+    shot then distillation, against pruning on a schedule while distilling, with the same
+    epochs, sentences and cosine learning-rate schedule; both end at exactly the same level
+    (the second reaches it after ``--ramp-epochs`` epochs, so it trains fewer at that level)."""
+    level, epochs, ramp = args.recovery_level, args.recovery_epochs, args.ramp_epochs
+    select = rmtprune.Select(include=ENCODER)
+
+    def score(label: str, pruned: nn.Module, seconds: float, note: str) -> None:
+        for judge in judges:
+            judge.score(label, pruned, seconds, note)
+
+    def train_note(result: Any) -> str:
+        losses = [round(e.loss, 4) for e in result.history]
+        count = sum(int(b["input_ids"].shape[0]) for b in train)
+        return f"{epochs} epochs on {count} sentences, Adam lr {args.lr:g} cosine; losses {losses}"
+
+    t = time.time()
+    crit = rmtprune.Sparsity(level, score="wanda", calibration=calib)
+    student, _ = rmtprune.prune(model, criterion=crit, select=select)
+    score(f"wanda {100 * level:g} %, one shot", student, time.time() - t, "no training")
+    result = distill(student, model, train, epochs=epochs, lr=args.lr, lr_schedule="cosine")
+    score(
+        f"wanda {100 * level:g} %, one shot + distillation",
+        student,
+        time.time() - t,
+        train_note(result),
+    )
+    t = time.time()  # the level rises over the first `ramp` epochs: level·k/ramp in epoch k
+    first = rmtprune.Sparsity(level / ramp, score="wanda", calibration=calib)
+    student, _ = rmtprune.prune(model, criterion=first, select=select)
+    pruner = rmtprune.SpectralPruner(
+        student,
+        criterion=rmtprune.Sparsity(level, score="wanda", calibration=calib),
+        schedule=lambda epoch: max(0.0, 1.0 - (epoch + 1) / ramp),
+        every=1,
+        select=select,
+    )
+    result = distill(
+        student, model, train, epochs=epochs, pruner=pruner, lr=args.lr, lr_schedule="cosine"
+    )
+    score(
+        f"wanda {100 * level:g} %, pruned while distilling",
+        student,
+        time.time() - t,
+        f"level {100 * level:g} %·k/{ramp} in epoch k ≤ {ramp}; " + train_note(result),
+    )
+
+
 def run_distill(judge: Judge, model: nn.Module, train: list, args: Any) -> dict[str, int]:
     """Prune while distilling: SpectralPruner on the encoder, teacher = the original."""
     t = time.time()
@@ -267,6 +387,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--embeddings", action="store_true", help="only the word-embedding rows (two test sets)"
     )
     p.add_argument("--embedding-ranks", type=int, nargs="+", default=[256, 128])
+    p.add_argument("--sparsity", action="store_true", help="only the sparsity rows (two test sets)")
+    p.add_argument("--levels", type=float, nargs="+", default=[0.3, 0.5])
+    p.add_argument("--recovery", action="store_true", help="only the recovery rows (two test sets)")
+    p.add_argument("--recovery-level", type=float, default=0.5)
+    p.add_argument("--recovery-epochs", type=int, default=4)
+    p.add_argument("--ramp-epochs", type=int, default=2)
+    p.add_argument(
+        "--recovery-train", type=int, default=0, help="training sentences (0: all but the test)"
+    )
+    p.add_argument("--allocation-level", type=float, default=0.5)
+    p.add_argument("--spread", type=float, default=0.1, help="allocation rules: target ± spread")
+    p.add_argument("--ceiling", type=float, default=0.9, help="calibrated sparsity: most tried")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     return p.parse_args(argv)
 
@@ -298,10 +430,17 @@ def main(argv: list[str] | None = None) -> int:
     test_s = sentences[-args.test :]  # disjoint from both
     calib, train = tokenize(tokenizer, calib_s, 16), tokenize(tokenizer, train_s, 16)
     test = tokenize(tokenizer, test_s, 32)
-    if args.embeddings:
+    if args.recovery:
         other = tokenize(tokenizer, reference_sentences()[: args.test], 32)
         judges = [Judge(model, test, "docstrings"), Judge(model, other, "language reference")]
-        run_embeddings(judges, model, calib, args)
+        pool = sentences[: -args.test]  # everything but the test sentences
+        chosen = pool[: args.recovery_train] if args.recovery_train else pool
+        run_recovery(judges, model, calib, tokenize(tokenizer, chosen, 16), args)
+        return _finish(args, judges[0].rows + judges[1].rows, start)
+    if args.embeddings or args.sparsity:
+        other = tokenize(tokenizer, reference_sentences()[: args.test], 32)
+        judges = [Judge(model, test, "docstrings"), Judge(model, other, "language reference")]
+        (run_sparsity if args.sparsity else run_embeddings)(judges, model, calib, args)
         return _finish(args, judges[0].rows + judges[1].rows, start)
     judge = Judge(model, test)
     t = time.time()

@@ -35,6 +35,7 @@ from rmtprune.pruning.criteria import (
     FixedRatio,
     GavishDonohoCriterion,
     LayerView,
+    MaskDecision,
     MPCriterion,
     RankDecision,
 )
@@ -42,6 +43,7 @@ from rmtprune.pruning.optim import rebuild_optimizer, update_optimizer
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
 from rmtprune.pruning.selection import Select
+from rmtprune.pruning.sparsity import Sparsity
 from rmtprune.pruning.walker import analyze, prune
 from rmtprune.rmt import BEMA, GavishDonoho, NotFittedError, SpectralFit
 from rmtprune.rmt.marchenko_pastur import marchenko_pastur, mp_edges
@@ -69,11 +71,13 @@ __all__ = [
     "LowRankEmbedding",
     "LowRankLinear",
     "MPCriterion",
+    "MaskDecision",
     "ModelReport",
     "NotFittedError",
     "PruneReport",
     "RankDecision",
     "Select",
+    "Sparsity",
     "SpectralFit",
     "SpectralPruner",
     "UserCodeError",

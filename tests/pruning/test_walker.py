@@ -323,7 +323,7 @@ def test_analysis_and_prune_rows_hold_the_criterion_fit() -> None:
     assert list(report["0"].to_dict()) == [
         *("name", "layer_type", "shape", "action", "rank_before", "rank_after", "n_spikes"),
         *("bulk_keep", "params_before", "params_after", "split", "reason"),
-        *("sigma2", "lambda_plus", "fit_error"),
+        *("sigma2", "lambda_plus", "fit_error", "nonzero_before", "nonzero_after"),
     ]
     assert rmtprune.LayerAnalysis.from_dict(row.to_dict()) == row
 

@@ -11,22 +11,28 @@ stores and restores the factorized structure:
 * ``config.json``: the model's Hugging Face config plus an ``"rmtprune"`` entry (format
   version, weights file name, the factorized structure of
   :func:`rmtprune.storage.format.describe_structure`,
-  the dtype, and the line ``"load_with"`` saying how to load the directory);
+  the dtype, the names of the layers with a sparsity mask under ``"masked"`` (only when
+  there are some, :mod:`rmtprune.factorize.masks`), and the line ``"load_with"`` saying how
+  to load the directory);
 * ``rmtprune.safetensors``: the weights and structure, written by
-:func:`rmtprune.storage.format.save`
-  (atomic, checksummed, tied tensors stored once);
+  :func:`rmtprune.storage.format.save` (atomic, checksummed, tied tensors stored once,
+  masked weights stored sparsely with their masks);
 * ``generation_config.json`` for generative models.
 
 There is deliberately no ``model.safetensors``: a plain ``AutoModel.from_pretrained(directory)``
 fails with an ``OSError`` (no weights file it knows) instead of silently returning random
 layers.  ``from_pretrained(model_class, directory)`` builds the dense model from the config,
 rebuilds the factorized layers at the recorded ranks, then loads the weights: outputs are
-bit-for-bit those of the saved model.  It also reads a directory written by Hugging Face's
+bit-for-bit those of the saved model, and the masked layers have their masks again (the
+saved ones; a masked weight tied to another, stored densely, gets its mask back from its
+zeros).  It also reads a directory written by Hugging Face's
 own ``pruned.save_pretrained(directory)`` (``model.safetensors``, possibly sharded, with
 factorized keys and no ``"rmtprune"`` entry): the structure is then inferred from the tensor
 names and shapes.  Such a directory carries the marker of
 :mod:`rmtprune.factorize.hf_guard` in its ``config.json``, so that a plain Hugging Face
-``from_pretrained`` of it raises instead of re-initialising the factorized layers.
+``from_pretrained`` of it raises instead of re-initialising the factorized layers.  Such a
+directory holds masked weights as dense tensors with zeros (Hugging Face's readers expect
+dense tensors) and no record of the masks: its model loads dense.
 
 Example
 -------
@@ -61,6 +67,7 @@ import fnmatch
 import glob
 import os
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -70,6 +77,7 @@ from torch import nn
 from rmtprune._util.fileio import replace_directory
 from rmtprune.factorize.hf_guard import add_to_config, unmark
 from rmtprune.factorize.lowrank import LowRankModule
+from rmtprune.factorize.masks import mask_of, masked_layers, restore_masks
 from rmtprune.factorize.registry import get_adapter, set_submodule
 from rmtprune.storage.format import (
     FORMAT_VERSION,
@@ -79,8 +87,9 @@ from rmtprune.storage.format import (
     load_tensors,
     save,
 )
-from rmtprune.storage.metadata import META_KEY
+from rmtprune.storage.metadata import META_KEY, check_module_names
 from rmtprune.storage.reader import INDEX_NAME, PRUNED_NAME, SINGLE_NAME, open_checkpoint
+from rmtprune.storage.sparse import TiedMaskWarning
 
 __all__ = ["CONFIG_KEY", "WEIGHTS_NAME", "from_pretrained", "save_pretrained"]
 
@@ -170,7 +179,9 @@ def _is_weights(name: str) -> bool:
 
 def _write_pretrained(model: nn.Module, directory: str) -> None:
     """Write the files of :func:`save_pretrained` into the (new, empty) ``directory``."""
-    save(model, os.path.join(directory, WEIGHTS_NAME))
+    with warnings.catch_warnings():  # a tied masked weight's mask is re-created on loading
+        warnings.simplefilter("ignore", TiedMaskWarning)
+        save(model, os.path.join(directory, WEIGHTS_NAME))
     config: Any = model.config
     config.save_pretrained(directory)
     generation = getattr(model, "generation_config", None)
@@ -184,7 +195,33 @@ def _write_pretrained(model: nn.Module, directory: str) -> None:
         "structure": describe_structure(model),
         "load_with": _LOAD_WITH,
     }
+    masked = sorted(masked_layers(model))
+    if masked:
+        entry["masked"] = masked
     add_to_config(directory, CONFIG_KEY, entry)
+
+
+def _restore_masked(model: nn.Module, names: Any, directory: str) -> None:
+    """Give each layer named in the config's ``"masked"`` list that has no mask after loading
+    (a weight stored densely, being tied to another) the mask of its zeros."""
+    where = f"{directory}/config.json"
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(
+            f"{where}: the {CONFIG_KEY!r} entry's 'masked' must be a list of layer names. "
+            f"Got {names!r} instead."
+        )
+    check_module_names(where, names, "masked layer")
+    missing = []
+    for name in names:
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(
+                f"{where}: the masked layer {name!r} is not a layer of {type(model).__name__}"
+            ) from None
+        if mask_of(layer) is None:
+            missing.append(name)
+    restore_masks(model, missing)
 
 
 _META_BUILD = threading.local()  # .depth > 0: this thread is inside parameters_on_meta
@@ -338,7 +375,8 @@ def from_pretrained(
     Returns
     -------
     nn.Module
-        The model, in eval mode, computing exactly what the saved model computed.
+        The model, in eval mode, computing exactly what the saved model computed, with the
+        sparsity masks of the saved model (the layers listed under ``"masked"``).
 
     Examples
     --------
@@ -364,6 +402,7 @@ def from_pretrained(
         saved = getattr(torch, str(entry.get("dtype")), None)
         target = dtype if dtype is not None else saved
         load(model, os.path.join(directory, os.path.basename(weights)))
+        _restore_masked(model, entry.get("masked", []), directory)
         if isinstance(target, torch.dtype):
             model.to(target)  # the loaded tensors and the buffers __init__ made
     if device is not None:

@@ -99,8 +99,9 @@ from rmtprune.pruning.selection import Select, matches
 from rmtprune.pruning.walker import SplitMode, analyze, prune
 from rmtprune.storage.format import save
 from rmtprune.storage.inputs import read_document
-from rmtprune.storage.metadata import META_KEY, check_module_names
+from rmtprune.storage.metadata import META_KEY, check_module_names, is_sparse_key
 from rmtprune.storage.reader import Checkpoint, is_safetensors_file, open_checkpoint
+from rmtprune.storage.sparse import expand_sparse
 
 __all__ = [
     "InputPlan",
@@ -275,7 +276,10 @@ def analyze_input(
     checkpoint = None
     if plan.route in ("model directory", "checkpoint"):
         checkpoint = open_checkpoint(plan.path)  # the one reading of the headers
-        check_module_names(checkpoint.path, checkpoint.names(), "tensor name")
+        names = checkpoint.names()
+        if META_KEY in checkpoint.metadata:  # sparse storage: checked once read dense (_open)
+            names = [name for name in names if not is_sparse_key(name)]
+        check_module_names(checkpoint.path, names, "tensor name")
         if META_KEY not in checkpoint.metadata and not is_marked_directory(plan.path):
             directory = plan.route == "model directory"
             kinds = classify_tensors(
@@ -419,8 +423,9 @@ def _open(plan: InputPlan, checkpoint: Checkpoint | None, *, whole: bool) -> Ope
         streamed = _open_streamed(plan, checkpoint)
         if streamed is not None:
             return streamed
-    if checkpoint is not None:
-        tensors = dict(checkpoint.iter_tensors())
+    if checkpoint is not None:  # sparse weights of an rmtprune file are rebuilt dense
+        stored = dict(checkpoint.iter_tensors())
+        tensors = expand_sparse(checkpoint.path, checkpoint.metadata, stored)
         # the one metadata validator (rmtprune.storage.metadata): names and structure records
         document = read_document(checkpoint.path, checkpoint.metadata, tensors)
     else:
@@ -454,6 +459,8 @@ def _open_streamed(plan: InputPlan, checkpoint: Checkpoint) -> OpenInput | None:
     """:func:`_open` of a safetensors checkpoint without reading its weights (only an
     rmtprune file's digest is computed, one tensor at a time); ``None`` where only the
     in-memory route reproduces what the loader does."""
+    if META_KEY in checkpoint.metadata and any(map(is_sparse_key, checkpoint.names())):
+        return None  # sparse storage: read dense in memory, as the loader does
     lazy = CheckpointTensors(checkpoint)
     stored = lazy.meta()
     # the one metadata validator (rmtprune.storage.metadata): names and structure records

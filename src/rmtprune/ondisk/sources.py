@@ -3,7 +3,8 @@
 :func:`load_model` accepts
 
 * an rmtprune file (written by :func:`rmtprune.save`: safetensors with the
-  factorized structure in its metadata),
+  factorized structure in its metadata; its sparsely stored weights are read dense and
+  their layers get the saved masks),
 * a plain ``.safetensors`` state dict, a sharded checkpoint (its
   ``*.safetensors.index.json``) or a model directory holding either
   (headers and index checked by :func:`rmtprune.storage.reader.open_checkpoint`),
@@ -60,6 +61,7 @@ from rmtprune.storage.reader import (
     is_safetensors_file,
     open_checkpoint,
 )
+from rmtprune.storage.sparse import expand_sparse
 
 __all__ = [
     "ShellModel",
@@ -88,13 +90,17 @@ class ShellModel(nn.Module):
 
 
 def read_tensors(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """Tensors of a weights file, index or model directory, and an rmtprune structure document."""
+    """Tensors of a weights file, index or model directory, and an rmtprune structure document.
+
+    The sparsely stored weights of an rmtprune file are rebuilt dense (their records checked
+    first, :func:`rmtprune.storage.sparse.expand_sparse`).
+    """
     path = os.fspath(path)
     if not os.path.isdir(path):
         check_input_file(path, what="weights file")  # missing or unreadable: named, one line
     if os.path.isdir(path) or path.endswith(".index.json") or is_safetensors_file(path):
         checkpoint = open_checkpoint(path)  # the one checked reader: headers and index first
-        tensors = checkpoint.read_all()
+        tensors = expand_sparse(checkpoint.path, checkpoint.metadata, checkpoint.read_all())
         # the one metadata validator (rmtprune.storage.metadata): names and structure records
         return tensors, read_document(checkpoint.path, checkpoint.metadata, tensors)
     tensors = read_state_dict(path)

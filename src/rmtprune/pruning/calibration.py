@@ -55,6 +55,7 @@ from torch import nn
 
 from rmtprune._util.validation import check_int, check_real, param_error
 from rmtprune.factorize.registry import LayerAdapter, get_adapter, set_submodule
+from rmtprune.pruning.calibrated_sparsity import decide_masks
 from rmtprune.pruning.criteria import LayerView, RankDecision
 from rmtprune.pruning.options import resolve_criterion
 from rmtprune.pruning.outputs import OutputProbe, as_batches, split_batches
@@ -171,6 +172,11 @@ class Calibrated:
             )
         self.base = base
 
+    @property
+    def produces_masks(self) -> bool:
+        """Whether the decisions are masks (a :class:`rmtprune.Sparsity` base)."""
+        return bool(getattr(self.base, "produces_masks", False))
+
     def _floors(self, model: nn.Module, views: Sequence[LayerView]) -> dict[str, int]:
         names = {v.name for v in views}
         if self.base is None:
@@ -222,6 +228,8 @@ class Calibrated:
         whitened SVD), for the walker to apply.
         """
         views = _views(model, layers)
+        if getattr(self.base, "produces_masks", False):
+            return decide_masks(self, model, views)
         cands, decisions = self._prepare(model, views)
         self.factors_: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.n_evaluations_ = 0

@@ -65,6 +65,7 @@ from rmtprune.rmt.thresholds import GavishDonoho
 
 __all__ = [
     "Criterion",
+    "Decision",
     "Energy",
     "FitCutoff",
     "FixedRank",
@@ -73,6 +74,7 @@ __all__ = [
     "LayerCriterion",
     "LayerView",
     "MPCriterion",
+    "MaskDecision",
     "ModelCriterion",
     "RankDecision",
     "SpectralFit",
@@ -144,6 +146,22 @@ class RankDecision:
     )
 
 
+@dataclass(frozen=True, eq=False)
+class MaskDecision:
+    """The weights a sparsity criterion keeps in one layer, and why.
+
+    ``mask`` is a boolean ``m × n`` tensor of the layer's matrix view (``True`` = kept);
+    ``skip=True``: the criterion refuses the layer (left as it is, reported as skipped).
+    """
+
+    mask: torch.Tensor | None
+    reason: str
+    skip: bool = field(default=False)
+
+
+Decision = RankDecision | MaskDecision
+
+
 @runtime_checkable
 class LayerCriterion(Protocol):
     """Decides each layer's rank on its own."""
@@ -157,10 +175,9 @@ class LayerCriterion(Protocol):
 class ModelCriterion(Protocol):
     """Decides all ranks at once, seeing the model and every candidate layer."""
 
-    def decide_model(
-        self, model: nn.Module, layers: Sequence[LayerView]
-    ) -> Mapping[str, RankDecision]:
-        """The rank of each layer, by name (a missing layer is left unchanged)."""
+    def decide_model(self, model: nn.Module, layers: Sequence[LayerView]) -> Mapping[str, Decision]:
+        """The rank (or, with ``produces_masks``, the mask) of each layer, by name (a missing
+        layer is left unchanged)."""
         ...
 
 

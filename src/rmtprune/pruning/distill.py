@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -50,6 +51,7 @@ __all__ = [
     "distill",
     "docstring_sentences",
     "embedding_loss",
+    "learning_rate",
     "mean_pooled",
     "split_sentences",
 ]
@@ -181,15 +183,32 @@ def _train_epoch(
     batches: Sequence[Any],
     targets: Sequence[torch.Tensor],
     loss_fn: Loss,
+    rate: Callable[[], float],
 ) -> float:
     total = 0.0
     for batch, target in zip(batches, targets, strict=True):
+        for group in optimizer.param_groups:
+            group["lr"] = rate()
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(first_tensor(call_model(student, batch)), target, batch)
         loss.backward()
         optimizer.step()
         total += float(loss.detach())
     return total / len(batches)
+
+
+_LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(lr: float, schedule: str, step: int, total: int) -> float:
+    """The rate of step ``step`` (from 0) of ``total`` under ``schedule`` (see :func:`distill`).
+
+    >>> [round(learning_rate(1.0, "cosine", t, 4), 3) for t in range(4)]
+    [1.0, 0.854, 0.5, 0.146]
+    """
+    if schedule == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+    return lr
 
 
 def distill(
@@ -202,6 +221,7 @@ def distill(
     lr: float = 1e-4,
     loss: Loss = embedding_loss,
     eval_batches: Iterable[Any] | None = None,
+    lr_schedule: str = "constant",
 ) -> DistillResult:
     """Train ``student`` in place to reproduce ``teacher`` on ``batches``, pruning on a schedule.
 
@@ -229,6 +249,9 @@ def distill(
     eval_batches : iterable of model inputs, optional
         Held-out inputs on which the relative output change against the teacher is measured
         after every epoch.
+    lr_schedule : {"constant", "cosine"}
+        ``"cosine"``: the learning rate of step ``t`` of ``T = epochs · len(batches)`` is
+        ``lr · (1 + cos(π t / T)) / 2`` (from ``lr`` down to 0), set before every step.
 
     Returns
     -------
@@ -237,6 +260,11 @@ def distill(
     owner = "distill"
     epochs = check_int(epochs, "epochs", owner, low=1)
     lr = check_real(lr, "lr", owner, low=0.0, low_open=True)
+    if lr_schedule not in _LR_SCHEDULES:
+        raise ValueError(
+            f"The 'lr_schedule' parameter of distill must be one of {_LR_SCHEDULES}. "
+            f"Got {lr_schedule!r} instead."
+        )
     if pruner is not None and pruner.model is not student:
         raise ValueError(
             "The 'pruner' parameter of distill must prune the student (SpectralPruner(student, "
@@ -255,9 +283,15 @@ def distill(
     was_training = student.training
     student.eval()
     history = []
+    total_steps, step = epochs * len(train), [0]
+
+    def rate() -> float:
+        step[0] += 1
+        return learning_rate(lr, lr_schedule, step[0] - 1, total_steps)
+
     try:
         for epoch in range(1, epochs + 1):
-            mean_loss = _train_epoch(student, optimizer, train, targets, loss)
+            mean_loss = _train_epoch(student, optimizer, train, targets, loss, rate)
             changed = pruner is not None and pruner.step(epoch, optimizer=optimizer).changed
             change = None if held is None else held.change(student)
             history.append(

@@ -99,8 +99,12 @@ class _Table:
 
     def to_markdown(self) -> str:
         """The per-layer table in Markdown (also what the CLI prints)."""
-        rows = [[getattr(r, c) for c in self._columns] for r in self.layers]
-        return _markdown_table(self._columns, rows)
+        columns = self._table_columns()
+        rows = [[getattr(r, c) for c in columns] for r in self.layers]
+        return _markdown_table(columns, rows)
+
+    def _table_columns(self) -> tuple[str, ...]:
+        return self._columns
 
 
 def _row_to_dict(row: Any, keys: Sequence[str]) -> dict[str, Any]:
@@ -182,8 +186,13 @@ class LayerPruneResult(FitAttributes):
     """What :func:`rmtprune.prune` did (or, in a dry run, would do) to one layer.
 
     ``action`` is one of ``"split"`` (replaced by two factors), ``"truncated"``
-    (one layer of lower rank), ``"unchanged"`` (fitted, nothing to remove) or
-    ``"skipped"`` (not fitted or not MP-like; ``reason`` says why).  ``fit`` is the
+    (one layer of lower rank), ``"sparsified"`` (weights set to zero under a mask by
+    :class:`rmtprune.Sparsity`), ``"unchanged"`` (fitted, nothing to remove) or
+    ``"skipped"`` (not fitted or not MP-like; ``reason`` says why).  ``params_before`` /
+    ``params_after`` count the parameters the layer *stores in memory* (a sparsified layer
+    keeps its dense weight, so they are equal); ``nonzero_before`` / ``nonzero_after`` count
+    its nonzero weights and biases (rows of a sparsity criterion only, else ``None``) —
+    what :func:`rmtprune.save` stores of a sparse layer.  ``fit`` is the
     criterion's :class:`~rmtprune.rmt.fit.SpectralFit` of the layer (``SpectralFit()``
     when it made none); ``n_spikes``, ``sigma2``, ``lambda_plus`` and ``fit_error`` are
     its values, and the ones the row shows.
@@ -201,6 +210,8 @@ class LayerPruneResult(FitAttributes):
     split: bool
     reason: str = ""
     fit: SpectralFit = dataclasses.field(default_factory=SpectralFit)
+    nonzero_before: int | None = None
+    nonzero_after: int | None = None
 
     _keys = (
         "name",
@@ -218,6 +229,8 @@ class LayerPruneResult(FitAttributes):
         "sigma2",
         "lambda_plus",
         "fit_error",
+        "nonzero_before",
+        "nonzero_after",
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,7 +240,7 @@ class LayerPruneResult(FitAttributes):
 
 def _derived_note(rows: Sequence[LayerPruneResult]) -> str:
     """Why none of ``rows`` is changed, from their actions; ``""`` when one is."""
-    if any(r.action in ("split", "truncated") for r in rows):
+    if any(r.action in ("split", "truncated", "sparsified") for r in rows):
         return ""
     if not rows:
         return "No layer to prune: no weight layer was selected."
@@ -253,7 +266,10 @@ class PruneReport(_Table):
     without rows, as the engine gave it (a :class:`~rmtprune.SpectralPruner` step at a
     non-pruning epoch, a model without weight layers); for one with rows, derived from them
     (``"No layer changed: 2 skipped, 1 unchanged; ..."``, also in a copy with other rows),
-    ``""`` when a layer changes.  It is printed by :meth:`to_markdown`.
+    ``""`` when a layer changes.  It is printed by :meth:`to_markdown`.  ``nonzero_before`` /
+    ``nonzero_after``: nonzero parameters of the whole model, set when it has sparse (masked)
+    layers before or after; masked zeros are never counted in ``params_after`` as removed
+    (they stay in memory) — :func:`rmtprune.save` drops them from the file.
     """
 
     layers: tuple[LayerPruneResult, ...]
@@ -266,6 +282,8 @@ class PruneReport(_Table):
     output_change_fit: float | None = None
     max_output_change: float | None = None
     note: str = ""
+    nonzero_before: int | None = None
+    nonzero_after: int | None = None
     _columns = (
         "name",
         "layer_type",
@@ -279,6 +297,12 @@ class PruneReport(_Table):
         "reason",
     )
 
+    def _table_columns(self) -> tuple[str, ...]:
+        if any(r.nonzero_after is not None for r in self.layers):  # a sparsity criterion's
+            i = self._columns.index("params_after") + 1
+            return (*self._columns[:i], "nonzero_before", "nonzero_after", *self._columns[i:])
+        return self._columns
+
     def __post_init__(self) -> None:
         if self.layers or not self.note:  # a report with rows: from the rows held now
             object.__setattr__(self, "note", _derived_note(self.layers))
@@ -290,12 +314,25 @@ class PruneReport(_Table):
             return 0.0
         return 1.0 - self.params_after / self.params_before
 
+    @property
+    def nonzero_reduction(self) -> float:
+        """Fraction of the nonzero parameters set to zero (0 without sparse layers)."""
+        if self.nonzero_before is None or self.nonzero_after is None or not self.nonzero_before:
+            return 0.0
+        return 1.0 - self.nonzero_after / self.nonzero_before
+
     def to_markdown(self) -> str:
         """Per-layer table followed by the model totals."""
         total = (
             f"\n\nParameters: {self.params_before:,} → {self.params_after:,} "
             f"({100 * self.reduction:.1f} % removed)" + (" [dry run]" if self.dry_run else "")
         )
+        if self.nonzero_before is not None and self.nonzero_after is not None:
+            total += (
+                f"\nNonzero parameters: {self.nonzero_before:,} → {self.nonzero_after:,} "
+                f"({100 * self.nonzero_reduction:.1f} % fewer; masked zeros stay in memory, "
+                "rmtprune.save stores only the nonzero values and a bitmask)"
+            )
         note = f"\n\n{self.note}" if self.note else ""
         return super().to_markdown() + total + note + "\n\n" + self.output_change_line()
 

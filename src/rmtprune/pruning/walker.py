@@ -36,6 +36,7 @@ from torch import nn
 
 from rmtprune._util.progress import track
 from rmtprune._util.validation import param_error
+from rmtprune.factorize.masks import apply_mask, masked_layers, nonzero_count
 from rmtprune.pruning._guards import apply_rank, copy_model, frozen_parametrizations
 from rmtprune.pruning.calibration import (
     calibrated_from_keywords,
@@ -44,18 +45,20 @@ from rmtprune.pruning.calibration import (
 )
 from rmtprune.pruning.criteria import (
     Criterion,
+    Decision,
     FitCutoff,
-    LayerView,
-    ModelCriterion,
+    MaskDecision,
     MPCriterion,
-    RankDecision,
     SpectralFit,
     kept_rank,
 )
+from rmtprune.pruning.decisions import decide_ranks
 from rmtprune.pruning.layers import Candidate, collect, count_parameters
 from rmtprune.pruning.options import resolve_criterion, resolve_select, warn_legacy
+from rmtprune.pruning.outputs import as_batches
 from rmtprune.pruning.report import LayerAnalysis, LayerPruneResult, ModelReport, PruneReport
 from rmtprune.pruning.selection import DEFAULT_MIN_DIM, DEFAULT_MIN_PARAMS, Select, weight_layers
+from rmtprune.pruning.sparsity import weight_mask
 
 __all__ = [
     "DEFAULT_MIN_DIM",
@@ -158,50 +161,38 @@ def analyze(
     return ModelReport(rows, crit.alpha, crit.beta, float(cutoff))
 
 
-def _check_decision(decision: Any, view: LayerView, criterion: Any) -> RankDecision:
-    if not isinstance(decision, RankDecision):
-        raise TypeError(
-            f"The criterion {criterion!r} must return a RankDecision for layer {view.name!r}. "
-            f"Got {type(decision).__name__} instead."
+def _mask_row(
+    row: dict[str, Any], c: Candidate, decision: MaskDecision, *, dry_run: bool
+) -> LayerPruneResult:
+    """Apply (or, in a dry run, count) a sparsity mask on layer ``c``."""
+    assert decision.mask is not None
+    before = nonzero_count(c.module)
+    kept = weight_mask(c.module, decision.mask)
+    weight = c.module.weight
+    assert isinstance(weight, torch.Tensor)
+    zeroed = int(((weight.detach() != 0) & ~kept.to(weight.device)).sum())
+    after = before - zeroed
+    if zeroed == 0:
+        return _kept_row(
+            {**row, "nonzero_before": before, "nonzero_after": before},
+            c,
+            row["rank_before"],
+            "unchanged",
+            decision.reason + "; no nonzero weight removed",
         )
-    if not decision.skip and not 1 <= decision.rank <= view.rank:
-        raise ValueError(
-            f"The criterion {criterion!r} kept rank {decision.rank!r} for layer {view.name!r}; "
-            f"expected an int in [1, {view.rank}] (the layer's current rank)."
-        )
-    if decision.factors is not None and not decision.skip:
-        u, s, vh = decision.factors
-        m, n = view.shape
-        if tuple(u.shape) != (m, decision.rank) or tuple(vh.shape) != (decision.rank, n):
-            raise ValueError(
-                f"The criterion {criterion!r} gave factors of shapes {tuple(u.shape)}, "
-                f"{tuple(s.shape)}, {tuple(vh.shape)} for layer {view.name!r}; expected "
-                f"({m}, {decision.rank}), ({decision.rank},), ({decision.rank}, {n})."
-            )
-    return decision
-
-
-def decide_ranks(
-    model: nn.Module, criterion: Criterion, views: Sequence[LayerView]
-) -> dict[str, RankDecision]:
-    """Ask ``criterion`` for the rank of every layer in ``views`` (model-level or per layer).
-
-    A model-level criterion (``decide_model``) sees all layers at once; a layer it
-    leaves out keeps its rank.  Every decision is checked: a rank in ``[1, layer.rank]``.
-    """
-    if isinstance(criterion, ModelCriterion):
-        given = dict(criterion.decide_model(model, list(views)))
-        unknown = sorted(set(given) - {v.name for v in views})
-        if unknown:
-            raise ValueError(
-                f"The criterion {criterion!r} decided ranks for {unknown}, which are not "
-                f"candidate layers. Candidates: {[v.name for v in views]}"
-            )
-        why = "not decided by the criterion: left as it is"
-        out = {v.name: given.get(v.name) or RankDecision(v.rank, why) for v in views}
-    else:
-        out = {v.name: criterion.decide(v) for v in views}
-    return {v.name: _check_decision(out[v.name], v, criterion) for v in views}
+    if not dry_run:
+        apply_mask(c.module, kept)
+        after = nonzero_count(c.module)
+    return LayerPruneResult(
+        **row,
+        action="sparsified",
+        rank_after=row["rank_before"],
+        params_after=c.params,
+        split=False,
+        reason=decision.reason,
+        nonzero_before=before,
+        nonzero_after=after,
+    )
 
 
 def _kept_row(
@@ -221,7 +212,7 @@ def _kept_row(
 
 def _prune_row(
     c: Candidate,
-    decision: RankDecision | None,
+    decision: Decision | None,
     *,
     bulk_keep: float,
     split: SplitMode,
@@ -230,7 +221,7 @@ def _prune_row(
 ) -> LayerPruneResult:
     m, n = c.shape
     rank = c.rank if c.rank else min(m, n)
-    fit = decision.fit if decision is not None and decision.fit is not None else SpectralFit()
+    fit = getattr(decision, "fit", None) or SpectralFit()
     row: dict[str, Any] = {
         "name": c.name,
         "layer_type": c.layer_type,
@@ -240,6 +231,11 @@ def _prune_row(
         "fit": fit,
         "rank_before": rank,
     }
+    if isinstance(decision, MaskDecision) and not decision.skip and decision.mask is not None:
+        return _mask_row(row, c, decision, dry_run=dry_run)
+    if isinstance(decision, MaskDecision):
+        action = "skipped" if decision.skip else "unchanged"
+        return _kept_row(row, c, rank, action, decision.reason)
     if decision is None or decision.skip or decision.rank >= rank:
         action = "unchanged" if decision is not None and not decision.skip else "skipped"
         return _kept_row(row, c, rank, action, c.reason if decision is None else decision.reason)
@@ -380,12 +376,23 @@ def prune(
             f"The 'model' parameter of prune must be a torch.nn.Module. "
             f"Got {type(model).__name__} instead."
         )
+    if calibration is not None:
+        calibration = as_batches(calibration, "prune")  # read once, used twice below
+        if hasattr(crit, "with_calibration"):  # e.g. Sparsity(score="wanda")
+            crit = crit.with_calibration(calibration)
     probe = held_out_probe(model, crit, calibration, dry_run)  # before any change
     target = model if (inplace or dry_run) else copy_model(model)  # legacy weight_norm too
     report = _prune_model(
         target, crit, chosen, ranks, split=split, dry_run=dry_run, progress=progress
     )
     return target, with_output_change(report, crit, probe, target)
+
+
+def _nonzeros(model: nn.Module) -> int:
+    """Nonzero entries of all parameters of ``model`` (shared ones once), masks applied."""
+    for module in masked_layers(model).values():
+        nonzero_count(module)  # applies the mask
+    return sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
 
 
 def _prune_model(
@@ -399,6 +406,8 @@ def _prune_model(
     progress: bool | None = None,
 ) -> PruneReport:
     before = count_parameters(target)
+    sparse = bool(masked_layers(target)) or getattr(crit, "produces_masks", False)
+    nonzero_start = _nonzeros(target) if sparse else 0  # before: masks are counted too
     found = collect(target, chosen, ranks, "prune", progress, pruning=True)
     with torch.no_grad(), frozen_parametrizations(target):
         views = [c.view for c in found if c.view is not None]
@@ -415,14 +424,26 @@ def _prune_model(
             )
             for c in track(found, desc="prune: surgery", progress=progress)
         )
-    changed = any(r.action in ("split", "truncated") for r in rows)
+    changed = any(r.action in ("split", "truncated", "sparsified") for r in rows)
     after = before - sum(r.params_before - r.params_after for r in rows)
     if not dry_run:
         measured = count_parameters(target)
         if measured != after:  # pragma: no cover - internal consistency guard
             raise RuntimeError(f"parameter count {measured} differs from the prediction {after}")
     note = "" if found else _nothing_selected(target, chosen)
-    return PruneReport(rows, before, after, dry_run, changed and not dry_run, note=note)
+    nonzero: dict[str, int | None] = {"nonzero_before": None, "nonzero_after": None}
+    if sparse:
+        zeroed = sum(
+            r.nonzero_before - r.nonzero_after
+            for r in rows
+            if r.nonzero_before is not None and r.nonzero_after is not None
+        )
+        after_nz = _nonzeros(target) if not dry_run else None
+        nonzero = {
+            "nonzero_before": nonzero_start,
+            "nonzero_after": nonzero_start - zeroed if after_nz is None else after_nz,
+        }
+    return PruneReport(rows, before, after, dry_run, changed and not dry_run, note=note, **nonzero)
 
 
 def _nothing_selected(model: nn.Module, select: Select) -> str:

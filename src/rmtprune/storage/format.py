@@ -6,6 +6,7 @@ On disk a model is ONE safetensors file (no pickle).  Its tensors are the model'
     {"format_version": 1,
      "structure": {layer name: {"type": "LowRankLinear", "rank": r, ...}, ...},
      "aliases": {state-dict key: key of the stored tensor it shares memory with},
+     "sparse": {state-dict key: {"shape": [...], "nonzero": n}, ...},   (optional)
      "sha256": hex digest of the tensor payload}
 
 ``structure`` is :func:`describe_structure` of the model: which layers are factorized, at
@@ -14,6 +15,11 @@ constructed base model with :func:`apply_structure`, then loads the tensors.  Ti
 (two state-dict keys sharing memory) are stored once and recorded in ``aliases``.  The digest
 covers every stored tensor (name, dtype, shape and bytes, in name order) and is checked on
 load, so a truncated or altered file raises ``ValueError`` instead of loading wrong weights.
+
+The weight ``K`` of a masked layer (:mod:`rmtprune.factorize.masks`) is stored as its kept
+values ``K:sparse_values`` and its packed mask ``K:sparse_bitmask``, recorded in ``sparse``
+(layout: :mod:`rmtprune.storage.sparse`); :func:`load` rebuilds it bit for bit and gives its
+layer the saved mask.  A file without ``sparse`` reads as before.
 
 Writes are atomic: the file is written under a temporary name in the same directory, flushed
 to disk, then moved into place; an existing file is replaced only with ``overwrite=True``.
@@ -57,11 +63,18 @@ from rmtprune.factorize.registry import get_adapter, set_submodule
 from rmtprune.storage.metadata import (
     FORMAT_VERSION,
     META_KEY,
+    check_sparse,
     check_structure,
     parse_document,
 )
 from rmtprune.storage.reader import open_file
-from rmtprune.storage.writer import file_metadata, move_into_place, payload_digest
+from rmtprune.storage.sparse import expand, mask_owners, set_masks, sparse_tensors
+from rmtprune.storage.writer import (
+    file_metadata,
+    move_into_place,
+    payload_digest,
+    tensors_to_store,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -306,41 +319,6 @@ def check_materialized(model: nn.Module, where: str) -> None:
         )
 
 
-def tensors_to_store(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Contiguous CPU tensors owning their memory, and the aliases of tied entries."""
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    seen: dict[tuple[Any, ...], str] = {}
-    for name, value in model.state_dict().items():
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(
-                f"state-dict entry {name!r} of the model is a {type(value).__name__}, not a "
-                "tensor; rmtprune.storage.format.save stores tensors only"
-            )
-        value = value.detach()
-        if value.numel():
-            view = (
-                value.device,
-                value.untyped_storage().data_ptr(),
-                value.storage_offset(),
-                tuple(value.shape),
-                tuple(value.stride()),
-                value.dtype,
-            )
-            if view in seen:
-                aliases[name] = seen[view]
-                continue
-            seen[view] = name
-        stored = value.cpu().contiguous()
-        owns_storage = stored.storage_offset() == 0 and stored.untyped_storage().nbytes() == (
-            stored.numel() * stored.element_size()
-        )
-        if not owns_storage:
-            stored = stored.clone()
-        tensors[name] = stored
-    return tensors, aliases
-
-
 def save(model: nn.Module, path: PathLike, *, overwrite: bool = False) -> None:
     """Write ``model``'s tensors and factorized structure to ONE safetensors file, atomically.
 
@@ -373,7 +351,8 @@ def save(model: nn.Module, path: PathLike, *, overwrite: bool = False) -> None:
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
     tensors, aliases = tensors_to_store(model)
-    metadata = file_metadata(describe_structure(model), aliases, payload_digest(tensors))
+    tensors, sparse = sparse_tensors(model, tensors, aliases)
+    metadata = file_metadata(describe_structure(model), aliases, payload_digest(tensors), sparse)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = temp_file(directory)  # a short name for any output name
     os.close(fd)
@@ -390,8 +369,8 @@ def save(model: nn.Module, path: PathLike, *, overwrite: bool = False) -> None:
             os.unlink(tmp)
 
 
-def _read(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The tensors (64-byte aligned) and the parsed rmtprune document of a file, checked."""
+def _read(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]]:
+    """The tensors (64-byte aligned, dense), the checked document and the saved masks of a file."""
     check_input_file(path, what="model file")
     try:  # the one checked reader: header against the file's size, then one tensor at a time
         checkpoint = open_file(path)
@@ -402,9 +381,10 @@ def _read(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             detail = detail.removeprefix("not a safetensors file (").removesuffix(")")
         raise ValueError(f"{path} is not a valid safetensors file: {detail}") from None
     document = check_payload(path, checkpoint.metadata, tensors)
+    tensors, masks = expand(document["sparse"], tensors)
     for alias, target in document["aliases"].items():
         tensors[alias] = tensors[target]
-    return tensors, document
+    return tensors, document, masks
 
 
 def check_payload(
@@ -413,7 +393,8 @@ def check_payload(
     """The parsed rmtprune document of the file at ``path``, checked against its ``tensors``.
 
     Checks the metadata, the SHA-256 digest of the tensors (``tensors`` may read each one on
-    access: one is held at a time) and that each tied entry names a stored tensor.
+    access: one is held at a time), that each tied entry names a stored tensor and that the
+    tensors of each sparse weight fit its record (:func:`~rmtprune.storage.metadata.check_sparse`).
     """
     if META_KEY not in metadata:
         raise ValueError(
@@ -427,6 +408,7 @@ def check_payload(
     for alias, target in document["aliases"].items():
         if target not in tensors or alias in tensors:
             raise ValueError(f"{path}: tied entry {alias!r} refers to a missing tensor {target!r}")
+    check_sparse(path, document["sparse"], tensors, document["aliases"])
     return document
 
 
@@ -434,7 +416,8 @@ def load(model: nn.Module, path: PathLike, *, strict: bool = True) -> nn.Module:
     """Load a file written by :func:`save` into a freshly built base model (in place).
 
     The layers recorded as factorized are first replaced by factorized layers of the recorded
-    rank (:func:`apply_structure`), then the tensors are loaded.
+    rank (:func:`apply_structure`), then the tensors are loaded.  A layer whose weight the file
+    holds gets the file's sparsity mask (the saved one, not the zeros'), or none if stored dense.
 
     Parameters
     ----------
@@ -473,7 +456,7 @@ def load(model: nn.Module, path: PathLike, *, strict: bool = True) -> nn.Module:
             "instead."
         )
     path = os.fspath(path)
-    tensors, document = _read(path)
+    tensors, document, masks = _read(path)
     structure = document["structure"]
     check_structure(path, structure, tensors)
     try:
@@ -482,10 +465,12 @@ def load(model: nn.Module, path: PathLike, *, strict: bool = True) -> nn.Module:
         raise ValueError(f"{path}: {exc}") from None
     try:
         check_fit(model, tensors, strict)
+        owners = mask_owners(model, tensors, masks)
     except ValueError as exc:
         for name, old in replaced.items():  # leave the model as it was given
             set_submodule(model, name, old)
         raise ValueError(f"{path} does not fit the model: {exc}") from None
     load_tensors(model, tensors, strict=strict)
     check_materialized(model, path)
+    set_masks(owners)
     return model

@@ -12,6 +12,12 @@ file, so what is built afterwards is never larger than what was read.  Both
 
 A new factorized layer type is supported by one call to :func:`register_layout`.
 
+A sparse (masked) weight is stored as two tensors, its kept values and its packed mask
+(:mod:`rmtprune.storage.sparse`); the document's optional ``"sparse"`` entry records its shape
+and number of kept values, and :func:`check_sparse` checks both tensors against it (lengths,
+dtype, the bits set) before the dense tensor is built.  That dense tensor is larger than what
+was read, by design, but never more than 8 entries per byte of bitmask actually in the file.
+
 Example
 -------
 >>> import torch
@@ -30,6 +36,7 @@ the tensor in the file has shape (2, 4)
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -41,10 +48,15 @@ __all__ = [
     "FORMAT_VERSION",
     "MAX_DEPTH",
     "META_KEY",
+    "SPARSE_BITMASK",
+    "SPARSE_VALUES",
     "check_module_names",
+    "check_sparse",
     "check_structure",
+    "is_sparse_key",
     "parse_document",
     "register_layout",
+    "sparse_keys",
 ]
 
 FORMAT_VERSION = 1
@@ -55,6 +67,13 @@ META_KEY = "rmtprune"
 """The one key under which rmtprune records itself: the safetensors metadata entry of an rmtprune
 file's JSON document, the ``config.json`` entry of :func:`rmtprune.save_pretrained` and the
 Lightning checkpoint entry of :mod:`rmtprune.integrations.lightning`."""
+SPARSE_VALUES = ":sparse_values"
+"""Suffix of the stored tensor of a sparse weight's kept values (``<key>:sparse_values``)."""
+SPARSE_BITMASK = ":sparse_bitmask"
+"""Suffix of the stored tensor of a sparse weight's packed mask (``<key>:sparse_bitmask``).
+
+No state-dict key holds a ``:`` in practice (no module path can: see
+:func:`check_module_names`), and :func:`rmtprune.save` refuses a model whose keys clash."""
 _PART = re.compile(r"^[A-Za-z0-9_]+$")
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -115,6 +134,11 @@ def parse_document(path: str | os.PathLike[str], text: Any) -> dict[str, Any]:
     for alias, target in document["aliases"].items():
         if not isinstance(target, str):
             raise InvalidFileError(path, f"{where}: alias {alias!r} must name a tensor")
+    sparse = document.setdefault("sparse", {})  # optional: absent in files of dense models
+    if not isinstance(sparse, dict):
+        raise InvalidFileError(
+            path, f"{where} has no valid 'sparse' field (expected dict, got {sparse!r})"
+        )
     return document
 
 
@@ -262,3 +286,144 @@ def check_structure(
                     f"that imply {key!r} of shape {shape}, but the tensor in the file has "
                     f"shape {_shape(tensor)}",
                 )
+
+
+def sparse_keys(key: str) -> tuple[str, str]:
+    """The names of the two tensors that store the sparse weight ``key``: values, bitmask."""
+    return key + SPARSE_VALUES, key + SPARSE_BITMASK
+
+
+def is_sparse_key(name: str) -> bool:
+    """Whether ``name`` is one of the two stored tensors of a sparse weight."""
+    return name.endswith((SPARSE_VALUES, SPARSE_BITMASK))
+
+
+_POPCOUNT = [bin(byte).count("1") for byte in range(256)]
+
+
+def _bits_set(bitmask: Any) -> int:
+    """The number of bits set in a ``uint8`` tensor."""
+    import numpy as np
+
+    table = np.array(_POPCOUNT, dtype=np.uint8)
+    return int(table[bitmask.detach().cpu().numpy()].sum(dtype=np.int64))
+
+
+def _sparse_entry(entry: Any) -> tuple[Shape, int]:
+    """The checked ``shape`` and ``nonzero`` of one ``"sparse"`` record."""
+    if not isinstance(entry, Mapping):
+        raise ValueError("the record is not an object")
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= _MAX_INT for d in shape
+    ):
+        raise ValueError(f"'shape' must be a list of ints in [0, {_MAX_INT}], got {shape!r}")
+    numel = math.prod(shape)
+    nonzero = entry.get("nonzero")
+    if isinstance(nonzero, bool) or not isinstance(nonzero, int) or not 0 <= nonzero <= numel:
+        raise ValueError(
+            f"'nonzero' must be an int in [0, {numel}] (the entries of 'shape' {shape}), "
+            f"got {nonzero!r}"
+        )
+    return tuple(shape), nonzero
+
+
+def _check_sparse_tensors(key: str, shape: Shape, nonzero: int, tensors: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` unless the two stored tensors of ``key`` fit its record."""
+    import torch
+
+    values_key, bitmask_key = sparse_keys(key)
+    for name in (values_key, bitmask_key):
+        if name not in tensors:
+            raise ValueError(f"its tensor {name!r} is missing")
+    values, bitmask = tensors[values_key], tensors[bitmask_key]
+    if _shape(values) != (nonzero,):
+        raise ValueError(
+            f"'nonzero' is {nonzero} but the values tensor {values_key!r} has shape "
+            f"{_shape(values)} (expected ({nonzero},))"
+        )
+    numel = math.prod(shape)
+    nbytes = -(-numel // 8)
+    if getattr(bitmask, "dtype", None) != torch.uint8 or _shape(bitmask) != (nbytes,):
+        raise ValueError(
+            f"'shape' {list(shape)} has {numel} entries, which take a uint8 bitmask of shape "
+            f"({nbytes},), but the bitmask tensor {bitmask_key!r} is "
+            f"{getattr(bitmask, 'dtype', None)} of shape {_shape(bitmask)}"
+        )
+    spare = 8 * nbytes - numel  # the unused low bits of the last byte
+    if spare and int(bitmask[-1]) & ((1 << spare) - 1):
+        raise ValueError(
+            f"the bitmask tensor {bitmask_key!r} has bits set beyond the {numel} entries of "
+            f"'shape' {list(shape)}"
+        )
+    count = _bits_set(bitmask)
+    if count != nonzero:
+        raise ValueError(
+            f"'nonzero' is {nonzero} but the bitmask tensor {bitmask_key!r} has {count} bits set"
+        )
+
+
+def check_sparse(
+    path: str | os.PathLike[str],
+    sparse: Mapping[str, Any],
+    tensors: Mapping[str, Any],
+    aliases: Mapping[str, str] | None = None,
+) -> dict[str, Shape]:
+    """Check the ``"sparse"`` records of a file against its stored ``tensors``, before building.
+
+    Each record ``{key: {"shape": [...], "nonzero": n}}`` needs the tensors
+    ``key + SPARSE_VALUES`` (1-D, ``n`` values) and ``key + SPARSE_BITMASK`` (``uint8``,
+    ``ceil(numel / 8)`` bytes, ``n`` bits set, the spare bits clear); ``key`` itself must be
+    neither a stored tensor nor a tied entry, and every stored tensor named like sparse storage
+    must belong to a record.  ``tensors`` must hold the values (not ``meta`` tensors): the
+    bitmask's bits are counted.
+
+    Returns
+    -------
+    dict
+        ``{key: shape}`` of every sparse weight.
+
+    Raises
+    ------
+    InvalidFileError
+        Naming the file, the key and the field.
+
+    Examples
+    --------
+    >>> import torch
+    >>> bitmask = torch.tensor([0b10010000], dtype=torch.uint8)  # entries 0 and 3 of 4 kept
+    >>> stored = {"w:sparse_values": torch.ones(2), "w:sparse_bitmask": bitmask}
+    >>> check_sparse("m.safetensors", {"w": {"shape": [4], "nonzero": 2}}, stored)
+    {'w': (4,)}
+    >>> try:
+    ...     check_sparse("m.safetensors", {"w": {"shape": [4], "nonzero": 3}}, stored)
+    ... except InvalidFileError as exc:
+    ...     print(str(exc).split(": ", 2)[2])
+    'nonzero' is 3 but the values tensor 'w:sparse_values' has shape (2,) (expected (3,))
+    """
+    path = os.fspath(path)
+    aliases = aliases or {}
+    shapes: dict[str, Shape] = {}
+    for key, entry in sparse.items():
+        where = f"{path}: sparse entry {key!r}"
+        if not isinstance(key, str) or not key or is_sparse_key(key):
+            raise InvalidFileError(path, f"{where}: the key is not a state-dict key")
+        if key in tensors or key in aliases:
+            raise InvalidFileError(
+                path, f"{where}: the key is also stored densely or as a tied entry"
+            )
+        try:
+            shape, nonzero = _sparse_entry(entry)
+            _check_sparse_tensors(key, shape, nonzero, tensors)
+        except ValueError as exc:
+            raise InvalidFileError(path, f"{where}: {exc}") from None
+        shapes[key] = shape
+    claimed = {name for key in shapes for name in sparse_keys(key)}
+    stray = sorted(name for name in tensors if is_sparse_key(name) and name not in claimed)
+    if stray:
+        raise InvalidFileError(
+            path,
+            f"{path}: the tensor {stray[0]!r} is named as sparse storage but no 'sparse' "
+            "entry of the metadata records it",
+        )
+    return shapes

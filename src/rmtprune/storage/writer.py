@@ -2,14 +2,15 @@
 writer that takes one tensor at a time.
 
 :func:`rmtprune.save` (``rmtprune.storage.format``) holds the whole model and writes it with
-``safetensors.torch.save_file``.  :class:`SafetensorsWriter` writes the same file without
-holding more than one tensor: :meth:`~SafetensorsWriter.add` appends each tensor's bytes to a
-temporary data file next to the output as soon as it exists (only its name, dtype, shape and
-offset are kept); :meth:`~SafetensorsWriter.commit` then writes the safetensors header (the
-layout safetensors itself chooses, asked of it with empty tensors of the same names and dtypes)
-and copies each tensor's bytes, in chunks, to its place in a second temporary file, feeding the
-SHA-256 payload digest in name order as it goes; the digest goes into the header last and the
-file is moved into place atomically.  Peak disk use is twice the output.
+``safetensors.torch.save_file`` (the tensors of :func:`tensors_to_store`).
+:class:`SafetensorsWriter` writes the same file without holding more than one tensor:
+:meth:`~SafetensorsWriter.add` appends each tensor's bytes to a temporary data file next to
+the output as soon as it exists (only its name, dtype, shape and offset are kept);
+:meth:`~SafetensorsWriter.commit` then writes the safetensors header (the layout safetensors
+itself chooses, asked of it with empty tensors of the same names and dtypes) and copies each
+tensor's bytes, in chunks, to its place in a second temporary file, feeding the SHA-256
+payload digest in name order as it goes; the digest goes into the header last and the file is
+moved into place atomically.  Peak disk use is twice the output.
 
 The tensors, their order in the data and the metadata are those of ``save_file``; only the
 order of the two ``__metadata__`` keys can differ, because safetensors writes them in the
@@ -43,6 +44,7 @@ from typing import Any, BinaryIO
 
 import torch
 from safetensors.torch import save as serialize
+from torch import nn
 
 from rmtprune._util.fileio import fsync_directory, temp_file
 from rmtprune.storage.metadata import FORMAT_VERSION, META_KEY
@@ -53,6 +55,7 @@ __all__ = [
     "file_metadata",
     "move_into_place",
     "payload_digest",
+    "tensors_to_store",
 ]
 
 _CHUNK = 1 << 20  # bytes copied at a time
@@ -79,16 +82,60 @@ def payload_digest(tensors: Mapping[str, torch.Tensor]) -> str:
 
 
 def file_metadata(
-    structure: Mapping[str, Any], aliases: Mapping[str, str], sha256: str
+    structure: Mapping[str, Any],
+    aliases: Mapping[str, str],
+    sha256: str,
+    sparse: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The safetensors metadata of an rmtprune file (``rmtprune.storage.format``'s document)."""
-    document = {
+    """The safetensors metadata of an rmtprune file (``rmtprune.storage.format``'s document).
+
+    ``sparse`` (the records of the weights stored sparsely) is written only when it has
+    records, so the file of a model without masks is the same as before sparse storage.
+    """
+    document: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "structure": structure,
         "aliases": aliases,
         "sha256": sha256,
     }
+    if sparse:
+        document["sparse"] = sparse
     return {"format": "pt", META_KEY: json.dumps(document, sort_keys=True)}
+
+
+def tensors_to_store(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Contiguous CPU tensors owning their memory, and the aliases of tied entries."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    for name, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"state-dict entry {name!r} of the model is a {type(value).__name__}, not a "
+                "tensor; rmtprune.storage.format.save stores tensors only"
+            )
+        value = value.detach()
+        if value.numel():
+            view = (
+                value.device,
+                value.untyped_storage().data_ptr(),
+                value.storage_offset(),
+                tuple(value.shape),
+                tuple(value.stride()),
+                value.dtype,
+            )
+            if view in seen:
+                aliases[name] = seen[view]
+                continue
+            seen[view] = name
+        stored = value.cpu().contiguous()
+        owns_storage = stored.storage_offset() == 0 and stored.untyped_storage().nbytes() == (
+            stored.numel() * stored.element_size()
+        )
+        if not owns_storage:
+            stored = stored.clone()
+        tensors[name] = stored
+    return tensors, aliases
 
 
 def move_into_place(tmp: str, path: str, *, overwrite: bool) -> None:

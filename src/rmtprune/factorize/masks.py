@@ -1,0 +1,159 @@
+"""Sparse layers: a fixed mask of zeros that stays zero through training, saving and loading.
+
+:func:`apply_mask` zeroes the masked entries of a layer's weight and keeps them zero: a
+forward-pre hook multiplies the weight by the mask before every forward pass (so every output
+is computed by the sparse layer, whatever an optimizer did in between — momentum, weight
+decay, a stale Adam state), and a ``state_dict`` pre-hook does the same before the weights are
+read (so every checkpoint — ``torch.save``, Lightning, the Hugging Face Trainer,
+:func:`rmtprune.save` — holds the exact zeros).  The layer stays the same module: its
+parameters, the optimizer's references to them, and everything the user attached are kept.
+
+The mask is a ``bool`` tensor of the weight's shape (``True`` = kept) held as the plain
+attribute ``rmtprune_mask`` of the module, moved to the weight's device when they differ.
+It is not a buffer, so the ``state_dict`` keys are those of the dense model: a sparse model
+loads into a freshly built one, and :func:`restore_masks` re-creates the masks from the zeros
+(what :func:`rmtprune.load` does for a file that stores the mask explicitly).
+
+Between ``optimizer.step()`` and the next forward pass or ``state_dict()``, the raw weight
+may hold values at masked entries (their gradients are not masked); these are never used.
+
+Example
+-------
+>>> import torch
+>>> layer = torch.nn.Linear(4, 2)
+>>> keep = torch.tensor([[True, False, True, False], [False, True, False, True]])
+>>> apply_mask(layer, keep)
+>>> with torch.no_grad():
+...     _ = layer.weight.add_(1.0)  # an optimizer step fills the zeros ...
+>>> _ = layer(torch.ones(1, 4))      # ... the next forward pass empties them again
+>>> int((layer.weight != 0).sum()), nonzero_count(layer)  # weights; weights and biases
+(4, 6)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "MASK_ATTRIBUTE",
+    "apply_mask",
+    "enforce_masks",
+    "mask_of",
+    "masked_layers",
+    "nonzero_count",
+    "remove_mask",
+    "restore_masks",
+    "stored_parameters",
+]
+
+MASK_ATTRIBUTE = "rmtprune_mask"
+
+
+def mask_of(module: nn.Module) -> torch.Tensor | None:
+    """The layer's mask (``True`` = kept), or ``None`` for a layer without one."""
+    mask = getattr(module, MASK_ATTRIBUTE, None)
+    return mask if isinstance(mask, torch.Tensor) else None
+
+
+def _enforce(module: nn.Module) -> None:
+    mask = mask_of(module)
+    weight = getattr(module, "weight", None)
+    if mask is None or not isinstance(weight, torch.Tensor):
+        return
+    if mask.device != weight.device:
+        mask = mask.to(weight.device)
+        object.__setattr__(module, MASK_ATTRIBUTE, mask)
+    if tuple(mask.shape) != tuple(weight.shape):
+        raise RuntimeError(
+            f"the sparsity mask of a {type(module).__name__} has shape {tuple(mask.shape)} but "
+            f"its weight now has shape {tuple(weight.shape)}; remove the mask "
+            "(rmtprune.factorize.masks.remove_mask) before changing the layer's shape"
+        )
+    with torch.no_grad():
+        weight.masked_fill_(~mask, 0)
+
+
+def _forward_pre_hook(module: nn.Module, args: Any) -> None:
+    _enforce(module)
+
+
+def _state_dict_pre_hook(module: nn.Module, prefix: str, keep_vars: bool) -> None:
+    _enforce(module)
+
+
+def apply_mask(module: nn.Module, mask: torch.Tensor) -> None:
+    """Zero ``module.weight`` where ``mask`` is ``False`` and keep it zero (see the module doc).
+
+    A layer that has a mask already gets the intersection (an entry once removed stays
+    removed), so a schedule of growing sparsity never revives a weight.
+    """
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"a {type(module).__name__} has no weight tensor to mask")
+    if tuple(mask.shape) != tuple(weight.shape):
+        raise ValueError(
+            f"the mask has shape {tuple(mask.shape)}; the weight of the "
+            f"{type(module).__name__} has shape {tuple(weight.shape)}"
+        )
+    mask = mask.to(device=weight.device, dtype=torch.bool)
+    old = mask_of(module)
+    if old is not None:
+        mask = mask & old.to(mask.device)
+    object.__setattr__(module, MASK_ATTRIBUTE, mask)
+    if _forward_pre_hook not in module._forward_pre_hooks.values():
+        module.register_forward_pre_hook(_forward_pre_hook)
+    if _state_dict_pre_hook not in module._state_dict_pre_hooks.values():
+        module.register_state_dict_pre_hook(_state_dict_pre_hook)
+    _enforce(module)
+
+
+def remove_mask(module: nn.Module) -> torch.Tensor | None:
+    """Remove the layer's mask and its hooks (the zeros stay until trained); the old mask."""
+    mask = mask_of(module)
+    for store, hook in (
+        (module._forward_pre_hooks, _forward_pre_hook),
+        (module._state_dict_pre_hooks, _state_dict_pre_hook),
+    ):  # found by identity, so a deep copy's hooks are its own
+        for key in [k for k, v in store.items() if v is hook]:
+            del store[key]
+    module.__dict__.pop(MASK_ATTRIBUTE, None)
+    return mask
+
+
+def masked_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every submodule of ``model`` with a mask, by name."""
+    return {name: m for name, m in model.named_modules() if mask_of(m) is not None}
+
+
+def enforce_masks(model: nn.Module) -> None:
+    """Zero every masked entry of ``model`` now (what the hooks do before forward / saving)."""
+    for module in masked_layers(model).values():
+        _enforce(module)
+
+
+def restore_masks(model: nn.Module, names: Any) -> None:
+    """Re-create the masks of the named layers from their zeros (after loading a sparse model
+    into a freshly built one by ``load_state_dict`` or ``from_pretrained``)."""
+    for name in names:
+        module = model.get_submodule(name)
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            raise ValueError(f"layer {name!r} has no weight tensor to mask")
+        apply_mask(module, weight.detach() != 0)
+
+
+def nonzero_count(module: nn.Module) -> int:
+    """Nonzero entries of the layer's own parameters (weight and bias), masks applied."""
+    _enforce(module)
+    return sum(int(torch.count_nonzero(p.detach())) for p in module.parameters(recurse=False))
+
+
+def stored_parameters(model: nn.Module) -> int:
+    """Parameters :func:`rmtprune.save` stores as values: every entry of the model's parameters
+    (shared ones once) except the masked zeros of sparse layers (kept in a bitmask instead)."""
+    total = sum(p.numel() for p in model.parameters())
+    masks = [mask_of(x) for x in masked_layers(model).values()]
+    return total - sum(int((~m).sum()) for m in masks if m is not None)
