@@ -28,7 +28,12 @@ Run (about 15-25 min on two loaded cores)::
     PYTHONPATH=src python bench/bench_pretrained.py --out bench_pretrained.json
     PYTHONPATH=src python bench/bench_pretrained.py --embeddings --out bench_embeddings.json
     PYTHONPATH=src python bench/bench_pretrained.py --sparsity --out bench_sparsity.json
+    PYTHONPATH=src python bench/bench_pretrained.py --combined --out bench_combined.json
     PYTHONPATH=src python bench/bench_pretrained.py --recovery --out bench_recovery.json
+
+``--combined``: whitened low rank for the word embeddings under the calibrated guard
+(``--embedding-delta``), then Wanda sparsity of the encoder's Linear layers under its own guard
+(each of ``--deltas``) on the result.
 
 ``--recovery`` distils the student into the original on every docstring sentence but the test
 ones (about 2,100), at one budget (``--recovery-level`` of the encoder's Linear layers, Wanda):
@@ -287,6 +292,27 @@ def run_sparsity(judges: list[Judge], model: nn.Module, calib: list, args: Any) 
         run(f"wanda, calibrated δ={delta:g} (embeddings + encoder)", guard, [WORDS, ENCODER])
 
 
+def run_combined(judges: list[Judge], model: nn.Module, calib: list, args: Any) -> None:
+    """Whitened low rank for the word embeddings, then Wanda sparsity for the encoder, each under
+    its own calibrated guard (``--embedding-delta``, then each of ``--deltas``)."""
+    t = time.time()
+    guard = rmtprune.Calibrated(calib, args.embedding_delta, whiten=True)
+    select = rmtprune.Select(include=WORDS)
+    low_rank, report = rmtprune.prune(model, criterion=guard, select=select, split=True)
+    rank = split_ranks(report).get(WORDS, "unchanged")
+    first = time.time() - t
+    for delta in args.deltas:
+        t = time.time()
+        base = rmtprune.Sparsity(args.ceiling, score="wanda")
+        sparse = rmtprune.Calibrated(calib, delta, base=base)
+        select = rmtprune.Select(include=ENCODER)
+        both, _ = rmtprune.prune(low_rank, criterion=sparse, select=select)
+        label = f"embeddings whitened δ={args.embedding_delta:g} + encoder wanda δ={delta:g}"
+        note = f"embeddings rank {rank}; encoder level {sparse.level_:.3f}"
+        for judge in judges:
+            judge.score(label, both, first + time.time() - t, note)
+
+
 def run_recovery(
     judges: list[Judge], model: nn.Module, calib: list, train: list, args: Any
 ) -> None:
@@ -389,6 +415,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--embedding-ranks", type=int, nargs="+", default=[256, 128])
     p.add_argument("--sparsity", action="store_true", help="only the sparsity rows (two test sets)")
     p.add_argument("--levels", type=float, nargs="+", default=[0.3, 0.5])
+    p.add_argument(
+        "--combined",
+        action="store_true",
+        help="only the rows of whitened embeddings + encoder sparsity (two test sets)",
+    )
+    p.add_argument("--embedding-delta", type=float, default=0.1)
     p.add_argument("--recovery", action="store_true", help="only the recovery rows (two test sets)")
     p.add_argument("--recovery-level", type=float, default=0.5)
     p.add_argument("--recovery-epochs", type=int, default=4)
@@ -437,10 +469,11 @@ def main(argv: list[str] | None = None) -> int:
         chosen = pool[: args.recovery_train] if args.recovery_train else pool
         run_recovery(judges, model, calib, tokenize(tokenizer, chosen, 16), args)
         return _finish(args, judges[0].rows + judges[1].rows, start)
-    if args.embeddings or args.sparsity:
+    if args.embeddings or args.sparsity or args.combined:
         other = tokenize(tokenizer, reference_sentences()[: args.test], 32)
         judges = [Judge(model, test, "docstrings"), Judge(model, other, "language reference")]
-        (run_sparsity if args.sparsity else run_embeddings)(judges, model, calib, args)
+        run = run_sparsity if args.sparsity else run_combined if args.combined else run_embeddings
+        run(judges, model, calib, args)
         return _finish(args, judges[0].rows + judges[1].rows, start)
     judge = Judge(model, test)
     t = time.time()

@@ -1,4 +1,7 @@
-"""FSDP2 (``fully_shard``): pruning on 2 real gloo processes, resuming from a DCP checkpoint."""
+"""FSDP2 (``fully_shard``): pruning on 2 real gloo processes, resuming from a DCP checkpoint;
+sparse layers refused under FSDP2.  The same 2 processes also run DDP with a Sparsity criterion
+(``integrations.ddp.prune_step``: every rank gets rank 0's masks and keeps them through training).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 import rmtprune
 from rmtprune.storage.format import apply_structure
@@ -21,7 +25,8 @@ fsdp_api = pytest.importorskip("torch.distributed.fsdp")
 if not hasattr(fsdp_api, "fully_shard"):
     pytest.skip("this torch has no FSDP2 (fully_shard)", allow_module_level=True)
 
-from rmtprune.integrations import fsdp  # noqa: E402
+from rmtprune.factorize.masks import mask_of, masked_layers  # noqa: E402
+from rmtprune.integrations import ddp, fsdp  # noqa: E402
 
 EPOCHS, SAVE_AT = 5, 2
 OPTIONS: dict[str, Any] = {"every": 2, "split": True}
@@ -156,21 +161,54 @@ def _session(rank: int, port: int, out: str, resume: bool) -> dict[str, Any]:
     return result
 
 
-def worker(rank: int, ports: tuple[int, int], out: str) -> None:
+def _ddp_sparse(rank: int, port: int) -> dict[str, Any]:
+    """DDP with a Sparsity schedule ((1 - f) * 0.5: 0.25 at epoch 1, 0.5 at epoch 2), each rank
+    training on its own batches, then an epoch more; the masks and the weights of each rank."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    model = DistributedDataParallel(build())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    pruner = rmtprune.SpectralPruner(
+        model.module, schedule=rmtprune.schedules.Linear(2), every=1,
+        criterion=rmtprune.Sparsity(0.5), select=rmtprune.Select(include=["0", "2"]),
+    )  # fmt: skip
+    pruned = []
+    for epoch in (1, 2, 3):
+        _train(model, optimizer, epoch, rank)
+        if epoch < 3:
+            model, report = ddp.prune_step(pruner, epoch, model, optimizer=optimizer)
+            pruned.append(report.changed)
+    found = {n: mask_of(m) for n, m in masked_layers(model.module).items()}
+    result = {
+        "pruned": pruned,
+        "masks": {n: m.clone() for n, m in found.items() if m is not None},
+        "raw": _full_plain(model.module),  # after the last optimizer step
+        "state": {k: v.clone() for k, v in model.module.state_dict().items()},
+    }
+    dist.destroy_process_group()
+    return result
+
+
+def worker(rank: int, ports: tuple[int, int, int], out: str) -> None:
     torch.set_num_threads(1)  # bitwise comparisons need the same thread count in both runs
     run = _session(rank, ports[0], out, resume=False)
     resumed = _session(rank, ports[1], out, resume=True)
-    torch.save({"run": run, "resume": resumed}, os.path.join(out, f"rank{rank}.pt"))
+    sparse = _ddp_sparse(rank, ports[2])
+    torch.save(
+        {"run": run, "resume": resumed, "ddp_sparse": sparse}, os.path.join(out, f"rank{rank}.pt")
+    )
 
 
-def _free_ports() -> tuple[int, int]:
-    with socket.socket() as a, socket.socket() as b:  # both open at once: two distinct ports
-        a.bind(("127.0.0.1", 0))
-        b.bind(("127.0.0.1", 0))
-        return int(a.getsockname()[1]), int(b.getsockname()[1])
+def _free_ports() -> tuple[int, int, int]:
+    with socket.socket() as a, socket.socket() as b, socket.socket() as c:  # distinct ports
+        for s in (a, b, c):
+            s.bind(("127.0.0.1", 0))
+        return int(a.getsockname()[1]), int(b.getsockname()[1]), int(c.getsockname()[1])
 
 
-def _spawn(out: Path) -> list[dict[str, Any]]:
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """One launch of 2 processes for the FSDP2 and the DDP tests of this module."""
+    out = tmp_path_factory.mktemp("fsdp")
     mp.spawn(worker, args=(_free_ports(), str(out)), nprocs=2, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
@@ -180,8 +218,8 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 @pytest.mark.slow
-def test_fsdp2_prune_step_and_dcp_resume(tmp_path: Path) -> None:
-    results = _spawn(tmp_path)
+def test_fsdp2_prune_step_and_dcp_resume(spawned: list[dict[str, Any]]) -> None:
+    results = spawned
     run = [r["run"] for r in results]
     resumed = [r["resume"] for r in results]  # a fresh process group, a freshly built model
     assert [s["epoch"] for s in run[0]["steps"]] == [s["epoch"] for s in run[1]["steps"]] == [2, 4]
@@ -224,3 +262,51 @@ def test_prune_step_checks_its_arguments() -> None:
         fsdp.prune_step(pruner, 2, model, build=build, shard=shard)
     with pytest.raises(TypeError, match="'model' parameter of restore_structure"):
         fsdp.restore_structure("model", ".")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_ddp_prune_step_with_sparsity_gives_every_rank_the_masks(
+    spawned: list[dict[str, Any]],
+) -> None:
+    zero, one = (r["ddp_sparse"] for r in spawned)
+    assert zero["pruned"] == one["pruned"] == [True, True]
+    assert list(zero["masks"]) == list(one["masks"]) == ["0", "2"]
+    model = build()
+    for name, mask in zero["masks"].items():
+        numel = model.get_submodule(name).weight.numel()
+        assert int((~mask).sum()) == math.floor(0.5 * numel + 0.5)
+        assert torch.equal(mask, one["masks"][name])  # rank 1 holds rank 0's mask
+        for rank in (zero, one):  # exact zeros after an epoch more of training, nowhere else
+            assert torch.equal(rank["state"][f"{name}.weight"] == 0, ~mask)
+    # every rank trained the same weights, even the raw values an optimizer step leaves at
+    # masked entries (the next forward pass zeroes them on every rank)
+    assert _equal(zero["raw"], one["raw"]) and _equal(zero["state"], one["state"])
+
+
+def test_sparse_layers_are_refused_under_fsdp2(tmp_path: Path) -> None:
+    """Masks cannot be kept on sharded weights: refused with the layer's (or criterion's) name.
+    World size 1 in this process: FSDP2 needs a process group, not a second process."""
+    port = _free_ports()[0]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        dense = build()
+        shard(dense)
+        pruner = rmtprune.SpectralPruner(dense, every=2, criterion=rmtprune.Sparsity(0.5))
+        with pytest.raises(
+            ValueError, match=r"not supported under FSDP2: the criterion .*Sparsity"
+        ):
+            fsdp.prune_step(pruner, 2, dense, build=build, shard=shard)
+        sparse = build()
+        select = rmtprune.Select(include=["2"])
+        rmtprune.prune(sparse, criterion=rmtprune.Sparsity(0.5), select=select, inplace=True)
+        shard(sparse)
+        pruner = rmtprune.SpectralPruner(sparse, **_options())
+        layer = "not supported under FSDP2: layer '2' of the 'model' parameter of {}"
+        with pytest.raises(ValueError, match=layer.format("prune_step")):
+            fsdp.prune_step(pruner, 2, sparse, build=build, shard=shard)
+        with pytest.raises(ValueError, match=layer.format("save_checkpoint")):
+            fsdp.save_checkpoint(tmp_path, sparse, pruner)
+        with pytest.raises(ValueError, match=layer.format("load_checkpoint")):
+            fsdp.load_checkpoint(tmp_path, sparse, pruner)
+    finally:
+        dist.destroy_process_group()

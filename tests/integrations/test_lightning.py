@@ -1,7 +1,9 @@
-"""Lightning: prune on schedule, keep optimizers valid, resume into a fresh module (issue 13, 3)."""
+"""Lightning: prune on schedule, keep optimizers valid, resume into a fresh module (issue 13, 3);
+sparse layers stay zero through training, checkpoints and resuming."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -12,8 +14,10 @@ from torch import nn
 
 pl = pytest.importorskip("lightning.pytorch")
 
+import rmtprune  # noqa: E402
 from rmtprune import MPCriterion, Select, schedules  # noqa: E402
 from rmtprune.factorize import LowRankLinear  # noqa: E402
+from rmtprune.factorize.masks import mask_of, masked_layers  # noqa: E402
 from rmtprune.integrations.lightning import (  # noqa: E402
     SpectralPruningCallback,
     restore_structure,
@@ -125,3 +129,107 @@ def test_bad_options_fail_at_construction() -> None:
         _callback(interval="batch")
     with pytest.raises(TypeError, match="bad pruner options"):
         SpectralPruningCallback(every=2, no_such_option=1)
+
+
+SPARSE = ("net.0", "net.2")
+
+
+def _sparse_callback() -> SpectralPruningCallback:
+    """Sparsity 0.6 reached linearly: (1 - f) * 0.6 = 0.3 at epoch 2, 0.6 at epoch 4."""
+    return SpectralPruningCallback(
+        schedule=schedules.Linear(total_epochs=4), every=2, criterion=rmtprune.Sparsity(0.6),
+        select=Select(include=list(SPARSE)),
+    )  # fmt: skip
+
+
+class _Masks(pl.Callback):
+    """The masks at the start of every epoch (after the pruning callback's step)."""
+
+    def __init__(self) -> None:
+        self.at: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        found = {n: mask_of(m) for n, m in masked_layers(pl_module).items()}
+        self.at[trainer.current_epoch] = {n: m.clone() for n, m in found.items() if m is not None}
+
+
+def _zeros(state: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    return state[f"{name}.weight"] == 0
+
+
+def test_sparsity_masks_stay_zero_in_training_checkpoints_and_resume(
+    tmp_path: Path, one_thread: None
+) -> None:
+    every = pl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ck", filename="{epoch}", save_top_k=-1, every_n_epochs=1
+    )
+    reference, cb, seen = Net(), _sparse_callback(), _Masks()
+    _trainer(tmp_path / "a", 5, [cb, seen, every]).fit(reference, _data())
+    assert [r.epoch for r in cb.reports] == [2, 4]
+    assert set(seen.at[2]) == set(SPARSE) and not seen.at[1]
+    for name in SPARSE:
+        numel = reference.get_submodule(name).weight.numel()
+        assert int((~seen.at[2][name]).sum()) == math.floor(0.3 * numel + 0.5)
+        assert int((~seen.at[4][name]).sum()) == math.floor(0.6 * numel + 0.5)
+        assert not bool((seen.at[2][name] & ~seen.at[3][name]).any())  # epoch 3: no change
+        assert not bool((seen.at[4][name] & ~seen.at[2][name]).any())  # never revived
+    # every checkpoint holds exact zeros where the mask of its epoch is False, and nowhere else
+    states = {
+        e: torch.load(tmp_path / "ck" / f"epoch={e}.ckpt", weights_only=False) for e in (2, 3, 4)
+    }
+    assert states[2]["rmtprune"]["masked"] == list(SPARSE)
+    for e, saved in states.items():
+        for name in SPARSE:
+            assert torch.equal(_zeros(saved["state_dict"], name), ~seen.at[e][name]), (e, name)
+    kept = seen.at[2]["net.0"]  # and the kept weights trained in between
+    assert not torch.equal(
+        states[2]["state_dict"]["net.0.weight"][kept], states[3]["state_dict"]["net.0.weight"][kept]
+    )
+    final = reference.state_dict()
+    assert all(torch.equal(_zeros(final, n), ~seen.at[4][n]) for n in SPARSE)
+
+    # resumed after epoch index 2 into a fresh module: masks re-created, the run continues as
+    # the uninterrupted one (a weight revived by training would change every later value)
+    fresh, cb2, seen2 = Net(), _sparse_callback(), _Masks()
+    _trainer(tmp_path / "b", 5, [cb2, seen2], enable_checkpointing=False).fit(
+        fresh, _data(), ckpt_path=tmp_path / "ck" / "epoch=2.ckpt"
+    )
+    assert [r.epoch for r in cb2.reports] == [4]
+    for e in (3, 4):
+        assert all(torch.equal(seen2.at[e][n], seen.at[e][n]) for n in SPARSE)
+    got = fresh.state_dict()
+    assert list(got) == list(final) and all(torch.equal(got[k], final[k]) for k in final)
+
+    # outside a trainer: restore_structure re-creates the masks before the weights load
+    loaded = restore_structure(Net(), tmp_path / "ck" / "epoch=3.ckpt")
+    assert all(torch.equal(mask_of(loaded.get_submodule(n)), seen.at[3][n]) for n in SPARSE)
+
+
+def test_a_module_sparsified_before_fit_stays_sparse_without_the_callback(
+    tmp_path: Path, one_thread: None
+) -> None:
+    def sparse_net() -> Net:
+        model = Net()  # the same initial weights each time: the same masks
+        select = Select(include=list(SPARSE))
+        rmtprune.prune(model, criterion=rmtprune.Sparsity(0.5), select=select, inplace=True)
+        return model
+
+    model = sparse_net()
+    masks = {n: mask_of(model.get_submodule(n)).clone() for n in SPARSE}
+    before = model.net[0].weight.detach().clone()
+    last = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+    _trainer(tmp_path, 2, [last]).fit(model, _data())
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
+    for name, mask in masks.items():
+        assert int((~mask).sum()) == model.get_submodule(name).weight.numel() // 2
+        assert torch.equal(_zeros(saved, name), ~mask)
+        assert torch.equal(_zeros(model.state_dict(), name), ~mask)
+    assert not torch.equal(saved["net.0.weight"][masks["net.0"]], before[masks["net.0"]])
+
+    resumed = sparse_net()  # built as for the first run, then resumed
+    _trainer(tmp_path / "b", 3, [], enable_checkpointing=False).fit(
+        resumed, _data(), ckpt_path=tmp_path / "last.ckpt"
+    )
+    for name, mask in masks.items():
+        assert torch.equal(mask_of(resumed.get_submodule(name)), mask)
+        assert torch.equal(_zeros(resumed.state_dict(), name), ~mask)

@@ -280,3 +280,24 @@ def test_apply_mask_rejects_a_wrong_shape():
     layer = nn.Linear(4, 3)
     with pytest.raises(ValueError, match="shape"):
         apply_mask(layer, torch.ones(4, 3, dtype=torch.bool))
+
+
+def test_masked_gradients_are_zero_so_the_zeros_stay_zero_between_steps():
+    model = _mlp()
+    sparse, _ = rmtprune.prune(model, criterion=rmtprune.Sparsity(0.5), select=ALL)
+    keep = mask_of(sparse[0]).clone()
+    opt = torch.optim.AdamW(sparse.parameters(), lr=0.05, weight_decay=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        sparse(torch.randn(16, 40)).square().mean().backward()
+        assert bool((sparse[0].weight.grad[~keep] == 0).all())
+        assert bool((sparse[0].weight.grad[keep] != 0).any())
+        opt.step()
+        assert bool((sparse[0].weight.detach()[~keep] == 0).all())  # no forward pass needed
+    twin = copy.deepcopy(sparse)  # a deep copy drops tensor hooks; its first forward restores
+    twin(torch.randn(2, 40)).sum().backward()
+    assert bool((twin[0].weight.grad[~keep] == 0).all())
+    remove_mask(sparse[0])  # nothing of the mask is left: the layer prunes by rank again
+    assert not sparse[0].weight._backward_hooks
+    _, report = rmtprune.prune(sparse, criterion=rmtprune.FixedRank(4), select=ALL)
+    assert report["0"].action == "split"

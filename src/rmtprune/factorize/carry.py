@@ -58,6 +58,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from rmtprune.factorize.masks import is_mask_hook
+
 __all__ = [
     "carried_reason",
     "carry_over",
@@ -144,7 +146,7 @@ def carry_reason(module: nn.Module) -> str | None:
                 ("register_hook", "_backward_hooks"),
                 ("register_post_accumulate_grad_hook", "_post_accumulate_grad_hooks"),
             )
-            if getattr(param, attr, None)
+            if [h for h in (getattr(param, attr, None) or {}).values() if not is_mask_hook(h)]
         ]
         if kinds:
             return (

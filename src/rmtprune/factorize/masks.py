@@ -14,8 +14,11 @@ It is not a buffer, so the ``state_dict`` keys are those of the dense model: a s
 loads into a freshly built one, and :func:`restore_masks` re-creates the masks from the zeros
 (what :func:`rmtprune.load` does for a file that stores the mask explicitly).
 
-Between ``optimizer.step()`` and the next forward pass or ``state_dict()``, the raw weight
-may hold values at masked entries (their gradients are not masked); these are never used.
+The gradients of masked entries are zero too (a tensor hook on the weight, re-registered by the
+forward-pre hook on a deep copy or an unpickled model), so gradient clipping sees the sparse
+layer's gradient and plain SGD, Adam and AdamW leave the zeros at zero.  An optimizer state from
+before the mask (momentum) can still move a masked entry between ``optimizer.step()`` and the
+next forward pass or ``state_dict()``; such a value is never used.
 
 Example
 -------
@@ -32,6 +35,7 @@ Example
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -41,6 +45,7 @@ __all__ = [
     "MASK_ATTRIBUTE",
     "apply_mask",
     "enforce_masks",
+    "is_mask_hook",
     "mask_of",
     "masked_layers",
     "nonzero_count",
@@ -58,11 +63,49 @@ def mask_of(module: nn.Module) -> torch.Tensor | None:
     return mask if isinstance(mask, torch.Tensor) else None
 
 
+class _GradMask:
+    """Tensor hook on a masked weight: the gradient of a masked entry is zero (the mask is looked
+    up at call time, so a moved or replaced mask is followed).  Not serialized (a deep copy or a
+    pickled model gets a new one from its next forward pass)."""
+
+    __torch_unserializable__ = True
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = weakref.ref(module)
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        module = self.module()
+        mask = None if module is None else mask_of(module)
+        if mask is None or tuple(mask.shape) != tuple(grad.shape):
+            return grad
+        return grad.masked_fill(~mask.to(grad.device), 0)
+
+
+def is_mask_hook(hook: Any) -> bool:
+    """Whether a tensor hook is the gradient mask of a sparse layer (not the user's)."""
+    return isinstance(hook, _GradMask)
+
+
+def _grad_hooks(weight: torch.Tensor) -> list[Any]:
+    hooks = getattr(weight, "_backward_hooks", None) or {}
+    return [k for k, v in hooks.items() if isinstance(v, _GradMask)]
+
+
+def _hook_gradient(module: nn.Module, weight: torch.Tensor) -> None:
+    """Register :class:`_GradMask` on ``weight`` unless one for ``module`` is there."""
+    if not weight.requires_grad or not weight.is_leaf:
+        return
+    hooks = weight._backward_hooks or {}
+    if not any(isinstance(v, _GradMask) and v.module() is module for v in hooks.values()):
+        weight.register_hook(_GradMask(module))
+
+
 def _enforce(module: nn.Module) -> None:
     mask = mask_of(module)
     weight = getattr(module, "weight", None)
     if mask is None or not isinstance(weight, torch.Tensor):
         return
+    _hook_gradient(module, weight)
     if mask.device != weight.device:
         mask = mask.to(weight.device)
         object.__setattr__(module, MASK_ATTRIBUTE, mask)
@@ -119,6 +162,10 @@ def remove_mask(module: nn.Module) -> torch.Tensor | None:
     ):  # found by identity, so a deep copy's hooks are its own
         for key in [k for k, v in store.items() if v is hook]:
             del store[key]
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        for key in _grad_hooks(weight):
+            del weight._backward_hooks[key]  # type: ignore[index]
     module.__dict__.pop(MASK_ATTRIBUTE, None)
     return mask
 

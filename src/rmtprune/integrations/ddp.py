@@ -11,8 +11,9 @@ do not guarantee (ranks with different thread counts compute slightly different 
         ddp_model, report = prune_step(pruner, epoch, ddp_model, optimizer=optimizer)
 
 At a pruning epoch, rank ``src`` (0) alone fits and prunes; it broadcasts the report, the pruned
-structure and the pruner's state; the other ranks rebuild that structure; then every parameter
-and buffer is broadcast from ``src``, every rank edits its optimizer in place
+structure, the masks of its sparse layers (:class:`rmtprune.Sparsity`) and the pruner's state;
+the other ranks rebuild that structure and apply those masks; then every parameter and buffer
+is broadcast from ``src``, every rank edits its optimizer in place
 (:func:`rmtprune.update_optimizer`) and the module is wrapped in a new DDP with the old one's
 options.  At other epochs nothing is communicated and the same DDP object is returned.  The
 pruner's decision to act depends only on the epoch and its state, which all ranks share.
@@ -36,6 +37,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from rmtprune.factorize.masks import apply_mask, mask_of, masked_layers
 from rmtprune.pruning.optim import optimizer_list, update_optimizer
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import PruneReport
@@ -94,6 +96,12 @@ def rewrap(model: DistributedDataParallel, *, in_place: bool = False) -> Distrib
     return model
 
 
+def _masks(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The masks of ``module``'s sparse layers by name, on the CPU (to be pickled)."""
+    found = {name: mask_of(layer) for name, layer in masked_layers(module).items()}
+    return {name: mask.cpu() for name, mask in found.items() if mask is not None}
+
+
 def _broadcast_module(module: nn.Module, src: int, group: Any) -> None:
     with torch.no_grad():
         for tensor in [*module.parameters(), *module.buffers()]:
@@ -144,15 +152,17 @@ def synced_step(
     if pruner.idle_reason(epoch) is not None:  # the same on every rank; it also checks epoch
         return pruner.step(epoch, progress=progress)  # changes nothing: says why
     before = dict(module.named_parameters())
-    payload: list[Any] = [None, None, None]
+    payload: list[Any] = [None, None, None, None]
     if dist.get_rank() == src:
         report = pruner.step(epoch, progress=progress)
-        payload = [report, describe_structure(module), pruner.state_dict()]
+        payload = [report, describe_structure(module), pruner.state_dict(), _masks(module)]
     dist.broadcast_object_list(payload, src=src, group=group)
-    report, structure, state = payload
+    report, structure, state, masks = payload
     if dist.get_rank() != src:
         apply_structure(module, structure)
         pruner.load_state_dict(state)
+        for name, mask in masks.items():  # the hooks that keep the zeros, on every rank
+            apply_mask(module.get_submodule(name), mask)
     _broadcast_module(module, src, group)
     if report.changed:
         for opt in [] if optimizer is None else optimizer_list(optimizer):

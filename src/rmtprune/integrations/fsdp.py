@@ -35,6 +35,15 @@ placed as :func:`rmtprune.update_optimizer` places them.  ``build`` runs under
 ``torch.random.fork_rng``, so the global random state is untouched.  At other epochs nothing
 is communicated and ``model`` itself is returned.
 
+Sparse layers (:class:`rmtprune.Sparsity`, :mod:`rmtprune.factorize.masks`) are not supported:
+their mask hooks zero the weight that ``fully_shard`` gathers for the forward pass, not the
+sharded parameter the optimizer updates nor the copy gathered again for the backward pass of a
+unit resharded after forward (the layers before it would get the gradients of the dense
+layer), and a ``state_dict`` of the sharded model fails.  :func:`prune_step`,
+:func:`save_checkpoint` and :func:`load_checkpoint` refuse a model with a masked layer, and
+:func:`prune_step` a criterion that produces masks, naming the layer or the criterion; train a
+sparse model under DDP (:mod:`rmtprune.integrations.ddp`) instead.
+
 Checkpoints: :func:`save_checkpoint` writes the model (and optimizer) with
 ``torch.distributed.checkpoint`` plus ``rmtprune.json`` (the pruned structure and the pruner's
 state); to resume, :func:`restore_structure` on the freshly built unsharded model, then
@@ -54,6 +63,7 @@ from torch import nn
 
 from rmtprune._util.fileio import atomic_write_bytes
 from rmtprune.factorize import LowRankModule
+from rmtprune.factorize.masks import masked_layers
 from rmtprune.integrations._common import RECORD_VERSION, apply_record
 from rmtprune.pruning.optim import optimizer_list, unwrap_optimizer, update_optimizer
 from rmtprune.pruning.pruner import SpectralPruner
@@ -170,6 +180,21 @@ def _update_optimizers(optimizer: Any, old: nn.Module, new: nn.Module, kept: Seq
         update_optimizer(opt, new, snapshot)
 
 
+_NO_SPARSE = (
+    "Sparse layers are not supported under FSDP2: {what}; a mask cannot be kept on a sharded "
+    "weight. Prune with a rank criterion under FSDP2, or train the sparse model under DDP "
+    "(rmtprune.integrations.ddp)."
+)
+
+
+def _refuse_masks(model: nn.Module, owner: str) -> None:
+    """Refuse a model with a sparse layer (see the module docstring), naming the layer."""
+    names = list(masked_layers(model))
+    if names:
+        what = f"layer {names[0]!r} of the 'model' parameter of {owner} has a sparsity mask"
+        raise ValueError(_NO_SPARSE.format(what=what))
+
+
 def _check_arguments(
     pruner: SpectralPruner, model: nn.Module, build: Any, shard: Any, optimizer: Any
 ) -> None:
@@ -182,6 +207,10 @@ def _check_arguments(
         raise ValueError(
             "The 'pruner' parameter of prune_step must be a SpectralPruner over model."
         )
+    _refuse_masks(model, "prune_step")
+    if getattr(pruner.criterion, "produces_masks", False):
+        what = f"the criterion of the 'pruner' parameter of prune_step, {pruner.criterion!r}, "
+        raise ValueError(_NO_SPARSE.format(what=what + "produces masks"))
     for name, fn in (("build", build), ("shard", shard)):
         if not callable(fn):
             raise TypeError(
@@ -322,6 +351,7 @@ def save_checkpoint(
     every rank."""
     import torch.distributed.checkpoint as dcp
 
+    _refuse_masks(model, "save_checkpoint")
     dcp.save(_app_state(model, optimizer), checkpoint_id=os.fspath(checkpoint_dir))
     if dist.get_rank() == 0:
         record = {
@@ -362,6 +392,7 @@ def load_checkpoint(
     :func:`restore_structure`, then sharded), ``optimizer`` and ``pruner``; every rank."""
     import torch.distributed.checkpoint as dcp
 
+    _refuse_masks(model, "load_checkpoint")
     record = _read_record(checkpoint_dir, "load_checkpoint")
     if _structure(model) != record.get("structure"):
         raise ValueError(

@@ -19,6 +19,10 @@
   before the weights load, so ``Trainer.fit(model, ckpt_path=...)`` restores the factorized
   layers on the freshly built module (on every rank) right before Lightning loads its weights,
   optimizer state and schedulers.  The structure is also written as ``checkpoint["rmtprune"]``.
+* Sparse layers (:class:`rmtprune.Sparsity` as the criterion, or a module sparsified before
+  ``fit``) keep their zeros in every checkpoint; the record names them (``"masked"``) and the
+  same restore re-creates their masks from the zeros of the loaded weights, so a resumed run
+  keeps them zero.
 * Under a DDP strategy (``"ddp"``, ``"ddp_spawn"``, ...) rank 0 decides, every rank receives its
   structure and weights, every rank's optimizers are edited and the strategy's
   ``DistributedDataParallel`` is re-initialised in place (:mod:`rmtprune.integrations.ddp`).
@@ -38,12 +42,14 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from rmtprune.factorize.masks import apply_mask, masked_layers
 from rmtprune.integrations._common import (
     PruningCallbackCore,
     apply_record,
     make_pruner,
     make_record,
 )
+from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.storage.format import describe_structure
 from rmtprune.storage.metadata import META_KEY as CHECKPOINT_KEY
 
@@ -99,12 +105,14 @@ class SpectralPruningCallback(pl.Callback, PruningCallbackCore):
 
         def record(module: nn.Module, state: Any, prefix: str, metadata: dict[str, Any]) -> None:
             if self.pruner is not None and module is self.pruner.model:
-                metadata[CHECKPOINT_KEY] = make_record(module, self.pruner)
+                metadata[CHECKPOINT_KEY] = _record(module, self.pruner)
 
         def restore(module: nn.Module, state: Any, prefix: str, metadata: Any, *args: Any) -> None:
             saved = metadata.get(CHECKPOINT_KEY) if isinstance(metadata, Mapping) else None
             if saved is not None and saved.get("structure") != describe_structure(module):
                 apply_record(module, saved, "the state dict's metadata")
+            if saved is not None:
+                _restore_masks(module, saved, state, prefix)
 
         if not self._hooks:
             self._hooks = [
@@ -146,7 +154,7 @@ class SpectralPruningCallback(pl.Callback, PruningCallbackCore):
     ) -> None:
         """Write the pruned structure next to the weights."""
         assert self.pruner is not None
-        checkpoint[CHECKPOINT_KEY] = make_record(pl_module, self.pruner)
+        checkpoint[CHECKPOINT_KEY] = _record(pl_module, self.pruner)
 
     def state_dict(self) -> dict[str, Any]:
         """The pruner's state (last pruning step, history, schedule)."""
@@ -162,10 +170,27 @@ class SpectralPruningCallback(pl.Callback, PruningCallbackCore):
             self.pruner.load_state_dict(state_dict["pruner"])
 
 
+def _record(module: nn.Module, pruner: SpectralPruner) -> dict[str, Any]:
+    """The structure record, with the names of the sparse layers."""
+    return {**make_record(module, pruner), "masked": list(masked_layers(module))}
+
+
+def _restore_masks(
+    module: nn.Module, record: Mapping[str, Any], state: Mapping[str, Any], prefix: str = ""
+) -> None:
+    """Mask the record's sparse layers of ``module`` where their weights in ``state`` (about
+    to be loaded) are zero."""
+    for name in record.get("masked", ()):
+        weight = state.get(f"{prefix}{name}.weight")
+        if isinstance(weight, torch.Tensor):
+            apply_mask(module.get_submodule(name), weight != 0)
+
+
 def restore_structure(
     module: nn.Module, checkpoint: str | os.PathLike[str] | Mapping[str, Any]
 ) -> nn.Module:
-    """Rebuild the pruned layers recorded in a Lightning checkpoint on ``module``, in place.
+    """Rebuild the pruned layers recorded in a Lightning checkpoint on ``module``, in place,
+    and the masks of its sparse layers.
 
     Call it on a freshly built module before loading the checkpoint's ``state_dict``
     (``Trainer.fit(ckpt_path=...)`` with the callback does this by itself).
@@ -203,4 +228,5 @@ def restore_structure(
             "SpectralPruningCallback."
         )
     apply_record(module, loaded[CHECKPOINT_KEY], source)
+    _restore_masks(module, loaded[CHECKPOINT_KEY], loaded.get("state_dict", {}))
     return module

@@ -14,6 +14,10 @@
   the no-decay group of the old bias — the groups a Trainer would build over the pruned model, so
   its optimizer checkpoint loads on resume.  The learning-rate scheduler is untouched.
 * ``checkpoint-N/rmtprune.json`` holds the pruned structure and the pruner's state.
+* Sparse layers (:class:`rmtprune.Sparsity` as the criterion, or a model sparsified before
+  training) keep their zeros in every checkpoint (the ``state_dict`` re-applies the masks);
+  ``rmtprune.json`` names them (``"masked"``) and a resumed run re-creates their masks from the
+  zeros of the loaded weights, so training keeps them zero.
 * Under ``torchrun`` (DDP) rank 0 decides, every rank receives its structure and weights and edits
   its optimizer, and the Trainer's ``DistributedDataParallel`` (noted at its first forward) is
   re-initialised in place (:mod:`rmtprune.integrations.ddp`).  FSDP and DeepSpeed are refused.
@@ -46,6 +50,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainerCallback
 
 from rmtprune._util.fileio import atomic_write_bytes
+from rmtprune.factorize.masks import masked_layers, restore_masks
 from rmtprune.integrations._common import (
     RECORD_VERSION,
     PruningCallbackCore,
@@ -152,6 +157,7 @@ class SpectralPruningCallback(TrainerCallback, PruningCallbackCore):
                     )
         if record is not None and record.get("format_version") == RECORD_VERSION:
             self.pruner.load_state_dict(record["pruner"])
+            restore_masks(model, record.get("masked", ()))  # the checkpoint's weights are loaded
 
     def _spot_wrapper(self, model: nn.Module) -> None:
         """Find the ``DistributedDataParallel`` around ``model`` at its first forward.
@@ -209,5 +215,9 @@ class SpectralPruningCallback(TrainerCallback, PruningCallbackCore):
         if not os.path.isdir(folder):
             return
         path = os.path.join(folder, RECORD_FILE)
-        text = json.dumps(make_record(kw["model"], self.pruner), indent=1)
+        record = {
+            **make_record(kw["model"], self.pruner),
+            "masked": list(masked_layers(kw["model"])),
+        }
+        text = json.dumps(record, indent=1)
         atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))

@@ -132,8 +132,12 @@ class Calibrated:
 
     After :meth:`decide_model`: ``output_change_`` (held out), ``output_change_fit_``,
     ``factors_`` (per layer: the kept triplets ``(U_r, s_r, Vh_r)``, also on each changed
-    layer's decision as ``factors``, which the walker applies) and ``n_evaluations_``.
+    layer's decision as ``factors``, which the walker applies) and ``n_evaluations_``; with a
+    :class:`rmtprune.Sparsity` base (:mod:`rmtprune.pruning.calibrated_sparsity`), ``level_``:
+    the sparsity level chosen.
     """
+
+    level_: float
 
     def __init__(
         self,
