@@ -268,12 +268,13 @@ def run_sparsity(judges: list[Judge], model: nn.Module, calib: list, args: Any) 
         return pruned
 
     dense_mb = file_mb(model)
-    for level in args.levels:
+    for level in [] if args.allocation_only else args.levels:
         for score in ("magnitude", "wanda"):
             run(
                 f"{score} {100 * level:g} % (encoder Linear)", rmtprune.Sparsity(level, score=score)
             )
-    run("wanda 2:4 (encoder Linear)", rmtprune.Sparsity(pattern="2:4", score="wanda"))
+    if not args.allocation_only:
+        run("wanda 2:4 (encoder Linear)", rmtprune.Sparsity(pattern="2:4", score="wanda"))
     level = args.allocation_level
     rules: list[tuple[str, Any]] = [("uniform", "uniform"), ("global threshold", "global")]
     for statistic in ("bulk_share", "alpha"):
@@ -284,7 +285,7 @@ def run_sparsity(judges: list[Judge], model: nn.Module, calib: list, args: Any) 
     for name, allocation in rules:
         sparsity = rmtprune.Sparsity(level, score="wanda", allocation=allocation)
         run(f"wanda {100 * level:g} %, allocation {name}", sparsity)
-    for delta in args.deltas:
+    for delta in [] if args.allocation_only else args.deltas:
         base = rmtprune.Sparsity(args.ceiling, score="wanda")
         guard = rmtprune.Calibrated(calib, delta, base=base)
         run(f"wanda, calibrated δ={delta:g} (encoder Linear)", guard)
@@ -429,6 +430,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--recovery-train", type=int, default=0, help="training sentences (0: all but the test)"
     )
     p.add_argument("--allocation-level", type=float, default=0.5)
+    p.add_argument(
+        "--allocation-only", action="store_true", help="--sparsity: only the allocation rows"
+    )
     p.add_argument("--spread", type=float, default=0.1, help="allocation rules: target ± spread")
     p.add_argument("--ceiling", type=float, default=0.9, help="calibrated sparsity: most tried")
     p.add_argument("--out", default=None, help="write the rows as JSON here")

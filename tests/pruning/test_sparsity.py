@@ -301,3 +301,22 @@ def test_masked_gradients_are_zero_so_the_zeros_stay_zero_between_steps():
     assert not sparse[0].weight._backward_hooks
     _, report = rmtprune.prune(sparse, criterion=rmtprune.FixedRank(4), select=ALL)
     assert report["0"].action == "split"
+
+
+def test_calibrated_sparsity_with_an_embedding_holds_on_held_out_batches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(60, 16), nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 16))
+    batches = [torch.randint(0, 60, (8, 6)) for _ in range(8)]
+    for delta in (0.05, 0.2):
+        crit = rmtprune.Calibrated(batches, delta, base=rmtprune.Sparsity(0.9, score="wanda"))
+        sparse, report = rmtprune.prune(model, criterion=crit, select=ALL)
+        assert report.output_change <= delta
+        assert report["0"].layer_type == "Embedding" and report["0"].action == "sparsified"
+        held = rmtprune.pruning.outputs.OutputProbe(model, crit.held_batches)
+        assert held.change(sparse) == pytest.approx(report.output_change, rel=1e-9)
+    # an embedding row never looked up in the fit batches scores 0: removed before any seen row
+    fit_ids = torch.cat([b.reshape(-1) for b in crit.fit_batches]).unique()
+    unseen = sorted(set(range(60)) - set(fit_ids.tolist()))
+    kept = mask_of(sparse[0])
+    if unseen:
+        assert not bool(kept[unseen].any()) or bool(kept.all(dim=1)[fit_ids].all())
