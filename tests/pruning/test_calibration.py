@@ -22,15 +22,6 @@ from rmtprune.pruning.selection import Select
 from rmtprune.pruning.whitening import LayerFactors, factorize_at, input_grams
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster, and much faster on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _structured(m: int, n: int, rank: int, noise: float, g: torch.Generator) -> torch.Tensor:
     """A weight with ``rank`` decaying strong directions plus small noise (like trained layers)."""
     u, _ = torch.linalg.qr(torch.randn(m, rank, generator=g))

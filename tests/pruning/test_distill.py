@@ -16,14 +16,6 @@ from rmtprune.pruning.distill import distill, docstring_sentences, embedding_los
 from rmtprune.pruning.outputs import OutputProbe
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _teacher(seed: int) -> nn.Sequential:
     """Layers = a few strong directions + MP noise (what the spectral rule is built for)."""
     g = torch.Generator().manual_seed(seed)

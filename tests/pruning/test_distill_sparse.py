@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 from torch import nn
 
@@ -15,14 +14,6 @@ from rmtprune.pruning.distill import distill
 
 ALL = rmtprune.Select(min_dim=1, min_params=1)
 LAYERS = ("0", "2")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _setup() -> tuple[nn.Module, nn.Module, list[torch.Tensor]]:

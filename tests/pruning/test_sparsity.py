@@ -26,14 +26,6 @@ from rmtprune.pruning.sparsity import matrix_mask
 ALL = rmtprune.Select(min_dim=1, min_params=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _mlp(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(

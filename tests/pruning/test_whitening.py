@@ -19,15 +19,6 @@ from rmtprune.pruning.calibration import Calibrated
 from rmtprune.pruning.whitening import LayerFactors, factorize_at, input_grams
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster, and much faster on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class _Encoder(nn.Module):
     """Token and position embeddings, then a linear layer: ``(B, T)`` ids to ``(B, T, d)``."""
 
