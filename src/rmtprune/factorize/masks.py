@@ -163,9 +163,10 @@ def remove_mask(module: nn.Module) -> torch.Tensor | None:
         for key in [k for k, v in store.items() if v is hook]:
             del store[key]
     weight = getattr(module, "weight", None)
-    if isinstance(weight, torch.Tensor):
+    hooks = getattr(weight, "_backward_hooks", None)
+    if isinstance(weight, torch.Tensor) and hooks is not None:
         for key in _grad_hooks(weight):
-            del weight._backward_hooks[key]  # type: ignore[index]
+            del hooks[key]
     module.__dict__.pop(MASK_ATTRIBUTE, None)
     return mask
 
