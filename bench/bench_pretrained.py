@@ -334,16 +334,20 @@ def run_recovery(
         return f"{epochs} epochs on {count} sentences, Adam lr {args.lr:g} cosine; losses {losses}"
 
     t = time.time()
+    base, what = model, f"wanda {100 * level:g} %"
+    if args.recovery_embeddings:  # the frontier's first step: whitened low-rank embeddings
+        guard = rmtprune.Calibrated(calib, args.embedding_delta, whiten=True)
+        words = rmtprune.Select(include=WORDS)
+        base, report = rmtprune.prune(model, criterion=guard, select=words, split=True)
+        rank = split_ranks(report).get(WORDS, "unchanged")
+        what = f"embeddings whitened δ={args.embedding_delta:g} (rank {rank}) + {what}"
     crit = rmtprune.Sparsity(level, score="wanda", calibration=calib)
-    student, _ = rmtprune.prune(model, criterion=crit, select=select)
-    score(f"wanda {100 * level:g} %, one shot", student, time.time() - t, "no training")
+    student, _ = rmtprune.prune(base, criterion=crit, select=select)
+    score(f"{what}, one shot", student, time.time() - t, "no training")
     result = distill(student, model, train, epochs=epochs, lr=args.lr, lr_schedule="cosine")
-    score(
-        f"wanda {100 * level:g} %, one shot + distillation",
-        student,
-        time.time() - t,
-        train_note(result),
-    )
+    score(f"{what}, one shot + distillation", student, time.time() - t, train_note(result))
+    if args.recovery_embeddings:
+        return  # the gradual arm is compared without the embeddings
     t = time.time()  # the level rises over the first `ramp` epochs: level·k/ramp in epoch k
     first = rmtprune.Sparsity(level / ramp, score="wanda", calibration=calib)
     student, _ = rmtprune.prune(model, criterion=first, select=select)
@@ -428,6 +432,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ramp-epochs", type=int, default=2)
     p.add_argument(
         "--recovery-train", type=int, default=0, help="training sentences (0: all but the test)"
+    )
+    p.add_argument(
+        "--recovery-embeddings",
+        action="store_true",
+        help="--recovery: start from whitened low-rank embeddings (--embedding-delta), one shot",
     )
     p.add_argument("--allocation-level", type=float, default=0.5)
     p.add_argument(

@@ -312,3 +312,20 @@ def test_calibrated_sparsity_with_an_embedding_holds_on_held_out_batches():
     kept = mask_of(sparse[0])
     if unseen:
         assert not bool(kept[unseen].any()) or bool(kept.all(dim=1)[fit_ids].all())
+
+
+def test_semi_structured_conversion_refuses_with_the_layer_and_the_reason():
+    from rmtprune.factorize.semi_structured import to_semi_structured
+
+    model = _mlp()
+    two_four, _ = rmtprune.prune(model, criterion=rmtprune.Sparsity(pattern="2:4"), select=ALL)
+    before = [p.clone() for p in two_four.parameters()]
+    with pytest.raises(RuntimeError, match="layer '0': semi-structured sparsity needs a CUDA GPU"):
+        to_semi_structured(two_four)  # no GPU here: refused, nothing changed
+    assert all(torch.equal(a, b) for a, b in zip(before, two_four.parameters(), strict=True))
+    assert set(masked_layers(two_four)) == {"0", "2", "4"}
+    unstructured, _ = rmtprune.prune(model, criterion=rmtprune.Sparsity(0.5), select=ALL)
+    with pytest.raises(ValueError, match="layer '0': its mask is not 2:4"):
+        to_semi_structured(unstructured)
+    with pytest.raises(ValueError, match=r"\['9'\] of the 'names' parameter have no sparsity"):
+        to_semi_structured(two_four, names=["9"])
