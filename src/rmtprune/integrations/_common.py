@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from rmtprune.factorize.masks import masked_layers
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import PruneReport
 from rmtprune.storage.format import apply_structure, describe_structure
@@ -38,11 +39,13 @@ def make_pruner(model: nn.Module, options: Mapping[str, Any], owner: str) -> Spe
 
 
 def make_record(model: nn.Module, pruner: SpectralPruner) -> dict[str, Any]:
-    """The JSON-able record of ``model``'s pruned structure and ``pruner``'s state."""
+    """The JSON-able record of ``model``'s pruned structure, ``pruner``'s state and the names
+    of its sparse layers (``"masked"``, :mod:`rmtprune.factorize.masks`)."""
     return {
         "format_version": RECORD_VERSION,
         "structure": describe_structure(model),
         "pruner": pruner.state_dict(),
+        "masked": list(masked_layers(model)),
     }
 
 

@@ -42,14 +42,13 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rmtprune.factorize.masks import apply_mask, masked_layers
+from rmtprune.factorize.masks import apply_mask
 from rmtprune.integrations._common import (
     PruningCallbackCore,
     apply_record,
     make_pruner,
     make_record,
 )
-from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.storage.format import describe_structure
 from rmtprune.storage.metadata import META_KEY as CHECKPOINT_KEY
 
@@ -105,7 +104,7 @@ class SpectralPruningCallback(pl.Callback, PruningCallbackCore):
 
         def record(module: nn.Module, state: Any, prefix: str, metadata: dict[str, Any]) -> None:
             if self.pruner is not None and module is self.pruner.model:
-                metadata[CHECKPOINT_KEY] = _record(module, self.pruner)
+                metadata[CHECKPOINT_KEY] = make_record(module, self.pruner)
 
         def restore(module: nn.Module, state: Any, prefix: str, metadata: Any, *args: Any) -> None:
             saved = metadata.get(CHECKPOINT_KEY) if isinstance(metadata, Mapping) else None
@@ -154,7 +153,7 @@ class SpectralPruningCallback(pl.Callback, PruningCallbackCore):
     ) -> None:
         """Write the pruned structure next to the weights."""
         assert self.pruner is not None
-        checkpoint[CHECKPOINT_KEY] = _record(pl_module, self.pruner)
+        checkpoint[CHECKPOINT_KEY] = make_record(pl_module, self.pruner)
 
     def state_dict(self) -> dict[str, Any]:
         """The pruner's state (last pruning step, history, schedule)."""
@@ -168,11 +167,6 @@ class SpectralPruningCallback(pl.Callback, PruningCallbackCore):
             self._pending = dict(state_dict["pruner"])
         else:
             self.pruner.load_state_dict(state_dict["pruner"])
-
-
-def _record(module: nn.Module, pruner: SpectralPruner) -> dict[str, Any]:
-    """The structure record, with the names of the sparse layers."""
-    return {**make_record(module, pruner), "masked": list(masked_layers(module))}
 
 
 def _restore_masks(

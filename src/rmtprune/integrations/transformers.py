@@ -50,7 +50,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainerCallback
 
 from rmtprune._util.fileio import atomic_write_bytes
-from rmtprune.factorize.masks import masked_layers, restore_masks
+from rmtprune.factorize.masks import restore_masks
 from rmtprune.integrations._common import (
     RECORD_VERSION,
     PruningCallbackCore,
@@ -215,9 +215,5 @@ class SpectralPruningCallback(TrainerCallback, PruningCallbackCore):
         if not os.path.isdir(folder):
             return
         path = os.path.join(folder, RECORD_FILE)
-        record = {
-            **make_record(kw["model"], self.pruner),
-            "masked": list(masked_layers(kw["model"])),
-        }
-        text = json.dumps(record, indent=1)
+        text = json.dumps(make_record(kw["model"], self.pruner), indent=1)
         atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))

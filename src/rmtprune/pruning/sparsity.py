@@ -325,9 +325,7 @@ class Sparsity:
         flat = torch.cat([scores[v.name].reshape(-1) for v in views]) if views else None
         if flat is None:
             return {}
-        k = _count(self.target, flat.numel())
-        keep = torch.ones(flat.numel(), dtype=torch.bool)
-        keep[torch.argsort(flat, stable=True)[:k]] = False
+        keep = _without_lowest(flat, _count(self.target, flat.numel()))
         out, start = {}, 0
         for v in views:
             size = scores[v.name].numel()
@@ -380,12 +378,18 @@ def _apportion(
     return counts
 
 
+def _without_lowest(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """A bool mask of ``flat``'s entries, all kept but the ``k`` lowest (ties in index order)."""
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    keep[torch.argsort(flat, stable=True)[:k]] = False
+    return keep
+
+
 def _lowest_removed(scores: torch.Tensor, k: int, crit: Sparsity) -> MaskDecision:
     """Remove the ``k`` lowest scores (an earlier mask's zeros first: they are ``-inf``)."""
     flat = scores.reshape(-1)
     k = max(k, int(torch.isinf(flat).sum()))  # never revive a removed weight
-    keep = torch.ones(flat.numel(), dtype=torch.bool)
-    keep[torch.argsort(flat, stable=True)[:k]] = False
+    keep = _without_lowest(flat, k)
     why = (
         f"{crit.score}: {k:,} of {flat.numel():,} weights removed ({100 * k / flat.numel():.1f} %)"
     )
@@ -394,9 +398,8 @@ def _lowest_removed(scores: torch.Tensor, k: int, crit: Sparsity) -> MaskDecisio
 
 def _unsupported(module: nn.Module, view: LayerView) -> str | None:
     adapter = get_adapter(module)
-    if adapter is None or not hasattr(adapter, "matrix_to_weight"):
-        return "a factorized layer: sparsity applies to dense weight layers"
-    if adapter.current_rank(module) is not None:
+    dense = adapter is not None and hasattr(adapter, "matrix_to_weight")
+    if not dense or adapter.current_rank(module) is not None:  # type: ignore[union-attr]
         return "a factorized layer: sparsity applies to dense weight layers"
     weight = getattr(module, "weight", None)
     if not isinstance(weight, nn.Parameter) or weight.numel() != view.shape[0] * view.shape[1]:

@@ -36,7 +36,7 @@ from torch import nn
 
 from rmtprune._util.progress import track
 from rmtprune._util.validation import param_error
-from rmtprune.factorize.masks import apply_mask, masked_layers, nonzero_count
+from rmtprune.factorize.masks import apply_mask, enforce_masks, masked_layers, nonzero_count
 from rmtprune.pruning._guards import apply_rank, copy_model, frozen_parametrizations
 from rmtprune.pruning.calibration import (
     calibrated_from_keywords,
@@ -390,8 +390,7 @@ def prune(
 
 def _nonzeros(model: nn.Module) -> int:
     """Nonzero entries of all parameters of ``model`` (shared ones once), masks applied."""
-    for module in masked_layers(model).values():
-        nonzero_count(module)  # applies the mask
+    enforce_masks(model)
     return sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
 
 
