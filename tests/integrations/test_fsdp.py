@@ -29,6 +29,12 @@ from rmtprune.factorize.masks import mask_of, masked_layers  # noqa: E402
 from rmtprune.integrations import ddp, fsdp  # noqa: E402
 
 EPOCHS, SAVE_AT = 5, 2
+
+# What holds a process group stays alive until the worker leaves with os._exit: freeing the last
+# holder runs ~ProcessGroupGloo with the GIL held while it joins gloo's threads, and a thread
+# that must take the GIL to free a finished work item then waits forever (seen here once, after
+# FSDP2 in the same process; pytorch/pytorch#56297).  A test must not hang on a torch teardown.
+_HOLDERS: list[Any] = []
 OPTIONS: dict[str, Any] = {"every": 2, "split": True}
 
 
@@ -157,6 +163,7 @@ def _session(rank: int, port: int, out: str, resume: bool) -> dict[str, Any]:
             fsdp.save_checkpoint(ckpt, model, pruner, optimizer)
     result["final"] = _full(model)
     result["params"] = sum(p.numel() for p in model.parameters())
+    _HOLDERS.append(model)
     dist.destroy_process_group()
     return result
 
@@ -184,6 +191,7 @@ def _ddp_sparse(rank: int, port: int) -> dict[str, Any]:
         "raw": _full_plain(model.module),  # after the last optimizer step
         "state": {k: v.clone() for k, v in model.module.state_dict().items()},
     }
+    _HOLDERS.append(model)
     dist.destroy_process_group()
     return result
 
@@ -196,6 +204,7 @@ def worker(rank: int, ports: tuple[int, int, int], out: str) -> None:
     torch.save(
         {"run": run, "resume": resumed, "ddp_sparse": sparse}, os.path.join(out, f"rank{rank}.pt")
     )
+    os._exit(0)  # without freeing _HOLDERS (above); the parent reads the files
 
 
 def _free_ports() -> tuple[int, int, int]:
