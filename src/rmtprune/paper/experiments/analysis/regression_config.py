@@ -73,7 +73,7 @@ class RegressionConfig(PresetConfig):
 
 PRESETS: Mapping[str, RegressionConfig] = {
     "smoke": RegressionConfig(
-        widths=(1, 64, 64, 64, 1), seeds=2, epochs=150, every=25, schedule_epochs=110.0
+        widths=(1, 64, 64, 64, 1), seeds=2, epochs=90, every=15, schedule_epochs=66.0
     ),
     "small": RegressionConfig(
         widths=(1, 200, 200, 200, 1), seeds=5, epochs=1500, every=50, schedule_epochs=1125.0

@@ -171,7 +171,7 @@ _CNN_PRESETS: dict[str, dict[str, Any]] = {
         "min_dim": 16,
         "epochs": 3,
         "batch_size": 32,
-        "train_subset": 1000,
+        "train_subset": 500,
         "test_subset": 300,
         "seeds": (0,),
         "finetune_epochs": 1,
