@@ -53,10 +53,16 @@ def separate(
 # ------------------------------------------------------------------------ --seeds grammar
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("3", 3), ("0,1,2", (0, 1, 2)), ("1-2", (1, 2)), ("0, 4-6", (0, 4, 5, 6)), ("7", 7)],
-)
+    [("3", 3), ("0,1,2", (0, 1, 2)), ("1-2", (1, 2)), ("0, 4-6", (0, 4, 5, 6)), ("7", 7),
+     ("0-0", (0,))],
+)  # fmt: skip
 def test_parse_seeds(text: str, expected: Any) -> None:
     assert parse_seeds(text) == expected
+
+
+def test_a_lone_zero_is_refused_naming_the_count_and_seed_zero() -> None:
+    with pytest.raises(ValueError, match=r"a lone number counts seeds: '1' is seed 0 alone, '0-0'"):
+        parse_seeds("0")
 
 
 @pytest.mark.parametrize("text", ["", "a", "2-1", "1,1", "1-", "-1", "0,,1"])

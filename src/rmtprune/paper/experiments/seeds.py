@@ -28,6 +28,11 @@ def parse_seeds(text: str) -> int | tuple[int, ...]:
     """
     body = str(text).replace(" ", "")
     if body.isdigit():
+        if int(body) == 0:  # a lone number is a count: say how to name seed 0 itself
+            raise param_error(
+                "seeds", "reproduce", "a count >= 1 (a lone number counts seeds: '1' is seed 0 "
+                "alone, '0-0' names seed 0 itself)", text,
+            )  # fmt: skip
         return int(body)
     seeds: list[int] = []
     for part in body.split(","):
