@@ -227,6 +227,27 @@ def test_mp_criterion_is_the_papers_rule() -> None:
     assert report["3"].action == "skipped" and report["3"].reason.startswith("too small")
 
 
+def test_a_layer_without_spikes_says_the_rule_kept_nothing_and_rank_1_is_the_floor() -> None:
+    # pure noise (no spike above the Tracy-Widom edge) and bulk_keep=0: r = 0 + 0, floored at 1;
+    # the reason used to read "0 spikes + 1 of 80 bulk values" although the rule kept none
+    g = torch.Generator().manual_seed(3)
+    layer = nn.Linear(120, 80)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(80, 120, generator=g) / 120**0.5)
+    row = rmtprune.prune(nn.Sequential(layer), criterion=MPCriterion(), select=Select(min_dim=1))[
+        1
+    ]["0"]
+    assert (row.n_spikes, row.rank_after) == (0, 1)
+    assert row.reason == (
+        "no spikes and bulk_keep=0: the fit sees only noise; kept rank 1 of 80, "
+        "the smallest factorization (set min_rank to keep more)"
+    )
+    floored = rmtprune.prune(
+        nn.Sequential(layer), criterion=MPCriterion(min_rank=4), select=Select(min_dim=1)
+    )[1]["0"]
+    assert floored.rank_after == 4 and "raised to min_rank=4" in floored.reason
+
+
 def test_other_criteria_prune_to_their_ranks() -> None:
     model = _noisy_model(1)
     for criterion in (Energy(0.8), FixedRank(7), FixedRatio(0.25), GavishDonohoCriterion()):

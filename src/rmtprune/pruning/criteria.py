@@ -305,6 +305,11 @@ class MPCriterion:
         why = f"{k} spikes + {r - k} of {p - k} bulk values (bulk_keep={f:g})"
         if r > kept_rank(k, p, f, current_rank=layer.rank):
             why = f"{k} spikes, bulk_keep={f:g}, raised to min_rank={self.min_rank}"
+        elif k + math.floor(f * (p - k) + 1e-12) == 0:  # the rule keeps none: 1 is the floor
+            why = (
+                f"no spikes and bulk_keep={f:g}: the fit sees only noise; kept rank 1 of {p}, "
+                "the smallest factorization (set min_rank to keep more)"
+            )
         return RankDecision(r, why, fit=fit)
 
 
