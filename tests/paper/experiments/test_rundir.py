@@ -26,7 +26,11 @@ from rmtprune.paper.experiments.seeds import parse_seeds, seed_tuple
 from . import load_metrics, strip_times
 
 SRC = str(Path(__file__).resolve().parents[3] / "src")
-ARCHIVE = Path(__file__).resolve().parents[3] / "docs" / "results" / "paper" / "fc-fashion"
+PAPER = Path(__file__).resolve().parents[3] / "docs" / "results" / "paper"
+ARCHIVE = PAPER / "fc-fashion"
+# Every archived paper-scale run (a directory with a metrics.json): each must re-render byte for
+# byte from its stored seeds; a seed archived later (fc-mnist) joins the test by being there.
+ARCHIVES = sorted(p.parent.name for p in PAPER.glob("*/metrics.json"))
 
 
 def _config(seeds: tuple[int, ...]) -> ExperimentConfig:
@@ -178,27 +182,38 @@ def test_growing_still_refuses_other_configuration(
         )
 
 
-def test_archived_paper_seed_imports_and_renders_byte_for_byte(
-    data_root: Path, tmp_path: Path
+def _archived_seeds(archive: Path) -> list[SeedResult]:
+    return [
+        SeedResult.from_dict(s) for s in json.loads((archive / "metrics.json").read_text())["seeds"]
+    ]
+
+
+@pytest.mark.parametrize("experiment", ARCHIVES)
+def test_archived_paper_seeds_import_and_render_byte_for_byte(
+    experiment: str, data_root: Path, tmp_path: Path
 ) -> None:
     """The lead's path: the archived seeds (metrics only) join a run directory."""
+    archive = PAPER / experiment
+    seeds = [s.seed for s in _archived_seeds(archive)]
     out = tmp_path / "paper"
     result = reproduce(
-        "fc-fashion",
+        experiment,
         preset="paper",
-        seeds=[0, 1, 2],
+        seeds=seeds,
         out=out,
         data_dir=data_root,
         progress=False,
-        import_seeds=[str(ARCHIVE / "metrics.json")],
+        import_seeds=[str(archive / "metrics.json")],
     )
-    assert isinstance(result, RunResult) and [s.seed for s in result.seeds] == [0, 1, 2]
+    assert isinstance(result, RunResult) and [s.seed for s in result.seeds] == seeds
     for name in ("metrics.json", "metrics.csv", "after_training.csv"):
-        assert (out / name).read_bytes() == (ARCHIVE / name).read_bytes(), name
+        assert (out / name).read_bytes() == (archive / name).read_bytes(), name
+
+
+def test_archived_fc_fashion_seeds_hold_the_readmes_numbers() -> None:
+    assert "fc-fashion" in ARCHIVES
     finals = []
-    for seed in (0, 1, 2):
-        text = (out / f"seed-{seed}" / "result.json").read_text()
-        stored = SeedResult.from_dict(json.loads(text))
+    for stored in _archived_seeds(ARCHIVE):
         finals += [stored.normal.final_accuracy, stored.pruned.final_accuracy]
     # README's numbers, per seed: normal, pruned
     assert finals == pytest.approx([0.9065, 0.9043, 0.9071, 0.9075, 0.9055, 0.9054], abs=5e-5)
