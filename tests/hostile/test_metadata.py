@@ -104,7 +104,8 @@ def test_deep_nesting_is_a_clean_error(tmp_path: Path, capsys) -> None:
         ("[1, 2]", "must be a JSON object. Got a list"),  # before: "list indices must be ..."
         ('{"format_version": 1, "structure": {"a" 1}}', "is not valid JSON"),  # no file name
         ('{"format_version": true, "structure": {}, "aliases": {}, "sha256": ""}', "format_v"),
-        ('{"format_version": 2, "structure": {}, "aliases": {}, "sha256": ""}', "unsupported"),
+        ('{"format_version": 3, "structure": {}, "aliases": {}, "sha256": ""}', "unsupported"),
+        ('{"format_version": 2, "structure": {}, "aliases": {}, "sha256": ""}', "2 with 0 sparse"),
     ],
 )
 def test_broken_documents_name_the_file(tmp_path: Path, text: str, needle: str, capsys) -> None:

@@ -113,6 +113,9 @@ def test_round_trip_is_bitwise_with_the_saved_masks(tmp_path: Path, pattern: Any
         assert np.array_equal(stored[f"{key}:sparse_bitmask"].numpy(), packed)
         entry = _document(path)["sparse"][key]
         assert entry == {"shape": list(weight.shape), "nonzero": int(mask.sum())}
+    # a reader older than sparse storage reads only format_version 1: it refuses this file by
+    # its version rather than as a file that "does not fit the model"
+    assert _document(path)["format_version"] == 2
 
     torch.manual_seed(123)  # different weights: everything must come from the file
     loaded = rmtprune.load(Net(), path)
@@ -226,6 +229,18 @@ def test_damaged_sparse_records_are_refused(tmp_path: Path, edit: Any, field: st
         assert "sparse entry 'lin.weight'" in message and field in message
     assert not masked_layers(model)  # the model given is left as it was
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_version_must_match_the_sparse_entries(tmp_path: Path) -> None:
+    net, _ = _masked_net(_random_mask)
+    rmtprune.save(net, tmp_path / "sparse.safetensors")
+
+    def as_version_1(t: dict[str, torch.Tensor], d: dict[str, Any]) -> None:
+        d["format_version"] = 1
+
+    path = _rewrite(tmp_path / "sparse.safetensors", as_version_1)
+    with pytest.raises(InvalidFileError, match="format_version 1 with 3 sparse entries"):
+        rmtprune.load(Net(), path)
 
 
 def test_stray_sparse_tensor_is_refused(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ __all__ = [
     "MAX_DEPTH",
     "META_KEY",
     "SPARSE_BITMASK",
+    "SPARSE_FORMAT_VERSION",
     "SPARSE_VALUES",
     "check_module_names",
     "check_sparse",
@@ -60,6 +61,10 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+"""The format version of a file without sparse entries (every file written before them)."""
+SPARSE_FORMAT_VERSION = 2
+"""The format version of a file with sparse entries: a reader older than sparse storage checks
+the version first and refuses the file by it, instead of failing on the unknown tensors."""
 MAX_DEPTH = 16
 """Deepest nesting of JSON containers accepted in the metadata (a valid document has 4)."""
 _MAX_INT = 2**31 - 1
@@ -125,11 +130,12 @@ def parse_document(path: str | os.PathLike[str], text: Any) -> dict[str, Any]:
                 path,
                 f"{where} has no valid {key!r} field (expected {kind.__name__}, got {value!r})",
             )
-    if document["format_version"] != FORMAT_VERSION:
+    version = document["format_version"]
+    if version not in (FORMAT_VERSION, SPARSE_FORMAT_VERSION):
         raise InvalidFileError(
             path,
-            f"{path}: unsupported format_version {document['format_version']} "
-            f"(this version of rmtprune reads {FORMAT_VERSION})",
+            f"{path}: unsupported format_version {version} (this version of rmtprune reads "
+            f"{FORMAT_VERSION} and {SPARSE_FORMAT_VERSION}, the files with sparse weights)",
         )
     for alias, target in document["aliases"].items():
         if not isinstance(target, str):
@@ -138,6 +144,13 @@ def parse_document(path: str | os.PathLike[str], text: Any) -> dict[str, Any]:
     if not isinstance(sparse, dict):
         raise InvalidFileError(
             path, f"{where} has no valid 'sparse' field (expected dict, got {sparse!r})"
+        )
+    if bool(sparse) != (version == SPARSE_FORMAT_VERSION):
+        raise InvalidFileError(
+            path,
+            f"{where}: format_version {version} with {len(sparse)} sparse entries (sparse "
+            f"weights are written as format_version {SPARSE_FORMAT_VERSION}, dense ones as "
+            f"{FORMAT_VERSION}); the file is damaged or was edited",
         )
     return document
 

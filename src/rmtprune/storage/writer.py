@@ -47,7 +47,7 @@ from safetensors.torch import save as serialize
 from torch import nn
 
 from rmtprune._util.fileio import fsync_directory, temp_file
-from rmtprune.storage.metadata import FORMAT_VERSION, META_KEY
+from rmtprune.storage.metadata import FORMAT_VERSION, META_KEY, SPARSE_FORMAT_VERSION
 
 __all__ = [
     "SafetensorsWriter",
@@ -90,10 +90,11 @@ def file_metadata(
     """The safetensors metadata of an rmtprune file (``rmtprune.storage.format``'s document).
 
     ``sparse`` (the records of the weights stored sparsely) is written only when it has
-    records, so the file of a model without masks is the same as before sparse storage.
+    records, so the file of a model without masks is the same as before sparse storage; a file
+    with them is ``SPARSE_FORMAT_VERSION``, which older readers refuse by its version.
     """
     document: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
+        "format_version": SPARSE_FORMAT_VERSION if sparse else FORMAT_VERSION,
         "structure": structure,
         "aliases": aliases,
         "sha256": sha256,
