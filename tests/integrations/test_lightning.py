@@ -18,6 +18,7 @@ import rmtprune  # noqa: E402
 from rmtprune import MPCriterion, Select, schedules  # noqa: E402
 from rmtprune.factorize import LowRankLinear  # noqa: E402
 from rmtprune.factorize.masks import mask_of, masked_layers  # noqa: E402
+from rmtprune.integrations._common import make_record  # noqa: E402
 from rmtprune.integrations.lightning import (  # noqa: E402
     SpectralPruningCallback,
     restore_structure,
@@ -203,6 +204,22 @@ def test_sparsity_masks_stay_zero_in_training_checkpoints_and_resume(
     # outside a trainer: restore_structure re-creates the masks before the weights load
     loaded = restore_structure(Net(), tmp_path / "ck" / "epoch=3.ckpt")
     assert all(torch.equal(mask_of(loaded.get_submodule(n)), seen.at[3][n]) for n in SPARSE)
+
+
+def test_restore_gives_back_a_kept_weight_that_is_exactly_zero() -> None:
+    """The checkpoint's record holds the kept zeros' positions: the masks come back exactly."""
+    model = Net()
+    rmtprune.prune(model, criterion=rmtprune.Sparsity(0.5), select=Select(include=list(SPARSE)),
+                   inplace=True)  # fmt: skip
+    keep = mask_of(model.net[0])
+    with torch.no_grad():
+        model.net[0].weight[tuple(keep.nonzero()[3].tolist())] = 0.0  # kept, trained to 0.0
+    pruner = rmtprune.SpectralPruner(model, every=2, criterion=rmtprune.Sparsity(0.5))
+    checkpoint = {"rmtprune": make_record(model, pruner), "state_dict": model.state_dict()}
+    loaded = restore_structure(Net(), checkpoint)
+    loaded.load_state_dict(checkpoint["state_dict"])
+    assert all(torch.equal(mask_of(loaded.get_submodule(n)), mask_of(model.get_submodule(n)))
+               for n in SPARSE)  # fmt: skip
 
 
 def test_a_module_sparsified_before_fit_stays_sparse_without_the_callback(

@@ -5,6 +5,7 @@ on held-out data."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -14,6 +15,8 @@ from torch import nn
 import rmtprune
 from rmtprune.factorize.masks import (
     apply_mask,
+    kept_zeros,
+    mask_from_zeros,
     mask_of,
     masked_layers,
     remove_mask,
@@ -165,6 +168,36 @@ def test_masks_survive_training_state_dict_and_deepcopy():
     fresh.load_state_dict(sparse.state_dict())
     restore_masks(fresh, zeros)
     assert all(torch.equal(mask_of(fresh.get_submodule(n)), k) for n, k in zeros.items())
+
+
+def test_a_kept_weight_that_is_exactly_zero_stays_kept_through_the_record():
+    """Zeros alone cannot tell a kept 0.0 from a masked weight: the integrations' record holds
+    the kept zeros' positions and restoring from it gives back the saved masks exactly."""
+    from rmtprune.integrations._common import make_record
+
+    sparse, _ = rmtprune.prune(_mlp(), criterion=rmtprune.Sparsity(0.5), select=ALL)
+    keep = mask_of(sparse[2])
+    rows, cols = keep.nonzero(as_tuple=True)
+    with torch.no_grad():  # two kept weights trained to exactly 0.0
+        sparse[2].weight[rows[0], cols[0]] = 0.0
+        sparse[2].weight[rows[5], cols[5]] = 0.0
+    flat = sorted(int(r) * 64 + int(c) for r, c in ((rows[0], cols[0]), (rows[5], cols[5])))
+    assert kept_zeros(sparse) == {"2": flat}
+    pruner = rmtprune.SpectralPruner(sparse, every=1, criterion=rmtprune.Sparsity(0.5))
+    record = make_record(sparse, pruner)
+    record = json.loads(json.dumps(record))  # what rmtprune.json and a .ckpt hold
+    assert record["kept_zeros"] == {"2": flat} and record["masked"] == ["0", "2", "4"]
+    fresh = _mlp(seed=1)
+    fresh.load_state_dict(sparse.state_dict())
+    restore_masks(fresh, record["masked"], record["kept_zeros"])
+    for name in ("0", "2", "4"):
+        assert torch.equal(mask_of(fresh.get_submodule(name)), mask_of(sparse.get_submodule(name)))
+    guessed = _mlp(seed=1)  # without the positions: the two kept zeros become masked
+    guessed.load_state_dict(sparse.state_dict())
+    restore_masks(guessed, record["masked"])
+    assert int((mask_of(sparse[2]) & ~mask_of(guessed[2])).sum()) == 2
+    with pytest.raises(ValueError, match=r"kept zero positions must lie in \[0, 1536\)"):
+        mask_from_zeros(sparse[2].weight.detach(), [1536])
 
 
 def test_rank_criteria_skip_sparse_layers_and_pruner_keeps_masks():

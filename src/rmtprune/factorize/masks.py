@@ -46,6 +46,8 @@ __all__ = [
     "apply_mask",
     "enforce_masks",
     "is_mask_hook",
+    "kept_zeros",
+    "mask_from_zeros",
     "mask_of",
     "masked_layers",
     "nonzero_count",
@@ -182,15 +184,62 @@ def enforce_masks(model: nn.Module) -> None:
         _enforce(module)
 
 
-def restore_masks(model: nn.Module, names: Any) -> None:
+def restore_masks(model: nn.Module, names: Any, kept: Any = None) -> None:
     """Re-create the masks of the named layers from their zeros (after loading a sparse model
-    into a freshly built one by ``load_state_dict`` or ``from_pretrained``)."""
+    into a freshly built one by ``load_state_dict`` or ``from_pretrained``).
+
+    ``kept`` (:func:`kept_zeros` of the model when it was saved) names, per layer, the flat
+    positions of weights that were kept although exactly 0.0: they stay kept, so the masks are
+    those that were saved. Without it such a weight is masked (a zero cannot tell).
+    """
+    kept = kept or {}
     for name in names:
         module = model.get_submodule(name)
         weight = getattr(module, "weight", None)
         if not isinstance(weight, torch.Tensor):
             raise ValueError(f"layer {name!r} has no weight tensor to mask")
-        apply_mask(module, weight.detach() != 0)
+        apply_mask(module, mask_from_zeros(weight.detach(), kept.get(name, ())))
+
+
+def mask_from_zeros(weight: torch.Tensor, kept: Any = ()) -> torch.Tensor:
+    """The mask of a sparse weight read back: its nonzeros, and the flat positions ``kept``
+    (kept entries that are exactly 0.0; :func:`kept_zeros`).
+
+    >>> mask_from_zeros(torch.tensor([[0.0, 2.0], [0.0, 0.0]]), [2]).tolist()
+    [[False, True], [True, False]]
+    """
+    mask = weight != 0
+    positions = [int(i) for i in kept]
+    if positions:
+        if min(positions) < 0 or max(positions) >= mask.numel():
+            raise ValueError(
+                f"kept zero positions must lie in [0, {mask.numel()}). Got {positions[:5]}"
+            )
+        mask.view(-1)[torch.tensor(positions, dtype=torch.long)] = True
+    return mask
+
+
+def kept_zeros(model: nn.Module) -> dict[str, list[int]]:
+    """Per sparse layer, the flat positions of kept weights that are exactly 0.0 (what the
+    zeros of a checkpoint cannot tell from masked ones); layers without any are left out.
+
+    >>> layer = torch.nn.Linear(2, 2)
+    >>> with torch.no_grad():
+    ...     _ = layer.weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 1.0]]))
+    >>> apply_mask(layer, torch.tensor([[True, False], [True, True]]))
+    >>> kept_zeros(torch.nn.Sequential(layer))
+    {'0': [0]}
+    """
+    found = {}
+    for name, module in masked_layers(model).items():
+        mask = mask_of(module)
+        weight = getattr(module, "weight", None)
+        if mask is None or not isinstance(weight, torch.Tensor):
+            continue
+        zero = (weight.detach() == 0).reshape(-1) & mask.reshape(-1).to(weight.device)
+        if bool(zero.any()):
+            found[name] = zero.nonzero().reshape(-1).tolist()
+    return found
 
 
 def nonzero_count(module: nn.Module) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from rmtprune.factorize.masks import masked_layers
+from rmtprune.factorize.masks import kept_zeros, masked_layers
 from rmtprune.pruning.pruner import SpectralPruner
 from rmtprune.pruning.report import PruneReport
 from rmtprune.storage.format import apply_structure, describe_structure
@@ -39,13 +39,15 @@ def make_pruner(model: nn.Module, options: Mapping[str, Any], owner: str) -> Spe
 
 
 def make_record(model: nn.Module, pruner: SpectralPruner) -> dict[str, Any]:
-    """The JSON-able record of ``model``'s pruned structure, ``pruner``'s state and the names
-    of its sparse layers (``"masked"``, :mod:`rmtprune.factorize.masks`)."""
+    """The JSON-able record of ``model``'s pruned structure, ``pruner``'s state, the names of
+    its sparse layers (``"masked"``, :mod:`rmtprune.factorize.masks`) and, where a kept weight
+    is exactly 0.0, its position (``"kept_zeros"``, so the masks come back as they were)."""
     return {
         "format_version": RECORD_VERSION,
         "structure": describe_structure(model),
         "pruner": pruner.state_dict(),
         "masked": list(masked_layers(model)),
+        "kept_zeros": kept_zeros(model),
     }
 
 

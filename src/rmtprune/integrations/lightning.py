@@ -20,9 +20,10 @@
   layers on the freshly built module (on every rank) right before Lightning loads its weights,
   optimizer state and schedulers.  The structure is also written as ``checkpoint["rmtprune"]``.
 * Sparse layers (:class:`rmtprune.Sparsity` as the criterion, or a module sparsified before
-  ``fit``) keep their zeros in every checkpoint; the record names them (``"masked"``) and the
-  same restore re-creates their masks from the zeros of the loaded weights, so a resumed run
-  keeps them zero.
+  ``fit``) keep their zeros in every checkpoint; the record names them (``"masked"``) with the
+  positions of kept weights that are exactly 0.0 (``"kept_zeros"``), and the same restore
+  re-creates their masks from the zeros of the loaded weights and those positions (the saved
+  masks exactly), so a resumed run keeps them zero.
 * Under a DDP strategy (``"ddp"``, ``"ddp_spawn"``, ...) rank 0 decides, every rank receives its
   structure and weights, every rank's optimizers are edited and the strategy's
   ``DistributedDataParallel`` is re-initialised in place (:mod:`rmtprune.integrations.ddp`).
@@ -42,7 +43,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rmtprune.factorize.masks import apply_mask
+from rmtprune.factorize.masks import apply_mask, mask_from_zeros
 from rmtprune.integrations._common import (
     PruningCallbackCore,
     apply_record,
@@ -173,11 +174,12 @@ def _restore_masks(
     module: nn.Module, record: Mapping[str, Any], state: Mapping[str, Any], prefix: str = ""
 ) -> None:
     """Mask the record's sparse layers of ``module`` where their weights in ``state`` (about
-    to be loaded) are zero."""
+    to be loaded) are zero, except the record's kept zeros."""
+    kept = record.get("kept_zeros") or {}
     for name in record.get("masked", ()):
         weight = state.get(f"{prefix}{name}.weight")
         if isinstance(weight, torch.Tensor):
-            apply_mask(module.get_submodule(name), weight != 0)
+            apply_mask(module.get_submodule(name), mask_from_zeros(weight, kept.get(name, ())))
 
 
 def restore_structure(

@@ -16,8 +16,9 @@
 * ``checkpoint-N/rmtprune.json`` holds the pruned structure and the pruner's state.
 * Sparse layers (:class:`rmtprune.Sparsity` as the criterion, or a model sparsified before
   training) keep their zeros in every checkpoint (the ``state_dict`` re-applies the masks);
-  ``rmtprune.json`` names them (``"masked"``) and a resumed run re-creates their masks from the
-  zeros of the loaded weights, so training keeps them zero.
+  ``rmtprune.json`` names them (``"masked"``) with the positions of kept weights that are exactly
+  0.0 (``"kept_zeros"``), and a resumed run re-creates their masks from the zeros of the loaded
+  weights and those positions — the saved masks exactly — so training keeps them zero.
 * Under ``torchrun`` (DDP) rank 0 decides, every rank receives its structure and weights and edits
   its optimizer, and the Trainer's ``DistributedDataParallel`` (noted at its first forward) is
   re-initialised in place (:mod:`rmtprune.integrations.ddp`).  FSDP and DeepSpeed are refused.
@@ -157,7 +158,8 @@ class SpectralPruningCallback(TrainerCallback, PruningCallbackCore):
                     )
         if record is not None and record.get("format_version") == RECORD_VERSION:
             self.pruner.load_state_dict(record["pruner"])
-            restore_masks(model, record.get("masked", ()))  # the checkpoint's weights are loaded
+            # the checkpoint's weights are loaded: masks from their zeros, kept zeros kept
+            restore_masks(model, record.get("masked", ()), record.get("kept_zeros"))
 
     def _spot_wrapper(self, model: nn.Module) -> None:
         """Find the ``DistributedDataParallel`` around ``model`` at its first forward.
