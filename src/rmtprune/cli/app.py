@@ -38,8 +38,10 @@ CRITERIA = {
     "energy": "Energy",
     "rank": "FixedRank",
     "ratio": "FixedRatio",
+    "sparsity": "Sparsity",
 }
-"""``--criterion`` choices and the :mod:`rmtprune.pruning.criteria` class each stands for."""
+"""``--criterion`` choices and the class each stands for (:mod:`rmtprune.pruning.criteria`;
+``Sparsity``: :mod:`rmtprune.pruning.sparsity`)."""
 
 
 def _add_fit_options(p: argparse.ArgumentParser) -> None:
@@ -104,7 +106,8 @@ def _add_criterion_options(p: argparse.ArgumentParser) -> None:
         default="mp",
         help="how many singular values each layer keeps: mp (spikes + --bulk-keep of the "
         "bulk, the paper's rule), gavish-donoho (optimal hard threshold), energy (--energy of "
-        "sum s^2), rank (--rank values), ratio (--ratio of min(m, n)) (default: %(default)s)",
+        "sum s^2), rank (--rank values), ratio (--ratio of min(m, n)); or sparsity (zero "
+        "--sparsity of the weights by magnitude, stored sparse) (default: %(default)s)",
     )
     g.add_argument(
         "--bulk-keep",
@@ -127,6 +130,28 @@ def _add_criterion_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="mp, gavish-donoho: never keep fewer singular values than this",
+    )
+    g.add_argument(
+        "--sparsity",
+        type=float,
+        default=None,
+        help="sparsity: fraction in [0, 1) of the selected weights set to zero, smallest "
+        "magnitude first (Wanda's scores need calibration data: rmtprune.Sparsity in Python); "
+        "the model is read whole, not streamed",
+    )
+    g.add_argument(
+        "--sparsity-pattern",
+        default=None,
+        metavar="PATTERN",
+        help="sparsity: 'unstructured' (default) or 'N:M', N kept in every M consecutive "
+        "inputs (2:4 implies --sparsity 0.5)",
+    )
+    g.add_argument(
+        "--allocation",
+        choices=("uniform", "global"),
+        default=None,
+        help="sparsity: the same fraction in every layer (uniform, default) or one magnitude "
+        "threshold for all selected layers (global)",
     )
 
 
@@ -288,10 +313,20 @@ def _fit_cutoff(args: argparse.Namespace) -> object:
 def _criterion(args: argparse.Namespace) -> Criterion:
     import rmtprune
 
-    own = {"energy": "energy", "rank": "rank", "ratio": "ratio"}
+    own = {"energy": "energy", "rank": "rank", "ratio": "ratio", "sparsity": "sparsity"}
+    own.update(sparsity_pattern="sparsity", allocation="sparsity")
     for option, name in own.items():
-        if getattr(args, option) is not None and args.criterion != name:
-            raise ValueError(f"--{option} applies to --criterion {name} only")
+        if getattr(args, option, None) is not None and args.criterion != name:
+            raise ValueError(f"--{option.replace('_', '-')} applies to --criterion {name} only")
+    if args.criterion == "sparsity":
+        if args.min_rank is not None or args.bulk_keep != 0.0:
+            raise ValueError("--min-rank and --bulk-keep apply to rank criteria, not sparsity")
+        pattern = args.sparsity_pattern or "unstructured"
+        if args.sparsity is None and pattern == "unstructured":
+            raise ValueError("--criterion sparsity needs --sparsity (or an N:M --sparsity-pattern)")
+        return rmtprune.Sparsity(
+            args.sparsity, allocation=args.allocation or "uniform", pattern=pattern
+        )
     if args.criterion == "mp":
         return _mp(args, args.bulk_keep, args.min_rank)
     if args.criterion == "gavish-donoho":
@@ -396,17 +431,22 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     from rmtprune.ondisk.inputs import open_input, prune_input
+    from rmtprune.pruning.criteria import ModelCriterion
 
     if args.output is None and not args.dry_run:
         raise ValueError("-o/--output is required unless --dry-run")
     plan = _plan(args)
     _check_outputs(args, plan)
-    source = open_input(plan)  # the command line's criteria all decide one layer at a time
+    criterion = _criterion(args)
+    # the rank criteria decide one layer at a time (a checkpoint is streamed); sparsity
+    # compares and counts over all selected layers: the input is read whole
+    whole = isinstance(criterion, ModelCriterion)
+    source = open_input(plan, whole=whole)
     split = {"auto": "auto", "always": True, "never": False}[args.split]
-    _progress(args, "fitting and pruning each layer ...")
+    _progress(args, "scoring every layer ..." if whole else "fitting and pruning each layer ...")
     report = prune_input(
         source,
-        _criterion(args),
+        criterion,
         _select(args),
         split=split,  # type: ignore[arg-type]
         dry_run=args.dry_run,
