@@ -16,7 +16,6 @@ import rmtprune
 from rmtprune.factorize.masks import (
     apply_mask,
     kept_zeros,
-    mask_from_zeros,
     mask_of,
     masked_layers,
     remove_mask,
@@ -196,8 +195,8 @@ def test_a_kept_weight_that_is_exactly_zero_stays_kept_through_the_record():
     guessed.load_state_dict(sparse.state_dict())
     restore_masks(guessed, record["masked"])
     assert int((mask_of(sparse[2]) & ~mask_of(guessed[2])).sum()) == 2
-    with pytest.raises(ValueError, match=r"kept zero positions must lie in \[0, 1536\)"):
-        mask_from_zeros(sparse[2].weight.detach(), [1536])
+    with pytest.raises(ValueError, match=r"layer '2': kept zero positions must lie in \[0, 1536\)"):
+        restore_masks(guessed, ["2"], {"2": [1536]})
 
 
 def test_rank_criteria_skip_sparse_layers_and_pruner_keeps_masks():

@@ -198,10 +198,10 @@ def restore_masks(model: nn.Module, names: Any, kept: Any = None) -> None:
         weight = getattr(module, "weight", None)
         if not isinstance(weight, torch.Tensor):
             raise ValueError(f"layer {name!r} has no weight tensor to mask")
-        apply_mask(module, mask_from_zeros(weight.detach(), kept.get(name, ())))
+        apply_mask(module, mask_from_zeros(weight.detach(), kept.get(name, ()), name))
 
 
-def mask_from_zeros(weight: torch.Tensor, kept: Any = ()) -> torch.Tensor:
+def mask_from_zeros(weight: torch.Tensor, kept: Any = (), layer: str = "") -> torch.Tensor:
     """The mask of a sparse weight read back: its nonzeros, and the flat positions ``kept``
     (kept entries that are exactly 0.0; :func:`kept_zeros`).
 
@@ -213,7 +213,8 @@ def mask_from_zeros(weight: torch.Tensor, kept: Any = ()) -> torch.Tensor:
     if positions:
         if min(positions) < 0 or max(positions) >= mask.numel():
             raise ValueError(
-                f"kept zero positions must lie in [0, {mask.numel()}). Got {positions[:5]}"
+                f"layer {layer!r}: kept zero positions must lie in [0, {mask.numel()}). "
+                f"Got {positions[:5]}"
             )
         mask.view(-1)[torch.tensor(positions, dtype=torch.long)] = True
     return mask

@@ -179,7 +179,8 @@ def _restore_masks(
     for name in record.get("masked", ()):
         weight = state.get(f"{prefix}{name}.weight")
         if isinstance(weight, torch.Tensor):
-            apply_mask(module.get_submodule(name), mask_from_zeros(weight, kept.get(name, ())))
+            mask = mask_from_zeros(weight, kept.get(name, ()), name)
+            apply_mask(module.get_submodule(name), mask)
 
 
 def restore_structure(
