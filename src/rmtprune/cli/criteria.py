@@ -30,6 +30,7 @@ CRITERIA = {
 
 
 def add_fit_options(p: argparse.ArgumentParser) -> None:
+    """The spectral fit's and the layer selection's options (``analyze`` and ``prune``)."""
     g = p.add_argument_group("spectral fit")
     g.add_argument(
         "--alpha",
@@ -84,7 +85,8 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_criterion_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("rank criterion")
+    """``--criterion`` and each criterion's own options (``prune``)."""
+    g = p.add_argument_group("criterion (rank or sparsity)")
     g.add_argument(
         "--criterion",
         choices=tuple(CRITERIA),
@@ -143,6 +145,7 @@ def add_criterion_options(p: argparse.ArgumentParser) -> None:
 def mp_of(
     args: argparse.Namespace, bulk_keep: float = 0.0, min_rank: int | None = None
 ) -> MPCriterion:
+    """The paper's rule with the fit options of ``args`` (what ``analyze`` fits with)."""
     from rmtprune.pruning.options import resolve_criterion
 
     given = {"bulk_keep": bulk_keep, "min_rank": min_rank, "alpha": args.alpha}
@@ -160,12 +163,20 @@ def _fit_cutoff(args: argparse.Namespace) -> object:
 
 
 def criterion_of(args: argparse.Namespace) -> Criterion:
+    """The criterion ``--criterion`` and its options name; an option of another criterion is
+    refused by name."""
     import rmtprune
 
-    own = {"energy": "energy", "rank": "rank", "ratio": "ratio", "sparsity": "sparsity"}
-    own.update(sparsity_pattern="sparsity", allocation="sparsity")
+    own = {
+        "energy": "energy",
+        "rank": "rank",
+        "ratio": "ratio",
+        "sparsity": "sparsity",
+        "sparsity_pattern": "sparsity",
+        "allocation": "sparsity",
+    }  # option (its dest) -> the one criterion it applies to
     for option, name in own.items():
-        if getattr(args, option, None) is not None and args.criterion != name:
+        if getattr(args, option) is not None and args.criterion != name:
             raise ValueError(f"--{option.replace('_', '-')} applies to --criterion {name} only")
     if args.criterion == "sparsity":
         if args.min_rank is not None or args.bulk_keep != 0.0:
