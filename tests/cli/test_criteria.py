@@ -126,6 +126,7 @@ def test_sparsity_options_refuse_what_does_not_apply(
         (["--criterion", "sparsity", "--sparsity", "0.5", "--min-rank", "3"], "--min-rank"),
         (["--criterion", "sparsity", "--sparsity", "1.5"], "'target' parameter of Sparsity"),
         (["--criterion", "sparsity", "--sparsity-pattern", "4:2"], "'pattern' parameter"),
+        (["--criterion", "sparsity", "--sparsity", "0.5", "--split", "always"], "never splits"),
     ]
     for argv, needle in cases:
         assert main([*base, *argv]) == 2, argv

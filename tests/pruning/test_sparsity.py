@@ -116,6 +116,23 @@ def test_bad_parameters_are_named():
         rmtprune.prune(_mlp(), criterion=rmtprune.Sparsity(0.5, score="wanda"), select=ALL)
 
 
+def test_split_true_is_refused_since_masks_never_split():
+    model, sparsity = _mlp(), rmtprune.Sparsity(0.5)
+    before = [p.clone() for p in model.parameters()]
+    for call in (
+        lambda: rmtprune.prune(model, criterion=sparsity, select=ALL, split=True, inplace=True),
+        lambda: rmtprune.SpectralPruner(model, criterion=sparsity, every=1, split=True),
+        lambda: rmtprune.prune(model, criterion=rmtprune.Calibrated(
+            [torch.randn(8, 40) for _ in range(4)], 0.1, base=sparsity), split=True),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match="'split' parameter of (prune|SpectralPruner)"):
+            call()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    for split in ("auto", False):  # both mean what a mask does: no layer is split
+        _, report = rmtprune.prune(model, criterion=sparsity, select=ALL, split=split)
+        assert {r.action for r in report.layers} == {"sparsified"}
+
+
 def test_wanda_scores_equal_the_hand_computed_ones():
     model = _mlp()
     batches = [torch.randn(16, 40) * torch.linspace(0.1, 3.0, 40) for _ in range(3)]

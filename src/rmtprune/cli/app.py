@@ -277,6 +277,11 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     whole = isinstance(criterion, ModelCriterion)
     source = open_input(plan, whole=whole)
     split = {"auto": "auto", "always": True, "never": False}[args.split]
+    if split is True and getattr(criterion, "produces_masks", False):
+        raise ValueError(
+            "--split always applies to rank criteria: --criterion sparsity zeroes weights "
+            "under a mask and never splits a layer"
+        )
     _progress(args, "scoring every layer ..." if whole else "fitting and pruning each layer ...")
     report = prune_input(
         source,

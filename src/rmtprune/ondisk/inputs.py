@@ -54,7 +54,6 @@ from torch import nn
 
 from rmtprune._util.apart import check_apart
 from rmtprune._util.fileio import check_input_file
-from rmtprune._util.validation import param_error
 from rmtprune.factorize.registry import get_adapter
 from rmtprune.hf.directory import (
     build_architecture,
@@ -96,7 +95,7 @@ from rmtprune.pruning.criteria import Criterion, ModelCriterion, MPCriterion
 from rmtprune.pruning.options import check_criterion
 from rmtprune.pruning.report import LayerAnalysis, ModelReport, PruneReport
 from rmtprune.pruning.selection import Select, matches
-from rmtprune.pruning.walker import SplitMode, analyze, prune
+from rmtprune.pruning.walker import SplitMode, analyze, check_split, prune
 from rmtprune.storage.format import save
 from rmtprune.storage.inputs import read_document
 from rmtprune.storage.metadata import META_KEY, check_module_names, is_sparse_key
@@ -332,8 +331,7 @@ def prune_input(
     refused).
     """
     _check(criterion, select, "prune_input")
-    if split not in ("auto", True, False):
-        raise param_error("split", "prune_input", "one of 'auto', True, False", split)
+    check_split(split, criterion, "prune_input")
     if output is None and not dry_run:
         raise ValueError(
             "The 'output' parameter of prune_input is required unless dry_run=True. "

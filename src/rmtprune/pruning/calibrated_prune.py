@@ -50,7 +50,7 @@ def calibrated_prune(
     layers: Sequence[str] | str | None = None,
     min_dim: int = 32,
     min_params: int = 0,
-    split: SplitMode = True,
+    split: SplitMode | None = None,
     inplace: bool = False,
     dry_run: bool = False,
     progress: bool | None = None,
@@ -77,7 +77,10 @@ def calibrated_prune(
         Floor on every kept rank (default 1).
     layers, min_dim, min_params
         Which layers are candidates (``Select(include=layers, min_dim=..., min_params=...)``).
-    split, inplace, dry_run, progress : optional
+    split : {"auto", True, False}, optional
+        As in :func:`rmtprune.prune`; default ``True``, or ``"auto"`` for a ``base`` that
+        zeroes weights (``Sparsity``), which never splits a layer.
+    inplace, dry_run, progress : optional
         As in :func:`rmtprune.prune`.
 
     Returns
@@ -108,6 +111,8 @@ def calibrated_prune(
         min_rank=1 if min_rank is None else min_rank,
     )
     select = Select(include=layers, min_dim=min_dim, min_params=min_params)
+    if split is None:
+        split = "auto" if getattr(base, "produces_masks", False) else True
     return prune(
         model,
         criterion=criterion,

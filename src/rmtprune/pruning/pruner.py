@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from rmtprune._util.progress import progress_enabled
-from rmtprune._util.validation import check_int, param_error
+from rmtprune._util.validation import check_int
 from rmtprune.pruning._guards import frozen_parametrizations
 from rmtprune.pruning.criteria import Criterion, FitCutoff
 from rmtprune.pruning.layers import count_parameters
@@ -37,7 +37,7 @@ from rmtprune.pruning.options import resolve_criterion, resolve_select, warn_leg
 from rmtprune.pruning.report import PruneReport
 from rmtprune.pruning.schedules import Schedule, schedule_from_dict, schedule_to_dict
 from rmtprune.pruning.selection import Select, weight_layers
-from rmtprune.pruning.walker import SplitMode, prune
+from rmtprune.pruning.walker import SplitMode, check_split, prune
 
 __all__ = ["SpectralPruner"]
 
@@ -168,8 +168,7 @@ class SpectralPruner:
         self.model = model
         self.schedule = schedule
         self.every = check_int(every, "every", owner, low=1)
-        if split not in ("auto", True, False):
-            raise param_error("split", owner, "one of 'auto', True, False", split)
+        check_split(split, self.criterion, owner)
         self.split = split
         self.last_epoch: int | None = None
         """The last epoch at which :meth:`step` pruned (or found nothing to prune)."""

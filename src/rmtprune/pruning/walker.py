@@ -306,7 +306,8 @@ def prune(
     select : Select, optional
         Which layers (:class:`rmtprune.Select`); default ``Select()``.
     split : {"auto", True, False}
-        Split rule; ``True`` always splits, ``False`` never does.
+        Split rule; ``True`` always splits, ``False`` never does.  A criterion that zeroes
+        weights (``Sparsity``) never splits: ``True`` is then refused.
     inplace : bool
         Modify ``model`` itself.
     dry_run : bool
@@ -369,8 +370,7 @@ def prune(
     calibrated = max_output_change is not None
     older = {**legacy, "min_rank": min_rank, **sizes, "max_output_change": max_output_change}
     warn_legacy("prune", older, calibrated=calibrated)
-    if split not in ("auto", True, False):
-        raise param_error("split", "prune", "one of 'auto', True, False", split)
+    check_split(split, crit, "prune")
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"The 'model' parameter of prune must be a torch.nn.Module. "
@@ -386,6 +386,18 @@ def prune(
         target, crit, chosen, ranks, split=split, dry_run=dry_run, progress=progress
     )
     return target, with_output_change(report, crit, probe, target)
+
+
+def check_split(split: object, criterion: object, owner: str) -> None:
+    """Refuse a ``split`` that is not ``"auto"``, ``True`` or ``False``, and ``True`` with a
+    criterion that zeroes weights under a mask (``produces_masks``): it never splits a layer."""
+    if split not in ("auto", True, False):
+        raise param_error("split", owner, "one of 'auto', True, False", split)
+    if split is True and getattr(criterion, "produces_masks", False):
+        raise ValueError(
+            f"The 'split' parameter of {owner} is True, but the criterion ({criterion!r}) zeroes "
+            "weights under a mask and never splits a layer; leave split at 'auto' (or False)."
+        )
 
 
 def _nonzeros(model: nn.Module) -> int:
