@@ -340,8 +340,10 @@ class PruneReport(_Table):
         """One sentence on how much the model's output changed, or that it was not measured."""
         if self.output_change is None:
             return (
-                "Output change: not measured (no calibration data; pass calibration= to "
-                "measure it, or criterion=rmtprune.Calibrated(batches, δ) to bound it)."
+                "Output change: not measured (no calibration data; in Python, "
+                "rmtprune.prune(..., calibration=batches) measures it and "
+                "criterion=rmtprune.Calibrated(batches, δ) bounds it; the command line takes "
+                "no calibration data)."
             )
         line = f"Output change: {self.output_change:.4g} (relative, first output"
         if self.max_output_change is None:
