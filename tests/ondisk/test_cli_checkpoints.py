@@ -44,6 +44,9 @@ def bert_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("bert")
     model = _bert()
     model.save_pretrained(root / "single")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "model", "is", "small"]
+    (root / "vocab.txt").write_text("\n".join(words) + "\n")
+    transformers.BertTokenizerFast(str(root / "vocab.txt")).save_pretrained(root / "single")
     model.save_pretrained(root / "sharded", max_shard_size="60KB")
     assert len(list((root / "sharded").glob("model-*-of-*.safetensors"))) >= 3
     return root / "single", root / "sharded"
@@ -135,7 +138,7 @@ def test_prune_directory_writes_a_directory_that_loads_back(
     bert_dirs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     single, sharded = bert_dirs
-    before = _digest(sharded)
+    before, before_single = _digest(sharded), _digest(single)
     outs = []
     for source in (single, sharded):
         out = tmp_path / source.name
@@ -143,7 +146,21 @@ def test_prune_directory_writes_a_directory_that_loads_back(
         assert report["params_after"] < report["params_before"]  # type: ignore[operator]
         assert (out / "config.json").exists()
         outs.append(rmtprune.from_pretrained(transformers.AutoModel, out).eval())
-    assert _digest(sharded) == before
+    assert _digest(sharded) == before and _digest(single) == before_single
+    # the input's tokenizer files come along as copies (nothing done to them reaches the input)
+    tokenizer = set(before_single) - {"config.json", "model.safetensors"}
+    assert {"tokenizer.json", "tokenizer_config.json"} <= tokenizer
+    written = _digest(tmp_path / "single")
+    assert written["config.json"] != before_single["config.json"]  # the rmtprune entry
+    copied = {k: v for k, v in written.items() if k in before_single and k != "config.json"}
+    assert copied == {k: before_single[k] for k in tokenizer}  # and no weights file of the input
+    assert not any((tmp_path / "single" / n).samefile(single / n) for n in tokenizer)
+    assert not set(_digest(tmp_path / "sharded")) & tokenizer  # the sharded input has none
+    text = "the model is small"
+    assert (
+        transformers.AutoTokenizer.from_pretrained(tmp_path / "single")(text).input_ids
+        == transformers.AutoTokenizer.from_pretrained(single)(text).input_ids
+    )
     expected, _ = rmtprune.prune(
         transformers.BertModel.from_pretrained(single), criterion=rmtprune.MPCriterion(min_rank=6)
     )

@@ -129,7 +129,8 @@ def _add_spectral_commands(sub: Any) -> None:
         default=None,
         metavar="OUT",
         help="the pruned model: .safetensors, or a directory for a model directory input "
-        "(rmtprune.save_pretrained); required unless --dry-run",
+        "(rmtprune.save_pretrained, with copies of the input's tokenizer files); required "
+        "unless --dry-run",
     )
     p.add_argument(
         "--split",

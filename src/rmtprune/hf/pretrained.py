@@ -66,6 +66,7 @@ import contextlib
 import fnmatch
 import glob
 import os
+import shutil
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
@@ -91,7 +92,7 @@ from rmtprune.storage.metadata import META_KEY, check_module_names
 from rmtprune.storage.reader import INDEX_NAME, PRUNED_NAME, SINGLE_NAME, open_checkpoint
 from rmtprune.storage.sparse import TiedMaskWarning
 
-__all__ = ["CONFIG_KEY", "WEIGHTS_NAME", "from_pretrained", "save_pretrained"]
+__all__ = ["CONFIG_KEY", "TOKENIZER_FILES", "WEIGHTS_NAME", "from_pretrained", "save_pretrained"]
 
 CONFIG_KEY = META_KEY
 """The entry of ``config.json`` that records the factorized structure (the one metadata key)."""
@@ -100,6 +101,22 @@ WEIGHTS_NAME = PRUNED_NAME
 
 _LOAD_WITH = "rmtprune.from_pretrained(ModelClass, directory)"
 _HF_WEIGHTS = ("model*.safetensors", INDEX_NAME, "pytorch_model*.bin")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "*.model",  # sentencepiece: spiece.model, tokenizer.model, sentencepiece.bpe.model
+    "chat_template.json",
+    "chat_template.jinja",
+    "preprocessor_config.json",
+    "processor_config.json",
+)
+"""Name patterns of the tokenizer and processor files ``save_pretrained(tokenizer_from=)``
+copies: what a Hugging Face tokenizer or processor writes beside a model."""
 
 
 def _check_hf_model(model: Any, owner: str) -> None:
@@ -128,7 +145,11 @@ def _main_dtype(model: nn.Module) -> torch.dtype:
 
 
 def save_pretrained(
-    model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool = False
+    model: nn.Module,
+    directory: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    tokenizer_from: str | os.PathLike[str] | None = None,
 ) -> None:
     """Save a (pruned) Hugging Face model to ``directory`` so that it loads back exactly.
 
@@ -137,12 +158,16 @@ def save_pretrained(
     model : transformers.PreTrainedModel
         The model, factorized or not (not modified).
     directory : str or os.PathLike
-        Created if needed.  Save the tokenizer there yourself if you want it beside.
+        Created if needed.
     overwrite : bool
         Replace an earlier save.  Without it, a directory that already holds weights
         (``rmtprune.safetensors``, ``model*.safetensors``, ``pytorch_model*.bin``) raises
         ``FileExistsError``; with it those files are not carried into the new directory, so
         that no stale dense checkpoint is left for a plain Hugging Face loader to pick up.
+    tokenizer_from : str or os.PathLike, optional
+        A model directory (the one the model came from) whose tokenizer and processor files
+        (:data:`TOKENIZER_FILES`) are copied into ``directory`` — copies, never links, so that
+        nothing done to the output reaches them.  Without it, save the tokenizer yourself.
 
     Notes
     -----
@@ -168,8 +193,27 @@ def save_pretrained(
             f"{directory} already holds weights ({', '.join(os.path.basename(f) for f in stale)});"
             " pass overwrite=True to replace them"
         )
+    sources = [] if tokenizer_from is None else tokenizer_files(tokenizer_from)
     with replace_directory(directory, keep=lambda name: not _is_weights(name)) as stage:
         _write_pretrained(model, os.fspath(stage))
+        for source in sources:
+            shutil.copyfile(source, os.path.join(stage, os.path.basename(source)))
+
+
+def tokenizer_files(directory: str | os.PathLike[str]) -> list[str]:
+    """The paths of the files of ``directory`` that :data:`TOKENIZER_FILES` names, sorted."""
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise NotADirectoryError(
+            f"The 'tokenizer_from' parameter of save_pretrained must be a directory. "
+            f"Got {directory!r} instead."
+        )
+    return [
+        os.path.join(directory, name)
+        for name in sorted(os.listdir(directory))
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in TOKENIZER_FILES)
+        and os.path.isfile(os.path.join(directory, name))
+    ]
 
 
 def _is_weights(name: str) -> bool:

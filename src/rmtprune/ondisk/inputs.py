@@ -399,7 +399,7 @@ def _save(opened: OpenInput, model: nn.Module, output: PathLike, *, overwrite: b
                 f"the input {opened.path} is a model directory, so the output is one too; "
                 f"got the file name {os.fspath(output)} (or pass --no-model for one file)"
             )
-        save_pretrained(model, output, overwrite=overwrite)
+        save_pretrained(model, output, overwrite=overwrite, tokenizer_from=opened.path)
     else:
         save(model, output, overwrite=overwrite)
 
