@@ -125,9 +125,9 @@ def test_split_true_is_refused_since_masks_never_split():
         lambda: rmtprune.prune(model, criterion=rmtprune.Calibrated(
             [torch.randn(8, 40) for _ in range(4)], 0.1, base=sparsity), split=True),
     ):  # fmt: skip
-        with pytest.raises(ValueError, match="'split' parameter of (prune|SpectralPruner)"):
+        with pytest.raises(ValueError, match=r"'split' parameter of (prune|SpectralPruner)"):
             call()
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     for split in ("auto", False):  # both mean what a mask does: no layer is split
         _, report = rmtprune.prune(model, criterion=sparsity, select=ALL, split=split)
         assert {r.action for r in report.layers} == {"sparsified"}
