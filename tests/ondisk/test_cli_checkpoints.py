@@ -47,6 +47,7 @@ def bert_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "model", "is", "small"]
     (root / "vocab.txt").write_text("\n".join(words) + "\n")
     transformers.BertTokenizerFast(str(root / "vocab.txt")).save_pretrained(root / "single")
+    (root / "single" / "README.md").write_text("a model card: neither weights nor tokenizer\n")
     model.save_pretrained(root / "sharded", max_shard_size="60KB")
     assert len(list((root / "sharded").glob("model-*-of-*.safetensors"))) >= 3
     return root / "single", root / "sharded"
@@ -148,7 +149,7 @@ def test_prune_directory_writes_a_directory_that_loads_back(
         outs.append(rmtprune.from_pretrained(transformers.AutoModel, out).eval())
     assert _digest(sharded) == before and _digest(single) == before_single
     # the input's tokenizer files come along as copies (nothing done to them reaches the input)
-    tokenizer = set(before_single) - {"config.json", "model.safetensors"}
+    tokenizer = set(before_single) - {"config.json", "model.safetensors", "README.md"}
     assert {"tokenizer.json", "tokenizer_config.json"} <= tokenizer
     written = _digest(tmp_path / "single")
     assert written["config.json"] != before_single["config.json"]  # the rmtprune entry
@@ -174,6 +175,13 @@ def test_prune_directory_writes_a_directory_that_loads_back(
     assert not (tmp_path / "single" / "model.safetensors").exists()
     with pytest.raises(OSError):
         transformers.AutoModel.from_pretrained(tmp_path / "single")
+    # what was copied and what was not is said (stderr, without --quiet)
+    again = ["prune", str(single), "-o", str(tmp_path / "single"), "--min-rank", "6"]
+    assert main([*again, "--overwrite"]) == 0
+    said = capsys.readouterr().err
+    assert f"saved {tmp_path / 'single'}, with copies of the input's tokenizer files (" in said
+    assert "tokenizer.json" in said and "; not copied: README.md" in said
+    assert not (tmp_path / "single" / "README.md").exists()
     # an existing output is not replaced without --overwrite
     assert main(["prune", str(sharded), "-o", str(tmp_path / "sharded"), "--quiet"]) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import os
 import signal
 import sys
 import threading
@@ -295,12 +296,29 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         progress=_bar(args),
     )
     if not args.dry_run:  # written before the report: no report is left behind if saving fails
-        _progress(args, f"saved {args.output}")
+        _progress(args, f"saved {args.output}" + _companions(plan))
     if args.json is not None:
         _emit_json(report, args.json)
     if args.json != "-":
         print(report.to_markdown())
     return 0
+
+
+def _companions(plan: InputPlan) -> str:
+    """For a model directory input: which of its other files the output has copies of, and
+    which it has not (say so, never silently)."""
+    from rmtprune.hf.pretrained import is_weights_file, tokenizer_files
+
+    if not plan.writes_directory:
+        return ""
+    copied = [os.path.basename(f) for f in tokenizer_files(plan.path)]
+    left = sorted(
+        name
+        for name in os.listdir(plan.path)
+        if name != "config.json" and name not in copied and not is_weights_file(name)
+    )
+    text = f", with copies of the input's tokenizer files ({', '.join(copied) or 'none found'})"
+    return text + (f"; not copied: {', '.join(left)}" if left else "")
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:

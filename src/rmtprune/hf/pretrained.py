@@ -92,7 +92,15 @@ from rmtprune.storage.metadata import META_KEY, check_module_names
 from rmtprune.storage.reader import INDEX_NAME, PRUNED_NAME, SINGLE_NAME, open_checkpoint
 from rmtprune.storage.sparse import TiedMaskWarning
 
-__all__ = ["CONFIG_KEY", "TOKENIZER_FILES", "WEIGHTS_NAME", "from_pretrained", "save_pretrained"]
+__all__ = [
+    "CONFIG_KEY",
+    "TOKENIZER_FILES",
+    "WEIGHTS_NAME",
+    "from_pretrained",
+    "is_weights_file",
+    "save_pretrained",
+    "tokenizer_files",
+]
 
 CONFIG_KEY = META_KEY
 """The entry of ``config.json`` that records the factorized structure (the one metadata key)."""
@@ -194,7 +202,7 @@ def save_pretrained(
             " pass overwrite=True to replace them"
         )
     sources = [] if tokenizer_from is None else tokenizer_files(tokenizer_from)
-    with replace_directory(directory, keep=lambda name: not _is_weights(name)) as stage:
+    with replace_directory(directory, keep=lambda name: not is_weights_file(name)) as stage:
         _write_pretrained(model, os.fspath(stage))
         for source in sources:
             shutil.copyfile(source, os.path.join(stage, os.path.basename(source)))
@@ -216,7 +224,7 @@ def tokenizer_files(directory: str | os.PathLike[str]) -> list[str]:
     ]
 
 
-def _is_weights(name: str) -> bool:
+def is_weights_file(name: str) -> bool:
     """Whether a file name in a model directory is one of its weights files."""
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in (WEIGHTS_NAME, *_HF_WEIGHTS))
 
