@@ -111,3 +111,42 @@ def test_a_split_layer_is_re_analysed_like_float32(dtype: torch.dtype) -> None:
             param.copy_(param.float().to(dtype))
         single = copy.deepcopy(half).to(torch.float32)
     assert _analysis(rmtprune.analyze(half)) == _analysis(rmtprune.analyze(single))
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"), [(None, torch.float32), ("bfloat16", torch.bfloat16)], ids=str
+)
+def test_configs_without_dtype_build_without_a_deprecation_warning(
+    tmp_path, key: str | None, expected: torch.dtype
+) -> None:
+    """all-MiniLM-L6-v2's config (transformers 4.8) has no dtype key, older ones say
+    "torch_dtype": transformers 5 warns whenever the attribute of that old name is read."""
+    import json
+    import logging
+
+    transformers = pytest.importorskip("transformers")
+    from transformers.utils import logging as hf_logging
+
+    from rmtprune.hf.directory import build_architecture
+
+    config = transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32,
+    )  # fmt: skip
+    transformers.BertModel(config).save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    raw.pop("dtype", None)
+    if key is not None:
+        raw["torch_dtype"] = key
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    said: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = said.append  # type: ignore[method-assign]
+    hf_logging.warning_once.cache_clear()  # a warning given earlier in this process counts too
+    hf_logging.get_logger().addHandler(handler)  # transformers' loggers do not propagate
+    try:
+        model = build_architecture(tmp_path)
+    finally:
+        hf_logging.get_logger().removeHandler(handler)
+    assert {p.dtype for p in model.parameters()} == {expected}  # the old key is still read
+    assert not [r.getMessage() for r in said if "deprecated" in r.getMessage()]

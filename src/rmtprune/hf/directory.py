@@ -134,7 +134,9 @@ def is_marked_directory(path: PathLike) -> bool:
 
 
 def _storage_dtype(config: Any) -> torch.dtype | None:
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    # transformers 5 reads a config's "torch_dtype" into ``dtype`` and warns on the old name
+    # (a property); older versions kept it as a plain attribute, read without the property
+    dtype = getattr(config, "dtype", None) or vars(config).get("torch_dtype")
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
     return dtype if isinstance(dtype, torch.dtype) else None
