@@ -274,6 +274,21 @@ def test_verdicts_follow_the_paired_test_rule() -> None:
     assert "only |r| > 0.997" in found["c-variance-unregularised"].explanation
 
 
+def test_no_share_of_a_gain_that_is_a_loss_and_no_spread_from_one_seed() -> None:
+    rows = [(0.90, 0.89, 0.88, 0.90), (0.91, 0.90, 0.88, 0.89), (0.92, 0.91, 0.90, 0.91)]
+    seeds = tuple(_seed(i, dict(zip(ARM_NAMES, r, strict=True))) for i, r in enumerate(rows))
+    a = answer(DatasetResult("fc-fashion", ExperimentConfig(), seeds))
+    # L1+L2 only is 1 point below neither, MP only 2.33 below: the ratio 2.33 is no share
+    assert a.l1l2_gain == pytest.approx(-0.01) and math.isnan(a.gain_recovered)
+    text = {v.key: v for v in verdicts(a)}["d-mp-vs-l1l2"].explanation
+    assert "not defined: L1+L2 only is not above neither (-1.000 points)" in text
+    assert "233 %" not in text
+    one = answer(DatasetResult("fc-fashion", ExperimentConfig(), seeds[:1]))
+    for v in verdicts(one):
+        assert "nan" not in v.explanation, v.key
+    assert "One seed: no spread, no variance test." in verdicts(one)[2].explanation
+
+
 def test_registry_presets_and_the_manuscript_protocol() -> None:
     assert list_experiments()[-1] == "ablation"
     assert set(ABLATION.presets) == {"smoke", "small", "paper", "manuscript-small", "manuscript"}

@@ -11,7 +11,8 @@ weights, so the seeds pair the arms):
     (:func:`~rmtprune.paper.experiments.stats.variance_comparison`);
 (d) how close does MP pruning alone get to L1+L2 alone?  ``mp − l1l2`` with its interval,
     and the share of the regularisation's gain over *neither* that pruning alone recovers,
-    ``(mp − neither) / (l1l2 − neither)`` of the means.
+    ``(mp − neither) / (l1l2 − neither)`` of the means — defined only when that gain is
+    positive (a ratio of two losses is no share of a gain).
 
 (a), (b) and (d) are :func:`~rmtprune.paper.experiments.stats.paired_comparison`: the paired
 t-test on the per-seed differences with a 95 % interval.  The rule is that of the other
@@ -86,6 +87,7 @@ class Answers:
     variance_regularised: VarianceComparison
     mp_vs_l1l2: PairedComparison
     gain_recovered: float
+    l1l2_gain: float
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -98,6 +100,7 @@ class Answers:
             "c_variance_regularised": self.variance_regularised.to_dict(),
             "d_mp_vs_l1l2": self.mp_vs_l1l2.to_dict(),
             "d_gain_recovered": self.gain_recovered,
+            "d_l1l2_gain": self.l1l2_gain,
         }
 
 
@@ -117,7 +120,9 @@ def answer(result: DatasetResult) -> Answers:
     )
     metric = "test_accuracy"
     gain = float(np.mean(test["l1l2"]) - np.mean(test["neither"]))
-    recovered = float(np.mean(test["mp"]) - np.mean(test["neither"])) / gain if gain else math.nan
+    recovered = (
+        float(np.mean(test["mp"]) - np.mean(test["neither"])) / gain if gain > 0 else math.nan
+    )
     return Answers(
         result.experiment,
         arms,
@@ -127,6 +132,7 @@ def answer(result: DatasetResult) -> Answers:
         variance_comparison(test["both"], test["l1l2"], metric=metric),
         paired_comparison(test["mp"], test["l1l2"], metric=metric),
         recovered,
+        gain,
     )
 
 
@@ -158,6 +164,8 @@ def _mean_verdict(key: str, claim: str, c: PairedComparison, a: str, b: str) -> 
 
 def variance_text(c: VarianceComparison, a: str, b: str) -> str:
     """The two standard deviations, their ratio and the Pitman–Morgan test, with its power."""
+    if c.n < 2:
+        return "One seed: no spread, no variance test."
     head = (
         f"Std of test accuracy over {c.n} seeds: {a} {percent(c.std_a)}, {b} "
         f"{percent(c.std_b)} points (ratio {c.ratio:.2f})"
@@ -179,23 +187,24 @@ def _variance_verdict(key: str, claim: str, c: VarianceComparison, a: str, b: st
     )
 
 
-def _closeness_verdict(c: PairedComparison, recovered: float) -> ClaimVerdict:
+def _closeness_verdict(c: PairedComparison, recovered: float, gain: float) -> ClaimVerdict:
     if _decided(c):
         verdict = "MP only is higher than L1+L2 only" if c.mean > 0 else "MP only is lower"
     else:
         verdict = "not distinguishable at these seeds"
     share = (
-        "undefined (L1+L2 only and neither have the same mean)"
+        f"not defined: L1+L2 only is not above neither ({100 * gain:+.3f} points), so there is "
+        "no gain for MP pruning to recover"
         if math.isnan(recovered)
-        else f"{100 * recovered:.0f} %"
+        else f"{100 * recovered:.0f} % (descriptive; it means little unless L1+L2 only is "
+        "clearly above neither)"
     )
     return ClaimVerdict(
         "d-mp-vs-l1l2",
         "(d) How close MP pruning alone gets to L1+L2 alone.",
         verdict,
         f"{paired_text(c, 'MP only', 'L1+L2 only')}. Share of L1+L2's gain over neither that "
-        f"MP pruning alone recovers, (mp − neither)/(l1l2 − neither) of the means: {share} "
-        "(descriptive; it means little unless L1+L2 only is clearly above neither).",
+        f"MP pruning alone recovers, (mp − neither)/(l1l2 − neither) of the means: {share}.",
     )
 
 
@@ -232,5 +241,5 @@ def verdicts(a: Answers) -> tuple[ClaimVerdict, ...]:
             "both",
             "L1+L2 only",
         ),
-        _closeness_verdict(a.mp_vs_l1l2, a.gain_recovered),
+        _closeness_verdict(a.mp_vs_l1l2, a.gain_recovered, a.l1l2_gain),
     )
