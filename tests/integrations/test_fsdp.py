@@ -317,5 +317,9 @@ def test_sparse_layers_are_refused_under_fsdp2(tmp_path: Path) -> None:
             fsdp.save_checkpoint(tmp_path, sparse, pruner)
         with pytest.raises(ValueError, match=layer.format("load_checkpoint")):
             fsdp.load_checkpoint(tmp_path, sparse, pruner)
+        # a plain state_dict of the sharded masked model: the mask's own refusal, not
+        # DTensor's "got mixed torch.Tensor and DTensor"
+        with pytest.raises(RuntimeError, match="Linear with a sparsity mask holds a sharded"):
+            sparse.state_dict()
     finally:
         dist.destroy_process_group()

@@ -35,6 +35,7 @@ Example
 
 from __future__ import annotations
 
+import sys
 import weakref
 from typing import Any
 
@@ -107,6 +108,14 @@ def _enforce(module: nn.Module) -> None:
     weight = getattr(module, "weight", None)
     if mask is None or not isinstance(weight, torch.Tensor):
         return
+    if _is_dtensor(weight):
+        raise RuntimeError(
+            f"a {type(module).__name__} with a sparsity mask holds a sharded weight (a DTensor: "
+            "torch.distributed.fsdp.fully_shard or tensor parallelism); a mask cannot be kept on "
+            "a shard, so sparse layers are not supported there. Train a sparse model under DDP "
+            "(rmtprune.integrations.ddp), or remove the masks "
+            "(rmtprune.factorize.masks.remove_mask) before sharding"
+        )
     _hook_gradient(module, weight)
     if mask.device != weight.device:
         mask = mask.to(weight.device)
@@ -119,6 +128,12 @@ def _enforce(module: nn.Module) -> None:
         )
     with torch.no_grad():
         weight.masked_fill_(~mask, 0)
+
+
+def _is_dtensor(tensor: torch.Tensor) -> bool:
+    # a DTensor exists only once its module is imported (importing it here costs a second)
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(tensor, module.DTensor)
 
 
 def _forward_pre_hook(module: nn.Module, args: Any) -> None:

@@ -39,7 +39,8 @@ Sparse layers (:class:`rmtprune.Sparsity`, :mod:`rmtprune.factorize.masks`) are 
 their mask hooks zero the weight that ``fully_shard`` gathers for the forward pass, not the
 sharded parameter the optimizer updates nor the copy gathered again for the backward pass of a
 unit resharded after forward (the layers before it would get the gradients of the dense
-layer), and a ``state_dict`` of the sharded model fails.  :func:`prune_step`,
+layer), and a ``state_dict`` of the sharded model is refused by the mask's own hook (a masked
+weight that is a ``DTensor``).  :func:`prune_step`,
 :func:`save_checkpoint` and :func:`load_checkpoint` refuse a model with a masked layer, and
 :func:`prune_step` a criterion that produces masks, naming the layer or the criterion; train a
 sparse model under DDP (:mod:`rmtprune.integrations.ddp`) instead.
