@@ -175,8 +175,7 @@ def save_pretrained(
     tokenizer_from : str or os.PathLike, optional
         A model directory (the one the model came from) whose tokenizer and processor files
         (:data:`TOKENIZER_FILES`) are copied into ``directory`` — copies, never links, so that
-        nothing done to the output reaches them — in place of any an earlier save left there.
-        Without it, save the tokenizer yourself.
+        nothing done to the output reaches them.  Without it, save the tokenizer yourself.
 
     Notes
     -----
@@ -203,18 +202,10 @@ def save_pretrained(
             " pass overwrite=True to replace them"
         )
     sources = [] if tokenizer_from is None else tokenizer_files(tokenizer_from)
-
-    def keep(name: str) -> bool:  # an earlier save's files that are neither weights nor replaced
-        return not is_weights_file(name) and (tokenizer_from is None or not _is_tokenizer(name))
-
-    with replace_directory(directory, keep=keep) as stage:
+    with replace_directory(directory, keep=lambda name: not is_weights_file(name)) as stage:
         _write_pretrained(model, os.fspath(stage))
         for source in sources:
             shutil.copyfile(source, os.path.join(stage, os.path.basename(source)))
-
-
-def _is_tokenizer(name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in TOKENIZER_FILES)
 
 
 def tokenizer_files(directory: str | os.PathLike[str]) -> list[str]:
@@ -228,7 +219,8 @@ def tokenizer_files(directory: str | os.PathLike[str]) -> list[str]:
     return [
         os.path.join(directory, name)
         for name in sorted(os.listdir(directory))
-        if _is_tokenizer(name) and os.path.isfile(os.path.join(directory, name))
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in TOKENIZER_FILES)
+        and os.path.isfile(os.path.join(directory, name))
     ]
 
 
