@@ -205,6 +205,94 @@ def test_dry_run_reports_the_same_and_writes_nothing(
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
+_SPARSE = ["--assume-linear", "enc.*", "dec", "head", "--assume-conv2d", "conv"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        [*_SPARSE, "--criterion", "sparsity", "--sparsity", "0.6"],
+        [*_SPARSE, "--criterion", "sparsity", "--sparsity-pattern", "2:4", "--exclude", "dec"],
+        [*_SPARSE, "--criterion", "sparsity", "--sparsity", "0.5", "--dry-run"],
+    ],
+    ids=["uniform", "2:4", "dry-run"],
+)
+def test_uniform_and_n_m_sparsity_stream_to_what_the_loaded_route_writes(
+    plain: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    options: list[str],
+) -> None:
+    # each layer's magnitude mask depends on that layer alone: the checkpoint is masked one
+    # layer at a time, stored sparsely, and the file and report are the in-memory route's
+    dry = "--dry-run" in options
+    streamed, loaded = _both(capsys, monkeypatch, plain, options, None if dry else tmp_path)
+    assert streamed == loaded
+    rows = {row["name"]: row for row in streamed["layers"]}
+    assert rows["enc.0"]["action"] == "sparsified" and rows["conv"]["action"] == "sparsified"
+    removed = sum(r["nonzero_before"] - r["nonzero_after"] for r in rows.values()
+                  if r["nonzero_after"] is not None)  # fmt: skip
+    assert removed > 0
+    assert streamed["nonzero_before"] - streamed["nonzero_after"] == removed
+    # the totals count every parameter of the typed layers, as the walker counts the shell
+    typed = ["enc.0", "enc.1", "dec", "conv", "head"]  # the named ones: small is not
+    tensors = _plain_tensors()
+    everything = sum(
+        int(torch.count_nonzero(t)) for k, t in tensors.items() if k.rpartition(".")[0] in typed
+    )
+    assert streamed["nonzero_before"] == everything
+    if dry:
+        assert streamed["dry_run"] is True and not list(tmp_path.glob("*.safetensors"))
+        return
+    header, _ = _header((tmp_path / "streamed.safetensors").read_bytes())
+    assert "enc.0.weight:sparse_values" in header and "enc.0.weight" not in header
+    # stored sparsely and read back with its masks, by the loader of the in-memory route
+    model = load_model(tmp_path / "streamed.safetensors")
+    weight = model.get_submodule("enc.0").weight
+    zeroed = rows["enc.0"]["nonzero_before"] - rows["enc.0"]["nonzero_after"]
+    assert int((weight == 0).sum()) == zeroed == round(0.5 * weight.numel()) or "0.6" in options
+    assert zeroed == round(0.6 * weight.numel()) or "0.6" not in options
+    assert rmtprune.factorize.masks.mask_of(model.get_submodule("enc.0")) is not None
+
+
+def test_global_sparsity_reads_the_checkpoint_whole(
+    plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one threshold over all layers: no layer can be decided alone
+    plan = cli_inputs.plan_input(plain, assume_linear=["enc.*", "dec"])
+    criterion = rmtprune.Sparsity(0.5, allocation="global")
+    assert cli_inputs.reads_whole(criterion) and not cli_inputs.reads_whole(rmtprune.Sparsity(0.5))
+    spied: list[int] = []
+    monkeypatch.setattr(cli_inputs, "prune_checkpoint", lambda *a, **k: spied.append(1))
+    out = tmp_path / "p.safetensors"
+    report = cli_inputs.prune_input(plan, criterion, rmtprune.Select(), output=out)
+    assert spied == [] and report.nonzero_reduction > 0
+    source = cli_inputs.open_input(plan)  # opened to stream: refused, not decided per layer
+    with pytest.raises(ValueError, match=r"'criterion' parameter of prune_input is model-level"):
+        cli_inputs.prune_input(source, criterion, rmtprune.Select(), dry_run=True)
+
+
+def test_streamed_sparsity_by_layer_name_and_its_fractions(
+    plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fractions = {"enc.0": 0.25, "dec": 0.75}  # enc.1 is not in the mapping: left as it is
+    plan = cli_inputs.plan_input(plain, assume_linear=["enc.*", "dec"])
+    streamed = rmtprune.Sparsity(0.5, allocation=fractions)
+    reads = one_layer_at_a_time(monkeypatch)
+    report = cli_inputs.prune_input(plan, streamed, rmtprune.Select(), output=tmp_path / "s")
+    assert "enc.1.weight" in reads  # read through the streaming reader, one layer at a time
+    monkeypatch.undo()
+    whole = rmtprune.Sparsity(0.5, allocation=fractions)
+    loaded = dataclasses.replace(plan, stream=False)
+    reference = cli_inputs.prune_input(loaded, whole, rmtprune.Select(), output=tmp_path / "w")
+    assert report.to_json() == reference.to_json()
+    _assert_same_file(tmp_path / "s", tmp_path / "w")
+    # the criterion's fractions_ cover every layer, not only the last one streamed
+    assert streamed.fractions_ == whole.fractions_
+    assert streamed.fractions_ == pytest.approx(fractions, abs=1e-3)  # enc.1: no mask
+
+
 def test_sharded_index_and_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -253,6 +341,30 @@ def test_rmtprune_file_with_factorized_layers_is_repruned(
         tmp_path / "second",
     )
     assert [r["rank_after"] for r in twice["layers"]] == [5, 5, 5, 5]
+
+
+def test_sparsity_of_an_rmtprune_file_streams_and_its_sparse_output_reads_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "factorized.safetensors"
+    rmtprune.save(_Factorized(), source)
+    options = ["--assume-linear", "dense", "--criterion", "sparsity", "--sparsity", "0.5"]
+    streamed, loaded = _both(capsys, monkeypatch, source, options, tmp_path)
+    assert streamed == loaded
+    actions = {r["name"]: r["action"] for r in streamed["layers"]}
+    assert actions == {"a": "skipped", "b": "skipped", "c": "skipped", "dense": "sparsified"}
+    first = tmp_path / "streamed.safetensors"
+    # a file with sparse storage is read dense in memory (as the loader reads it), and a
+    # higher target keeps every weight removed before
+    again = tmp_path / "again.safetensors"
+    argv = ["prune", str(first), "--criterion", "sparsity", "--sparsity", "0.75", "-o", str(again)]
+    assert main([*argv, "--assume-linear", "dense", "--quiet"]) == 0, capsys.readouterr().err
+    before, after = _Factorized(), _Factorized()
+    rmtprune.load(before, first)
+    rmtprune.load(after, again)
+    zero_before, zero_after = before.dense.weight == 0, after.dense.weight == 0
+    assert bool((zero_after | ~zero_before).all())  # never revived
+    assert int(zero_after.sum()) == round(0.75 * zero_after.numel())
 
 
 def _aliases(path: Path) -> dict[str, str]:
@@ -519,7 +631,20 @@ def _peak(argv: list[str]) -> int:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc (Linux)")
-def test_peak_memory_stays_near_one_layer(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("criterion", "stored"),
+    [
+        (["--criterion", "rank", "--rank", "16"], ("first.weight", "second.weight")),
+        (
+            ["--criterion", "sparsity", "--sparsity", "0.5"],
+            ("weight:sparse_bitmask", "weight:sparse_values"),
+        ),
+    ],
+    ids=["rank", "sparsity"],
+)
+def test_peak_memory_stays_near_one_layer(
+    tmp_path: Path, criterion: list[str], stored: tuple[str, str]
+) -> None:
     """24 float32 layers of 256 × 4096 (100 MB) against one such layer: the peak grows by far
     less than a third of the checkpoint (the in-memory route grows by twice the checkpoint)."""
     g = torch.Generator().manual_seed(0)
@@ -530,12 +655,15 @@ def test_peak_memory_stays_near_one_layer(tmp_path: Path) -> None:
     save_file(tensors, str(many))
     del tensors
     size = many.stat().st_size
-    common = ["--assume-linear", "*", "--criterion", "rank", "--rank", "16", "--quiet"]
+    common = ["--assume-linear", "*", *criterion, "--quiet"]
     base = _peak(["prune", str(one), "-o", str(tmp_path / "one-out.safetensors"), *common])
     peak = _peak(["prune", str(many), "-o", str(tmp_path / "many-out.safetensors"), *common])
     assert peak - base < size / 3, (peak - base, size)
     written = _header((tmp_path / "many-out.safetensors").read_bytes())[0]
-    assert len(written) == 1 + 24 * 2  # every layer was split and written
+    # every layer was split (or stored sparsely) and written
+    assert sorted(written) == sorted(
+        ["__metadata__", *(f"layers.{i}.{k}" for i in range(24) for k in stored)]
+    )
 
 
 _FACTORS = ("first.weight", "second.weight", "second.bias")

@@ -266,25 +266,26 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    from rmtprune.ondisk.inputs import open_input, prune_input
-    from rmtprune.pruning.criteria import ModelCriterion
+    from rmtprune.ondisk.inputs import open_input, prune_input, reads_whole
 
     if args.output is None and not args.dry_run:
         raise ValueError("-o/--output is required unless --dry-run")
     plan = _plan(args)
     _check_outputs(args, plan)
     criterion = criterion_of(args)
-    # the rank criteria decide one layer at a time (a checkpoint is streamed); sparsity
-    # compares and counts over all selected layers: the input is read whole
-    whole = isinstance(criterion, ModelCriterion)
+    # the rank criteria and uniform or N:M sparsity decide one layer at a time (a checkpoint
+    # is streamed); global sparsity compares all selected layers: the input is read whole
+    whole = reads_whole(criterion)
     source = open_input(plan, whole=whole)
     split = {"auto": "auto", "always": True, "never": False}[args.split]
-    if split is True and getattr(criterion, "produces_masks", False):
+    masks = getattr(criterion, "produces_masks", False)
+    if split is True and masks:
         raise ValueError(
             "--split always applies to rank criteria: --criterion sparsity zeroes weights "
             "under a mask and never splits a layer"
         )
-    _progress(args, "scoring every layer ..." if whole else "fitting and pruning each layer ...")
+    each = "scoring and masking each layer" if masks else "fitting and pruning each layer"
+    _progress(args, "scoring every layer ..." if whole else f"{each} ...")
     report = prune_input(
         source,
         criterion,

@@ -124,7 +124,8 @@ def add_criterion_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="sparsity: fraction in [0, 1) of the selected weights set to zero, smallest "
         "magnitude first (Wanda's scores need calibration data: rmtprune.Sparsity in Python); "
-        "the model is read whole, not streamed",
+        "a safetensors checkpoint is masked one layer at a time (read whole with "
+        "--allocation global)",
     )
     g.add_argument(
         "--sparsity-pattern",

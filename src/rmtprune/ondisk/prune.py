@@ -20,7 +20,12 @@ The tensors outside any layer are copied one at a time.  The report's rows, tota
 written file (tensors, structure, digest) are those of pruning the loaded shell in memory;
 the memory held is about one layer (with its float64 copy and SVD), not the model.
 A model-level criterion (``decide_model``, e.g. calibration) needs the whole model: then
-:func:`rmtprune.ondisk.inputs.prune_input` opens the input in memory instead.
+:func:`rmtprune.ondisk.inputs.prune_input` opens the input in memory instead — unless it is
+``layerwise`` (:func:`rmtprune.ondisk.inputs.reads_whole`): :class:`rmtprune.Sparsity` by
+magnitude with uniform allocation or an N:M pattern decides each layer's mask from that layer
+alone, so its layers are masked here one at a time, stored sparsely as
+:func:`rmtprune.save` stores them (:func:`rmtprune.storage.sparse.sparse_tensors`), and the
+report's nonzero counts are summed over the layers.
 ``rmtprune analyze`` of such a file goes the same way (:func:`fit_shell_layers`): each
 layer is read, built and analysed alone, and its rows are those of the loaded shell.
 Both are steps of the entry points in :mod:`rmtprune.ondisk.inputs`; what they need (the
@@ -52,6 +57,7 @@ import torch
 from torch import nn
 
 from rmtprune._util.errors import InvalidFileError
+from rmtprune.factorize.masks import enforce_masks
 from rmtprune.factorize.params import count_parameters
 from rmtprune.factorize.registry import get_adapter
 from rmtprune.ondisk.analysis import LayerKind, fit_layer, natural_key
@@ -70,6 +76,7 @@ from rmtprune.storage.format import (
 )
 from rmtprune.storage.inputs import load_into
 from rmtprune.storage.reader import Checkpoint
+from rmtprune.storage.sparse import sparse_tensors
 from rmtprune.storage.writer import SafetensorsWriter
 
 __all__ = [
@@ -214,12 +221,25 @@ class _Outcome:
     rows: dict[str, Any] = dataclasses.field(default_factory=dict)
     structure: dict[str, Any] = dataclasses.field(default_factory=dict)
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)
+    sparse: dict[str, Any] = dataclasses.field(default_factory=dict)
+    nonzero_before: int = 0
+    nonzero_after: int = 0
+    fractions: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def _nonzeros(layer: nn.Module) -> int:
+    """Nonzero entries of the parameters of ``layer`` (masks applied), as the walker counts
+    them for a whole model."""
+    enforce_masks(layer)
+    return sum(int(torch.count_nonzero(p.detach())) for p in layer.parameters())
 
 
 def _write(writer: SafetensorsWriter | None, layer: nn.Module, outcome: _Outcome) -> None:
     if writer is None:
         return
     stored, aliases = tensors_to_store(layer)
+    stored, sparse = sparse_tensors(layer, stored, aliases)  # as rmtprune.save stores them
+    outcome.sparse.update(sparse)
     for name in list(stored):
         writer.add(name, stored.pop(name))
     outcome.aliases.update(aliases)
@@ -345,14 +365,17 @@ def prune_checkpoint(
     """
     layout = _layout(plan, select)
     outcome = _Outcome()
+    masks = bool(getattr(criterion, "produces_masks", False))  # every layer's nonzeros counted
     with contextlib.ExitStack() as stack:
         writer = None
         if output is not None and not dry_run:
             writer = stack.enter_context(SafetensorsWriter(output, overwrite=overwrite))
         bar = stack.enter_context(CheckpointProgress(list(layout.costs.values()), enabled=progress))
         for group, names in layout.picked.items():
-            if names or writer is not None:
+            if names or writer is not None or masks:
                 layer = _load_layer(plan, group, layout.keys[group])
+                if masks:
+                    outcome.nonzero_before += _nonzeros(layer)
                 if names:
                     only = dataclasses.replace(select, include=names, exclude=())
                     _, report = prune(
@@ -365,6 +388,9 @@ def prune_checkpoint(
                         progress=False,
                     )
                     outcome.rows.update((row.name, row) for row in report.layers)
+                    outcome.fractions.update(getattr(criterion, "fractions_", {}))
+                if masks:
+                    outcome.nonzero_after += _nonzeros(layer)
                 _write(writer, layer, outcome)
                 del layer
             bar.advance(group, layout.costs[group])
@@ -373,14 +399,33 @@ def prune_checkpoint(
             if writer is not None and key not in covered:
                 writer.add(key, plan.tensors[key])
         rows = [outcome.rows[n] for n in layout.chosen]
-        report = complete_report(_report(plan.shell, rows, dry_run), extra, carried)
+        if masks:  # the walker's fractions_ of the whole model, not of the last layer
+            criterion.fractions_ = outcome.fractions
+        report = complete_report(_report(plan.shell, rows, dry_run, outcome, masks), extra, carried)
         if writer is not None:
-            writer.commit(outcome.structure, outcome.aliases)
+            writer.commit(outcome.structure, outcome.aliases, outcome.sparse)
     return report
 
 
-def _report(shell: nn.Module, rows: list[Any], dry_run: bool) -> PruneReport:
+def _report(
+    shell: nn.Module, rows: list[Any], dry_run: bool, outcome: _Outcome, masks: bool
+) -> PruneReport:
     before = count_parameters(shell)
     after = before - sum(r.params_before - r.params_after for r in rows)
-    changed = any(r.action in ("split", "truncated") for r in rows)
-    return PruneReport(tuple(rows), before, after, dry_run, changed and not dry_run)
+    changed = any(r.action in ("split", "truncated", "sparsified") for r in rows)
+    nz_before = nz_after = None
+    if masks:  # a dry run changed no layer: its count is the rows' prediction
+        zeroed = sum(
+            r.nonzero_before - r.nonzero_after for r in rows if r.nonzero_after is not None
+        )
+        nz_before = outcome.nonzero_before
+        nz_after = nz_before - zeroed if dry_run else outcome.nonzero_after
+    return PruneReport(
+        tuple(rows),
+        before,
+        after,
+        dry_run,
+        changed and not dry_run,
+        nonzero_before=nz_before,
+        nonzero_after=nz_after,
+    )

@@ -186,6 +186,16 @@ class Sparsity:
             f"score={self.score!r})"
         )
 
+    @property
+    def layerwise(self) -> bool:
+        """Whether each layer's mask depends on that layer alone: magnitude scores with an
+        N:M pattern, ``"uniform"`` allocation or a mapping of layer name to fraction.  Then a
+        checkpoint can be sparsified one layer at a time (``rmtprune prune`` streams it) and
+        the masks are those of the whole model; ``"global"``, an allocation rule and Wanda
+        scores compare or measure layers together."""
+        per_layer = self.nm is not None or isinstance(self.allocation, (str, Mapping))
+        return self.score == "magnitude" and per_layer and self.allocation != "global"
+
     def with_calibration(self, calibration: Iterable[Any], *, replace: bool = False) -> Sparsity:
         """The same criterion with calibration batches (what ``prune(calibration=)`` gives);
         batches given to the criterion itself win unless ``replace``."""

@@ -254,12 +254,20 @@ class SafetensorsWriter:
         self._size += data.nbytes
 
     def commit(
-        self, structure: Mapping[str, Any], aliases: Mapping[str, str] | None = None
+        self,
+        structure: Mapping[str, Any],
+        aliases: Mapping[str, str] | None = None,
+        sparse: Mapping[str, Any] | None = None,
     ) -> None:
-        """Write the header and the data in safetensors' order, then move the file into place."""
+        """Write the header and the data in safetensors' order, then move the file into place.
+
+        ``sparse``: the records of the weights added in sparse storage
+        (:func:`rmtprune.storage.sparse.sparse_tensors`), written as :func:`file_metadata`
+        writes them."""
         aliases = dict(aliases or {})
+        sparse = dict(sparse or {})
         order = _layout(self._entries)
-        placeholder = file_metadata(structure, aliases, "0" * 64)
+        placeholder = file_metadata(structure, aliases, "0" * 64, sparse)
         head, offsets = _header(order, self._entries, placeholder)
         digest = hashlib.sha256()
         try:
@@ -272,7 +280,9 @@ class SafetensorsWriter:
                     out.seek(len(head) + offsets[name])
                     self._copy(entry, out, digest)
                 final, _ = _header(
-                    order, self._entries, file_metadata(structure, aliases, digest.hexdigest())
+                    order,
+                    self._entries,
+                    file_metadata(structure, aliases, digest.hexdigest(), sparse),
                 )
                 if len(final) != len(head):  # pragma: no cover - the digest has a fixed length
                     raise RuntimeError("the safetensors header changed length")
