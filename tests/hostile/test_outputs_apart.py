@@ -99,8 +99,11 @@ def test_outputs_apart_from_the_input_and_each_other_pass(tmp_path: Path) -> Non
     check_apart(
         [source],
         files={"--json": tmp_path / "report.json"},
-        directories={"-o/--output": source / "pruned"},  # beside the input files: allowed
+        directories={"-o/--output": tmp_path / "pruned"},  # beside the input: allowed
     )
+    with pytest.raises(ValueError, match="lies inside the input directory"):
+        # inside it, beside its files: refused: a nested output changes the directory
+        check_apart([source], directories={"-o/--output": source / "pruned"})
     with pytest.raises(ValueError, match="--json and -o/--output both name"):
         check_apart([source], files={"--json": tmp_path / "x", "-o/--output": tmp_path / "x"})
 
@@ -120,3 +123,43 @@ def test_experiment_out_may_not_be_or_hold_the_data_root(
         assert f"--out {out} is or contains the input directory {data}" in err
     assert _contents(data / "mnist") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def _tree(folder: Path) -> dict[Path, bytes | None]:
+    return {
+        p.relative_to(folder): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")
+    }
+
+
+@pytest.mark.parametrize(
+    "inside",
+    ["rmtprune.safetensors", "model.safetensors.index.json", "sub/pruned.safetensors", "pruned"],
+)
+def test_no_output_lies_inside_an_input_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], inside: str
+) -> None:
+    # on 212bdef `prune DIR -o DIR/rmtprune.safetensors` succeeded and a second
+    # `-o DIR/model.safetensors.index.json` wrote a safetensors file under the index's name:
+    # DIR was no longer readable as an input, though no file of it was overwritten
+    folder = tmp_path / "model"
+    folder.mkdir()
+    save_file({"a.weight": torch.randn(48, 64)}, str(folder / "model.safetensors"))
+    (folder / "sub").mkdir()
+    before = _tree(folder)
+    out = folder / inside
+    argv = ["prune", str(folder), "--no-model", "--assume-linear", "*", "-o", str(out)]
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"lies inside the input directory {folder.resolve()}" in err
+    assert len(err.splitlines()) == 1 and "-o/--output" in err
+    assert _tree(folder) == before
+    # --json into the input directory: refused the same way, before anything is read
+    argv = ["analyze", str(folder), "--assume-linear", "*", "--json", str(folder / "r.json")]
+    assert main([*argv, "--quiet"]) == 2
+    assert "--json" in capsys.readouterr().err and _tree(folder) == before
+    # beside the directory, and beside a single input file, are fine
+    assert main(["prune", str(folder), "--no-model", "--assume-linear", "*", "--quiet",
+                 "-o", str(tmp_path / "p.safetensors")]) == 0  # fmt: skip
+    single = folder / "model.safetensors"
+    assert main(["prune", str(single), "--assume-linear", "*", "--quiet",
+                 "-o", str(tmp_path / "q.safetensors")]) == 0  # fmt: skip

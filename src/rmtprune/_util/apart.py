@@ -3,9 +3,12 @@
 An input is a file or a directory.  The files it consists of are the file itself (for a shard
 index ``*.index.json``, every file beside it) or every file directly in the directory, each known
 by its resolved path and by its device and inode: a symbolic or hard link to an input file is the
-input file.  An output file may not be one of them.  An output directory, which a command
-replaces as a whole, may not be or contain an input directory, nor hold a file the input reaches
-through a link.  Two outputs may not name the same file, nor one lie in the other's directory.
+input file.  An output file may not be one of them.  No output (file or directory) may lie inside
+an input directory: a file written there changes what the directory is read as (a second
+``*.safetensors`` or index in a checkpoint directory, a stray file in a model directory).  An
+output directory, which a command replaces as a whole, may not be or contain an input directory,
+nor hold a file the input reaches through a link.  Two outputs may not name the same file, nor one
+lie in the other's directory.
 
 Example
 -------
@@ -54,6 +57,15 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _outside_inputs(option: str, out: Path, target: Path, roots: Iterable[Path]) -> None:
+    for root in roots:
+        if target != root and root in target.parents:
+            raise ValueError(
+                f"{option} {out} lies inside the input directory {root}, which it would change "
+                "(what the directory is read as); give a path outside it"
+            )
+
+
 def check_apart(
     inputs: Iterable[PathLike],
     *,
@@ -87,6 +99,7 @@ def check_apart(
                 f"{option} {out} is a file of the input {owned.get(hit or target, given[0])}; "
                 "give a path outside the input"
             )
+        _outside_inputs(option, out, target, roots)
         for other, folder in dirs.items():
             if _inside(target, folder):
                 raise ValueError(
@@ -94,6 +107,7 @@ def check_apart(
                     "replaced as a whole; give a path outside it"
                 )
     for option, folder in dirs.items():
+        _outside_inputs(option, folder, folder, roots)
         for root in roots:
             if _inside(root, folder):
                 raise ValueError(
