@@ -34,7 +34,7 @@ from rmtprune.cli.app import main
 from rmtprune.factorize import LowRankLinear
 from rmtprune.ondisk import inputs as cli_inputs
 from rmtprune.ondisk.sources import load_model
-from rmtprune.pruning.criteria import LayerView, MPCriterion, RankDecision
+from rmtprune.pruning.criteria import LayerView, MPCriterion, RankDecision, layerwise
 from tests.reads import one_layer_at_a_time
 
 _PLAN = cli_inputs.plan_input  # the real one, whatever a test patches
@@ -262,7 +262,7 @@ def test_global_sparsity_reads_the_checkpoint_whole(
     # one threshold over all layers: no layer can be decided alone
     plan = cli_inputs.plan_input(plain, assume_linear=["enc.*", "dec"])
     criterion = rmtprune.Sparsity(0.5, allocation="global")
-    assert cli_inputs.reads_whole(criterion) and not cli_inputs.reads_whole(rmtprune.Sparsity(0.5))
+    assert not layerwise(criterion) and layerwise(rmtprune.Sparsity(0.5))
     spied: list[int] = []
     monkeypatch.setattr(cli_inputs, "prune_checkpoint", lambda *a, **k: spied.append(1))
     out = tmp_path / "p.safetensors"

@@ -266,7 +266,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    from rmtprune.ondisk.inputs import open_input, prune_input, reads_whole
+    from rmtprune.ondisk.inputs import open_input, prune_input
+    from rmtprune.pruning.criteria import layerwise
 
     if args.output is None and not args.dry_run:
         raise ValueError("-o/--output is required unless --dry-run")
@@ -275,7 +276,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     criterion = criterion_of(args)
     # the rank criteria and uniform or N:M sparsity decide one layer at a time (a checkpoint
     # is streamed); global sparsity compares all selected layers: the input is read whole
-    whole = reads_whole(criterion)
+    whole = not layerwise(criterion)
     source = open_input(plan, whole=whole)
     split = {"auto": "auto", "always": True, "never": False}[args.split]
     masks = getattr(criterion, "produces_masks", False)

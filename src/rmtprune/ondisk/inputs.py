@@ -23,7 +23,8 @@ input once (a safetensors header is parsed once) and return the report.  The rou
    A safetensors checkpoint (file, index or directory) is streamed by both:
    ``analyze`` fits one layer at a time, ``prune`` prunes and writes one layer at a
    time (:mod:`rmtprune.ondisk.prune`); a ``.pt`` state dict is loaded whole.  A criterion
-   that decides from all layers at once (:func:`reads_whole`) reads the checkpoint whole.
+   that decides from all layers at once (not :func:`~rmtprune.pruning.criteria.layerwise`)
+   reads the checkpoint whole.
 
 Example
 -------
@@ -92,7 +93,7 @@ from rmtprune.ondisk.sources import (
     read_tensors,
     tensor_dtypes,
 )
-from rmtprune.pruning.criteria import Criterion, ModelCriterion, MPCriterion
+from rmtprune.pruning.criteria import Criterion, MPCriterion, layerwise
 from rmtprune.pruning.options import check_criterion
 from rmtprune.pruning.report import LayerAnalysis, ModelReport, PruneReport
 from rmtprune.pruning.selection import Select, matches
@@ -111,7 +112,6 @@ __all__ = [
     "open_input",
     "plan_input",
     "prune_input",
-    "reads_whole",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -302,27 +302,12 @@ def analyze_input(
     return model_report(_merged(found, extra), criterion)
 
 
-def reads_whole(criterion: Criterion) -> bool:
-    """Whether ``prune`` with ``criterion`` needs the input whole: a model-level criterion
-    (``decide_model``) sees every layer at once, unless it says that each layer's decision
-    depends on that layer alone (``layerwise``, e.g. :class:`rmtprune.Sparsity` by magnitude
-    with uniform allocation or an N:M pattern).
-
-    >>> from rmtprune import Sparsity
-    >>> reads_whole(MPCriterion()), reads_whole(Sparsity(0.5))
-    (False, False)
-    >>> reads_whole(Sparsity(0.5, allocation="global"))
-    True
-    """
-    return isinstance(criterion, ModelCriterion) and not getattr(criterion, "layerwise", False)
-
-
 def open_input(plan: InputPlan, *, whole: bool = False) -> OpenInput:
     """Open the input of ``plan`` for :func:`prune_input` (a safetensors header is read once).
 
     A safetensors checkpoint is streamed unless ``whole`` (or ``plan.stream=False``): a
     model-level criterion (``decide_model``) sees every layer at once, so it needs it whole
-    (:func:`reads_whole`).
+    (not :func:`~rmtprune.pruning.criteria.layerwise`).
     """
     checkpoint = open_checkpoint(plan.path) if plan.route == "checkpoint" else None
     return _open(plan, checkpoint, whole=whole)
@@ -346,7 +331,7 @@ def prune_input(
 
     A checkpoint is pruned one layer at a time; a model-level criterion (``decide_model``)
     sees every layer at once, so a plan is then opened whole (an input opened to stream is
-    refused), unless the criterion is ``layerwise`` (:func:`reads_whole`).
+    refused), unless it is :func:`~rmtprune.pruning.criteria.layerwise`.
     """
     _check(criterion, select, "prune_input")
     check_split(split, criterion, "prune_input")
@@ -355,7 +340,7 @@ def prune_input(
             "The 'output' parameter of prune_input is required unless dry_run=True. "
             "Got None instead."
         )
-    whole = reads_whole(criterion)
+    whole = not layerwise(criterion)
     opened = open_input(source, whole=whole) if isinstance(source, InputPlan) else source
     if whole and opened.plan is not None:
         raise ValueError(

@@ -21,7 +21,7 @@ written file (tensors, structure, digest) are those of pruning the loaded shell 
 the memory held is about one layer (with its float64 copy and SVD), not the model.
 A model-level criterion (``decide_model``, e.g. calibration) needs the whole model: then
 :func:`rmtprune.ondisk.inputs.prune_input` opens the input in memory instead — unless it is
-``layerwise`` (:func:`rmtprune.ondisk.inputs.reads_whole`): :class:`rmtprune.Sparsity` by
+:func:`~rmtprune.pruning.criteria.layerwise`: :class:`rmtprune.Sparsity` by
 magnitude with uniform allocation or an N:M pattern decides each layer's mask from that layer
 alone, so its layers are masked here one at a time, stored sparsely as
 :func:`rmtprune.save` stores them (:func:`rmtprune.storage.sparse.sparse_tensors`), and the

@@ -81,6 +81,7 @@ __all__ = [
     "cumulative_energy",
     "energy_rank",
     "kept_rank",
+    "layerwise",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -182,6 +183,20 @@ class ModelCriterion(Protocol):
 
 
 Criterion = LayerCriterion | ModelCriterion
+
+
+def layerwise(criterion: Criterion) -> bool:
+    """Whether ``criterion`` decides each layer from that layer alone, so a checkpoint can be
+    pruned one layer at a time: a :class:`LayerCriterion`, or a model-level one that says so
+    (``layerwise``, e.g. :class:`rmtprune.Sparsity` by magnitude, uniform or N:M).
+
+    >>> from rmtprune import Sparsity
+    >>> layerwise(MPCriterion()), layerwise(Sparsity(0.5))
+    (True, True)
+    >>> layerwise(Sparsity(0.5, allocation="global"))
+    False
+    """
+    return not isinstance(criterion, ModelCriterion) or bool(getattr(criterion, "layerwise", False))
 
 
 def kept_rank(
