@@ -225,3 +225,22 @@ def test_analyze_of_hugging_face_own_save_of_a_pruned_model_sees_the_factorized_
     assert got == want
     types = {row["name"]: row["layer_type"] for row in got["layers"]}  # type: ignore[index]
     assert types["encoder.layer.0.attention.self.query"] == "LowRankLinear"
+
+
+@pytest.mark.parametrize("option", [[], ["--no-progress"], ["--progress"]])
+def test_transformers_loading_bar_follows_the_progress_option(
+    bert_dirs: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    option: list[str],
+) -> None:
+    # transformers' "Loading weights" bar showed on stderr even with --no-progress
+    from transformers.utils import logging as hf_logging
+
+    single, _ = bert_dirs
+    capsys.readouterr()
+    assert main(["prune", str(single), "-o", str(tmp_path / "out"), *option]) == 0
+    err = capsys.readouterr().err  # captured: not a terminal, so no bar unless --progress
+    assert ("Loading weights" in err) == (option == ["--progress"]), err
+    assert "saved" in err  # our own progress lines still show
+    assert hf_logging.is_progress_bar_enabled()  # the user's setting is put back

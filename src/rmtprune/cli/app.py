@@ -277,7 +277,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     # the rank criteria and uniform or N:M sparsity decide one layer at a time (a checkpoint
     # is streamed); global sparsity compares all selected layers: the input is read whole
     whole = not layerwise(criterion)
-    source = open_input(plan, whole=whole)
+    with _transformers_bars(args, plan):
+        source = open_input(plan, whole=whole)
     split = {"auto": "auto", "always": True, "never": False}[args.split]
     masks = getattr(criterion, "produces_masks", False)
     if split is True and masks:
@@ -304,6 +305,28 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if args.json != "-":
         print(report.to_markdown())
     return 0
+
+
+@contextlib.contextmanager
+def _transformers_bars(args: argparse.Namespace, plan: InputPlan) -> Iterator[None]:
+    """transformers' own bars ("Loading weights" of a model directory) follow ours: off with
+    --quiet, --no-progress or JSON on stdout, and by default when stderr is not a terminal
+    (never turned on where the user turned them off)."""
+    show = _bar(args)
+    if show is None:
+        show = sys.stderr.isatty()
+    if show or not plan.writes_directory:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def _companions(plan: InputPlan) -> str:
