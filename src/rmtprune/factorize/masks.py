@@ -258,10 +258,14 @@ def kept_zeros(model: nn.Module) -> dict[str, list[int]]:
     return found
 
 
-def nonzero_count(module: nn.Module) -> int:
-    """Nonzero entries of the layer's own parameters (weight and bias), masks applied."""
-    _enforce(module)
-    return sum(int(torch.count_nonzero(p.detach())) for p in module.parameters(recurse=False))
+def nonzero_count(module: nn.Module, *, recurse: bool = False) -> int:
+    """Nonzero entries of the layer's own parameters (weight and bias), masks applied; with
+    ``recurse=True`` of every parameter of ``module`` and its children (shared ones once)."""
+    if recurse:
+        enforce_masks(module)
+    else:
+        _enforce(module)
+    return sum(int(torch.count_nonzero(p.detach())) for p in module.parameters(recurse=recurse))
 
 
 def stored_parameters(model: nn.Module) -> int:

@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from rmtprune._util.errors import InvalidFileError
-from rmtprune.factorize.masks import enforce_masks
+from rmtprune.factorize.masks import nonzero_count
 from rmtprune.factorize.params import count_parameters
 from rmtprune.factorize.registry import get_adapter
 from rmtprune.ondisk.analysis import LayerKind, fit_layer, natural_key
@@ -227,13 +227,6 @@ class _Outcome:
     fractions: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def _nonzeros(layer: nn.Module) -> int:
-    """Nonzero entries of the parameters of ``layer`` (masks applied), as the walker counts
-    them for a whole model."""
-    enforce_masks(layer)
-    return sum(int(torch.count_nonzero(p.detach())) for p in layer.parameters())
-
-
 def _write(writer: SafetensorsWriter | None, layer: nn.Module, outcome: _Outcome) -> None:
     if writer is None:
         return
@@ -375,7 +368,7 @@ def prune_checkpoint(
             if names or writer is not None or masks:
                 layer = _load_layer(plan, group, layout.keys[group])
                 if masks:
-                    outcome.nonzero_before += _nonzeros(layer)
+                    outcome.nonzero_before += nonzero_count(layer, recurse=True)
                 if names:
                     only = dataclasses.replace(select, include=names, exclude=())
                     _, report = prune(
@@ -390,7 +383,7 @@ def prune_checkpoint(
                     outcome.rows.update((row.name, row) for row in report.layers)
                     outcome.fractions.update(getattr(criterion, "fractions_", {}))
                 if masks:
-                    outcome.nonzero_after += _nonzeros(layer)
+                    outcome.nonzero_after += nonzero_count(layer, recurse=True)
                 _write(writer, layer, outcome)
                 del layer
             bar.advance(group, layout.costs[group])

@@ -36,7 +36,7 @@ from torch import nn
 
 from rmtprune._util.progress import track
 from rmtprune._util.validation import param_error
-from rmtprune.factorize.masks import apply_mask, enforce_masks, masked_layers, nonzero_count
+from rmtprune.factorize.masks import apply_mask, masked_layers, nonzero_count
 from rmtprune.pruning._guards import apply_rank, copy_model, frozen_parametrizations
 from rmtprune.pruning.calibration import (
     calibrated_from_keywords,
@@ -400,12 +400,6 @@ def check_split(split: object, criterion: object, owner: str) -> None:
         )
 
 
-def _nonzeros(model: nn.Module) -> int:
-    """Nonzero entries of all parameters of ``model`` (shared ones once), masks applied."""
-    enforce_masks(model)
-    return sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
-
-
 def _prune_model(
     target: nn.Module,
     crit: Criterion,
@@ -418,7 +412,8 @@ def _prune_model(
 ) -> PruneReport:
     before = count_parameters(target)
     sparse = bool(masked_layers(target)) or getattr(crit, "produces_masks", False)
-    nonzero_start = _nonzeros(target) if sparse else 0  # before: masks are counted too
+    # before: masks are counted too
+    nonzero_start = nonzero_count(target, recurse=True) if sparse else 0
     found = collect(target, chosen, ranks, "prune", progress, pruning=True)
     with torch.no_grad(), frozen_parametrizations(target):
         views = [c.view for c in found if c.view is not None]
@@ -449,7 +444,7 @@ def _prune_model(
             for r in rows
             if r.nonzero_before is not None and r.nonzero_after is not None
         )
-        after_nz = _nonzeros(target) if not dry_run else None
+        after_nz = nonzero_count(target, recurse=True) if not dry_run else None
         nonzero = {
             "nonzero_before": nonzero_start,
             "nonzero_after": nonzero_start - zeroed if after_nz is None else after_nz,
