@@ -10,6 +10,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import rmtprune
@@ -23,7 +25,7 @@ from rmtprune.factorize.masks import (
     stored_parameters,
 )
 from rmtprune.pruning.allocation import SpectralAllocation
-from rmtprune.pruning.sparsity import matrix_mask
+from rmtprune.pruning.sparsity import matrix_mask, without_lowest
 
 ALL = rmtprune.Select(min_dim=1, min_params=1)
 
@@ -378,3 +380,19 @@ def test_semi_structured_conversion_refuses_with_the_layer_and_the_reason():
         to_semi_structured(unstructured)
     with pytest.raises(ValueError, match=r"\['9'\] of the 'names' parameter have no sparsity"):
         to_semi_structured(two_four, names=["9"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(
+        st.sampled_from([0.0, -0.0, 0.5, 1.0, 2.0, -math.inf, math.inf, math.nan]), max_size=40
+    ),
+    k=st.integers(-2, 45),
+)
+def test_without_lowest_removes_what_a_stable_sort_puts_first(values: list[float], k: int) -> None:
+    # the selection replaced torch.argsort(stable=True)[:k] (1.9 s for a 1024 × 1024 layer):
+    # the same entries, ties (and -inf zeros of an earlier mask) in index order
+    flat = torch.tensor(values, dtype=torch.float64)
+    want = torch.ones(len(values), dtype=torch.bool)
+    want[torch.argsort(flat, stable=True)[: max(0, k)]] = False
+    assert torch.equal(without_lowest(flat, k), want)

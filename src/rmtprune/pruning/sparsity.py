@@ -50,6 +50,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,7 +61,7 @@ from rmtprune.pruning.criteria import LayerView, MaskDecision
 from rmtprune.pruning.outputs import as_batches
 from rmtprune.pruning.whitening import input_grams, vocab_size
 
-__all__ = ["MaskDecision", "Sparsity", "matrix_mask", "weight_mask"]
+__all__ = ["MaskDecision", "Sparsity", "matrix_mask", "weight_mask", "without_lowest"]
 
 _SCORES = ("magnitude", "wanda")
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
@@ -335,7 +336,7 @@ class Sparsity:
         flat = torch.cat([scores[v.name].reshape(-1) for v in views]) if views else None
         if flat is None:
             return {}
-        keep = _without_lowest(flat, _count(self.target, flat.numel()))
+        keep = without_lowest(flat, _count(self.target, flat.numel()))
         out, start = {}, 0
         for v in views:
             size = scores[v.name].numel()
@@ -388,10 +389,28 @@ def _apportion(
     return counts
 
 
-def _without_lowest(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """A bool mask of ``flat``'s entries, all kept but the ``k`` lowest (ties in index order)."""
-    keep = torch.ones(flat.numel(), dtype=torch.bool)
-    keep[torch.argsort(flat, stable=True)[:k]] = False
+def without_lowest(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """A bool mask of ``flat``'s entries, all kept but the ``k`` lowest (ties in index order).
+
+    The entries a stable ascending sort puts first, found without sorting: the ``k``-th
+    smallest value ``t`` (``numpy.partition``, linear time), every entry below ``t``, and the first
+    entries equal to ``t`` in index order up to ``k``.  With a NaN the sort itself decides.
+
+    >>> without_lowest(torch.tensor([3.0, 1.0, 2.0, 1.0, 1.0]), 2).tolist()
+    [True, False, True, False, True]
+    """
+    n = flat.numel()
+    k = max(0, min(int(k), n))
+    if k == 0 or bool(torch.isnan(flat).any()):  # the partition's order of NaN: not the sort's
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[torch.argsort(flat, stable=True)[:k]] = False
+        return keep
+    values = flat.detach().cpu().numpy()
+    t = np.partition(values, k - 1)[k - 1]
+    keep = torch.from_numpy(values > t)  # every entry at or below t removed ...
+    equal = np.flatnonzero(values == t)
+    below = n - int(keep.sum()) - len(equal)
+    keep[torch.from_numpy(equal[k - below :])] = True  # ... but the ties past the k-th
     return keep
 
 
@@ -399,7 +418,7 @@ def _lowest_removed(scores: torch.Tensor, k: int, crit: Sparsity) -> MaskDecisio
     """Remove the ``k`` lowest scores (an earlier mask's zeros first: they are ``-inf``)."""
     flat = scores.reshape(-1)
     k = max(k, int(torch.isinf(flat).sum()))  # never revive a removed weight
-    keep = _without_lowest(flat, k)
+    keep = without_lowest(flat, k)
     why = (
         f"{crit.score}: {k:,} of {flat.numel():,} weights removed ({100 * k / flat.numel():.1f} %)"
     )
