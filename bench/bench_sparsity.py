@@ -15,24 +15,14 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
-import statistics
 import time
-from collections.abc import Callable
 
 import torch
+from bench_prune import _median_time  # bench/ is the script's directory
 from torch import nn
 
 import rmtprune
 from rmtprune.pruning.sparsity import without_lowest
-
-
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _sorted_out(flat: torch.Tensor, k: int) -> torch.Tensor:
