@@ -59,7 +59,7 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def _outside_inputs(option: str, out: Path, target: Path, roots: Iterable[Path]) -> None:
     for root in roots:
-        if target != root and root in target.parents:
+        if target != root and _inside(target, root):
             raise ValueError(
                 f"{option} {out} lies inside the input directory {root}, which it would change "
                 "(what the directory is read as); give a path outside it"
